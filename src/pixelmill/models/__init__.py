@@ -1,0 +1,1 @@
+"""Model catalog and inference backends (diffusers, ncnn, background removal)."""

@@ -1,0 +1,81 @@
+"""The contract every image backend fulfils.
+
+Backends are plain Python: no web framework, no database.  The engine calls
+``generate`` on a worker thread and passes a :class:`StepControl` that carries
+progress out and cancellation in, cooperatively, at step boundaries.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+from PIL import Image
+
+
+class GenerationCancelled(Exception):
+    """Raised inside a backend when its StepControl says the run was cancelled."""
+
+
+class DeadlineExceeded(GenerationCancelled):
+    """Raised when a run passes its deadline (a cancel with a different reason)."""
+
+
+@dataclass
+class StepControl:
+    """Progress reporting and cooperative cancellation for one node run.
+
+    ``report(fraction)`` is called by the backend after every step (0..1).
+    ``check()`` raises GenerationCancelled once ``cancel()`` was called.
+    """
+
+    on_progress: Callable[[float], None] | None = None
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    deadline: float | None = None  # time.monotonic() value
+
+    def report(self, fraction: float) -> None:
+        if self.on_progress is not None:
+            self.on_progress(max(0.0, min(1.0, float(fraction))))
+
+    def cancel(self) -> None:
+        self.cancel_event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_event.is_set()
+
+    def check(self) -> None:
+        if self.cancel_event.is_set():
+            raise GenerationCancelled("cancelled")
+        if self.deadline is not None:
+            import time
+
+            if time.monotonic() > self.deadline:
+                raise DeadlineExceeded("deadline exceeded")
+
+
+@dataclass(frozen=True)
+class TextToImageRequest:
+    prompt: str
+    width: int = 1024
+    height: int = 768
+    steps: int | None = None  # None: the model's default
+    guidance: float | None = None  # None: the model's default
+    seed: int = 0
+    num_images: int = 1
+    negative_prompt: str | None = None
+    init_image: Image.Image | None = None  # image-to-image / editing when the model allows
+    strength: float = 0.6
+
+
+class TextToImageBackend(Protocol):
+    """A loaded text-to-image model."""
+
+    def generate(self, request: TextToImageRequest, control: StepControl) -> list[Image.Image]:
+        """Return ``request.num_images`` images of ``request.width`` x ``request.height``.
+
+        Same request (seed included) -> same pixels.  Must call ``control.report``
+        after each denoising step and ``control.check()`` at step boundaries.
+        """
+        ...
