@@ -1,0 +1,94 @@
+"""Plans: what an account may do — request rate, executions per minute and per day,
+active tasks at once, and the credits it is granted.
+
+``None`` in a limit means *unlimited*.  The built-in plans follow the tiers that
+paid image/workflow APIs publish (Free 10 requests/min and 50 executions/day up to
+Enterprise 200 requests/min and unlimited executions; every tier 10 executions/min;
+24 active tasks).  Operators override or add plans through settings
+(``Settings.plans``), merged by :func:`load_plans`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Plan(BaseModel):
+    """The limits and credit grants of one plan."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    """Requests allowed per request window (60 s unless ``request_window_s`` says
+    otherwise); ``None`` = unlimited."""
+    request_window_s: int = Field(default=60, ge=1)
+    """Length of the request window in seconds (60 in every built-in plan)."""
+    executions_per_minute: int | None = Field(default=None, ge=1)
+    executions_per_day: int | None = Field(default=None, ge=1)
+    max_active_tasks: int = Field(default=24, ge=1)
+    """Executions queued or running at once; over it a submit is refused with 429."""
+    monthly_credits: float = Field(default=0.0, ge=0)
+    """Credits granted at the start of every billing month."""
+    initial_credits: float = Field(default=0.0, ge=0)
+    """Credits granted once when an account is created on this plan."""
+
+
+DEFAULT_PLANS: dict[str, Plan] = {
+    "free": Plan(
+        name="free",
+        requests_per_minute=10,
+        executions_per_minute=10,
+        executions_per_day=50,
+        monthly_credits=100.0,
+        initial_credits=100.0,
+    ),
+    "starter": Plan(
+        name="starter",
+        requests_per_minute=20,
+        executions_per_minute=10,
+        executions_per_day=200,
+        monthly_credits=1_000.0,
+        initial_credits=100.0,
+    ),
+    "pro": Plan(
+        name="pro",
+        requests_per_minute=60,
+        executions_per_minute=10,
+        executions_per_day=1_000,
+        monthly_credits=5_000.0,
+        initial_credits=100.0,
+    ),
+    "enterprise": Plan(
+        name="enterprise",
+        requests_per_minute=200,
+        executions_per_minute=10,
+        executions_per_day=None,
+        monthly_credits=50_000.0,
+        initial_credits=100.0,
+    ),
+}
+
+
+def load_plans(overrides: Mapping[str, Mapping[str, Any] | Plan] | None = None) -> dict[str, Plan]:
+    """The built-in plans with ``overrides`` applied; ``DEFAULT_PLANS`` is left untouched.
+
+    ``overrides`` maps a plan name to a :class:`Plan` or to a dict of fields.  A dict
+    for an existing plan changes only the fields it names (``{"free":
+    {"executions_per_day": 20}}``); a new name adds a plan, whose unnamed limits
+    are unlimited.  A plan's ``name`` is always its key.  Invalid values raise
+    :class:`pydantic.ValidationError` naming the field.
+    """
+    plans = dict(DEFAULT_PLANS)
+    for key, override in (overrides or {}).items():
+        if isinstance(override, Plan):
+            fields = override.model_dump()
+        else:
+            base = plans[key].model_dump() if key in plans else {}
+            fields = {**base, **dict(override)}
+        fields["name"] = key
+        plans[key] = Plan.model_validate(fields)
+    return plans

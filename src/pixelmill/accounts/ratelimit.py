@@ -1,0 +1,224 @@
+"""Per-account rate limits over moving windows, and the response headers that report them.
+
+Three windows per account, each taken from its :class:`~pixelmill.accounts.plans.Plan`
+(a ``None`` limit is unlimited and has no window):
+
+- ``requests``: every API request (``requests_per_minute`` per ``request_window_s``);
+- ``executions-minute``: executions created per 60 s;
+- ``executions-day``: executions created per 86 400 s.
+
+Counting uses the ``limits`` library's moving-window strategy, so a burst can never
+exceed the limit inside any window of that length, and each slot frees exactly one
+window after it was taken.  Storage is chosen by URI: ``memory://`` for one API
+process, ``redis://host:6379/0`` when several API nodes must share the counts.
+
+Limits are keyed by their amount and window: changing an account's plan starts it
+on fresh counters.  Storage failures raise :class:`RateLimitStorageError`; whether
+to let requests through when the store is down is the caller's choice.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+from limits import RateLimitItemPerSecond
+from limits.errors import StorageError
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+
+from pixelmill.accounts.plans import Plan
+
+REQUESTS = "requests"
+EXECUTIONS_MINUTE = "executions-minute"
+EXECUTIONS_DAY = "executions-day"
+
+RateLimitStorageError = StorageError
+"""Raised when the rate-limit store (e.g. Redis) cannot be reached."""
+
+_NAMESPACE = "pixelmill"
+_REDIS_KEY_PREFIX = "pixelmill:ratelimit"
+
+
+@dataclass(frozen=True)
+class LimitState:
+    """Where one window of one account stands right now."""
+
+    name: str
+    """``"requests"``, ``"executions-minute"`` or ``"executions-day"``."""
+    limit: int
+    remaining: int
+    reset_after: float
+    """Seconds until the oldest counted slot frees (0 when nothing is counted)."""
+    window_s: int
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    """The outcome of one hit: allowed or not, and every window it touched."""
+
+    allowed: bool
+    states: list[LimitState]
+    violated: LimitState | None = None
+    retry_after: int | None = None
+    """Whole seconds to wait before retrying; ``>= 1`` when refused, else ``None``."""
+
+
+@dataclass(frozen=True)
+class _Window:
+    name: str
+    limit: int
+    window_s: int
+
+    @property
+    def item(self) -> RateLimitItemPerSecond:
+        return RateLimitItemPerSecond(self.limit, self.window_s, namespace=_NAMESPACE)
+
+
+def _request_windows(plan: Plan) -> list[_Window]:
+    if plan.requests_per_minute is None:
+        return []
+    return [_Window(REQUESTS, plan.requests_per_minute, plan.request_window_s)]
+
+
+def _execution_windows(plan: Plan) -> list[_Window]:
+    """Execution windows, shortest first (the order they are consumed in)."""
+    windows = []
+    if plan.executions_per_minute is not None:
+        windows.append(_Window(EXECUTIONS_MINUTE, plan.executions_per_minute, 60))
+    if plan.executions_per_day is not None:
+        windows.append(_Window(EXECUTIONS_DAY, plan.executions_per_day, 86_400))
+    return windows
+
+
+def retry_after_s(state: LimitState) -> int:
+    """Whole seconds a refused client should wait for ``state`` to free a slot (>= 1)."""
+    return max(1, math.ceil(state.reset_after))
+
+
+class RateLimiter:
+    """Counts requests and executions per account against its plan.
+
+    ``storage_uri`` is any ``limits`` storage URI: ``memory://`` (one process) or
+    ``redis://127.0.0.1:6379/0`` (shared by every API node; keys are prefixed
+    ``pixelmill:ratelimit``).  Methods are thread-safe.
+    """
+
+    def __init__(self, storage_uri: str = "memory://") -> None:
+        options: dict[str, str | bool] = {"wrap_exceptions": True}
+        if storage_uri.split("://", 1)[0].startswith(("redis", "valkey")):
+            options["key_prefix"] = _REDIS_KEY_PREFIX
+        self.storage_uri = storage_uri
+        self._storage = storage_from_string(storage_uri, **options)
+        self._strategy = MovingWindowRateLimiter(self._storage)
+        self._execution_lock = threading.Lock()
+
+    # -- queries -------------------------------------------------------------------
+
+    def _state(self, window: _Window, account_id: str) -> LimitState:
+        stats = self._strategy.get_window_stats(window.item, window.name, account_id)
+        remaining = max(0, min(window.limit, stats.remaining))
+        reset_after = max(0.0, stats.reset_time - time.time()) if remaining < window.limit else 0.0
+        return LimitState(window.name, window.limit, remaining, reset_after, window.window_s)
+
+    def peek(self, account_id: str, plan: Plan) -> list[LimitState]:
+        """Every finite window of the account, consuming nothing."""
+        windows = _request_windows(plan) + _execution_windows(plan)
+        return [self._state(w, account_id) for w in windows]
+
+    # -- hits ----------------------------------------------------------------------
+
+    def hit_request(self, account_id: str, plan: Plan) -> RateDecision:
+        """Count one API request; refused when the request window is full.
+
+        The decision's ``states`` hold the request window only (none for an
+        unlimited plan); execution windows are reported by :meth:`hit_execution`.
+        """
+        states: list[LimitState] = []
+        for window in _request_windows(plan):
+            allowed = self._strategy.hit(window.item, window.name, account_id)
+            state = self._state(window, account_id)
+            states.append(state)
+            if not allowed:
+                return RateDecision(False, states, state, retry_after_s(state))
+        return RateDecision(True, states)
+
+    def hit_execution(self, account_id: str, plan: Plan, cost: int = 1) -> RateDecision:
+        """Count ``cost`` new executions against the per-minute and per-day windows.
+
+        Either every window takes ``cost`` or none does: each window is first
+        tested, and only when all have room are they consumed, shortest window
+        first.  Within one process a lock makes this atomic.  Across API nodes
+        sharing Redis two submits can both pass the test and race on the last
+        slot; each consumption is itself atomic in Redis, so the limit is never
+        exceeded — the loser is refused and at worst keeps a per-minute slot it
+        already took, which frees within 60 s.  Over-counting briefly is the safe
+        direction, so no cross-key transaction is used.
+
+        When refused, ``violated`` is the full window that frees last and
+        ``retry_after`` is when its oldest slot frees; for ``cost > 1`` that is
+        the earliest moment a retry can succeed, not a promise that it will.
+        A ``cost`` larger than a window's limit is always refused: callers should
+        reject such batches up front.
+        """
+        if cost < 1:
+            raise ValueError(f"cost must be >= 1, got {cost}")
+        windows = _execution_windows(plan)
+        with self._execution_lock:
+            full = [w for w in windows if not self._strategy.test(w.item, w.name, account_id, cost=cost)]
+            if full:
+                return self._refusal(windows, full, account_id)
+            for window in windows:
+                if not self._strategy.hit(window.item, window.name, account_id, cost=cost):
+                    return self._refusal(windows, [window], account_id)
+            return RateDecision(True, [self._state(w, account_id) for w in windows])
+
+    def _refusal(self, windows: list[_Window], full: list[_Window], account_id: str) -> RateDecision:
+        states = [self._state(w, account_id) for w in windows]
+        full_names = {w.name for w in full}
+        violated = max((s for s in states if s.name in full_names), key=lambda s: s.reset_after)
+        return RateDecision(False, states, violated, retry_after_s(violated))
+
+    def reset(self) -> None:
+        """Forget every count in this limiter's storage (tests, admin resets).
+
+        On Redis only keys under the ``pixelmill:ratelimit`` prefix are removed.
+        """
+        self._storage.reset()
+
+
+def _most_restrictive(states: list[LimitState]) -> LimitState:
+    """Fewest remaining; on a tie, the one that takes longest to free."""
+    return min(states, key=lambda s: (s.remaining, -s.reset_after))
+
+
+def rate_limit_headers(states: list[LimitState], violated: LimitState | None = None) -> dict[str, str]:
+    """HTTP headers describing ``states`` (empty when every window is unlimited).
+
+    - ``X-RateLimit-Limit`` / ``-Remaining`` / ``-Reset`` for the violated window,
+      or else the most restrictive one.  ``X-RateLimit-Reset`` is **seconds from
+      now** (rounded up) until that window frees a slot — relative, not a Unix
+      timestamp, matching ``Retry-After``.
+    - ``RateLimit-Policy`` and ``RateLimit`` per the IETF ``ratelimit-headers``
+      draft (structured-field lists), one item per window:
+      ``RateLimit-Policy: "requests";q=10;w=60, "executions-day";q=50;w=86400`` and
+      ``RateLimit: "requests";r=3;t=42`` (``t`` = delta-seconds until reset).
+    - ``Retry-After`` (whole seconds, >= 1 and never earlier than ``t``) when
+      ``violated`` is given.
+    """
+    if not states and violated is None:
+        return {}
+    shown = list(states) if states else [violated]  # type: ignore[list-item]
+    primary = violated or _most_restrictive(shown)
+    headers = {
+        "X-RateLimit-Limit": str(primary.limit),
+        "X-RateLimit-Remaining": str(primary.remaining),
+        "X-RateLimit-Reset": str(math.ceil(primary.reset_after)),
+        "RateLimit-Policy": ", ".join(f'"{s.name}";q={s.limit};w={s.window_s}' for s in shown),
+        "RateLimit": ", ".join(f'"{s.name}";r={s.remaining};t={math.ceil(s.reset_after)}' for s in shown),
+    }
+    if violated is not None:
+        headers["Retry-After"] = str(retry_after_s(violated))
+    return headers
