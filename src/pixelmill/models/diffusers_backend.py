@@ -1,0 +1,256 @@
+"""Text-to-image (and image-to-image) with Hugging Face diffusers pipelines.
+
+:class:`DiffusersBackend` loads whatever pipeline a diffusers folder or repo
+declares in its ``model_index.json`` (FLUX.1 dev/schnell, FLUX.2, Stable
+Diffusion 1.x/2.x, SDXL, SD3 ...) and runs it with the request's size, steps,
+guidance and seed.  Per-step progress and cancellation go through
+``callback_on_step_end``; a cancelled run stops at the next step boundary.
+
+Seeds are drawn from CPU generators, one per image (``seed + i``), so the same
+request gives the same starting noise on any device.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from PIL import Image
+
+from pixelmill.models.base import StepControl, TextToImageRequest
+from pixelmill.models.catalog import ModelSpec
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+_SEED_MASK = 0xFFFF_FFFF_FFFF_FFFF
+
+
+class ModelLoadError(RuntimeError):
+    """A model's weights could not be found or loaded."""
+
+
+def resolve_device(requested: str) -> str:
+    """The torch device for a catalog ``device`` value ("auto": cuda, then mps, then cpu)."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return "mps"
+        return "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device 'cuda' requested but no CUDA device is available")
+    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelLoadError("device 'mps' requested but MPS is not available")
+    return requested
+
+
+def resolve_dtype(requested: str, device: str) -> torch.dtype:
+    """The torch dtype for a catalog ``dtype`` value ("auto": bf16 on cuda, fp16 on mps, fp32 on cpu)."""
+    if requested != "auto":
+        return _DTYPES[requested]
+    return {"cuda": torch.bfloat16, "mps": torch.float16}.get(device, torch.float32)
+
+
+def _offline() -> bool:
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.HF_HUB_OFFLINE)
+    except Exception:  # pragma: no cover - huggingface_hub always ships with diffusers
+        return False
+
+
+def _dtype_keyword() -> str:
+    """``dtype`` on diffusers versions that renamed it, ``torch_dtype`` before."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return "torch_dtype"
+    return "dtype"
+
+
+def _call_parameters(pipe: Any) -> tuple[set[str], bool]:
+    """Names accepted by ``pipe.__call__`` and whether it takes ``**kwargs``."""
+    params = inspect.signature(pipe.__call__).parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return set(params), accepts_any
+
+
+class DiffusersBackend:
+    """One catalog model served through a diffusers pipeline kept in memory.
+
+    ``load()`` is idempotent and thread-safe; ``generate`` loads on first use.
+    One generation runs at a time per pipeline; other callers wait.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        if spec.backend != "diffusers":
+            raise ValueError(f"model {spec.name!r} uses backend {spec.backend!r}, not 'diffusers'")
+        self.spec = spec
+        self.device = resolve_device(spec.device)
+        self.dtype = resolve_dtype(spec.dtype, self.device)
+        self._pipe: Any = None
+        self._img2img: Any = None
+        self._load_lock = threading.Lock()
+        self._run_lock = threading.Lock()
+
+    # -- loading -----------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        """True once the pipeline is resident."""
+        return self._pipe is not None
+
+    @property
+    def pipeline(self) -> Any:
+        """The loaded diffusers pipeline (loads it if needed)."""
+        return self.load()
+
+    def load(self) -> Any:
+        """Load the pipeline onto the device once; later calls return it."""
+        if self._pipe is not None:
+            return self._pipe
+        with self._load_lock:
+            if self._pipe is None:
+                self._pipe = self._load_pipeline()
+        return self._pipe
+
+    def unload(self) -> None:
+        """Drop the pipeline (and free accelerator memory); the next use reloads it."""
+        with self._load_lock, self._run_lock:
+            self._pipe = None
+            self._img2img = None
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+
+    def _load_pipeline(self) -> Any:
+        from diffusers import DiffusionPipeline
+
+        spec = self.spec
+        source = spec.resolved_path()
+        if spec.is_local and not (Path(source) / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"model {spec.name!r}: no diffusers pipeline at {source} (model_index.json missing)"
+            )
+        local_only = not spec.allow_download or _offline()
+        log.info("loading model %s from %s on %s (%s)", spec.name, source, self.device, self.dtype)
+        try:
+            pipe = DiffusionPipeline.from_pretrained(
+                source, local_files_only=local_only, **{_dtype_keyword(): self.dtype}
+            )
+        except Exception as exc:
+            hint = "" if spec.is_local or not local_only else " (not in the local Hugging Face cache; downloads are off)"
+            raise ModelLoadError(f"model {spec.name!r}: cannot load {source}{hint}: {exc}") from exc
+        pipe.to(self.device)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def _image_pipeline(self, pipe: Any) -> Any:
+        """The pipeline that takes an input image: the model's own, or its img2img sibling."""
+        params, _ = _call_parameters(pipe)
+        if "image" in params:  # editing pipelines (FLUX.2, Kontext) take reference images directly
+            return pipe
+        if self._img2img is None:
+            from diffusers import AutoPipelineForImage2Image
+
+            try:
+                img2img = AutoPipelineForImage2Image.from_pipe(pipe)
+            except Exception as exc:
+                raise ValueError(
+                    f"model {self.spec.name!r} ({type(pipe).__name__}) has no image-to-image variant"
+                ) from exc
+            img2img.set_progress_bar_config(disable=True)
+            self._img2img = img2img
+        return self._img2img
+
+    # -- generation --------------------------------------------------------
+
+    def steps_for(self, request: TextToImageRequest) -> int:
+        """Denoising steps for a request: its own or the model default, clamped to 1..max_steps."""
+        steps = request.steps if request.steps is not None else self.spec.default_steps
+        return max(1, min(int(steps), self.spec.max_steps))
+
+    def guidance_for(self, request: TextToImageRequest) -> float:
+        """Guidance scale for a request: its own or the model default."""
+        return float(request.guidance if request.guidance is not None else self.spec.default_guidance)
+
+    def generate(self, request: TextToImageRequest, control: StepControl) -> list[Image.Image]:
+        """Run the pipeline; ``request.num_images`` RGB images of the requested size."""
+        self._validate(request)
+        control.check()
+        pipe = self.load()
+        with self._run_lock:
+            control.check()
+            target = pipe if request.init_image is None else self._image_pipeline(pipe)
+            kwargs = self._call_kwargs(target, request, control)
+            images = target(**kwargs).images
+        if "callback_on_step_end" not in kwargs:  # pipeline without step callbacks
+            control.report(1.0)
+        return [self._fit(image, request) for image in images]
+
+    def _validate(self, request: TextToImageRequest) -> None:
+        if request.width <= 0 or request.height <= 0:
+            raise ValueError("width and height must be positive")
+        if request.num_images < 1:
+            raise ValueError("num_images must be at least 1")
+        if request.init_image is not None and not self.spec.supports_image_input:
+            raise ValueError(f"model {self.spec.name!r} does not accept an input image")
+
+    def _call_kwargs(self, target: Any, request: TextToImageRequest, control: StepControl) -> dict[str, Any]:
+        steps = self.steps_for(request)
+        generators = [
+            torch.Generator("cpu").manual_seed((request.seed + i) & _SEED_MASK) for i in range(request.num_images)
+        ]
+        kwargs: dict[str, Any] = {
+            "prompt": request.prompt,
+            "width": request.width,
+            "height": request.height,
+            "num_inference_steps": steps,
+            "guidance_scale": self.guidance_for(request),
+            "num_images_per_prompt": request.num_images,
+            "generator": generators,
+            "output_type": "pil",
+            "callback_on_step_end": _step_callback(control, steps),
+        }
+        if request.negative_prompt:
+            kwargs["negative_prompt"] = request.negative_prompt
+        if request.init_image is not None:
+            image = request.init_image.convert("RGB")
+            if image.size != (request.width, request.height):
+                image = image.resize((request.width, request.height), Image.Resampling.LANCZOS)
+            kwargs["image"] = image
+            kwargs["strength"] = float(request.strength)
+        params, accepts_any = _call_parameters(target)
+        if not accepts_any:
+            dropped = sorted(set(kwargs) - params)
+            if dropped:
+                log.debug("%s ignores %s", type(target).__name__, ", ".join(dropped))
+            kwargs = {key: value for key, value in kwargs.items() if key in params}
+        return kwargs
+
+    @staticmethod
+    def _fit(image: Image.Image, request: TextToImageRequest) -> Image.Image:
+        """RGB at exactly the requested size (pipelines round sizes to their latent grid)."""
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        if image.size != (request.width, request.height):
+            image = image.resize((request.width, request.height), Image.Resampling.LANCZOS)
+        return image
+
+
+def _step_callback(control: StepControl, steps: int) -> Callable[..., dict]:
+    """A ``callback_on_step_end`` that reports progress and raises on cancel."""
+
+    def on_step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+        total = getattr(pipe, "_num_timesteps", None) or steps
+        control.report((step + 1) / total)
+        control.check()
+        return callback_kwargs
+
+    return on_step_end
