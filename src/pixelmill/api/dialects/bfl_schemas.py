@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ __all__ = [
     "BFL_ENDPOINTS",
     "BadImageInput",
     "BflGenerationParams",
-    "BflParamError",
+    "BflRequestError",
     "CreditsResponse",
     "Flux2FlexInputs",
     "Flux2Inputs",
@@ -72,6 +73,7 @@ __all__ = [
     "is_url",
     "kontext_dimensions",
     "parse_aspect_ratio",
+    "parse_request_body",
     "to_generation_params",
     "ultra_dimensions",
     "validate_request",
@@ -761,27 +763,63 @@ BFL_ENDPOINTS: dict[str, type[BaseModel]] = {
 
 
 def validate_request(endpoint: str, body: Any) -> BaseModel:
-    """Validate a decoded JSON body for ``endpoint``; raises ``KeyError`` for an
-    unknown endpoint and ``pydantic.ValidationError`` for a bad body."""
-    return BFL_ENDPOINTS[endpoint].model_validate(body)
+    """Validate a decoded JSON body for ``endpoint`` the way FastAPI does.
+
+    Raises ``KeyError`` for an unknown endpoint and ``pydantic.ValidationError``
+    for a bad body.  Validation uses ``from_attributes=True`` as FastAPI does,
+    so a non-object body fails with FastAPI's ``model_attributes_type`` error.
+    """
+    return BFL_ENDPOINTS[endpoint].model_validate(body, from_attributes=True)
+
+
+def parse_request_body(endpoint: str, raw: bytes) -> BaseModel:
+    """Decode and validate a raw JSON request body for ``endpoint``.
+
+    Mirrors FastAPI for a ``Content-Type: application/json`` body: an empty
+    body is a ``missing`` error at ``["body"]``, undecodable JSON a
+    ``json_invalid`` error at ``["body", <position>]`` (both raised as
+    :class:`BflRequestError`), anything else goes to :func:`validate_request`.
+    """
+    model_cls = BFL_ENDPOINTS[endpoint]
+    if not raw:
+        raise BflRequestError([{"type": "missing", "loc": (), "msg": "Field required", "input": None}])
+    try:
+        body = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise BflRequestError(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": (exc.pos,),
+                    "msg": "JSON decode error",
+                    "input": {},
+                    "ctx": {"error": exc.msg},
+                }
+            ]
+        ) from None
+    return model_cls.model_validate(body, from_attributes=True)
 
 
 # --------------------------------------------------------------------------
 # errors
 
 
-class BflParamError(ValueError):
-    """A request that is valid for BFL but beyond what this server allows.
+class BflRequestError(ValueError):
+    """A request body rejected outside pydantic validation (bad JSON, a size
+    beyond this server's limit ...), rendered as a ``422`` like any other.
 
     ``errors`` are pydantic-style dicts with ``loc`` relative to the body, ready
     for :func:`validation_error_body`.
     """
 
-    def __init__(self, loc: tuple[str | int, ...], msg: str, input: Any = None) -> None:
-        super().__init__(msg)
-        self.errors: list[dict[str, Any]] = [
-            {"type": "value_error", "loc": loc, "msg": msg, "input": input}
-        ]
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__("; ".join(str(err.get("msg", "")) for err in errors))
+        self.errors = errors
+
+    @classmethod
+    def value_error(cls, loc: tuple[str | int, ...], msg: str, input: Any = None) -> "BflRequestError":
+        """One ``value_error`` at ``loc`` (relative to the body)."""
+        return cls([{"type": "value_error", "loc": loc, "msg": msg, "input": input}])
 
 
 class BadImageInput(ValueError):
@@ -798,12 +836,12 @@ class BadImageInput(ValueError):
 
 
 def validation_error_body(
-    errors: ValidationError | BflParamError | BadImageInput | list[dict[str, Any]],
+    errors: ValidationError | BflRequestError | BadImageInput | list[dict[str, Any]],
 ) -> dict[str, Any]:
     """The ``422`` body FastAPI would send for these body validation errors.
 
     Accepts a ``pydantic.ValidationError`` raised by ``Model.model_validate``, our
-    own ``BflParamError``/``BadImageInput``, or a list of pydantic-style error
+    own ``BflRequestError``/``BadImageInput``, or a list of pydantic-style error
     dicts.  Locations are relative to the body; ``"body"`` is prefixed here.
     The result matches FastAPI's ``request_validation_exception_handler``:
     ``{"detail": [{"type", "loc", "msg", "input", "ctx"?}]}``, JSON-ready.
@@ -812,7 +850,7 @@ def validation_error_body(
 
     if isinstance(errors, ValidationError):
         items = errors.errors(include_url=False)
-    elif isinstance(errors, BflParamError):
+    elif isinstance(errors, BflRequestError):
         items = errors.errors
     elif isinstance(errors, BadImageInput):
         items = [errors.error_dict()]
@@ -1009,11 +1047,11 @@ def to_generation_params(
     is validated here) into :class:`BflGenerationParams`.
 
     ``max_megapixels`` is this server's output cap: aspect-ratio endpoints are
-    scaled down to it, explicit sizes above it raise :class:`BflParamError`.
+    scaled down to it, explicit sizes above it raise :class:`BflRequestError`.
     """
     model_cls = BFL_ENDPOINTS[endpoint]
     if not isinstance(req, model_cls):
-        req = model_cls.model_validate(req if isinstance(req, dict) else req.model_dump())
+        req = model_cls.model_validate(req if isinstance(req, dict) else req.model_dump(), from_attributes=True)
     fields = model_cls.model_fields
 
     output_format = _value(req, "output_format")
@@ -1039,7 +1077,8 @@ def to_generation_params(
             if value is not None:
                 params.extras[name] = value
 
-    if isinstance(req, FluxUltraInput):
+    explicit_size = False
+    if isinstance(req, (FluxUltraInput, FinetuneFluxUltraInput)):
         params.width, params.height = ultra_dimensions(req.aspect_ratio, max_megapixels)
     elif isinstance(req, FluxKontextProInputs):
         if req.aspect_ratio is not None:
@@ -1048,12 +1087,14 @@ def to_generation_params(
             params.width, params.height = kontext_dimensions("1:1", max_megapixels)
     elif isinstance(req, (Flux2Inputs, Flux2KleinInputs, Flux2FlexInputs)):
         params.width, params.height = flux2_dimensions(req.width, req.height)
+        explicit_size = True
     elif "width" in fields:
         params.width, params.height = req.width, req.height
+        explicit_size = True
     # fill: the size of `image`; expand: image plus margins -> both left None
 
-    if params.width and params.height and params.width * params.height > max_megapixels * MEGAPIXEL:
-        raise BflParamError(
+    if explicit_size and params.width * params.height > max_megapixels * MEGAPIXEL:
+        raise BflRequestError.value_error(
             (),
             f"{params.width}x{params.height} is more than this server's limit of "
             f"{max_megapixels:g} megapixels",
