@@ -22,11 +22,11 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from limits import RateLimitItemPerSecond
 from limits.errors import StorageError
-from limits.storage import storage_from_string
+from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from pixelmill.accounts.plans import Plan
@@ -40,6 +40,7 @@ RateLimitStorageError = StorageError
 
 _NAMESPACE = "pixelmill"
 _REDIS_KEY_PREFIX = "pixelmill:ratelimit"
+_LOCK_STRIPES = 64
 
 
 @dataclass(frozen=True)
@@ -107,13 +108,16 @@ class RateLimiter:
     """
 
     def __init__(self, storage_uri: str = "memory://") -> None:
-        options: dict[str, str | bool] = {"wrap_exceptions": True}
-        if storage_uri.split("://", 1)[0].startswith(("redis", "valkey")):
-            options["key_prefix"] = _REDIS_KEY_PREFIX
         self.storage_uri = storage_uri
-        self._storage = storage_from_string(storage_uri, **options)
+        self._options: dict[str, str | bool] = {"wrap_exceptions": True}
+        if storage_uri.split("://", 1)[0].startswith(("redis", "valkey")):
+            self._options["key_prefix"] = _REDIS_KEY_PREFIX
+        self._connect()
+        self._execution_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+
+    def _connect(self) -> None:
+        self._storage = storage_from_string(self.storage_uri, **self._options)
         self._strategy = MovingWindowRateLimiter(self._storage)
-        self._execution_lock = threading.Lock()
 
     # -- queries -------------------------------------------------------------------
 
@@ -149,44 +153,58 @@ class RateLimiter:
         """Count ``cost`` new executions against the per-minute and per-day windows.
 
         Either every window takes ``cost`` or none does: each window is first
-        tested, and only when all have room are they consumed, shortest window
-        first.  Within one process a lock makes this atomic.  Across API nodes
-        sharing Redis two submits can both pass the test and race on the last
-        slot; each consumption is itself atomic in Redis, so the limit is never
-        exceeded — the loser is refused and at worst keeps a per-minute slot it
-        already took, which frees within 60 s.  Over-counting briefly is the safe
-        direction, so no cross-key transaction is used.
+        checked for room, and only when all have it are they consumed, shortest
+        window first.  Within one process a per-account lock makes this atomic.
+        Across API nodes sharing Redis two submits can both see room and race on
+        the last slot; each consumption is itself atomic in Redis, so the limit is
+        never exceeded — the loser is refused and at worst keeps a per-minute slot
+        it already took, which frees within 60 s.  Over-counting briefly is the
+        safe direction, so no cross-key transaction is used.
 
-        When refused, ``violated`` is the full window that frees last and
-        ``retry_after`` is when its oldest slot frees; for ``cost > 1`` that is
-        the earliest moment a retry can succeed, not a promise that it will.
-        A ``cost`` larger than a window's limit is always refused: callers should
-        reject such batches up front.
+        The states of an allowed decision are derived from the counts read just
+        before consuming (another node may have moved them since).  When refused,
+        ``violated`` is the full window that frees last and ``retry_after`` is when
+        its oldest slot frees; for ``cost > 1`` that is the earliest moment a retry
+        can succeed, not a promise that it will.  A ``cost`` larger than a window's
+        limit is always refused: callers should reject such batches up front.
         """
         if cost < 1:
             raise ValueError(f"cost must be >= 1, got {cost}")
         windows = _execution_windows(plan)
-        with self._execution_lock:
-            full = [w for w in windows if not self._strategy.test(w.item, w.name, account_id, cost=cost)]
+        lock = self._execution_locks[hash(account_id) % _LOCK_STRIPES]
+        with lock:
+            before = [self._state(w, account_id) for w in windows]
+            full = [s for s in before if s.remaining < cost]
             if full:
-                return self._refusal(windows, full, account_id)
+                return _refusal(before, full)
             for window in windows:
                 if not self._strategy.hit(window.item, window.name, account_id, cost=cost):
-                    return self._refusal(windows, [window], account_id)
-            return RateDecision(True, [self._state(w, account_id) for w in windows])
-
-    def _refusal(self, windows: list[_Window], full: list[_Window], account_id: str) -> RateDecision:
-        states = [self._state(w, account_id) for w in windows]
-        full_names = {w.name for w in full}
-        violated = max((s for s in states if s.name in full_names), key=lambda s: s.reset_after)
-        return RateDecision(False, states, violated, retry_after_s(violated))
+                    states = [self._state(w, account_id) for w in windows]
+                    return _refusal(states, [s for s in states if s.name == window.name])
+        return RateDecision(True, [_after_taking(s, cost) for s in before])
 
     def reset(self) -> None:
         """Forget every count in this limiter's storage (tests, admin resets).
 
-        On Redis only keys under the ``pixelmill:ratelimit`` prefix are removed.
+        On Redis only keys under the ``pixelmill:ratelimit`` prefix are removed.  An
+        embedded store is replaced by a fresh one rather than cleared in place, as
+        clearing races with its background expiry sweep.
         """
-        self._storage.reset()
+        if isinstance(self._storage, MemoryStorage):
+            self._connect()
+        else:
+            self._storage.reset()
+
+
+def _refusal(states: list[LimitState], full: list[LimitState]) -> RateDecision:
+    violated = max(full, key=lambda s: s.reset_after)
+    return RateDecision(False, states, violated, retry_after_s(violated))
+
+
+def _after_taking(state: LimitState, cost: int) -> LimitState:
+    """``state`` once ``cost`` more slots are counted (a fresh window starts now)."""
+    reset_after = state.reset_after if state.remaining < state.limit else float(state.window_s)
+    return replace(state, remaining=state.remaining - cost, reset_after=reset_after)
 
 
 def _most_restrictive(states: list[LimitState]) -> LimitState:
