@@ -23,6 +23,7 @@ from pixelmill.accounts.ratelimit import (
     LimitState,
     RateLimiter,
     rate_limit_headers,
+    rate_limited_error,
 )
 
 REDIS_URI = "redis://127.0.0.1:6379/15"
@@ -278,6 +279,21 @@ def test_refusal_headers_carry_retry_after(limiter: RateLimiter, account: str) -
     assert headers["X-RateLimit-Remaining"] == "0"
     t = parse_sf_list(headers["RateLimit"])["requests"]["t"]
     assert int(headers["Retry-After"]) >= t >= 1  # Retry-After never earlier than t
+
+
+def test_refusal_becomes_a_429_error_with_headers(limiter: RateLimiter, account: str) -> None:
+    plan = tiny(executions_per_minute=10, executions_per_day=1)
+    limiter.hit_execution(account, plan)
+    refused = limiter.hit_execution(account, plan)
+    error = rate_limited_error(refused)
+
+    assert error.status == 429
+    assert error.to_dict()["violated_policies"] == ["executions-day"]
+    assert error.to_dict()["retry_after"] == refused.retry_after  # seconds, not a timestamp
+    assert error.headers["Retry-After"] == str(refused.retry_after)
+    assert error.headers["X-RateLimit-Limit"] == "1"
+    with pytest.raises(ValueError):
+        rate_limited_error(limiter.hit_execution(account + "_other", plan))
 
 
 def test_headers_of_a_fresh_account_show_full_quota(limiter: RateLimiter, account: str) -> None:

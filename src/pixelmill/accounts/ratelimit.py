@@ -13,8 +13,10 @@ window after it was taken.  Storage is chosen by URI: ``memory://`` for one API
 process, ``redis://host:6379/0`` when several API nodes must share the counts.
 
 Limits are keyed by their amount and window: changing an account's plan starts it
-on fresh counters.  Storage failures raise :class:`RateLimitStorageError`; whether
-to let requests through when the store is down is the caller's choice.
+on fresh counters.  Slots are stamped with the API node's clock, so nodes sharing
+Redis need synchronised clocks (NTP).  Storage failures raise
+:class:`RateLimitStorageError` on use (constructing a limiter never connects);
+whether to let requests through when the store is down is the caller's choice.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from pixelmill.accounts.plans import Plan
+from pixelmill.errors import RateLimited
 
 REQUESTS = "requests"
 EXECUTIONS_MINUTE = "executions-minute"
@@ -240,3 +243,26 @@ def rate_limit_headers(states: list[LimitState], violated: LimitState | None = N
     if violated is not None:
         headers["Retry-After"] = str(retry_after_s(violated))
     return headers
+
+
+def rate_limited_error(decision: RateDecision) -> RateLimited:
+    """The 429 error for a refused ``decision``, carrying its headers.
+
+    Details: ``violated_policies`` (the IETF draft's name for the full windows),
+    ``limit``, ``window_s`` and ``retry_after`` in seconds from now (like the
+    ``Retry-After`` header, never a timestamp).
+    """
+    violated = decision.violated
+    if decision.allowed or violated is None:
+        raise ValueError("the decision was allowed; there is nothing to refuse")
+    retry_after = decision.retry_after or retry_after_s(violated)
+    error = RateLimited(
+        f"Rate limit exceeded: {violated.limit} {violated.name} per {violated.window_s} s; "
+        f"retry in {retry_after} s",
+        violated_policies=[violated.name],
+        limit=violated.limit,
+        window_s=violated.window_s,
+        retry_after=retry_after,
+    )
+    error.headers.update(rate_limit_headers(decision.states, violated))
+    return error
