@@ -1,0 +1,44 @@
+"""The FastAPI application: mounts every dialect on one runtime."""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+
+from pixelmill import __version__
+from pixelmill.api.dialects import bfl
+from pixelmill.api.errors import install_error_handlers
+from pixelmill.api.files import router as files_router
+
+
+def create_app(runtime, manage_runtime: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        if manage_runtime:
+            runtime.start()
+        try:
+            yield
+        finally:
+            if manage_runtime:
+                runtime.stop()
+
+    app = FastAPI(title="pixelmill", version=__version__, lifespan=lifespan)
+    app.state.runtime = runtime
+    install_error_handlers(app)
+
+    @app.middleware("http")
+    async def request_id(request: Request, call_next):
+        rid = request.headers.get("x-request-id") or str(uuid.uuid4())
+        response = await call_next(request)
+        response.headers["X-Request-Id"] = rid
+        return response
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz():
+        return {"status": "ok", "version": __version__}
+
+    app.include_router(files_router)
+    app.include_router(bfl.router)
+    return app

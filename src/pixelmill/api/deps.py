@@ -1,0 +1,57 @@
+"""Request dependencies: the runtime, the calling principal, the JSON body (size-capped)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+
+from pixelmill.accounts.keys import Principal, authenticate
+from pixelmill.errors import BadRequest, PayloadTooLarge
+
+
+def runtime(request: Request):
+    return request.app.state.runtime
+
+
+def presented_key(request: Request) -> str | None:
+    h = request.headers
+    key = h.get("x-key") or h.get("x-api-key")
+    if not key:
+        auth = h.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            key = auth[7:].strip()
+    return key or None
+
+
+def principal(request: Request) -> Principal:
+    cached = getattr(request.state, "principal", None)
+    if cached is not None:
+        return cached
+    rt = request.app.state.runtime
+    with rt.db.engine.connect() as conn:
+        p = authenticate(conn, presented_key(request))
+    request.state.principal = p
+    return p
+
+
+async def json_body(request: Request) -> Any:
+    """The request's JSON.  413 past the size cap; 400 when it is not JSON."""
+    limit = request.app.state.runtime.settings.max_body_bytes
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"Request body is larger than {limit} bytes", limit=limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body is larger than {limit} bytes", limit=limit)
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise BadRequest("Request body is empty; send a JSON object", code="empty_body")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadRequest(f"Request body is not valid JSON: {e}", code="malformed_json") from None

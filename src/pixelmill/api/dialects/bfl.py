@@ -1,0 +1,161 @@
+"""The BFL FLUX API dialect: ``POST /v1/{endpoint}``, ``GET /v1/get_result``, ``GET /v1/credits``.
+
+Thin: parse and validate the body exactly as BFL does, turn it into a one-node
+graph, call the execution service, render BFL's shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from pixelmill.accounts import ledger
+from pixelmill.accounts.keys import Principal
+from pixelmill.api.deps import json_body, principal
+from pixelmill.api.dialects import bfl_schemas as schemas
+from pixelmill.api.files import signed_url
+from pixelmill.domain.status import ExecutionStatus
+from pixelmill.engine.service import Submission
+from pixelmill.engine.views import ExecutionView
+from pixelmill.errors import NotFound, PixelmillError
+
+router = APIRouter(tags=["BFL"])
+
+STATUS = {
+    ExecutionStatus.QUEUED: "Pending",
+    ExecutionStatus.RUNNING: "Pending",
+    ExecutionStatus.SUCCEEDED: "Ready",
+    ExecutionStatus.FAILED: "Error",
+    ExecutionStatus.CANCELLED: "Error",
+}
+
+
+def _validation_error(err) -> JSONResponse:
+    return JSONResponse(schemas.validation_error_body(err), status_code=422)
+
+
+@router.get("/v1/get_result")
+def get_result(request: Request, id: str = "", who: Principal = Depends(principal)):
+    rt = request.app.state.runtime
+    try:
+        view = rt.executions.get(who.account_id, id)
+    except NotFound:
+        return {"id": id, "status": "Task not found", "result": None, "progress": None, "details": None, "preview": None}
+    return render_result(request, view)
+
+
+@router.get("/v1/credits")
+def credits(request: Request, who: Principal = Depends(principal)):
+    rt = request.app.state.runtime
+    with rt.db.engine.connect() as conn:
+        return {"credits": ledger.balance(conn, who.account_id)}
+
+
+@router.post("/v1/{endpoint}")
+async def submit(endpoint: str, request: Request, who: Principal = Depends(principal)):
+    rt = request.app.state.runtime
+    if endpoint not in schemas.BFL_ENDPOINTS:
+        raise NotFound(f"Unknown endpoint /v1/{endpoint}", code="unknown_endpoint")
+    spec = rt.catalog.for_bfl_endpoint(endpoint)
+    if spec is None:
+        raise NotFound(
+            f"No model is configured for /v1/{endpoint} on this server; configured endpoints: "
+            + ", ".join(sorted(e for m in rt.catalog.models for e in m.bfl_endpoints)),
+            code="endpoint_not_configured",
+        )
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        return _validation_error([{"type": "model_attributes_type", "loc": (), "msg": "Input should be a valid dictionary or object", "input": body}])
+    try:
+        req = schemas.validate_request(endpoint, body)
+        params = schemas.to_generation_params(endpoint, req)
+        images = [schemas.decode_base64_image(v, f, rt.settings.max_body_bytes) for f, v in _image_fields(req) if not schemas.is_url(v)]
+    except ValidationError as e:
+        return _validation_error(e)
+    except (schemas.BflParamError, schemas.BadImageInput) as e:
+        return _validation_error(e)
+    if params.input_images and params.width is None and not spec.supports_image_input:
+        raise PixelmillError(
+            f"/v1/{endpoint} is served by {spec.name}, which does not take input images",
+            code="image_input_not_supported",
+            status=422,
+        )
+    del images  # validated; models that take images receive them through an image node
+    width = params.width or 1024
+    height = params.height or 1024
+    node = {
+        "type": "text_to_image",
+        "params": {
+            "model": spec.name,
+            "prompt": params.prompt,
+            "width": width,
+            "height": height,
+            "steps": params.steps,
+            "guidance": params.guidance,
+            "seed": params.seed,
+            "output_format": params.output_format,
+        },
+    }
+    view = rt.executions.submit(
+        Submission(
+            principal=who,
+            graph={"nodes": {"generate": node}},
+            dialect="bfl",
+            label=endpoint,
+            request=req.model_dump(mode="json", exclude={"webhook_secret"}),
+            webhook_url=params.webhook_url,
+            webhook_secret=params.webhook_secret,
+        )
+    )
+    return render_submit(request, view, width * height / 1_000_000)
+
+
+def _image_fields(req) -> list[tuple[str, str]]:
+    names = ["image_prompt", "image", "mask", "input_image"] + [f"input_image_{i}" for i in range(2, 9)]
+    return [(n, getattr(req, n)) for n in names if isinstance(getattr(req, n, None), str) and getattr(req, n)]
+
+
+def render_submit(request: Request, view: ExecutionView, output_mp: float) -> dict[str, Any]:
+    base = (request.app.state.runtime.settings.public_base_url or str(request.base_url)).rstrip("/")
+    body = {
+        "id": view.id,
+        "polling_url": f"{base}/v1/get_result?id={view.id}",
+        "cost": view.cost_estimate,
+        "input_mp": 0.0,
+        "output_mp": round(output_mp, 4),
+    }
+    if view.webhook_url:
+        body = {"id": view.id, "status": "Pending", "webhook_url": view.webhook_url, **{k: body[k] for k in ("cost", "input_mp", "output_mp")}, "polling_url": body["polling_url"]}
+    return body
+
+
+def render_result(request: Request | None, view: ExecutionView, url_for=None) -> dict[str, Any]:
+    """BFL's get_result shape (also the body of BFL webhooks)."""
+    status = STATUS[view.status]
+    result = None
+    details = None
+    node = view.nodes[0] if view.nodes else None
+    if view.status == ExecutionStatus.SUCCEEDED and node and node.files:
+        f = node.files[0]
+        sample = url_for(f) if url_for else signed_url(request, f)
+        result = {
+            "sample": sample,
+            "seed": node.seed,
+            "prompt": node.params.get("prompt", ""),
+            "start_time": view.started_at,
+            "end_time": view.finished_at,
+            "duration": round((view.finished_at or 0) - (view.started_at or view.created_at), 3),
+            "cost": view.cost,
+        }
+    elif view.status in (ExecutionStatus.FAILED, ExecutionStatus.CANCELLED):
+        details = {"code": view.error_code, "message": view.error_message}
+    progress = None if view.status.is_terminal() else view.progress
+    if view.status == ExecutionStatus.SUCCEEDED:
+        progress = 1.0
+    out = {"id": view.id, "status": status, "result": result, "progress": progress, "details": details, "preview": None}
+    if view.queue_position is not None and not view.status.is_terminal():
+        out["queue_position"] = view.queue_position
+    return out

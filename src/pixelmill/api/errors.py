@@ -1,0 +1,53 @@
+"""Rendering of PixelmillError as JSON: ``{"detail": message, "error": {code, message, ...}}``.
+
+``detail`` keeps FastAPI-style clients (BFL's SDK among them) happy; ``error.code``
+is the stable machine-readable code.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pixelmill.errors import PixelmillError
+
+
+def error_response(err: PixelmillError) -> JSONResponse:
+    body = {"detail": err.message, "error": err.to_dict()}
+    body.update({k: v for k, v in err.details.items() if k not in body})
+    return JSONResponse(body, status_code=err.status, headers=err.headers or None)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(PixelmillError)
+    async def _pixelmill_error(_request: Request, err: PixelmillError):
+        return error_response(err)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, err: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
+        return JSONResponse(
+            {"detail": err.detail, "error": {"code": code, "message": str(err.detail)}},
+            status_code=err.status_code,
+            headers=getattr(err, "headers", None),
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, err: RequestValidationError):
+        errors = []
+        for e in err.errors():
+            e = dict(e)
+            e.pop("url", None)
+            if "ctx" in e:
+                e["ctx"] = {k: str(v) for k, v in e["ctx"].items()}
+            errors.append(e)
+        return JSONResponse({"detail": errors, "error": {"code": "validation_error", "message": "Request validation failed"}}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, err: Exception):
+        return JSONResponse(
+            {"detail": "Internal server error", "error": {"code": "internal_error", "message": "Internal server error"}},
+            status_code=500,
+        )

@@ -1,0 +1,138 @@
+"""The ``pixelmill`` command: serve, worker, keys, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from pixelmill.config import Settings
+
+
+def _settings(args) -> Settings:
+    overrides = {}
+    if getattr(args, "data_dir", None):
+        overrides["data_dir"] = args.data_dir
+    if getattr(args, "database_url", None):
+        overrides["database_url"] = args.database_url
+    if getattr(args, "host", None):
+        overrides["host"] = args.host
+    if getattr(args, "port", None):
+        overrides["port"] = args.port
+    return Settings.load(args.config, **overrides)
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from pixelmill.api.app import create_app
+    from pixelmill.runtime import Runtime
+
+    settings = _settings(args)
+    runtime = Runtime(settings)
+    app = create_app(runtime)
+    print(f"pixelmill serving on {settings.resolved_base_url()} (data in {settings.data_dir})", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=args.log_level)
+    return 0
+
+
+def cmd_migrate(args) -> int:
+    from pixelmill.store import migrate
+
+    settings = _settings(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrate.upgrade(settings.resolved_database_url())
+    print("database is at the newest schema")
+    return 0
+
+
+def _db(args):
+    from pixelmill.store import migrate
+    from pixelmill.store.db import Database
+
+    settings = _settings(args)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.resolved_database_url()
+    migrate.upgrade(url)
+    return settings, Database(url)
+
+
+def cmd_keys(args) -> int:
+    from pixelmill.accounts import keys, ledger
+
+    settings, db = _db(args)
+    if args.keys_cmd == "create":
+        with db.transaction() as conn:
+            account_id = keys.find_account_by_name(conn, args.account)
+            if account_id is None:
+                account_id = keys.create_account(conn, args.account, args.plan or settings.default_plan)
+                credits = settings.signup_credits if args.credits is None else args.credits
+                if credits:
+                    ledger.grant(conn, account_id, credits, f"signup:{account_id}", note="initial credits")
+            elif args.credits:
+                import uuid
+
+                ledger.grant(conn, account_id, args.credits, f"cli-grant:{uuid.uuid4()}", note="granted from the command line")
+            created = keys.create_key(conn, account_id, args.name or "")
+            balance = ledger.balance(conn, account_id)
+        if args.json:
+            print(json.dumps({"key": created.key, "id": created.id, "account_id": account_id, "credits": balance}))
+        else:
+            print(created.key)
+            print(f"# key id {created.id}, account {args.account} ({account_id}), {balance} credits; the key is shown only once", file=sys.stderr)
+    elif args.keys_cmd == "list":
+        with db.engine.connect() as conn:
+            rows = keys.list_keys(conn)
+        for r in rows:
+            state = "revoked" if r["revoked_at"] else "active"
+            print(f"{r['id']}  {r['prefix']}…  {state:8} account={r['account_name']} plan={r['plan']} name={r['name']}")
+    elif args.keys_cmd == "revoke":
+        with db.transaction() as conn:
+            n = keys.revoke_key(conn, args.key_id)
+        if not n:
+            print(f"no active key {args.key_id}", file=sys.stderr)
+            return 1
+        print(f"revoked {args.key_id}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pixelmill", description="Self-hosted image-generation API server")
+    p.add_argument("--config", help="TOML settings file (default: $PIXELMILL_CONFIG)")
+    p.add_argument("--data-dir", help="where the database, files and secret live")
+    p.add_argument("--database-url", help="SQLAlchemy URL (default: SQLite in the data dir)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("serve", help="run the API server with its in-process worker")
+    s.add_argument("--host")
+    s.add_argument("--port", type=int)
+    s.add_argument("--log-level", default="info")
+    s.set_defaults(func=cmd_serve)
+
+    m = sub.add_parser("migrate", help="bring the database schema up to date")
+    m.set_defaults(func=cmd_migrate)
+
+    k = sub.add_parser("keys", help="manage API keys")
+    ks = k.add_subparsers(dest="keys_cmd", required=True)
+    kc = ks.add_parser("create", help="create an API key (and its account if new)")
+    kc.add_argument("--account", default="default", help="account name")
+    kc.add_argument("--plan", help="plan for a new account")
+    kc.add_argument("--name", help="a label for the key")
+    kc.add_argument("--credits", type=float, help="credits to grant")
+    kc.add_argument("--json", action="store_true")
+    ks.add_parser("list", help="list keys")
+    kr = ks.add_parser("revoke", help="revoke a key by id or prefix")
+    kr.add_argument("key_id")
+    k.set_defaults(func=cmd_keys)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Settings: read once at start (environment and/or a TOML file), validated, passed in.
+
+Nothing reads the environment at import time.  ``Settings.load()`` is the one
+place that does; everything else receives a ``Settings`` instance.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "pixelmill"
+
+
+class Settings(BaseSettings):
+    """Every knob of a pixelmill process.  Environment variables use the ``PIXELMILL_`` prefix."""
+
+    model_config = SettingsConfigDict(env_prefix="PIXELMILL_", extra="forbid", env_nested_delimiter="__")
+
+    # where things live
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str | None = None  # default: sqlite:///<data_dir>/pixelmill.db (WAL)
+    models_catalog: Path | None = None  # TOML model catalog; default: the built-in catalog
+
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_base_url: str | None = None  # e.g. https://images.example.com; default http://host:port
+    max_body_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    cors_origins: list[str] = Field(default_factory=list)
+
+    # engine
+    mode: Literal["embedded", "scale-out"] = "embedded"
+    queue: Literal["inprocess", "celery"] = "inprocess"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    worker_threads: int = 1
+    node_timeout_s: float = 600.0
+    result_ttl_s: int = 24 * 3600  # how long get_result knows an execution
+    preload_models: bool = False
+
+    # files
+    secret_key: str | None = None  # signs result URLs; default: generated once, kept in data_dir
+    signed_url_ttl_s: int = 600
+    file_retention_s: int = 7 * 24 * 3600
+
+    # accounts
+    admin_key: str | None = None
+    rate_limit_storage: str = "memory://"
+    idempotency_ttl_s: int = 24 * 3600
+    default_plan: str = "free"
+    signup_credits: float = 100.0
+    plans: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    # outbound HTTP (webhooks, image URLs)
+    url_allow_networks: list[str] = Field(default_factory=list)
+
+    @field_validator("signed_url_ttl_s", "port", "worker_threads")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v <= 0:
+            raise ValueError("must be positive")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings)
+
+    @classmethod
+    def load(cls, config_file: str | os.PathLike | None = None, **overrides: Any) -> "Settings":
+        """Build settings from (lowest to highest priority) a TOML file, the environment, overrides."""
+        file_values: dict[str, Any] = {}
+        path = config_file or os.environ.get("PIXELMILL_CONFIG")
+        if path:
+            with open(path, "rb") as f:
+                file_values = tomllib.load(f)
+        env_only = cls()  # environment (and defaults)
+        merged = {**file_values, **env_only.model_dump(exclude_unset=True), **overrides}
+        return cls(**merged)
+
+    # derived values -------------------------------------------------------
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'pixelmill.db'}"
+
+    def resolved_base_url(self) -> str:
+        if self.public_base_url:
+            return self.public_base_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    def resolved_secret_key(self) -> str:
+        """The URL-signing key: configured, or generated once and kept in the data dir."""
+        if self.secret_key:
+            return self.secret_key
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key_file = self.data_dir / "secret.key"
+        if not key_file.exists():
+            tmp = key_file.with_suffix(".tmp")
+            tmp.write_text(secrets.token_urlsafe(32))
+            os.chmod(tmp, 0o600)
+            try:
+                os.link(tmp, key_file)  # atomic: first writer wins
+            except FileExistsError:
+                pass
+            tmp.unlink(missing_ok=True)
+        return key_file.read_text().strip()
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"

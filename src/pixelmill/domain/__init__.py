@@ -1,0 +1,1 @@
+"""Pure domain types: statuses and the messages that cross process boundaries."""

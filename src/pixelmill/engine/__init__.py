@@ -1,0 +1,1 @@
+"""The execution engine: validate and price graphs, persist, schedule, run nodes."""

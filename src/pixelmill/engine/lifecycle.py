@@ -1,0 +1,132 @@
+"""State changes of executions and node runs, each inside the caller's transaction.
+
+The runner and the cancel path share these, so an execution finishes, fails or
+is cancelled in exactly one way: node rows, execution row, ledger settlement
+and events are written together.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from pixelmill.accounts import ledger
+from pixelmill.domain.status import ExecutionStatus, NodeStatus
+from pixelmill.store.tables import execution_events, executions, node_runs
+
+# (conn, execution_id, event, data) -> None; webhooks subscribe here (outbox rows in the same transaction)
+EventHook = Callable[[Connection, str, str, dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class NodeTask:
+    """The message a queue carries: which node run to execute."""
+
+    node_run_id: str
+    execution_id: str
+    queue: str = "default"
+
+
+class Lifecycle:
+    def __init__(self, hooks: list[EventHook] | None = None):
+        self.hooks: list[EventHook] = hooks or []
+
+    def event(self, conn: Connection, execution_id: str, event: str, data: dict[str, Any] | None = None) -> None:
+        data = data or {}
+        conn.execute(sa.insert(execution_events).values(execution_id=execution_id, event=event, data=data, created_at=time.time()))
+        for hook in self.hooks:
+            hook(conn, execution_id, event, data)
+
+    # --- node level -------------------------------------------------------
+    def start_node(self, conn: Connection, run, worker: str) -> None:
+        now = time.time()
+        conn.execute(
+            sa.update(node_runs)
+            .where(node_runs.c.id == run.id)
+            .values(status=NodeStatus(run.status).start(), started_at=now, attempts=run.attempts + 1, worker=worker, progress=0.0)
+        )
+        ex = conn.execute(sa.select(executions.c.status).where(executions.c.id == run.execution_id)).scalar_one()
+        if ExecutionStatus(ex) == ExecutionStatus.QUEUED:
+            conn.execute(
+                sa.update(executions).where(executions.c.id == run.execution_id).values(status=ExecutionStatus.RUNNING, started_at=now)
+            )
+            self.event(conn, run.execution_id, "execution.started", {})
+        self.event(conn, run.execution_id, "node.started", {"node": run.node_id})
+
+    def succeed_node(self, conn: Connection, run, outputs: dict[str, Any], cost: float, cached: bool) -> list[NodeTask]:
+        """Record a node's outputs; queue the nodes that became runnable; finish the execution if done."""
+        now = time.time()
+        conn.execute(
+            sa.update(node_runs)
+            .where(node_runs.c.id == run.id)
+            .values(status=NodeStatus.SUCCEEDED, finished_at=now, progress=1.0, outputs=outputs, cost=cost, cached=cached)
+        )
+        self.event(conn, run.execution_id, "node.completed", {"node": run.node_id, "outputs": outputs, "cached": cached})
+        runs = conn.execute(sa.select(node_runs).where(node_runs.c.execution_id == run.execution_id)).all()
+        done = {r.node_id for r in runs if r.status == NodeStatus.SUCCEEDED}
+        tasks = []
+        for r in runs:
+            if r.status == NodeStatus.WAITING and all(src in done for src, _ in r.links.values()):
+                conn.execute(sa.update(node_runs).where(node_runs.c.id == r.id).values(status=NodeStatus.QUEUED, queued_at=now))
+                tasks.append(NodeTask(r.id, r.execution_id, (r.params or {}).get("__queue__", "default")))
+        if all(r.status == NodeStatus.SUCCEEDED for r in runs):
+            self.finish_execution(conn, run.execution_id, ExecutionStatus.SUCCEEDED)
+        return tasks
+
+    def fail_node(self, conn: Connection, run, code: str, message: str, cancelled: bool = False) -> None:
+        status = NodeStatus.CANCELLED if cancelled else NodeStatus.FAILED
+        conn.execute(
+            sa.update(node_runs)
+            .where(node_runs.c.id == run.id)
+            .values(status=status, finished_at=time.time(), error_code=code, error_message=message[:2000])
+        )
+        self.event(conn, run.execution_id, "node.failed" if not cancelled else "node.cancelled", {"node": run.node_id, "error": message})
+        final = ExecutionStatus.CANCELLED if cancelled else ExecutionStatus.FAILED
+        self.finish_execution(conn, run.execution_id, final, code, message)
+
+    def progress(self, conn: Connection, node_run_id: str, fraction: float) -> bool:
+        """Store progress; True when the execution was asked to cancel."""
+        conn.execute(sa.update(node_runs).where(node_runs.c.id == node_run_id).values(progress=fraction))
+        row = conn.execute(
+            sa.select(executions.c.cancel_requested, executions.c.status)
+            .join(node_runs, node_runs.c.execution_id == executions.c.id)
+            .where(node_runs.c.id == node_run_id)
+        ).first()
+        return bool(row and (row.cancel_requested or ExecutionStatus(row.status).is_terminal()))
+
+    # --- execution level --------------------------------------------------
+    def finish_execution(
+        self, conn: Connection, execution_id: str, status: ExecutionStatus, code: str | None = None, message: str | None = None
+    ) -> bool:
+        """Move the execution to a terminal status, close open nodes, settle credits.  Idempotent."""
+        ex = conn.execute(sa.select(executions).where(executions.c.id == execution_id)).first()
+        if ex is None or ExecutionStatus(ex.status).is_terminal():
+            return False
+        current = ExecutionStatus(ex.status)
+        new = {ExecutionStatus.SUCCEEDED: current.succeed, ExecutionStatus.FAILED: current.fail, ExecutionStatus.CANCELLED: current.cancel}[status]()
+        now = time.time()
+        open_state = NodeStatus.CANCELLED if new == ExecutionStatus.CANCELLED else NodeStatus.SKIPPED
+        conn.execute(
+            sa.update(node_runs)
+            .where(node_runs.c.execution_id == execution_id, node_runs.c.status.in_([NodeStatus.WAITING, NodeStatus.QUEUED, NodeStatus.RUNNING]))
+            .values(status=open_state, finished_at=now)
+        )
+        actual = 0.0
+        if new == ExecutionStatus.SUCCEEDED:
+            actual = float(
+                conn.execute(
+                    sa.select(sa.func.coalesce(sa.func.sum(node_runs.c.cost), 0.0)).where(node_runs.c.execution_id == execution_id)
+                ).scalar()
+            )
+        conn.execute(
+            sa.update(executions)
+            .where(executions.c.id == execution_id)
+            .values(status=new, finished_at=now, cost_actual=round(actual, 4), error_code=code, error_message=(message or None) and message[:2000])
+        )
+        ledger.settle(conn, ex.account_id, execution_id, ex.cost_estimate, actual)
+        self.event(conn, execution_id, f"execution.{new.value}", {"error": message} if message else {})
+        return True

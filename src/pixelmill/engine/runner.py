@@ -1,0 +1,200 @@
+"""NodeRunner: executes one node run, start to finish.  Safe to call twice for the same run."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import time
+from typing import Any, Callable
+
+import sqlalchemy as sa
+from PIL import Image
+
+from pixelmill.domain.status import ExecutionStatus, NodeStatus
+from pixelmill.engine.lifecycle import Lifecycle, NodeTask
+from pixelmill.files.storage import FileStorage
+from pixelmill.ids import new_id
+from pixelmill.models.base import DeadlineExceeded, GenerationCancelled, StepControl
+from pixelmill.nodes.base import NodeContext, NodeRegistry, NodeResult
+from pixelmill.store.db import Database
+from pixelmill.store.tables import executions, files, node_runs
+
+log = logging.getLogger("pixelmill.runner")
+
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+PROGRESS_EVERY_S = 0.2
+
+
+class NodeRunner:
+    def __init__(
+        self,
+        db: Database,
+        nodes: NodeRegistry,
+        services: Any,
+        storage: FileStorage,
+        lifecycle: Lifecycle,
+        enqueue: Callable[[NodeTask], None],
+        node_timeout_s: float = 600.0,
+        file_retention_s: int = 7 * 24 * 3600,
+    ):
+        self.db = db
+        self.nodes = nodes
+        self.services = services
+        self.storage = storage
+        self.lifecycle = lifecycle
+        self.enqueue = enqueue
+        self.node_timeout_s = node_timeout_s
+        self.file_retention_s = file_retention_s
+        self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
+
+    def run(self, task: NodeTask) -> None:
+        run = self._claim(task.node_run_id)
+        if run is None:
+            return
+        ntype = self.nodes.get(run.node_type)
+        params = {k: v for k, v in run.params.items() if not k.startswith("__")}
+        try:
+            cached = self._cached_outputs(run)
+            if cached is not None:
+                self._finish(run, cached, cost=0.0, cached=True)
+                return
+            parsed = ntype.Params.model_validate(params)
+            inputs = self._load_inputs(run)
+            control = self._control(run.id)
+            result = ntype.run(NodeContext(control=control, seed=run.seed or 0, services=self.services), parsed, inputs)
+            control.check()
+            outputs = {"images": self._store_images(run, result)}
+            self._finish(run, outputs, cost=run.cost, cached=False)
+        except DeadlineExceeded:
+            self._fail(run, "deadline_exceeded", f"node {run.node_id} ran longer than {self.node_timeout_s:.0f} s")
+        except GenerationCancelled:
+            self._fail(run, "cancelled", "Cancelled by the client", cancelled=True)
+        except Exception as e:  # a node's failure is recorded, never lost
+            log.exception("node %s of execution %s failed", run.node_id, run.execution_id)
+            self._fail(run, getattr(e, "code", "node_failed"), f"{type(e).__name__}: {e}")
+
+    # --- steps ------------------------------------------------------------
+    def _claim(self, node_run_id: str):
+        with self.db.transaction() as conn:
+            run = conn.execute(sa.select(node_runs).where(node_runs.c.id == node_run_id)).first()
+            if run is None or NodeStatus(run.status) not in (NodeStatus.QUEUED, NodeStatus.RUNNING):
+                return None  # already done (a duplicate delivery) or cancelled
+            ex = conn.execute(sa.select(executions.c.status, executions.c.cancel_requested).where(executions.c.id == run.execution_id)).first()
+            if ExecutionStatus(ex.status).is_terminal():
+                return None
+            if ex.cancel_requested:
+                self.lifecycle.finish_execution(conn, run.execution_id, ExecutionStatus.CANCELLED, "cancelled", "Cancelled by the client")
+                return None
+            self.lifecycle.start_node(conn, run, self.worker_name)
+            return conn.execute(sa.select(node_runs).where(node_runs.c.id == node_run_id)).first()
+
+    def _control(self, node_run_id: str) -> StepControl:
+        control = StepControl(deadline=time.monotonic() + self.node_timeout_s)
+        last = [0.0]
+
+        def on_progress(fraction: float) -> None:
+            now = time.monotonic()
+            if fraction < 1.0 and now - last[0] < PROGRESS_EVERY_S:
+                return
+            last[0] = now
+            with self.db.transaction() as conn:
+                if self.lifecycle.progress(conn, node_run_id, fraction):
+                    control.cancel()
+
+        control.on_progress = on_progress
+        return control
+
+    def _cached_outputs(self, run) -> dict | None:
+        if not run.cache_key:
+            return None
+        with self.db.engine.connect() as conn:
+            hit = conn.execute(
+                sa.select(node_runs.c.outputs)
+                .join(executions, executions.c.id == node_runs.c.execution_id)
+                .where(
+                    node_runs.c.cache_key == run.cache_key,
+                    node_runs.c.status == NodeStatus.SUCCEEDED,
+                    node_runs.c.id != run.id,
+                    executions.c.account_id == sa.select(executions.c.account_id).where(executions.c.id == run.execution_id).scalar_subquery(),
+                )
+                .limit(1)
+            ).first()
+            if hit is None or not hit.outputs:
+                return None
+            ids = hit.outputs.get("images", [])
+            rows = conn.execute(sa.select(files.c.id, files.c.storage_key).where(files.c.id.in_(ids))).all()
+            if len(rows) != len(ids) or not all(self.storage.exists(r.storage_key) for r in rows):
+                return None
+        return hit.outputs
+
+    def _load_inputs(self, run) -> dict[str, list[Image.Image]]:
+        inputs: dict[str, list[Image.Image]] = {}
+        with self.db.engine.connect() as conn:
+            for name, (src, out) in run.links.items():
+                up = conn.execute(
+                    sa.select(node_runs.c.outputs).where(node_runs.c.execution_id == run.execution_id, node_runs.c.node_id == src)
+                ).scalar_one()
+                ids = (up or {}).get(out, [])
+                rows = {r.id: r for r in conn.execute(sa.select(files).where(files.c.id.in_(ids)))}
+                inputs[name] = [Image.open(io.BytesIO(self.storage.get(rows[i].storage_key))) for i in ids]
+                for im in inputs[name]:
+                    im.load()
+        return inputs
+
+    def _store_images(self, run, result: NodeResult) -> list[str]:
+        from pixelmill.models.imageops import encode_image
+
+        fmt = result.output_format
+        account = None
+        with self.db.engine.connect() as conn:
+            account = conn.execute(sa.select(executions.c.account_id).where(executions.c.id == run.execution_id)).scalar_one()
+        ids = []
+        now = time.time()
+        rows = []
+        for i, image in enumerate(result.images):
+            fid = new_id()
+            meta = dict(result.metadata)
+            if "seed" in meta and len(result.images) > 1:
+                meta["seed"] = str(int(meta["seed"]) + i)
+            data = encode_image(image, fmt, quality=92, metadata=meta)
+            key = f"{account}/{run.execution_id}/{fid}.{'jpg' if fmt == 'jpeg' else fmt}"
+            self.storage.put(key, data)
+            rows.append(
+                dict(
+                    id=fid,
+                    account_id=account,
+                    execution_id=run.execution_id,
+                    node_run_id=run.id,
+                    storage_key=key,
+                    content_type=CONTENT_TYPES[fmt],
+                    size=len(data),
+                    width=image.width,
+                    height=image.height,
+                    meta=meta,
+                    created_at=now,
+                    expires_at=now + self.file_retention_s,
+                )
+            )
+            ids.append(fid)
+        if rows:
+            with self.db.transaction() as conn:
+                conn.execute(sa.insert(files), rows)
+        return ids
+
+    def _finish(self, run, outputs: dict, cost: float, cached: bool) -> None:
+        with self.db.transaction() as conn:
+            current = conn.execute(sa.select(node_runs.c.status).where(node_runs.c.id == run.id)).scalar_one()
+            if NodeStatus(current) != NodeStatus.RUNNING:
+                return  # cancelled meanwhile: outputs stay unreferenced
+            tasks = self.lifecycle.succeed_node(conn, run, outputs, cost, cached)
+        for t in tasks:
+            self.enqueue(t)
+
+    def _fail(self, run, code: str, message: str, cancelled: bool = False) -> None:
+        with self.db.transaction() as conn:
+            current = conn.execute(sa.select(node_runs.c.status).where(node_runs.c.id == run.id)).scalar_one()
+            if NodeStatus(current).is_terminal():
+                return
+            self.lifecycle.fail_node(conn, run, code, message, cancelled=cancelled)

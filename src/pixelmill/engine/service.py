@@ -1,0 +1,223 @@
+"""ExecutionService: the one entry point every dialect uses to create and read work."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import sqlalchemy as sa
+
+from pixelmill.accounts import ledger
+from pixelmill.accounts.keys import Principal
+from pixelmill.domain.status import ExecutionStatus, NodeStatus
+from pixelmill.engine.graph import PreparedGraph, cache_key, prepare
+from pixelmill.engine.lifecycle import Lifecycle, NodeTask
+from pixelmill.engine.views import ExecutionView, load_execution
+from pixelmill.errors import InsufficientCredits, NotFound, RateLimited
+from pixelmill.ids import new_id
+from pixelmill.nodes.base import NodeRegistry
+from pixelmill.store.db import Database
+from pixelmill.store.tables import executions, node_runs
+
+ACTIVE = [ExecutionStatus.QUEUED.value, ExecutionStatus.RUNNING.value]
+
+
+@dataclass
+class Submission:
+    principal: Principal
+    graph: dict[str, Any]
+    dialect: str
+    label: str
+    request: dict[str, Any] = field(default_factory=dict)
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    webhook_events: list[str] | None = None
+    workflow_id: str | None = None
+    batch_id: str | None = None
+
+
+class ExecutionService:
+    def __init__(
+        self,
+        db: Database,
+        nodes: NodeRegistry,
+        services: Any,
+        enqueue: Callable[[NodeTask], None],
+        lifecycle: Lifecycle,
+        result_ttl_s: int = 24 * 3600,
+        max_active_tasks: Callable[[Principal], int | None] = lambda p: 24,
+    ):
+        self.db = db
+        self.nodes = nodes
+        self.services = services
+        self.enqueue = enqueue
+        self.lifecycle = lifecycle
+        self.result_ttl_s = result_ttl_s
+        self.max_active_tasks = max_active_tasks
+
+    def prepare(self, graph: dict[str, Any]) -> PreparedGraph:
+        return prepare(graph, self.nodes, self.services)
+
+    def submit(self, sub: Submission, prepared: PreparedGraph | None = None) -> ExecutionView:
+        prepared = prepared or self.prepare(sub.graph)
+        account = sub.principal.account_id
+        eid = new_id()
+        now = time.time()
+        tasks: list[NodeTask] = []
+        with self.db.transaction() as conn:
+            ledger.lock_account(conn, account)
+            cap = self.max_active_tasks(sub.principal)
+            if cap is not None:
+                active = conn.execute(
+                    sa.select(sa.func.count()).select_from(executions).where(executions.c.account_id == account, executions.c.status.in_(ACTIVE))
+                ).scalar()
+                if active >= cap:
+                    err = RateLimited(
+                        f"Too many active tasks: {active} running or queued, the limit is {cap}",
+                        code="active_task_limit",
+                        limit=cap,
+                        active=active,
+                    )
+                    err.headers["Retry-After"] = "1"
+                    raise err
+            cost = prepared.cost
+            available = ledger.balance(conn, account)
+            if cost > available + 1e-9:
+                raise InsufficientCredits(
+                    f"This request needs {cost} credits; {available} are available",
+                    insufficientCredits=True,
+                    requiredCredits=cost,
+                    availableCredits=available,
+                    breakdown=prepared.breakdown(),
+                )
+            graph_json = dict(prepared.raw)
+            graph_json["order"] = list(prepared.nodes)
+            conn.execute(
+                sa.insert(executions).values(
+                    id=eid,
+                    account_id=account,
+                    dialect=sub.dialect,
+                    label=sub.label,
+                    status=ExecutionStatus.QUEUED,
+                    graph=graph_json,
+                    request=sub.request,
+                    created_at=now,
+                    expires_at=now + self.result_ttl_s,
+                    cost_estimate=cost,
+                    cancel_requested=False,
+                    webhook_url=sub.webhook_url,
+                    webhook_secret=sub.webhook_secret,
+                    webhook_events=sub.webhook_events,
+                    workflow_id=sub.workflow_id,
+                    batch_id=sub.batch_id,
+                    priority=0,
+                )
+            )
+            keys: dict[str, str] = {}
+            for node_id, node in prepared.nodes.items():
+                params = node.params.model_dump(mode="json")
+                seed = None
+                if node.type.uses_seed:
+                    seed = params.get("seed")
+                    if seed is None:
+                        seed = random.SystemRandom().randrange(0, 2**32)
+                        params["seed"] = seed
+                key = None
+                if node.type.deterministic:
+                    key = cache_key(node.type.name, params, seed, [keys.get(s, "") for s in sorted(node.depends_on)])
+                    keys[node_id] = key
+                params["__queue__"] = node.type.queue_name(node.params)
+                runnable = not node.links
+                run_id = new_id()
+                conn.execute(
+                    sa.insert(node_runs).values(
+                        id=run_id,
+                        execution_id=eid,
+                        node_id=node_id,
+                        node_type=node.type.name,
+                        status=NodeStatus.QUEUED if runnable else NodeStatus.WAITING,
+                        params=params,
+                        links={k: list(v) for k, v in node.links.items()},
+                        queued_at=now if runnable else None,
+                        progress=0.0,
+                        seed=seed,
+                        cost=node.cost,
+                        attempts=0,
+                        cache_key=key,
+                        cached=False,
+                    )
+                )
+                if runnable:
+                    tasks.append(NodeTask(run_id, eid, params["__queue__"]))
+            if cost > 0:
+                ledger.hold(conn, account, eid, cost)
+            self.lifecycle.event(conn, eid, "execution.created", {"cost": cost})
+        for task in tasks:  # after commit: a worker never sees an uncommitted row
+            self.enqueue(task)
+        return self.get(account, eid)
+
+    def get(self, account_id: str | None, execution_id: str) -> ExecutionView:
+        """The execution if it exists, belongs to the account and has not expired; else NotFound."""
+        with self.db.engine.connect() as conn:
+            view = load_execution(conn, execution_id, account_id)
+            if view is None or view.expires_at < time.time():
+                raise NotFound("Task not found", code="execution_not_found")
+            if not view.status.is_terminal():
+                view.queue_position = self._queue_position(conn, view)
+            return view
+
+    def _queue_position(self, conn, view: ExecutionView) -> int | None:
+        queued = [n for n in view.nodes if n.status == NodeStatus.QUEUED]
+        if not queued:
+            return 0 if view.status == ExecutionStatus.RUNNING else None
+        first = min(n.queued_at or 0 for n in queued)
+        ahead = conn.execute(
+            sa.select(sa.func.count()).select_from(node_runs).where(node_runs.c.status == NodeStatus.QUEUED, node_runs.c.queued_at < first)
+        ).scalar()
+        return int(ahead)
+
+    def list(self, account_id: str, limit: int = 20, before: float | None = None, workflow_id: str | None = None, batch_id: str | None = None) -> list[ExecutionView]:
+        with self.db.engine.connect() as conn:
+            q = sa.select(executions.c.id).where(executions.c.account_id == account_id)
+            if before is not None:
+                q = q.where(executions.c.created_at < before)
+            if workflow_id:
+                q = q.where(executions.c.workflow_id == workflow_id)
+            if batch_id:
+                q = q.where(executions.c.batch_id == batch_id)
+            ids = conn.execute(q.order_by(executions.c.created_at.desc()).limit(limit)).scalars().all()
+            return [v for v in (load_execution(conn, i) for i in ids) if v is not None]
+
+    def cancel(self, account_id: str, execution_id: str) -> ExecutionView:
+        """Cancel a queued or running execution.  Running diffusion stops at its next step."""
+        with self.db.transaction() as conn:
+            view = load_execution(conn, execution_id, account_id)
+            if view is None:
+                raise NotFound("Execution not found", code="execution_not_found")
+            if not view.status.is_terminal():
+                conn.execute(sa.update(executions).where(executions.c.id == execution_id).values(cancel_requested=True))
+                if not any(n.status == NodeStatus.RUNNING for n in view.nodes):
+                    self.lifecycle.finish_execution(conn, execution_id, ExecutionStatus.CANCELLED, "cancelled", "Cancelled by the client")
+                else:
+                    self.lifecycle.event(conn, execution_id, "execution.cancel_requested", {})
+        return self.get(account_id, execution_id)
+
+    def recover(self) -> int:
+        """Re-queue node runs left queued or running by a stopped process (embedded mode start-up)."""
+        tasks = []
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                sa.select(node_runs.c.id, node_runs.c.execution_id, node_runs.c.status, node_runs.c.params)
+                .join(executions, executions.c.id == node_runs.c.execution_id)
+                .where(executions.c.status.in_(ACTIVE), node_runs.c.status.in_([NodeStatus.QUEUED, NodeStatus.RUNNING]))
+                .order_by(node_runs.c.queued_at)
+            ).all()
+            for r in rows:
+                if r.status == NodeStatus.RUNNING:
+                    conn.execute(sa.update(node_runs).where(node_runs.c.id == r.id).values(status=NodeStatus.QUEUED, progress=0.0))
+                tasks.append(NodeTask(r.id, r.execution_id, (r.params or {}).get("__queue__", "default")))
+        for t in tasks:
+            self.enqueue(t)
+        return len(tasks)

@@ -1,0 +1,160 @@
+"""Read models of executions, built from the store; what every dialect renders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from pixelmill.domain.status import ExecutionStatus, NodeStatus
+from pixelmill.store.tables import executions, files, node_runs
+
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+
+
+@dataclass
+class FileView:
+    id: str
+    content_type: str
+    width: int | None
+    height: int | None
+    size: int
+    meta: dict[str, Any]
+
+    @property
+    def filename(self) -> str:
+        return f"{self.id}.{EXTENSIONS.get(self.content_type, 'bin')}"
+
+
+@dataclass
+class NodeRunView:
+    id: str
+    node_id: str
+    node_type: str
+    status: NodeStatus
+    params: dict[str, Any]
+    progress: float
+    queued_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    error_code: str | None
+    error_message: str | None
+    seed: int | None
+    cost: float
+    cached: bool
+    files: list[FileView] = field(default_factory=list)
+
+
+@dataclass
+class ExecutionView:
+    id: str
+    account_id: str
+    dialect: str
+    label: str
+    status: ExecutionStatus
+    request: dict[str, Any]
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    expires_at: float
+    error_code: str | None
+    error_message: str | None
+    cost_estimate: float
+    cost_actual: float | None
+    cancel_requested: bool
+    webhook_url: str | None
+    workflow_id: str | None
+    batch_id: str | None
+    nodes: list[NodeRunView]
+    queue_position: int | None = None
+
+    @property
+    def progress(self) -> float:
+        if not self.nodes:
+            return 0.0
+        return round(sum(1.0 if n.status.is_terminal() else n.progress for n in self.nodes) / len(self.nodes), 4)
+
+    @property
+    def cost(self) -> float:
+        return self.cost_actual if self.cost_actual is not None else self.cost_estimate
+
+    def sink_nodes(self) -> list[NodeRunView]:
+        """Nodes nothing else consumes: the execution's results."""
+        consumed = set()
+        for n in self.nodes:
+            for src, _out in (n.params.get("__links__") or {}).values():
+                consumed.add(src)
+        return [n for n in self.nodes if n.node_id not in consumed]
+
+    def result_files(self) -> list[FileView]:
+        return [f for n in self.sink_nodes() for f in n.files]
+
+
+def load_execution(conn: Connection, execution_id: str, account_id: str | None = None) -> ExecutionView | None:
+    q = sa.select(executions).where(executions.c.id == execution_id)
+    if account_id is not None:
+        q = q.where(executions.c.account_id == account_id)
+    row = conn.execute(q).first()
+    if row is None:
+        return None
+    runs = conn.execute(
+        sa.select(node_runs).where(node_runs.c.execution_id == execution_id).order_by(node_runs.c.queued_at.nulls_last(), node_runs.c.id)
+    ).all()
+    file_rows = conn.execute(sa.select(files).where(files.c.execution_id == execution_id).order_by(files.c.created_at, files.c.id)).all()
+    by_id = {f.id: f for f in file_rows}
+    order = row.graph.get("order") or [r.node_id for r in runs]
+    runs_by_node = {r.node_id: r for r in runs}
+    nodes = []
+    for node_id in order:
+        r = runs_by_node.get(node_id)
+        if r is None:
+            continue
+        params = dict(r.params)
+        params["__links__"] = r.links
+        file_ids = (r.outputs or {}).get("images", [])
+        nodes.append(
+            NodeRunView(
+                id=r.id,
+                node_id=r.node_id,
+                node_type=r.node_type,
+                status=NodeStatus(r.status),
+                params=params,
+                progress=r.progress or 0.0,
+                queued_at=r.queued_at,
+                started_at=r.started_at,
+                finished_at=r.finished_at,
+                error_code=r.error_code,
+                error_message=r.error_message,
+                seed=r.seed,
+                cost=r.cost or 0.0,
+                cached=bool(r.cached),
+                files=[
+                    FileView(f.id, f.content_type, f.width, f.height, f.size, f.meta or {})
+                    for f in (by_id.get(fid) for fid in file_ids)
+                    if f is not None
+                ],
+            )
+        )
+    return ExecutionView(
+        id=row.id,
+        account_id=row.account_id,
+        dialect=row.dialect,
+        label=row.label,
+        status=ExecutionStatus(row.status),
+        request=row.request,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        expires_at=row.expires_at,
+        error_code=row.error_code,
+        error_message=row.error_message,
+        cost_estimate=row.cost_estimate,
+        cost_actual=row.cost_actual,
+        cancel_requested=bool(row.cancel_requested),
+        webhook_url=row.webhook_url,
+        workflow_id=row.workflow_id,
+        batch_id=row.batch_id,
+        nodes=nodes,
+    )

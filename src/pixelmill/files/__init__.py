@@ -1,0 +1,1 @@
+"""Result files: storage backends and signed, expiring URLs."""

@@ -1,0 +1,1 @@
+"""Node types: typed, bounded inputs and outputs, a cost function, determinism."""

@@ -1,0 +1,82 @@
+"""The text-to-image node: any model of the catalog (image-to-image when the model allows)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from pixelmill.models.base import TextToImageRequest
+from pixelmill.nodes.base import IMAGE, NodeContext, NodeParams, NodeResult, NodeType
+
+
+class TextToImageParams(NodeParams):
+    model: str
+    prompt: str = Field(default="", max_length=4000)
+    negative_prompt: str | None = Field(default=None, max_length=4000)
+    width: int = Field(default=1024, ge=64, le=2048)
+    height: int = Field(default=768, ge=64, le=2048)
+    steps: int | None = Field(default=None, ge=1, le=100)
+    guidance: float | None = Field(default=None, ge=0.0, le=100.0)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    num_images: int = Field(default=1, ge=1, le=10)
+    strength: float = Field(default=0.6, ge=0.0, le=1.0)
+    output_format: Literal["jpeg", "png", "webp"] = "png"
+
+    @model_validator(mode="after")
+    def _multiple_of_16(self):
+        for name in ("width", "height"):
+            if getattr(self, name) % 16:
+                raise ValueError(f"{name} must be a multiple of 16")
+        return self
+
+
+class TextToImage(NodeType):
+    name = "text_to_image"
+    description = "Generate images from a prompt with a catalog model; an optional input image makes it image-to-image."
+    Params = TextToImageParams
+    inputs = {"image": (IMAGE, False)}
+    deterministic = True  # same seed + params -> same pixels
+    uses_seed = True
+
+    def check(self, params: TextToImageParams, services: Any) -> list[str]:
+        try:
+            spec = services.catalog.get(params.model)
+        except KeyError:
+            return [f"unknown model {params.model!r}; configured: {', '.join(services.catalog.names())}"]
+        problems = []
+        if params.steps is not None and params.steps > spec.max_steps:
+            problems.append(f"steps must be at most {spec.max_steps} for {spec.name}")
+        return problems
+
+    def output_sizes(self, params, input_sizes):
+        return [(params.width, params.height)] * params.num_images
+
+    def cost(self, params: TextToImageParams, services: Any, input_sizes) -> float:
+        spec = services.catalog.get(params.model)
+        return spec.price(params.width, params.height, params.num_images)
+
+    def queue_name(self, params: TextToImageParams) -> str:
+        return f"model.{params.model}"
+
+    def run(self, ctx: NodeContext, params: TextToImageParams, inputs) -> NodeResult:
+        init = (inputs.get("image") or [None])[0]
+        backend = ctx.services.models.backend(params.model)
+        request = TextToImageRequest(
+            prompt=params.prompt,
+            width=params.width,
+            height=params.height,
+            steps=params.steps,
+            guidance=params.guidance,
+            seed=ctx.seed,
+            num_images=params.num_images,
+            negative_prompt=params.negative_prompt,
+            init_image=init,
+            strength=params.strength,
+        )
+        images = backend.generate(request, ctx.control)
+        return NodeResult(
+            images=images,
+            output_format=params.output_format,
+            metadata={"seed": str(ctx.seed), "prompt": params.prompt, "model": params.model},
+        )

@@ -1,0 +1,1 @@
+"""Task queues: in-process threads (embedded) and Celery (scale-out)."""
