@@ -11,6 +11,9 @@ progress and cancellation behave exactly as with a full-size model.
 folder (and return it as a string); ``cached_tiny_flux()`` /
 ``cached_tiny_sd()`` build once per test process into a temporary folder and
 return the same path afterwards, so several test files can share one copy.
+
+Tiny models run far faster on one CPU thread than on several contended ones;
+wrap test runs in ``torch_threads(1)`` (as a module fixture, say).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import shutil
 import string
 import tempfile
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -232,6 +237,7 @@ def build_tiny_sd(folder: str | os.PathLike) -> str:
         beta_schedule="scaled_linear",
         clip_sample=False,
         set_alpha_to_one=False,
+        steps_offset=1,
     )
     pipe = StableDiffusionPipeline(
         vae=vae,
@@ -286,3 +292,14 @@ def cached_tiny_sd() -> str:
 def describe(folder: str | os.PathLike) -> dict:
     """The pipeline class and components recorded in a built folder's model_index.json."""
     return json.loads((Path(folder) / "model_index.json").read_text())
+
+
+@contextmanager
+def torch_threads(count: int = 1) -> Iterator[None]:
+    """Run torch on ``count`` CPU threads inside the block, then restore the setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,227 @@
+"""The diffusers backend on tiny random FLUX and Stable Diffusion pipelines.
+
+The pipelines are built once per test session, written to disk, and loaded
+back through the real path: catalog file -> registry -> DiffusersBackend.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pixelmill.models.base import GenerationCancelled, StepControl, TextToImageRequest
+from pixelmill.models.catalog import ModelCatalog
+from pixelmill.models.diffusers_backend import DiffusersBackend, ModelLoadError
+from pixelmill.models.registry import ModelRegistry
+from tests.helpers.tiny_pipelines import build_tiny_flux, build_tiny_sd, torch_threads
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # Tiny models: thread start-up and contention cost more than the maths.
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {"flux": build_tiny_flux(root / "flux"), "sd": build_tiny_sd(root / "sd")}
+
+
+@pytest.fixture(scope="session")
+def catalog(tiny_models, tmp_path_factory) -> ModelCatalog:
+    file = tmp_path_factory.mktemp("catalog") / "catalog.toml"
+    file.write_text(
+        f"""
+[[models]]
+name = "tiny-flux"
+path = "{tiny_models['flux']}"
+device = "cpu"
+default_steps = 3
+max_steps = 12
+bfl_endpoints = ["flux-dev"]
+
+[[models]]
+name = "tiny-sd"
+path = "{tiny_models['sd']}"
+device = "cpu"
+default_steps = 4
+default_guidance = 5.0
+supports_image_input = true
+
+[[models]]
+name = "missing"
+path = "{tiny_models['flux']}-does-not-exist"
+device = "cpu"
+"""
+    )
+    return ModelCatalog.load(file)
+
+
+@pytest.fixture(scope="session")
+def registry(catalog) -> ModelRegistry:
+    return ModelRegistry(catalog)
+
+
+class Progress:
+    """Records progress reports; optionally cancels after a given number of steps."""
+
+    def __init__(self, cancel_after: int | None = None) -> None:
+        self.values: list[float] = []
+        self.control = StepControl(on_progress=self.on_progress)
+        self.cancel_after = cancel_after
+
+    def on_progress(self, fraction: float) -> None:
+        self.values.append(fraction)
+        if self.cancel_after is not None and len(self.values) >= self.cancel_after:
+            self.control.cancel()
+
+
+def run(registry: ModelRegistry, model: str, **fields) -> tuple[list[Image.Image], Progress]:
+    progress = Progress()
+    images = registry.backend(model).generate(TextToImageRequest(prompt="a red cat on the moon", **fields), progress.control)
+    return images, progress
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+@pytest.mark.parametrize("model", ["tiny-flux", "tiny-sd"])
+def test_output_has_the_requested_non_square_size(registry, model):
+    images, _ = run(registry, model, width=48, height=32, steps=2)
+    assert [(im.size, im.mode) for im in images] == [((48, 32), "RGB")]
+
+
+def test_flux_size_off_the_latent_grid_is_still_honoured(registry):
+    images, _ = run(registry, "tiny-flux", width=37, height=21, steps=2)
+    assert images[0].size == (37, 21)
+
+
+@pytest.mark.parametrize("model", ["tiny-flux", "tiny-sd"])
+def test_same_seed_same_pixels_different_seed_different_pixels(registry, model):
+    a, _ = run(registry, model, width=32, height=32, steps=3, seed=7)
+    b, _ = run(registry, model, width=32, height=32, steps=3, seed=7)
+    c, _ = run(registry, model, width=32, height=32, steps=3, seed=8)
+    assert np.array_equal(pixels(a[0]), pixels(b[0]))
+    assert np.abs(pixels(a[0]) - pixels(c[0])).max() > 0
+
+
+def test_num_images_gives_distinct_images(registry):
+    images, _ = run(registry, "tiny-flux", width=32, height=32, steps=2, num_images=3, seed=1)
+    assert len(images) == 3
+    assert all(im.size == (32, 32) for im in images)
+    assert not np.array_equal(pixels(images[0]), pixels(images[1]))
+    assert not np.array_equal(pixels(images[1]), pixels(images[2]))
+
+
+@pytest.mark.parametrize("model", ["tiny-flux", "tiny-sd"])
+def test_progress_is_per_step_monotonic_and_reaches_one(registry, model):
+    _, progress = run(registry, model, width=32, height=32, steps=5)
+    assert progress.values == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+
+
+def test_steps_default_and_clamp_to_the_catalog(registry):
+    _, progress = run(registry, "tiny-flux", width=16, height=16)
+    assert len(progress.values) == 3  # default_steps
+    _, progress = run(registry, "tiny-flux", width=16, height=16, steps=100)
+    assert len(progress.values) == 12  # max_steps
+    _, progress = run(registry, "tiny-flux", width=16, height=16, steps=7)
+    assert len(progress.values) == 7
+
+
+@pytest.mark.parametrize("model", ["tiny-flux", "tiny-sd"])
+def test_cancel_stops_at_the_next_step(registry, model):
+    progress = Progress(cancel_after=2)
+    request = TextToImageRequest(prompt="a cat", width=32, height=32, steps=10)
+    with pytest.raises(GenerationCancelled):
+        registry.backend(model).generate(request, progress.control)
+    assert len(progress.values) == 2 < 10
+
+
+def test_cancelled_before_start_runs_no_step(registry):
+    progress = Progress()
+    progress.control.cancel()
+    with pytest.raises(GenerationCancelled):
+        registry.backend("tiny-flux").generate(TextToImageRequest(prompt="a cat", width=16, height=16), progress.control)
+    assert progress.values == []
+
+
+def test_guidance_reaches_the_model(registry):
+    low, _ = run(registry, "tiny-flux", width=32, height=32, steps=2, guidance=1.0)
+    high, _ = run(registry, "tiny-flux", width=32, height=32, steps=2, guidance=9.0)
+    assert not np.array_equal(pixels(low[0]), pixels(high[0]))
+
+
+def test_negative_prompt_changes_stable_diffusion_output(registry):
+    plain, _ = run(registry, "tiny-sd", width=32, height=32, steps=2)
+    negative, _ = run(registry, "tiny-sd", width=32, height=32, steps=2, negative_prompt="blue sky")
+    assert not np.array_equal(pixels(plain[0]), pixels(negative[0]))
+
+
+def test_image_to_image_uses_the_input_and_strength(registry):
+    init = Image.new("RGB", (64, 64), (200, 30, 30))
+    images, progress = run(registry, "tiny-sd", width=48, height=32, steps=10, strength=0.5, init_image=init)
+    assert images[0].size == (48, 32)
+    assert len(progress.values) == 5  # strength 0.5 runs the last half of the schedule
+    assert progress.values[-1] == pytest.approx(1.0)
+    again, _ = run(registry, "tiny-sd", width=48, height=32, steps=10, strength=0.5, init_image=init)
+    assert np.array_equal(pixels(images[0]), pixels(again[0]))
+
+
+def test_input_image_refused_by_a_text_only_model(registry):
+    with pytest.raises(ValueError, match="does not accept an input image"):
+        run(registry, "tiny-flux", width=16, height=16, init_image=Image.new("RGB", (16, 16)))
+
+
+def test_registry_loads_once_across_threads(catalog):
+    registry = ModelRegistry(catalog)
+    got: list[object] = []
+    threads = [threading.Thread(target=lambda: got.append(registry.backend("tiny-flux"))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 4 and all(b is got[0] for b in got)
+    assert isinstance(got[0], DiffusersBackend) and got[0].loaded
+    assert registry.loaded() == ["tiny-flux"]
+
+
+def test_concurrent_generations_on_one_pipeline_match_sequential(registry):
+    request = TextToImageRequest(prompt="a dog", width=32, height=32, steps=3, seed=3)
+    backend = registry.backend("tiny-flux")
+    expected = backend.generate(request, StepControl())[0]
+    results: list[Image.Image] = []
+    threads = [
+        threading.Thread(target=lambda: results.extend(backend.generate(request, StepControl()))) for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 3
+    assert all(np.array_equal(pixels(r), pixels(expected)) for r in results)
+
+
+def test_registry_errors_and_injection(catalog):
+    registry = ModelRegistry(catalog)
+    with pytest.raises(KeyError, match="unknown model 'nope'"):
+        registry.backend("nope")
+    with pytest.raises(ModelLoadError, match="model 'missing'.*model_index.json missing"):
+        registry.backend("missing")
+    assert registry.loaded() == []
+
+    class Solid:
+        def generate(self, request, control):
+            control.report(1.0)
+            return [Image.new("RGB", (request.width, request.height), "white")] * request.num_images
+
+    registry.register("missing", Solid())
+    images = registry.backend("missing").generate(TextToImageRequest(prompt="x", width=8, height=4), StepControl())
+    assert images[0].size == (8, 4)
+    assert registry.loaded() == ["missing"]
+    assert registry.unload("missing") and registry.loaded() == []
