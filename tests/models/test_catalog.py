@@ -154,3 +154,19 @@ def test_invalid_names_are_refused():
         ModelSpec(name="has space", path="/x")
     with pytest.raises(ValueError, match="listed twice"):
         ModelSpec(name="a", path="/x", bfl_endpoints=["flux-dev", "flux-dev"])
+
+
+def test_the_documented_operator_example_is_a_valid_catalog():
+    text = (Path(__file__).parents[2] / "src/pixelmill/models/default_catalog.toml").read_text()
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if "Example operator catalog" in line)
+    example: list[str] = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("#"):
+            break
+        example.append(line[2:] if line.startswith("# ") else line[1:])
+    body = "\n".join(example)
+    catalog = ModelCatalog.from_toml(body[body.index("[[models]]") :], source="example")
+    assert catalog.names() == ["flux-dev", "flux-schnell", "sdxl"]
+    assert catalog.for_bfl_endpoint("flux-schnell").name == "flux-schnell"
+    assert catalog.for_bfl_endpoint("flux-pro-1.1").name == "flux-dev"

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from pixelmill.models.base import GenerationCancelled, StepControl, TextToImageRequest
-from pixelmill.models.catalog import ModelCatalog
+from pixelmill.models.catalog import WEIGHTS_DIR, ModelCatalog
 from pixelmill.models.diffusers_backend import DiffusersBackend, ModelLoadError
 from pixelmill.models.registry import ModelRegistry
 from tests.helpers.tiny_pipelines import build_tiny_flux, build_tiny_sd, torch_threads
@@ -225,3 +225,16 @@ def test_registry_errors_and_injection(catalog):
     assert images[0].size == (8, 4)
     assert registry.loaded() == ["missing"]
     assert registry.unload("missing") and registry.loaded() == []
+
+
+@pytest.mark.skipif(
+    not (WEIGHTS_DIR / "pixelmill-tiny" / "model_index.json").is_file(), reason="built-in weights not present"
+)
+def test_builtin_default_model_generates():
+    registry = ModelRegistry(ModelCatalog.load())
+    spec = registry.catalog.for_bfl_endpoint("flux-dev")
+    progress = Progress()
+    request = TextToImageRequest(prompt="a red circle on a blue background", width=64, height=96, steps=2, seed=5)
+    images = registry.backend(spec.name).generate(request, progress.control)
+    assert images[0].size == (64, 96)
+    assert progress.values == pytest.approx([0.5, 1.0])
