@@ -309,7 +309,13 @@ def test_error_list_input_is_prefixed_with_body() -> None:
 
 
 def _params(endpoint: str, body: dict[str, Any], **kw: Any) -> BflGenerationParams:
-    return to_generation_params(endpoint, validate_request(endpoint, {**REQUIRED_FIELDS[endpoint], **body}), **kw)
+    req = validate_request(endpoint, {**REQUIRED_FIELDS[endpoint], **body})
+    return to_generation_params(endpoint, req, **kw)
+
+
+def _size(endpoint: str, body: dict[str, Any], **kw: Any) -> tuple[int | None, int | None]:
+    params = _params(endpoint, body, **kw)
+    return params.width, params.height
 
 
 @pytest.mark.parametrize("endpoint", sorted(BFL_ENDPOINTS))
@@ -337,7 +343,7 @@ def test_ultra_sizes_like_bfl_and_capped_by_server_limit() -> None:
     assert (p.width, p.height, p.raw) == (2752, 1536, True)
     assert p.input_images == ["QUJD"] and p.extras == {"aspect_ratio": "16:9", "image_prompt_strength": 0.3}
     assert _params("flux-pro-1.1-ultra", {"aspect_ratio": "1:1"}).width == 2048
-    assert (lambda q: (q.width, q.height))(_params("flux-pro-1.1-ultra", {"aspect_ratio": "9:16"})) == (1536, 2752)
+    assert _size("flux-pro-1.1-ultra", {"aspect_ratio": "9:16"}) == (1536, 2752)
     for ratio in ("21:9", "16:9", "1:1", "2:3", "9:21"):
         q = _params("flux-pro-1.1-ultra", {"aspect_ratio": ratio}, max_megapixels=1.0)
         assert q.width % 32 == 0 and q.height % 32 == 0
@@ -352,7 +358,7 @@ def test_kontext_sizes_and_images() -> None:
     assert (p.width, p.height) == (1376, 768)
     p = _params("flux-kontext-pro", {"aspect_ratio": "21:9"})
     assert (p.width, p.height) == (1568, 672)
-    assert (lambda q: (q.width, q.height))(_params("flux-kontext-max", {})) == (1024, 1024)
+    assert _size("flux-kontext-max", {}) == (1024, 1024)
     # an input image and no aspect ratio: the output follows the image
     p = _params("flux-kontext-max", {"input_image": "QUJD", "input_image_3": "REVG", "input_image_2": "Q0RF"})
     assert (p.width, p.height) == (None, None)
@@ -360,8 +366,8 @@ def test_kontext_sizes_and_images() -> None:
 
 
 def test_flux2_sizes() -> None:
-    assert (lambda q: (q.width, q.height))(_params("flux-2-pro", {})) == (1024, 1024)
-    assert (lambda q: (q.width, q.height))(_params("flux-2-max", {"width": None, "height": None})) == (1024, 1024)
+    assert _size("flux-2-pro", {}) == (1024, 1024)
+    assert _size("flux-2-max", {"width": None, "height": None}) == (1024, 1024)
     p = _params("flux-2-pro", {"width": 1000, "height": 1090})
     assert (p.width, p.height) == (992, 1088)  # rounded down to multiples of 16
     p = _params("flux-2-klein-4b", {"width": 1920})

@@ -15,18 +15,27 @@ Decisions that the spec leaves open:
   ``"abc"`` is not (``int_parsing``).
 * ``aspect_ratio`` is a plain string in the spec; it is checked here to be
   ``"W:H"`` with a ratio between 9:21 and 21:9 (a ``value_error`` otherwise).
-* FLUX.2 ``width``/``height`` keep the spec's odd default of ``0`` (below its
-  own minimum of 64, so only an *omitted* or ``null`` size means "default";
-  an explicit ``0`` is a 422, as on BFL).  The default size is 1024x1024.
-  Sizes are rounded down to multiples of 16; more than 4 megapixels after
-  rounding is rejected with a 422 (loc ``["body"]``).
+* FLUX.2 ``width``/``height`` keep the spec's odd default of ``0``, which is
+  below the spec's own minimum of 64: only an *omitted* or ``null`` size means
+  "default" (1024x1024, BFL's documented default, also when input images are
+  given); an explicit ``0`` fails ``minimum`` as the spec says.  Sizes are
+  rounded down to multiples of 16; more than 4 megapixels after rounding is
+  rejected with a 422 (loc ``["body"]``).
 * One megapixel here is 2**20 pixels, so "4 MP" is 2048x2048.
+* ``webhook_url`` is pydantic's ``HttpUrl`` (which is what produces the spec's
+  ``format: uri``, 1-2083 characters): http(s) only, and normalised, so a bare
+  host gains a trailing slash (``https://h.example`` -> ``https://h.example/``).
 * ``flux-pro`` (FLUX.1 [pro], no longer in the spec) follows BFL's own Python
-  SDK (``steps`` 1-50/40, ``guidance`` 1.5-5/2.5, ``interval`` 1-4/2).
+  SDK (``steps`` 1-50/40, ``guidance`` 1.5-5/2.5, ``interval`` 1-4/2, and a
+  prompt or an image prompt is required).
 
-The module is pure: no HTTP framework is needed except for
-:func:`validation_error_body`, which renders errors exactly like FastAPI's
-``RequestValidationError`` handler.
+Routes use :func:`parse_request_body` (raw bytes -> model) or
+:func:`validate_request` (decoded JSON -> model) and render any failure with
+:func:`validation_error_body`; the result is byte-for-byte the body FastAPI's
+``RequestValidationError`` handler sends.  :func:`to_generation_params` then
+reduces any endpoint's request to one :class:`BflGenerationParams`.  Nothing
+here needs a web framework except that last renderer, which uses FastAPI's
+JSON encoder so ``ctx``/``input`` are encoded identically.
 """
 
 from __future__ import annotations
@@ -66,6 +75,7 @@ __all__ = [
     "OutputFormat",
     "ResultResponse",
     "StatusResponse",
+    "FLUX2_MAX_PIXELS",
     "MEGAPIXEL",
     "aspect_ratio_dimensions",
     "decode_base64_image",
@@ -74,6 +84,7 @@ __all__ = [
     "kontext_dimensions",
     "parse_aspect_ratio",
     "parse_request_body",
+    "round_down_16",
     "to_generation_params",
     "ultra_dimensions",
     "validate_request",
@@ -1051,7 +1062,7 @@ def to_generation_params(
     """
     model_cls = BFL_ENDPOINTS[endpoint]
     if not isinstance(req, model_cls):
-        req = model_cls.model_validate(req if isinstance(req, dict) else req.model_dump(), from_attributes=True)
+        req = model_cls.model_validate(req, from_attributes=True)
     fields = model_cls.model_fields
 
     output_format = _value(req, "output_format")
@@ -1064,7 +1075,7 @@ def to_generation_params(
         seed=getattr(req, "seed", None),
         output_format=OutputFormat(output_format).value,
         safety_tolerance=req.safety_tolerance,
-        prompt_upsampling=bool(_value(req, "prompt_upsampling")) if "prompt_upsampling" in fields else False,
+        prompt_upsampling=bool(_value(req, "prompt_upsampling")),
         raw=bool(getattr(req, "raw", False)),
         webhook_url=str(webhook_url) if webhook_url is not None else None,
         webhook_secret=getattr(req, "webhook_secret", None),
