@@ -250,3 +250,33 @@ def test_fetch_image_decodes_a_real_png_and_refuses_garbage(local_server: LocalS
     with pytest.raises(BadImage) as bad:
         client.fetch_image(local_server.url("/junk.png"), max_bytes=1_000_000, max_pixels=10_000)
     assert bad.value.code == "image_invalid"
+
+
+def test_ipv4_mapped_ipv6_is_treated_as_ipv4(local_server: LocalServer, connects: list) -> None:
+    local_server.routes["/mapped"] = lambda h: reply(h, 200, b"mapped")
+    url = f"http://[::ffff:127.0.0.1]:{local_server.port}/mapped"
+    with pytest.raises(BlockedUrl):
+        SafeHttpClient(UrlPolicy()).get_bytes(url)
+    assert SafeHttpClient(LOOPBACK_ALLOWED).get_bytes(url) == b"mapped"
+    assert connects == [("127.0.0.1", local_server.port)]
+
+
+def test_slow_drip_body_hits_the_total_deadline(local_server: LocalServer, connects: list) -> None:
+    import time
+
+    def drip(h) -> None:
+        h.send_response(200)
+        h.send_header("Content-Length", "100")
+        h.end_headers()
+        for _ in range(100):
+            h.wfile.write(b"x")
+            h.wfile.flush()
+            time.sleep(0.02)
+
+    local_server.routes["/drip"] = drip
+    client = SafeHttpClient(LOOPBACK_ALLOWED.model_copy(update={"total_timeout": 0.3, "read_timeout": 1.0}))
+    started = time.monotonic()
+    with pytest.raises(FetchFailed) as failed:
+        client.get_bytes(local_server.url("/drip"))
+    assert failed.value.code == "timeout"
+    assert time.monotonic() - started < 1.0
