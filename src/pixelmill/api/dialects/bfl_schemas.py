@@ -58,6 +58,7 @@ __all__ = [
     "BFL_ENDPOINTS",
     "BadImageInput",
     "BflGenerationParams",
+    "BflParamError",
     "BflRequestError",
     "CreditsResponse",
     "Flux2FlexInputs",
@@ -831,6 +832,10 @@ class BflRequestError(ValueError):
     def value_error(cls, loc: tuple[str | int, ...], msg: str, input: Any = None) -> "BflRequestError":
         """One ``value_error`` at ``loc`` (relative to the body)."""
         return cls([{"type": "value_error", "loc": loc, "msg": msg, "input": input}])
+
+
+BflParamError = BflRequestError
+"""Former name of :class:`BflRequestError`, kept for existing callers."""
 
 
 class BadImageInput(ValueError):
