@@ -238,3 +238,15 @@ def test_builtin_default_model_generates():
     images = registry.backend(spec.name).generate(request, progress.control)
     assert images[0].size == (64, 96)
     assert progress.values == pytest.approx([0.5, 1.0])
+
+
+def test_flux_image_to_image_through_its_img2img_sibling(catalog):
+    spec = catalog.get("tiny-flux").model_copy(update={"supports_image_input": True})
+    backend = DiffusersBackend(spec)
+    init = Image.new("RGB", (32, 32), (20, 200, 40))
+    progress = Progress()
+    request = TextToImageRequest(prompt="a cat", width=48, height=32, steps=8, strength=0.5, init_image=init)
+    images = backend.generate(request, progress.control)
+    assert images[0].size == (48, 32)
+    assert len(progress.values) == 4 and progress.values[-1] == pytest.approx(1.0)
+    assert type(backend.pipeline).__name__ == "FluxPipeline"  # the text-to-image pipeline is kept as is
