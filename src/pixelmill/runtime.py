@@ -54,6 +54,9 @@ class Runtime:
         self.executions = ExecutionService(
             self.db, self.nodes, self.services, self.queue.enqueue, self.lifecycle, result_ttl_s=settings.result_ttl_s,
         )
+        from pixelmill.workflows.service import WorkflowService
+
+        self.workflows = WorkflowService(self.db, self.executions)
         self.started = False
 
     def _make_queue(self) -> Any:

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 
 from pixelmill import __version__
-from pixelmill.api.dialects import bfl
+from pixelmill.api.dialects import bfl, workflows
 from pixelmill.api.errors import install_error_handlers
 from pixelmill.api.files import router as files_router
 
@@ -40,5 +40,6 @@ def create_app(runtime, manage_runtime: bool = True) -> FastAPI:
         return {"status": "ok", "version": __version__}
 
     app.include_router(files_router)
+    app.include_router(workflows.router)
     app.include_router(bfl.router)
     return app

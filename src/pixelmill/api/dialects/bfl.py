@@ -17,21 +17,12 @@ from pixelmill.accounts.keys import Principal
 from pixelmill.api.deps import json_body, principal
 from pixelmill.api.dialects import bfl_schemas as schemas
 from pixelmill.api.files import signed_url
-from pixelmill.domain.status import ExecutionStatus
 from pixelmill.engine.service import Submission
 from pixelmill.engine.views import ExecutionView
+from pixelmill.presenters.bfl import render_result as _render_result
 from pixelmill.errors import NotFound, PixelmillError
 
 router = APIRouter(tags=["BFL"])
-
-STATUS = {
-    ExecutionStatus.QUEUED: "Pending",
-    ExecutionStatus.RUNNING: "Pending",
-    ExecutionStatus.SUCCEEDED: "Ready",
-    ExecutionStatus.FAILED: "Error",
-    ExecutionStatus.CANCELLED: "Error",
-}
-
 
 def _validation_error(err) -> JSONResponse:
     return JSONResponse(schemas.validation_error_body(err), status_code=422)
@@ -44,7 +35,7 @@ def get_result(request: Request, id: str = "", who: Principal = Depends(principa
         view = rt.executions.get(who.account_id, id)
     except NotFound:
         return {"id": id, "status": "Task not found", "result": None, "progress": None, "details": None, "preview": None}
-    return render_result(request, view)
+    return _render_result(view, lambda f: signed_url(request, f))
 
 
 @router.get("/v1/credits")
@@ -130,32 +121,3 @@ def render_submit(request: Request, view: ExecutionView, output_mp: float) -> di
     if view.webhook_url:
         body = {"id": view.id, "status": "Pending", "webhook_url": view.webhook_url, **{k: body[k] for k in ("cost", "input_mp", "output_mp")}, "polling_url": body["polling_url"]}
     return body
-
-
-def render_result(request: Request | None, view: ExecutionView, url_for=None) -> dict[str, Any]:
-    """BFL's get_result shape (also the body of BFL webhooks)."""
-    status = STATUS[view.status]
-    result = None
-    details = None
-    node = view.nodes[0] if view.nodes else None
-    if view.status == ExecutionStatus.SUCCEEDED and node and node.files:
-        f = node.files[0]
-        sample = url_for(f) if url_for else signed_url(request, f)
-        result = {
-            "sample": sample,
-            "seed": node.seed,
-            "prompt": node.params.get("prompt", ""),
-            "start_time": view.started_at,
-            "end_time": view.finished_at,
-            "duration": round((view.finished_at or 0) - (view.started_at or view.created_at), 3),
-            "cost": view.cost,
-        }
-    elif view.status in (ExecutionStatus.FAILED, ExecutionStatus.CANCELLED):
-        details = {"code": view.error_code, "message": view.error_message}
-    progress = None if view.status.is_terminal() else view.progress
-    if view.status == ExecutionStatus.SUCCEEDED:
-        progress = 1.0
-    out = {"id": view.id, "status": status, "result": result, "progress": progress, "details": details, "preview": None}
-    if view.queue_position is not None and not view.status.is_terminal():
-        out["queue_position"] = view.queue_position
-    return out

@@ -1,0 +1,157 @@
+"""The workflow API (``/api/v1``): workflows as JSON graphs, executions with per-node runs.
+
+Status strings use one casing everywhere: QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+
+from pixelmill.accounts.keys import Principal
+from pixelmill.api.deps import json_body, principal
+from pixelmill.api.files import signed_url
+from pixelmill.engine.views import ExecutionView
+from pixelmill.presenters.workflow import render_execution as _render_execution
+from pixelmill.errors import InvalidInput
+
+router = APIRouter(prefix="/api/v1", tags=["Workflows"])
+
+def render_execution(request: Request, view: ExecutionView) -> dict[str, Any]:
+    return _render_execution(view, lambda f: signed_url(request, f))
+
+
+def _page(request: Request) -> tuple[int, int]:
+    try:
+        limit = int(request.query_params.get("limit", 20))
+        offset = int(request.query_params.get("offset", 0))
+    except ValueError:
+        raise InvalidInput("limit and offset must be integers", code="invalid_pagination") from None
+    if not (1 <= limit <= 100) or offset < 0:
+        raise InvalidInput("limit must be 1–100 and offset ≥ 0", code="invalid_pagination")
+    return limit, offset
+
+
+# --- workflows ---------------------------------------------------------------
+@router.get("/nodes")
+def node_types(request: Request, who: Principal = Depends(principal)):
+    return {"data": request.app.state.runtime.nodes.describe()}
+
+
+@router.post("/workflows", status_code=201)
+async def create_workflow(request: Request, who: Principal = Depends(principal)):
+    wf = request.app.state.runtime.workflows.create(who, await json_body(request))
+    return JSONResponse(wf, status_code=201, headers={"Location": f"/api/v1/workflows/{wf['id']}"})
+
+
+@router.post("/workflows/validate")
+async def validate_workflow(request: Request, who: Principal = Depends(principal)):
+    svc = request.app.state.runtime.workflows
+    prepared = svc.validate(svc.parse(await json_body(request)))
+    return {"valid": True, "estimatedCredits": prepared.cost, "breakdown": prepared.breakdown()}
+
+
+@router.get("/workflows")
+def list_workflows(request: Request, who: Principal = Depends(principal)):
+    limit, offset = _page(request)
+    items, total = request.app.state.runtime.workflows.list(who, limit, offset)
+    return {"data": items, "total": total, "limit": limit, "offset": offset}
+
+
+@router.get("/workflows/{workflow_id}")
+def get_workflow(workflow_id: str, request: Request, who: Principal = Depends(principal)):
+    return request.app.state.runtime.workflows.get(who, workflow_id)
+
+
+@router.put("/workflows/{workflow_id}")
+async def update_workflow(workflow_id: str, request: Request, who: Principal = Depends(principal)):
+    return request.app.state.runtime.workflows.update(who, workflow_id, await json_body(request))
+
+
+@router.delete("/workflows/{workflow_id}", status_code=204)
+def delete_workflow(workflow_id: str, request: Request, who: Principal = Depends(principal)):
+    request.app.state.runtime.workflows.delete(who, workflow_id)
+    return Response(status_code=204)
+
+
+@router.post("/workflows/{workflow_id}/execute")
+async def execute_workflow(workflow_id: str, request: Request, who: Principal = Depends(principal)):
+    """Body: ``{"inputs": {...}}`` or ``{"batch": [{...}, ...]}``; ``?dry_run=true`` only prices it."""
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise InvalidInput("The body must be a JSON object with 'inputs' or 'batch'", code="invalid_body")
+    svc = request.app.state.runtime.workflows
+    if "batch" in body:
+        sets = body["batch"]
+        if not isinstance(sets, list) or not sets or len(sets) > 100 or not all(isinstance(s, dict) for s in sets):
+            raise InvalidInput("'batch' must be a list of 1–100 input objects", code="invalid_batch")
+    else:
+        inputs = body.get("inputs", {})
+        if not isinstance(inputs, dict):
+            raise InvalidInput("'inputs' must be an object", code="invalid_inputs")
+        sets = [inputs]
+    if request.query_params.get("dry_run") in ("1", "true") or body.get("dry_run") is True:
+        estimates = [svc.estimate(who, workflow_id, s) for s in sets]
+        return {
+            "dryRun": True,
+            "estimatedCredits": round(sum(p.cost for p in estimates), 4),
+            "runs": [{"estimatedCredits": p.cost, "breakdown": p.breakdown()} for p in estimates],
+        }
+    batch_id, views = svc.execute(who, workflow_id, sets, webhook_url=body.get("webhook_url"), webhook_events=body.get("webhook_events"))
+    runs = [render_execution(request, v) for v in views]
+    first = views[0]
+    payload = {
+        "executionId": first.id,
+        "workflowId": workflow_id,
+        "batchId": batch_id,
+        "status": runs[0]["status"],
+        "pollUrl": f"/api/v1/executions/{first.id}/poll",
+        "executionRuns": runs,
+    }
+    location = f"/api/v1/executions/{first.id}" if batch_id is None else f"/api/v1/batches/{batch_id}"
+    return JSONResponse(payload, status_code=201, headers={"Location": location})
+
+
+# --- executions ----------------------------------------------------------------
+@router.get("/executions")
+def list_executions(request: Request, who: Principal = Depends(principal)):
+    limit, _ = _page(request)
+    before = request.query_params.get("before")
+    rt = request.app.state.runtime
+    views = rt.executions.list(
+        who.account_id, limit=limit + 1, before=float(before) if before else None,
+        workflow_id=request.query_params.get("workflow_id"), batch_id=request.query_params.get("batch_id"),
+    )
+    more = len(views) > limit
+    views = views[:limit]
+    return {
+        "data": [render_execution(request, v) for v in views],
+        "hasMore": more,
+        "nextCursor": views[-1].created_at if more else None,
+    }
+
+
+@router.get("/executions/{execution_id}")
+@router.get("/executions/{execution_id}/poll")
+def get_execution(execution_id: str, request: Request, who: Principal = Depends(principal)):
+    return render_execution(request, request.app.state.runtime.executions.get(who.account_id, execution_id))
+
+
+@router.post("/executions/{execution_id}/cancel")
+def cancel_execution(execution_id: str, request: Request, who: Principal = Depends(principal)):
+    return render_execution(request, request.app.state.runtime.executions.cancel(who.account_id, execution_id))
+
+
+@router.get("/batches/{batch_id}")
+def get_batch(batch_id: str, request: Request, who: Principal = Depends(principal)):
+    views = request.app.state.runtime.executions.list(who.account_id, limit=100, batch_id=batch_id)
+    if not views:
+        from pixelmill.errors import NotFound
+
+        raise NotFound("Batch not found", code="batch_not_found")
+    runs = [render_execution(request, v) for v in reversed(views)]
+    statuses = {r["status"] for r in runs}
+    status = "COMPLETED" if statuses == {"COMPLETED"} else ("RUNNING" if statuses & {"QUEUED", "RUNNING"} else "FAILED" if "FAILED" in statuses else "CANCELLED" if statuses == {"CANCELLED"} else "COMPLETED")
+    return {"batchId": batch_id, "status": status, "executionRuns": runs}

@@ -1,0 +1,1 @@
+"""Saved workflows: JSON graphs with named inputs, executed on the shared engine."""
