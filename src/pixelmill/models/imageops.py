@@ -1,0 +1,266 @@
+"""Plain Pillow image operations: resize, crop, encode with metadata, safe decode.
+
+Metadata (the generation seed, prompt, model...) travels inside the encoded
+file as string key/value pairs:
+
+* PNG: one text chunk per key (``tEXt``, or ``iTXt`` when the value is not
+  Latin-1).
+* JPEG and WebP: EXIF. ``ImageDescription`` (0x010E) and the Exif IFD's
+  ``UserComment`` (0x9286) both hold the whole dict as ASCII-escaped JSON.
+
+``read_metadata`` reads either form back.  ``decode_image`` opens untrusted
+bytes: it checks the declared pixel count before decoding anything, limits
+the accepted formats and turns every failure into ``ImageDecodeError``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Iterable, Literal
+
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+
+ResizeMode = Literal["fit", "fill", "stretch"]
+OutputFormat = Literal["png", "jpeg", "webp"]
+
+RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "box": Image.Resampling.BOX,
+    "bilinear": Image.Resampling.BILINEAR,
+    "hamming": Image.Resampling.HAMMING,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+MAX_DIMENSION = 16384  # per side, for anything we create
+DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
+DECODE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+EXIF_IMAGE_DESCRIPTION = 0x010E
+EXIF_IFD = 0x8769
+EXIF_USER_COMMENT = 0x9286
+_ASCII_PREFIX = b"ASCII\x00\x00\x00"
+
+
+class ImageDecodeError(ValueError):
+    """Bytes that are not an image we accept (corrupt, truncated, unsupported format)."""
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """An image whose declared size exceeds the pixel limit (a decompression bomb guard)."""
+
+
+# --- geometry ---------------------------------------------------------------------------------
+
+
+def resize(
+    image: Image.Image,
+    width: int | None = None,
+    height: int | None = None,
+    mode: ResizeMode = "fit",
+    resample: str = "lanczos",
+) -> Image.Image:
+    """Resize ``image``.
+
+    With only one of ``width``/``height`` the other follows the aspect ratio.
+    With both: ``"fit"`` scales (up or down) to fit inside the box keeping the
+    aspect ratio, ``"fill"`` scales to cover the box and centre-crops to exactly
+    ``width`` x ``height``, ``"stretch"`` distorts to exactly that size.
+    ``resample``: nearest, box, bilinear, hamming, bicubic or lanczos.
+    """
+    if resample not in RESAMPLE:
+        raise ValueError(f"unknown resample {resample!r}; use one of {', '.join(RESAMPLE)}")
+    if mode not in ("fit", "fill", "stretch"):
+        raise ValueError(f"unknown resize mode {mode!r}; use fit, fill or stretch")
+    if width is None and height is None:
+        raise ValueError("resize needs a width, a height or both")
+    for name, value in (("width", width), ("height", height)):
+        if value is not None and not 1 <= value <= MAX_DIMENSION:
+            raise ValueError(f"{name} must be between 1 and {MAX_DIMENSION}, got {value}")
+    filter_ = RESAMPLE[resample]
+    src_w, src_h = image.size
+
+    if width is None or height is None:
+        ratio = width / src_w if width is not None else height / src_h
+        target = (width or _scaled(src_w, ratio), height or _scaled(src_h, ratio))
+        return image.resize(target, filter_)
+    if mode == "stretch":
+        return image.resize((width, height), filter_)
+    if mode == "fit":
+        ratio = min(width / src_w, height / src_h)
+        return image.resize((min(width, _scaled(src_w, ratio)), min(height, _scaled(src_h, ratio))), filter_)
+    # fill: cover the box, then cut the overflow evenly from both sides
+    return ImageOps.fit(image, (width, height), filter_, centering=(0.5, 0.5))
+
+
+def _scaled(length: int, ratio: float) -> int:
+    return max(1, round(length * ratio))
+
+
+def crop(image: Image.Image, left: int, top: int, width: int, height: int) -> Image.Image:
+    """The ``width`` x ``height`` rectangle whose top-left corner is (``left``, ``top``).
+
+    Raises ValueError when the rectangle is empty or reaches outside the image.
+    """
+    if width <= 0 or height <= 0:
+        raise ValueError(f"crop size must be positive, got {width}x{height}")
+    if left < 0 or top < 0:
+        raise ValueError(f"crop origin must not be negative, got left={left}, top={top}")
+    if left + width > image.width or top + height > image.height:
+        raise ValueError(
+            f"crop rectangle left={left} top={top} width={width} height={height} reaches outside "
+            f"the {image.width}x{image.height} image"
+        )
+    return image.crop((left, top, left + width, top + height))
+
+
+# --- encoding ---------------------------------------------------------------------------------
+
+
+def convert(image: Image.Image, format: OutputFormat = "png", quality: int = 90) -> bytes:
+    """Encode ``image`` as PNG, JPEG or WebP without any metadata."""
+    return encode_image(image, format, quality)
+
+
+def encode_image(
+    image: Image.Image,
+    format: OutputFormat = "png",
+    quality: int = 90,
+    metadata: dict[str, str] | None = None,
+) -> bytes:
+    """Encode ``image`` and embed ``metadata`` (see the module docstring).
+
+    ``quality`` (1-100) applies to JPEG and WebP; PNG is lossless.  JPEG has no
+    alpha: transparent images are flattened onto white.  Metadata of the
+    source image (EXIF, text chunks) is not carried over; the ICC profile is.
+    """
+    fmt = format.lower()
+    if fmt == "jpg":
+        fmt = "jpeg"
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"unsupported output format {format!r}; use png, jpeg or webp")
+    if not 1 <= quality <= 100:
+        raise ValueError(f"quality must be between 1 and 100, got {quality}")
+    metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
+    options: dict = {}
+    if image.info.get("icc_profile"):
+        options["icc_profile"] = image.info["icc_profile"]
+
+    if fmt == "png":
+        image = _for_png(image)
+        if metadata:
+            chunks = PngImagePlugin.PngInfo()
+            for key, value in metadata.items():
+                chunks.add_text(key, value)
+            options["pnginfo"] = chunks
+        options["compress_level"] = 6
+    else:
+        image = _flatten(image) if fmt == "jpeg" else _for_webp(image)
+        options["quality"] = quality
+        if metadata:
+            options["exif"] = _exif_for(metadata).tobytes()
+        if fmt == "webp":
+            options["method"] = 4
+
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt.upper(), **options)
+    return buffer.getvalue()
+
+
+def _exif_for(metadata: dict[str, str]) -> Image.Exif:
+    text = json.dumps(metadata, ensure_ascii=True, sort_keys=True, separators=(",", ":"))
+    exif = Image.Exif()
+    exif[EXIF_IMAGE_DESCRIPTION] = text
+    exif[EXIF_IFD] = {EXIF_USER_COMMENT: _ASCII_PREFIX + text.encode("ascii")}
+    return exif
+
+
+def _flatten(image: Image.Image) -> Image.Image:
+    if image.mode in ("RGB", "L"):
+        return image
+    rgba = image.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def _for_png(image: Image.Image) -> Image.Image:
+    return image if image.mode in ("RGB", "RGBA", "L", "LA", "P", "1", "I;16") else image.convert("RGBA")
+
+
+def _for_webp(image: Image.Image) -> Image.Image:
+    if image.mode in ("RGB", "RGBA"):
+        return image
+    has_alpha = image.mode in ("LA", "PA", "RGBa", "La") or "transparency" in image.info
+    return image.convert("RGBA" if has_alpha else "RGB")
+
+
+# --- decoding ---------------------------------------------------------------------------------
+
+
+def decode_image(
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: Iterable[str] = DECODE_FORMATS,
+) -> Image.Image:
+    """Decode untrusted image bytes into a loaded RGB or RGBA image.
+
+    The declared width x height is checked against ``max_pixels`` before any
+    pixel is decoded (``ImageTooLargeError``).  Only ``formats`` are tried;
+    empty, corrupt or truncated data raise ``ImageDecodeError``.  EXIF
+    orientation is applied; animated images give their first frame.
+    """
+    if not data:
+        raise ImageDecodeError("empty image data")
+    allowed = [f.upper() for f in formats]
+    try:
+        image = Image.open(io.BytesIO(data), formats=allowed)
+    except Image.DecompressionBombError as exc:  # Pillow's own, larger, limit tripped first
+        raise ImageTooLargeError(f"image is too large to decode; the limit is {max_pixels} pixels") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"not a readable image (accepted formats: {', '.join(allowed)})") from exc
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError(f"image declares an empty size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} pixels"
+        )
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"image is too large to decode; the limit is {max_pixels} pixels") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageDecodeError(f"corrupt or truncated {image.format} image: {exc}") from exc
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    return image.convert("RGBA" if has_alpha else "RGB")
+
+
+def read_metadata(data: bytes) -> dict[str, str]:
+    """The metadata ``encode_image`` embedded in ``data`` (empty dict when none)."""
+    try:
+        image = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ImageDecodeError("not a readable image") from exc
+    if image.format == "PNG":
+        image.load()  # text chunks after the image data are read on load
+        return {str(k): str(v) for k, v in getattr(image, "text", {}).items()}
+    exif = image.getexif()
+    candidates = [exif.get(EXIF_IMAGE_DESCRIPTION)]
+    comment = exif.get_ifd(EXIF_IFD).get(EXIF_USER_COMMENT)
+    if isinstance(comment, bytes):
+        candidates.append(comment[len(_ASCII_PREFIX) :] if comment.startswith(_ASCII_PREFIX) else comment)
+    for candidate in candidates:
+        if isinstance(candidate, bytes):
+            candidate = candidate.decode("utf-8", "replace")
+        if not candidate:
+            continue
+        try:
+            parsed = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(parsed, dict):
+            return {str(k): str(v) for k, v in parsed.items()}
+    return {}
