@@ -102,7 +102,8 @@ def load_execution(conn: Connection, execution_id: str, account_id: str | None =
     runs = conn.execute(
         sa.select(node_runs).where(node_runs.c.execution_id == execution_id).order_by(node_runs.c.queued_at.nulls_last(), node_runs.c.id)
     ).all()
-    file_rows = conn.execute(sa.select(files).where(files.c.execution_id == execution_id).order_by(files.c.created_at, files.c.id)).all()
+    wanted = [fid for r in runs for fid in (r.outputs or {}).get("images", [])]
+    file_rows = conn.execute(sa.select(files).where(files.c.id.in_(wanted))).all() if wanted else []
     by_id = {f.id: f for f in file_rows}
     order = row.graph.get("order") or [r.node_id for r in runs]
     runs_by_node = {r.node_id: r for r in runs}
