@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     node_timeout_s: float = 600.0
     result_ttl_s: int = 24 * 3600  # how long get_result knows an execution
     preload_models: bool = False
+    background_onnx_path: str | None = None  # a general-object saliency model (U2-Net / IS-Net / BiRefNet) for remove_background
 
     # files
     secret_key: str | None = None  # signs result URLs; default: generated once, kept in data_dir
@@ -63,6 +64,11 @@ class Settings(BaseSettings):
 
     # outbound HTTP (webhooks, image URLs)
     url_allow_networks: list[str] = Field(default_factory=list)
+
+    # webhooks, live progress, synchronous waits
+    webhook_dispatcher: bool = True  # run the delivery thread in this process (several may run: claims are atomic)
+    webhook_file_url_ttl_s: int = 24 * 3600  # validity of result URLs inside webhook bodies
+    max_wait_s: int = 60  # cap of ``Prefer: wait=N`` on submit endpoints
 
     @field_validator("signed_url_ttl_s", "port", "worker_threads")
     @classmethod

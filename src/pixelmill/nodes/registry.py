@@ -12,6 +12,11 @@ log = logging.getLogger("pixelmill.nodes")
 # module:attribute of every built-in node type
 BUILTIN_NODES = [
     "pixelmill.nodes.text_to_image:TextToImage",
+    "pixelmill.nodes.processing:Upscale",
+    "pixelmill.nodes.processing:RemoveBackground",
+    "pixelmill.nodes.processing:Resize",
+    "pixelmill.nodes.processing:Crop",
+    "pixelmill.nodes.processing:Convert",
 ]
 
 

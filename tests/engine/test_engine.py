@@ -1,0 +1,153 @@
+"""The engine end to end with the fake backend, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+import pytest
+
+from pixelmill.accounts import ledger
+from pixelmill.accounts.keys import authenticate
+from pixelmill.domain.status import ExecutionStatus, IllegalTransition, NodeStatus
+from pixelmill.engine.lifecycle import NodeTask
+from pixelmill.engine.service import Submission
+from pixelmill.store.tables import credit_ledger, node_runs
+from tests.conftest import FakeBackend, create_key, wait_for
+
+
+def principal(rt, account="acme", credits=100.0):
+    key = create_key(rt, account=account, credits=credits)
+    with rt.db.engine.connect() as conn:
+        return authenticate(conn, key)
+
+
+def one_node(prompt="p", **params):
+    return {"nodes": {"gen": {"type": "text_to_image", "params": {"model": "fake", "prompt": prompt, "width": 64, "height": 64, "seed": 1, **params}}}}
+
+
+def chain():
+    g = one_node()
+    g["nodes"]["small"] = {"type": "resize", "params": {"width": 32}, "inputs": {"image": ["gen", "images"]}}
+    g["nodes"]["jpeg"] = {"type": "convert", "params": {"output_format": "jpeg"}, "inputs": {"image": ["small", "images"]}}
+    return g
+
+
+def finished(rt, p, eid):
+    return wait_for(lambda: (v := rt.executions.get(p.account_id, eid)).status.is_terminal() and v)
+
+
+def test_statuses_have_named_transitions():
+    assert ExecutionStatus.QUEUED.start() == ExecutionStatus.RUNNING
+    assert ExecutionStatus.SUCCEEDED.is_terminal() and not ExecutionStatus.RUNNING.is_terminal()
+    with pytest.raises(IllegalTransition):
+        ExecutionStatus.SUCCEEDED.start()
+    with pytest.raises(IllegalTransition):
+        NodeStatus.SUCCEEDED.cancel()
+
+
+def test_chain_runs_in_order_with_timings_and_outputs(make_runtime, db_url):
+    rt = make_runtime(db_url)
+    p = principal(rt)
+    view = finished(rt, p, rt.executions.submit(Submission(p, chain(), "workflow", "chain")).id)
+    assert view.status == ExecutionStatus.SUCCEEDED
+    assert [n.node_id for n in view.nodes] == ["gen", "small", "jpeg"]
+    gen, small, jpeg = view.nodes
+    assert gen.finished_at <= small.started_at and small.finished_at <= jpeg.started_at
+    assert (small.files[0].width, small.files[0].height) == (32, 32)
+    assert jpeg.files[0].content_type == "image/jpeg"
+    assert view.result_files() == jpeg.files
+    with rt.db.engine.connect() as conn:
+        assert ledger.balance(conn, p.account_id) == pytest.approx(100 - view.cost_actual)
+
+
+def test_cancel_running_stops_at_next_step_and_refunds(make_runtime, db_url):
+    backend = FakeBackend(steps=50, step_delay=0.05)
+    rt = make_runtime(db_url, backend=backend)
+    p = principal(rt)
+    eid = rt.executions.submit(Submission(p, one_node(steps=50), "workflow", "slow")).id
+    assert backend.started.wait(10)
+    wait_for(lambda: rt.executions.get(p.account_id, eid).nodes[0].progress > 0.05)
+    rt.executions.cancel(p.account_id, eid)
+    view = finished(rt, p, eid)
+    assert view.status == ExecutionStatus.CANCELLED
+    assert view.nodes[0].status == NodeStatus.CANCELLED
+    assert view.nodes[0].progress < 0.9  # stopped early, not at the end
+    with rt.db.engine.connect() as conn:
+        assert ledger.balance(conn, p.account_id) == 100.0
+
+
+def test_cancel_queued_execution_never_runs(make_runtime, sqlite_url):
+    backend = FakeBackend(steps=50, step_delay=0.05)
+    rt = make_runtime(sqlite_url, backend=backend)
+    p = principal(rt)
+    first = rt.executions.submit(Submission(p, one_node("a", steps=50), "workflow", "a")).id
+    second = rt.executions.submit(Submission(p, one_node("b"), "workflow", "b")).id
+    third = rt.executions.submit(Submission(p, one_node("c"), "workflow", "c")).id
+    assert backend.started.wait(10)
+    assert rt.executions.get(p.account_id, second).queue_position == 0  # next in line
+    assert rt.executions.get(p.account_id, third).queue_position == 1
+    rt.executions.cancel(p.account_id, third)
+    view = rt.executions.cancel(p.account_id, second)
+    assert view.status == ExecutionStatus.CANCELLED
+    rt.executions.cancel(p.account_id, first)
+    finished(rt, p, first)
+    rt.queue.join(10)
+    assert backend.calls == 1
+
+
+def test_work_left_running_by_a_crash_is_picked_up_on_restart(make_runtime, sqlite_url):
+    rt = make_runtime(sqlite_url, start=False)  # API accepted work, then the process died
+    p = principal(rt)
+    eid = rt.executions.submit(Submission(p, chain(), "workflow", "chain")).id
+    with rt.db.transaction() as conn:  # the crash happened mid-node
+        conn.execute(sa.update(node_runs).where(node_runs.c.node_id == "gen").values(status="running", progress=0.5))
+    rt.stop()
+    rt2 = make_runtime(sqlite_url)
+    view = finished(rt2, p, eid)
+    assert view.status == ExecutionStatus.SUCCEEDED
+    assert len(view.result_files()) == 1
+
+
+def test_duplicate_delivery_runs_and_bills_once(make_runtime, db_url):
+    backend = FakeBackend()
+    rt = make_runtime(db_url, backend=backend, start=False)
+    p = principal(rt)
+    view = rt.executions.submit(Submission(p, one_node(), "workflow", "x"))
+    task = NodeTask(view.nodes[0].id, view.id)
+    rt.runner.run(task)
+    rt.runner.run(task)  # at-least-once queues deliver twice
+    assert backend.calls == 1
+    with rt.db.engine.connect() as conn:
+        kinds = [r.kind for r in conn.execute(sa.select(credit_ledger.c.kind).where(credit_ledger.c.execution_id == view.id))]
+    assert sorted(kinds) == ["capture", "hold"]
+
+
+def test_unchanged_prefix_is_cached_and_free(make_runtime, db_url):
+    backend = FakeBackend()
+    rt = make_runtime(db_url, backend=backend)
+    p = principal(rt)
+    a = finished(rt, p, rt.executions.submit(Submission(p, chain(), "workflow", "a")).id)
+    g = chain()
+    g["nodes"]["jpeg"]["params"]["output_format"] = "webp"  # only the last node changed
+    b = finished(rt, p, rt.executions.submit(Submission(p, g, "workflow", "b")).id)
+    assert backend.calls == 1
+    assert [n.cached for n in b.nodes] == [True, True, False]
+    assert b.nodes[0].files[0].id == a.nodes[0].files[0].id
+    assert b.cost_actual == pytest.approx(b.nodes[2].cost)
+
+
+def test_failure_skips_downstream_and_refunds(make_runtime, db_url):
+    rt = make_runtime(db_url, backend=FakeBackend(fail_with=RuntimeError("boom")))
+    p = principal(rt)
+    view = finished(rt, p, rt.executions.submit(Submission(p, chain(), "workflow", "x")).id)
+    assert view.status == ExecutionStatus.FAILED
+    assert [n.status for n in view.nodes] == [NodeStatus.FAILED, NodeStatus.SKIPPED, NodeStatus.SKIPPED]
+    assert "boom" in view.error_message
+    with rt.db.engine.connect() as conn:
+        assert ledger.balance(conn, p.account_id) == 100.0
+
+
+def test_deadline_fails_a_node_that_runs_too_long(make_runtime, sqlite_url):
+    rt = make_runtime(sqlite_url, backend=FakeBackend(steps=200, step_delay=0.01), node_timeout_s=0.3)
+    p = principal(rt)
+    view = finished(rt, p, rt.executions.submit(Submission(p, one_node(), "workflow", "x")).id)
+    assert view.status == ExecutionStatus.FAILED and view.error_code == "deadline_exceeded"
