@@ -82,6 +82,8 @@ def test_factor_one_is_a_copy_and_bad_factors_are_refused():
         upscale_to_factor(small, 5)
     with pytest.raises(ValueError, match="unknown upscale model"):
         Upscaler("no-such-model")
+    with pytest.raises(ValueError, match="pixel limit"):
+        Upscaler("realesr-animevideov3-x4").upscale(Image.new("RGB", (4000, 3000)))
 
 
 def test_x4_only_family_serves_x2_by_reduction():

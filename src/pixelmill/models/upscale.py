@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "realesr-animevideov3-x2"
 DEFAULT_TILE = 128
 DEFAULT_PAD = 10
+MAX_OUTPUT_PIXELS = 8192 * 8192  # about 200 MB of RGB output
 
 _NOTES = {
     "realesr-animevideov3": "compact network; fast on CPU (seconds); good on illustrations, fine on photos",
@@ -60,8 +61,12 @@ class UpscaleModelInfo:
     @property
     def family(self) -> str:
         """The model name without its ``-xN`` suffix (for the animevideov3 models)."""
-        head, _, tail = self.name.rpartition("-x")
-        return head if head and tail.isdigit() else self.name
+        return _family(self.name)
+
+
+def _family(name: str) -> str:
+    head, _, tail = name.rpartition("-x")
+    return head if head and tail.isdigit() else name
 
 
 def find_weights_dir() -> Path | None:
@@ -103,8 +108,7 @@ def discover_models(weights_dir: Path | None = None) -> dict[str, UpscaleModelIn
             scale = _scale_of(name)
         except ValueError:
             continue
-        family = name.rsplit("-x", 1)[0] if name.startswith("realesr-animevideov3") else name
-        models[name] = UpscaleModelInfo(name, param, binary, scale, _NOTES.get(family, ""))
+        models[name] = UpscaleModelInfo(name, param, binary, scale, _NOTES.get(_family(name), ""))
     return models
 
 
@@ -216,8 +220,13 @@ class Upscaler:
         tile and ``control.report`` after every tile.
         """
         control = control or StepControl()
-        mode, rgb, alpha = _split(image)
         out_size = (image.width * self.scale, image.height * self.scale)
+        if out_size[0] * out_size[1] > MAX_OUTPUT_PIXELS:
+            raise ValueError(
+                f"upscaling {image.width}x{image.height} by {self.scale} gives {out_size[0]}x{out_size[1]}, "
+                f"over the {MAX_OUTPUT_PIXELS} pixel limit"
+            )
+        mode, rgb, alpha = _split(image)
         upscaled = Image.fromarray(self._upscale_rgb(np.asarray(rgb), control), "RGB")
         if alpha is not None:
             alpha = alpha.resize(out_size, Image.Resampling.LANCZOS)
