@@ -1,0 +1,152 @@
+"""Builders for the pixelmill-tiny FLUX components (tokenizers, text encoders, VAE, transformer).
+
+Every component is a standard diffusers / transformers class, so the saved
+folder loads with ``DiffusionPipeline.from_pretrained`` like any FLUX model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
+
+from pixelmill.models.tiny.scenes import vocabulary
+
+CLIP_MAX_LENGTH = 24
+
+
+@dataclass
+class TinySizes:
+    """Width/depth knobs of the tiny model (defaults: the shipped configuration)."""
+
+    vae_channels: tuple[int, ...] = (16, 32, 64, 64)
+    latent_channels: int = 4
+    heads: int = 4
+    head_dim: int = 32
+    dual_layers: int = 2
+    single_layers: int = 4
+    text_dim: int = 64
+    clip_layers: int = 2
+    t5_layers: int = 0
+
+
+def build_clip_tokenizer() -> CLIPTokenizer:
+    """A byte-level BPE CLIP tokenizer whose merges spell out each grammar word as one token."""
+    vocab: dict[str, int] = {}
+
+    def add(tok: str) -> None:
+        if tok not in vocab:
+            vocab[tok] = len(vocab)
+
+    for tok in ("<|startoftext|>", "<|endoftext|>"):
+        add(tok)
+    for ch in "abcdefghijklmnopqrstuvwxyz":
+        add(ch)
+        add(ch + "</w>")
+    merges: list[tuple[str, str]] = []
+    for word in vocabulary():
+        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        cur = symbols[0]
+        for nxt in symbols[1:]:
+            pair = (cur, nxt)
+            cur = cur + nxt
+            if pair not in merges:
+                merges.append(pair)
+            add(cur)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CLIP_MAX_LENGTH)
+
+
+def build_t5_tokenizer() -> T5TokenizerFast:
+    """A unigram T5 tokenizer with one piece per grammar word (letters as fallback)."""
+    pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [("\u2581" + w, -1.0) for w in vocabulary()]
+    pieces += [(ch, -8.0) for ch in "abcdefghijklmnopqrstuvwxyz"]
+    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=512)
+
+
+def build_text_encoders(sizes: TinySizes, clip_tok: CLIPTokenizer, t5_tok: T5TokenizerFast):
+    """The CLIP (pooled) and T5 (sequence) text encoders, randomly initialised."""
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(clip_tok),
+            hidden_size=sizes.text_dim,
+            intermediate_size=sizes.text_dim * 2,
+            num_hidden_layers=sizes.clip_layers,
+            num_attention_heads=4,
+            max_position_embeddings=CLIP_MAX_LENGTH,
+            projection_dim=sizes.text_dim,
+            bos_token_id=clip_tok.bos_token_id,
+            eos_token_id=clip_tok.eos_token_id,
+            pad_token_id=clip_tok.pad_token_id,
+            hidden_act="gelu",
+        )
+    )
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(t5_tok),
+            d_model=sizes.text_dim,
+            d_kv=16,
+            d_ff=sizes.text_dim * 2,
+            num_layers=sizes.t5_layers,
+            num_heads=4,
+            relative_attention_num_buckets=16,
+            relative_attention_max_distance=32,
+            decoder_start_token_id=0,
+            pad_token_id=t5_tok.pad_token_id,
+            eos_token_id=t5_tok.eos_token_id,
+            feed_forward_proj="gated-gelu",
+            dropout_rate=0.0,
+        )
+    )
+    return clip, t5
+
+
+def build_vae(sizes: TinySizes) -> AutoencoderKL:
+    """A small, fully convolutional KL autoencoder (8x downsampling, no attention)."""
+    n = len(sizes.vae_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=sizes.vae_channels,
+        layers_per_block=1,
+        latent_channels=sizes.latent_channels,
+        norm_num_groups=8,
+        sample_size=256,
+        mid_block_add_attention=False,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+
+
+def build_transformer(sizes: TinySizes) -> FluxTransformer2DModel:
+    """A tiny FLUX transformer (no guidance embedding: plain conditional flow matching)."""
+    hd = sizes.head_dim
+    rope = (hd - 2 * (3 * hd // 8), 3 * hd // 8, 3 * hd // 8)
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4 * sizes.latent_channels,
+        num_layers=sizes.dual_layers,
+        num_single_layers=sizes.single_layers,
+        attention_head_dim=hd,
+        num_attention_heads=sizes.heads,
+        joint_attention_dim=sizes.text_dim,
+        pooled_projection_dim=sizes.text_dim,
+        guidance_embeds=False,
+        axes_dims_rope=rope,
+    )
+
+
+def build_scheduler() -> FlowMatchEulerDiscreteScheduler:
+    """The FLUX flow-matching Euler scheduler with resolution-dependent time shift."""
+    return FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        shift=1.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )

@@ -1,0 +1,415 @@
+"""Train pixelmill-tiny from scratch: a small FLUX-architecture text-to-image model.
+
+Stages (all on rendered scenes from ``pixelmill.models.tiny.scenes``, training split only):
+
+1. **VAE** - an ``AutoencoderKL`` (8x downsampling, 4 latent channels) learns to
+   reconstruct random crops of rendered scenes (L1 + MSE + a tiny KL term).
+2. **Latent pool** - scenes at several sizes are rendered and encoded once;
+   the latent mean/std become the VAE's ``shift_factor`` / ``scaling_factor``.
+3. **Flow matching** - the ``FluxTransformer2DModel`` and both text encoders
+   (CLIP, pooled; T5, per token) are trained jointly with the rectified-flow
+   objective ``x_t = (1 - t) x0 + t noise``, target ``noise - x0``, which is
+   what ``FlowMatchEulerDiscreteScheduler`` integrates at sampling time.
+
+The result is written with ``FluxPipeline.save_pretrained`` (safetensors) plus a
+``pixelmill.json`` with default steps/guidance, and reloads with
+``DiffusionPipeline.from_pretrained(folder, local_files_only=True)``.
+
+Padding trick: ``FluxPipeline`` always pads T5 prompts to 512 tokens.  The T5
+encoder has no transformer layers (token embedding + norm), so every ``<pad>``
+token is identical all the way through the FLUX transformer (text positions are
+all zero).  N identical keys in softmax attention equal one key with an extra
+``log N`` logit, so training uses one to a few pad tokens with that additive
+bias - exactly the 512-token computation, at a fraction of the cost (checked
+numerically with ``--check-padding``).
+
+Usage (CPU, about 40 minutes on 2 cores)::
+
+    python training/train_tiny.py --out src/pixelmill/models/weights/pixelmill-tiny
+
+See training/README.md for GPU flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from diffusers import FluxPipeline  # noqa: E402
+from tiny_components import (  # noqa: E402
+    TinySizes,
+    build_clip_tokenizer,
+    build_scheduler,
+    build_t5_tokenizer,
+    build_text_encoders,
+    build_transformer,
+    build_vae,
+)
+
+from pixelmill.models.tiny.scenes import (  # noqa: E402
+    COLOURS,
+    SHAPES,
+    analyse_image,
+    render_scene,
+    sample_scene,
+    scene_prompt,
+    vocabulary,
+)
+
+T5_PADDED = 512  # what FluxPipeline pads the T5 prompt to
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def to_tensor(img) -> torch.Tensor:
+    """PIL RGB -> (3, H, W) float in [-1, 1]."""
+    a = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float()
+    return a / 127.5 - 1.0
+
+
+# --------------------------------------------------------------------------- VAE
+
+
+def train_vae(vae, args, rng: random.Random, device) -> None:
+    """Stage 1: reconstruct random crops of rendered scenes."""
+    log("rendering VAE training images")
+    pool = []
+    sizes = [(256, 256), (192, 320), (320, 192), (128, 128)]
+    for _ in range(args.vae_pool):
+        w, h = rng.choice(sizes)
+        pool.append(to_tensor(render_scene(sample_scene(rng, two_objects=0.3), w, h)))
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    vae.train().to(device)
+    t0, step = time.time(), 0
+    c = args.vae_crop
+    while step < args.vae_steps and time.time() - t0 < args.vae_minutes * 60:
+        batch = []
+        for _ in range(args.vae_batch):
+            img = rng.choice(pool)
+            _, H, W = img.shape
+            y, x = rng.randint(0, H - c), rng.randint(0, W - c)
+            batch.append(img[:, y : y + c, x : x + c])
+        x = torch.stack(batch).to(device)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        kl = post.kl().mean() / (c * c)
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + args.vae_kl * kl
+        lr = args.vae_lr * min(1.0, (step + 1) / 100)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        if step % 100 == 0:
+            log(f"vae step {step} loss {loss.item():.4f} kl {kl.item():.3f}")
+        step += 1
+    log(f"vae done: {step} steps in {time.time() - t0:.0f}s")
+    vae.eval()
+    with torch.no_grad():
+        x = torch.stack([to_tensor(render_scene(sample_scene(rng), 256, 256)) for _ in range(4)]).to(device)
+        rec = vae.decode(vae.encode(x).latent_dist.mean).sample
+        grid = torch.cat([torch.cat(list(x), 2), torch.cat(list(rec), 2)], 1).clamp(-1, 1)
+        args.run_dir.mkdir(parents=True, exist_ok=True)
+        arr = ((grid.permute(1, 2, 0).cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
+        from PIL import Image
+
+        Image.fromarray(arr).save(args.run_dir / "vae_reconstruction.png")
+        log(f"vae reconstruction L1 {F.l1_loss(rec, x).item():.4f} (image in {args.run_dir})")
+
+
+# --------------------------------------------------------------------------- latent pool
+
+
+BUCKETS = [  # (width, height, samples, batch, probability)
+    (256, 256, 1.0, 16, 0.55),
+    (320, 192, 0.25, 16, 0.1),
+    (192, 320, 0.25, 16, 0.1),
+    (384, 384, 0.15, 8, 0.1),
+    (512, 384, 0.15, 6, 0.15),
+]
+
+
+@torch.no_grad()
+def build_latent_pool(vae, args, rng: random.Random, device) -> list[dict]:
+    """Stage 2: render + encode training scenes per size bucket."""
+    pool = []
+    for w, h, frac, batch, prob in BUCKETS:
+        n = max(batch, int(args.pool * frac))
+        lat, prompts = [], []
+        for i in range(0, n, 16):
+            scenes = [sample_scene(rng, two_objects=0.25) for _ in range(min(16, n - i))]
+            x = torch.stack([to_tensor(render_scene(s, w, h)) for s in scenes]).to(device)
+            lat.append(vae.encode(x).latent_dist.mean.cpu())
+            prompts += [scene_prompt(s) for s in scenes]
+        pool.append({"size": (w, h), "latents": torch.cat(lat), "prompts": prompts, "batch": batch, "prob": prob})
+        log(f"pool {w}x{h}: {n} scenes")
+    allz = torch.cat([b["latents"].transpose(0, 1).flatten(1) for b in pool], dim=1)
+    shift = allz.mean().item()
+    scale = 1.0 / allz.std().item()
+    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    for b in pool:
+        b["latents"] = (b["latents"] - shift) * scale
+    log(f"latent shift {shift:.4f} scale {scale:.4f}")
+    return pool
+
+
+# --------------------------------------------------------------------------- text
+
+
+class TextBatch:
+    """Tokenised prompts for training: CLIP ids (padded to its max) and T5 content ids + pad bias."""
+
+    def __init__(self, clip_tok, t5_tok):
+        self.clip_tok, self.t5_tok = clip_tok, t5_tok
+
+    def __call__(self, prompts: list[str], device):
+        clip_ids = self.clip_tok(
+            prompts, padding="max_length", max_length=self.clip_tok.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
+        t5 = [self.t5_tok(p, truncation=True, max_length=T5_PADDED).input_ids for p in prompts]
+        n = torch.tensor([len(t) for t in t5])
+        L = int(n.max()) + 1
+        ids = torch.full((len(prompts), L), self.t5_tok.pad_token_id, dtype=torch.long)
+        for i, t in enumerate(t5):
+            ids[i, : len(t)] = torch.tensor(t)
+        # additive attention bias: each pad slot stands for (512 - n) / (L - n) identical pads
+        bias = torch.zeros(len(prompts), L)
+        for i in range(len(prompts)):
+            k = int(n[i])
+            bias[i, k:] = math.log((T5_PADDED - k) / (L - k))
+        return clip_ids.to(device), ids.to(device), bias.to(device)
+
+
+def transformer_forward(transformer, clip, t5, text, latents_packed, img_ids, t):
+    """One FLUX transformer call with compact T5 padding (see module docstring)."""
+    clip_ids, t5_ids, bias = text
+    pooled = clip(clip_ids).pooler_output
+    enc = t5(t5_ids)[0]
+    B, S = latents_packed.shape[:2]
+    mask = torch.cat([bias, torch.zeros(B, S, device=bias.device)], dim=1)[:, None, None, :]
+    txt_ids = torch.zeros(enc.shape[1], 3, device=enc.device)
+    return transformer(
+        hidden_states=latents_packed,
+        encoder_hidden_states=enc,
+        pooled_projections=pooled,
+        timestep=t,
+        img_ids=img_ids,
+        txt_ids=txt_ids,
+        joint_attention_kwargs={"attention_mask": mask.to(latents_packed.dtype)},
+        return_dict=False,
+    )[0]
+
+
+@torch.no_grad()
+def check_padding(transformer, clip, t5, clip_tok, t5_tok) -> float:
+    """Max abs difference between the compact-padding forward and real 512-token padding."""
+    prompts = ["a red circle on a blue background", "a small green cross at the top on a white background"]
+    text = TextBatch(clip_tok, t5_tok)(prompts, "cpu")
+    x = torch.randn(2, 64, transformer.config.in_channels)
+    ids = FluxPipeline._prepare_latent_image_ids(2, 8, 8, "cpu", torch.float32)
+    t = torch.tensor([0.3, 0.8])
+    a = transformer_forward(transformer, clip, t5, text, x, ids, t)
+    full = t5_tok(prompts, padding="max_length", max_length=T5_PADDED, truncation=True, return_tensors="pt").input_ids
+    b = transformer(
+        hidden_states=x,
+        encoder_hidden_states=t5(full)[0],
+        pooled_projections=clip(text[0]).pooler_output,
+        timestep=t,
+        img_ids=ids,
+        txt_ids=torch.zeros(T5_PADDED, 3),
+        return_dict=False,
+    )[0]
+    return (a - b).abs().max().item()
+
+
+# --------------------------------------------------------------------------- flow matching
+
+
+def sample_t(n: int, device) -> torch.Tensor:
+    """Training times: logit-normal (FLUX/SD3 style) mixed with uniform."""
+    t = torch.sigmoid(torch.randn(n, device=device))
+    u = torch.rand(n, device=device)
+    return torch.where(torch.rand(n, device=device) < 0.3, u, t).clamp(1e-4, 1 - 1e-4)
+
+
+def save_pipeline(out: Path, vae, clip, t5, transformer, clip_tok, t5_tok, args, extra: dict) -> None:
+    pipe = FluxPipeline(
+        scheduler=build_scheduler(),
+        vae=vae,
+        text_encoder=clip,
+        tokenizer=clip_tok,
+        text_encoder_2=t5,
+        tokenizer_2=t5_tok,
+        transformer=transformer,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(out, safe_serialization=True)
+    meta = {
+        "default_steps": args.default_steps,
+        "default_guidance": args.default_guidance,
+        "trained_size": 256,
+        "min_size": 256,
+        "max_size": 1440,
+        "size_multiple": 32,
+        "vocabulary": vocabulary(),
+        "colours": list(COLOURS),
+        "shapes": list(SHAPES),
+        "example_prompt": "a red circle on a blue background",
+        **extra,
+    }
+    (out / "pixelmill.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+@torch.no_grad()
+def quick_eval(folder: Path, n: int, steps: int) -> dict:
+    """Generate n held-out prompts at 256x256 and score them with the analyser."""
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    rng = random.Random(1234)
+    ok = np.zeros(3)
+    for i in range(n):
+        s = sample_scene(rng, held_out=True)
+        img = pipe(
+            scene_prompt(s), height=256, width=256, num_inference_steps=steps, guidance_scale=1.0,
+            generator=torch.Generator().manual_seed(i),
+        ).images[0]
+        a = analyse_image(img)
+        o = s.objects[0]
+        ok += [a.colour == o.colour, a.shape == o.shape, a.background == s.background]
+    return {"colour": ok[0] / n, "shape": ok[1] / n, "background": ok[2] / n}
+
+
+def train_flow(vae, clip, t5, transformer, clip_tok, t5_tok, pool, args, rng, device, out: Path) -> None:
+    """Stage 3: joint flow-matching training of transformer + text encoders, with EMA."""
+    modules = torch.nn.ModuleList([transformer, clip, t5]).to(device).train()
+    ema = copy.deepcopy(modules).eval().requires_grad_(False)
+    params = [p for p in modules.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01, betas=(0.9, 0.99))
+    texter = TextBatch(clip_tok, t5_tok)
+    probs = [b["prob"] for b in pool]
+    t0 = last_ckpt = time.time()
+    step, avg = 0, None
+    budget = args.minutes * 60
+    while step < args.steps and time.time() - t0 < budget:
+        b = rng.choices(pool, weights=probs)[0]
+        idx = [rng.randrange(len(b["prompts"])) for _ in range(b["batch"] * args.batch_mult)]
+        x0 = b["latents"][idx].to(device)
+        prompts = [b["prompts"][i] if rng.random() > args.cond_drop else "" for i in idx]
+        B, C, h, w = x0.shape
+        noise = torch.randn_like(x0)
+        t = sample_t(B, device)
+        tt = t.view(B, 1, 1, 1)
+        xt = (1 - tt) * x0 + tt * noise
+        packed = FluxPipeline._pack_latents(xt, B, C, h, w)
+        target = FluxPipeline._pack_latents(noise - x0, B, C, h, w)
+        ids = FluxPipeline._prepare_latent_image_ids(B, h // 2, w // 2, device, xt.dtype)
+        pred = transformer_forward(transformer, clip, t5, texter(prompts, device), packed, ids, t)
+        loss = F.mse_loss(pred, target)
+        warm = min(1.0, (step + 1) / args.warmup)
+        decay = 0.5 * (1 + math.cos(math.pi * min(1.0, (time.time() - t0) / budget)))
+        for g in opt.param_groups:
+            g["lr"] = args.lr * warm * (0.1 + 0.9 * decay)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        d = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), modules.parameters()):
+                pe.lerp_(pm, 1 - d)
+        avg = loss.item() if avg is None else 0.98 * avg + 0.02 * loss.item()
+        if step % 50 == 0:
+            log(f"flow step {step} loss {avg:.4f} lr {opt.param_groups[0]['lr']:.2e} ({time.time() - t0:.0f}s)")
+        step += 1
+        if time.time() - last_ckpt > args.ckpt_minutes * 60:
+            last_ckpt = time.time()
+            save_pipeline(out, vae, *_cpu(ema), clip_tok, t5_tok, args, {"train_steps": step})
+            log(f"checkpoint at step {step} -> {out}")
+    save_pipeline(out, vae, *_cpu(ema), clip_tok, t5_tok, args, {"train_steps": step})
+    log(f"flow done: {step} steps in {time.time() - t0:.0f}s")
+
+
+def _cpu(ema):
+    transformer, clip, t5 = (copy.deepcopy(m).cpu() for m in ema)
+    return clip, t5, transformer
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("training/runs/pixelmill-tiny"))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--run-dir", type=Path, default=Path("training/runs"), help="logs and previews")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--width-mult", type=int, default=1, help="scale transformer heads (GPU: 2-4)")
+    ap.add_argument("--vae-steps", type=int, default=100000)
+    ap.add_argument("--vae-minutes", type=float, default=7.0)
+    ap.add_argument("--vae-batch", type=int, default=16)
+    ap.add_argument("--vae-crop", type=int, default=64)
+    ap.add_argument("--vae-lr", type=float, default=1e-3)
+    ap.add_argument("--vae-kl", type=float, default=1e-4)
+    ap.add_argument("--vae-pool", type=int, default=1500)
+    ap.add_argument("--vae-from", type=Path, default=None, help="reuse the VAE of an earlier run's folder")
+    ap.add_argument("--pool", type=int, default=3000, help="256x256 scenes in the latent pool")
+    ap.add_argument("--steps", type=int, default=1000000)
+    ap.add_argument("--minutes", type=float, default=28.0)
+    ap.add_argument("--batch-mult", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--ema", type=float, default=0.998)
+    ap.add_argument("--cond-drop", type=float, default=0.1)
+    ap.add_argument("--ckpt-minutes", type=float, default=6.0)
+    ap.add_argument("--default-steps", type=int, default=12)
+    ap.add_argument("--default-guidance", type=float, default=1.0)
+    ap.add_argument("--eval", type=int, default=24, help="held-out prompts scored after training")
+    ap.add_argument("--check-padding", action="store_true")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    device = torch.device(args.device)
+    sizes = TinySizes(heads=4 * args.width_mult)
+    clip_tok, t5_tok = build_clip_tokenizer(), build_t5_tokenizer()
+    clip, t5 = build_text_encoders(sizes, clip_tok, t5_tok)
+    transformer = build_transformer(sizes)
+    if args.check_padding:
+        log(f"padding check: max abs diff {check_padding(transformer, clip, t5, clip_tok, t5_tok):.2e}")
+    t_start = time.time()
+    if args.vae_from is not None:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(args.vae_from, subfolder="vae").to(device)
+        log(f"VAE reused from {args.vae_from}")
+    else:
+        vae = build_vae(sizes)
+        train_vae(vae, args, rng, device)
+    vae.eval().requires_grad_(False)
+    pool = build_latent_pool(vae, args, rng, device)
+    train_flow(vae, clip, t5, transformer, clip_tok, t5_tok, pool, args, rng, device, args.out)
+    log(f"total training time {(time.time() - t_start) / 60:.1f} min")
+    if args.eval:
+        scores = quick_eval(args.out, args.eval, args.default_steps)
+        log(f"held-out quick eval ({args.eval} prompts): {scores}")
+
+
+if __name__ == "__main__":
+    main()
