@@ -37,6 +37,25 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_worker(args) -> int:
+    from pixelmill.worker import parse_queues, run_worker
+
+    settings = _settings(args)
+    try:
+        return run_worker(
+            settings,
+            queues=parse_queues(args.queues) or None,
+            concurrency=args.concurrency,
+            pool=args.pool,
+            preload=not args.no_preload,
+            hostname=args.hostname,
+            loglevel=args.log_level.upper(),
+        )
+    except ValueError as e:
+        print(f"pixelmill worker: {e}", file=sys.stderr)
+        return 2
+
+
 def cmd_migrate(args) -> int:
     from pixelmill.store import migrate
 
@@ -109,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int)
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=cmd_serve)
+
+    w = sub.add_parser("worker", help="run a scale-out worker: node tasks from Celery (Redis), one process per GPU")
+    w.add_argument("--queues", "-Q", help="comma-separated queues to consume, e.g. model.pixelmill-tiny,default (default: every catalog model, then default)")
+    w.add_argument("--concurrency", "-c", type=int, default=1, help="node runs at a time (default 1)")
+    w.add_argument("--pool", choices=["threads", "solo"], default="threads", help="threads (default) or solo; models stay in this one process")
+    w.add_argument("--no-preload", action="store_true", help="load models on first use instead of before consuming")
+    w.add_argument("--hostname", help="Celery node name (default: celery@<host>)")
+    w.add_argument("--log-level", default="info")
+    w.set_defaults(func=cmd_worker)
 
     m = sub.add_parser("migrate", help="bring the database schema up to date")
     m.set_defaults(func=cmd_migrate)

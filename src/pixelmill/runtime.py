@@ -6,6 +6,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from pixelmill.accounts.admission import Admission
+from pixelmill.accounts.idempotency import IdempotencyStore
+from pixelmill.accounts.plans import load_plans
+from pixelmill.accounts.ratelimit import RateLimiter
 from pixelmill.config import Settings
 from pixelmill.engine.lifecycle import Lifecycle
 from pixelmill.engine.runner import NodeRunner
@@ -51,13 +55,33 @@ class Runtime:
             node_timeout_s=settings.node_timeout_s, file_retention_s=settings.file_retention_s,
         )
         self.queue.handler = self.runner.run
+        self.plans = load_plans(settings.plans)
+        self.limiter = RateLimiter(settings.rate_limit_storage)
+        self.admission = Admission(self.plans, self.limiter, settings.default_plan)
+        self.idempotency = IdempotencyStore(self.db, ttl_s=settings.idempotency_ttl_s)
         self.executions = ExecutionService(
             self.db, self.nodes, self.services, self.queue.enqueue, self.lifecycle, result_ttl_s=settings.result_ttl_s,
+            admission=self.admission,
         )
         from pixelmill.workflows.service import WorkflowService
 
         self.workflows = WorkflowService(self.db, self.executions)
+        self._init_webhooks()
         self.started = False
+
+    def _init_webhooks(self) -> None:
+        """Outbox rows with every state change; a dispatcher that delivers them (started by ``start``)."""
+        from pixelmill.net.safe_http import SafeHttpClient, UrlPolicy
+        from pixelmill.webhooks.dispatcher import Dispatcher
+        from pixelmill.webhooks.outbox import Outbox
+        from pixelmill.webhooks.triggers import TriggerService
+
+        s = self.settings
+        self.outbox = Outbox(self.signer, s.resolved_base_url(), s.webhook_file_url_ttl_s)
+        self.lifecycle.hooks.append(self.outbox)
+        self.http = SafeHttpClient(UrlPolicy(allow_networks=s.url_allow_networks))
+        self.dispatcher = Dispatcher(self.db, self.http)
+        self.triggers = TriggerService(self.db, self.workflows)
 
     def _make_queue(self) -> Any:
         if self.settings.queue == "celery":
@@ -74,15 +98,20 @@ class Runtime:
             return
         self.started = True
         self.queue.start()
+        if self.settings.webhook_dispatcher:
+            self.dispatcher.start()
         if self.settings.queue == "inprocess":
             n = self.executions.recover()
             if n:
                 log.info("re-queued %d unfinished node runs", n)
-        if self.settings.preload_models:
+        if self.settings.preload_models and self.settings.queue == "inprocess":
+            # only the embedded server runs nodes itself; scale-out API nodes hold no
+            # models, and `pixelmill worker` loads the models of the queues it consumes
             self.models.preload(self.catalog.names())
 
     def stop(self) -> None:
         if self.started:
+            self.dispatcher.stop()
             self.queue.stop()
             self.started = False
         self.db.dispose()

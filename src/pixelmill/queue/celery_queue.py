@@ -1,0 +1,170 @@
+"""The scale-out queue: Celery over Redis carrying one task type, ``pixelmill.run_node``.
+
+API nodes only publish.  ``pixelmill worker`` processes consume: each one
+listens on the queues of the models it holds warm (``model.<name>``) and on
+``default`` for model-free nodes.
+
+Delivery is at least once.  A message is acknowledged only after its node run
+has finished (``acks_late``); a worker that dies mid-run leaves the message
+unacknowledged and Redis hands it to another worker once the visibility
+timeout has passed.  ``NodeRunner.run`` treats a repeated delivery of a
+finished node run as a no-op, and the ledger settles each execution under one
+entry key, so a repeat never runs a finished node again nor bills twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence, TypedDict
+
+from celery import Celery
+from sqlalchemy.exc import OperationalError
+
+from pixelmill.config import Settings
+from pixelmill.engine.lifecycle import NodeTask
+from pixelmill.queue.base import DEFAULT_QUEUE, TaskHandler
+
+log = logging.getLogger("pixelmill.queue")
+
+TASK_NAME = "pixelmill.run_node"
+POOLS = ("threads", "solo")
+
+
+class NodeTaskMessage(TypedDict):
+    """A ``NodeTask`` as it travels on the wire (JSON)."""
+
+    node_run_id: str
+    execution_id: str
+    queue: str
+
+
+def to_message(task: NodeTask) -> NodeTaskMessage:
+    return {"node_run_id": task.node_run_id, "execution_id": task.execution_id, "queue": task.queue or DEFAULT_QUEUE}
+
+
+def from_message(message: Any) -> NodeTask:
+    """The ``NodeTask`` a message carries; ``ValueError`` for anything malformed."""
+    if not isinstance(message, dict):
+        raise ValueError(f"a node task message is a JSON object, got {type(message).__name__}")
+    fields = {}
+    for name in ("node_run_id", "execution_id"):
+        value = message.get(name)
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"node task message lacks {name!r}")
+        fields[name] = value
+    queue = message.get("queue") or DEFAULT_QUEUE
+    if not isinstance(queue, str):
+        raise ValueError("node task message has a non-string 'queue'")
+    return NodeTask(fields["node_run_id"], fields["execution_id"], queue)
+
+
+def visibility_timeout_s(node_timeout_s: float) -> int:
+    """How long Redis waits for an acknowledgement before delivering a message again.
+
+    Well above the node deadline, so a node that is still legitimately running
+    is never handed to a second worker: the runner's deadline ends it first.
+    """
+    return max(3600, int(node_timeout_s * 2) + 300)
+
+
+def make_celery_app(settings: Settings) -> Celery:
+    """A Celery application for pixelmill's broker, configured for at-least-once node runs."""
+    app = Celery("pixelmill", broker=settings.broker_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,  # state lives in the database, not in a result backend
+        task_acks_late=True,  # acknowledge after the node run finished
+        task_reject_on_worker_lost=True,  # a killed worker's message goes back to the queue
+        worker_prefetch_multiplier=1,  # a busy GPU worker does not sit on queued work
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        task_default_queue=DEFAULT_QUEUE,
+        task_create_missing_queues=True,
+        broker_transport_options={"visibility_timeout": visibility_timeout_s(settings.node_timeout_s)},
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        enable_utc=True,
+    )
+    return app
+
+
+class CeleryQueue:
+    """``TaskQueue`` over Celery + Redis.  Publishing works everywhere; ``worker()`` consumes."""
+
+    def __init__(self, settings: Settings, handler: TaskHandler | None = None):
+        self.settings = settings
+        self.handler = handler
+        self.app = make_celery_app(settings)
+        self.run_node = self._register_task()
+
+    def _register_task(self):
+        queue = self
+
+        @self.app.task(
+            name=TASK_NAME,
+            bind=True,
+            shared=False,
+            acks_late=True,
+            reject_on_worker_lost=True,
+            ignore_result=True,
+            # the database was unreachable: try again later rather than lose the run
+            autoretry_for=(OperationalError,),
+            retry_backoff=2,
+            retry_backoff_max=60,
+            max_retries=20,
+        )
+        def run_node(task_self, message: NodeTaskMessage) -> None:
+            handler = queue.handler
+            if handler is None:
+                raise RuntimeError("this process has no node runner: start it with `pixelmill worker`")
+            handler(from_message(message))
+
+        return run_node
+
+    # --- TaskQueue --------------------------------------------------------
+    def enqueue(self, task: NodeTask) -> None:
+        """Publish to the task's queue (``model.<name>`` or ``default``)."""
+        self.run_node.apply_async(args=[to_message(task)], queue=task.queue or DEFAULT_QUEUE)
+
+    def start(self) -> None:
+        """Nothing to start: consuming happens in ``pixelmill worker`` (see ``worker()``)."""
+
+    def stop(self) -> None:
+        """Release broker connections held for publishing."""
+        self.app.close()
+
+    # --- consuming --------------------------------------------------------
+    def worker(
+        self,
+        queues: Sequence[str],
+        concurrency: int = 1,
+        pool: str = "threads",
+        hostname: str | None = None,
+        loglevel: str = "INFO",
+    ) -> int:
+        """Run a Celery worker in this process until it is told to stop; returns its exit code.
+
+        ``pool`` is ``threads`` (default) or ``solo``: models stay loaded in
+        this one process, which holds the GPU.  Forking pools are not offered:
+        CUDA and many torch set-ups break in forked children.
+        """
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}")
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if not queues:
+            raise ValueError("a worker needs at least one queue")
+        from celery.concurrency import get_implementation
+
+        worker = self.app.Worker(
+            queues=list(queues),
+            concurrency=concurrency,
+            pool_cls=get_implementation(pool),
+            hostname=hostname,
+            loglevel=loglevel,
+            without_mingle=True,
+            without_gossip=True,
+        )
+        worker.start()
+        return int(worker.exitcode or 0)

@@ -1,0 +1,88 @@
+"""The scale-out worker process: runs node tasks from Celery against the shared database and files.
+
+A worker is built from the same settings as the API nodes (same database URL,
+same data folder or file store, same broker) and consumes the queues of the
+models it holds warm: ``model.<name>`` for each such model, plus ``default``
+for nodes that need no model.  One worker per GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+from pixelmill.config import Settings
+from pixelmill.models.catalog import ModelCatalog
+from pixelmill.models.registry import ModelRegistry
+from pixelmill.queue.base import DEFAULT_QUEUE
+from pixelmill.runtime import Runtime
+
+log = logging.getLogger("pixelmill.worker")
+
+MODEL_QUEUE_PREFIX = "model."
+
+
+def model_queue(model: str) -> str:
+    """The queue that carries the node runs of ``model``."""
+    return f"{MODEL_QUEUE_PREFIX}{model}"
+
+
+def default_queues(catalog: ModelCatalog) -> list[str]:
+    """Every queue a worker can serve with this catalog: one per model, then ``default``."""
+    return [model_queue(name) for name in catalog.names()] + [DEFAULT_QUEUE]
+
+
+def models_of(queues: Sequence[str]) -> list[str]:
+    """The model names behind the ``model.<name>`` queues among ``queues``."""
+    return [q[len(MODEL_QUEUE_PREFIX):] for q in queues if q.startswith(MODEL_QUEUE_PREFIX)]
+
+
+def parse_queues(text: str | None) -> list[str]:
+    """``"model.a, default"`` -> ``["model.a", "default"]`` (duplicates and blanks dropped)."""
+    out: list[str] = []
+    for part in (text or "").split(","):
+        name = part.strip()
+        if name and name not in out:
+            out.append(name)
+    return out
+
+
+def build_worker_runtime(settings: Settings, catalog: ModelCatalog | None = None, models: ModelRegistry | None = None) -> Runtime:
+    """A Runtime whose queue is Celery: it runs what it receives and publishes the follow-up nodes."""
+    if settings.queue != "celery":
+        settings = settings.model_copy(update={"queue": "celery"})
+    return Runtime(settings, catalog=catalog, models=models)
+
+
+def run_worker(
+    settings: Settings,
+    queues: Sequence[str] | None = None,
+    concurrency: int = 1,
+    pool: str = "threads",
+    preload: bool = True,
+    hostname: str | None = None,
+    loglevel: str = "INFO",
+) -> int:
+    """Build the worker runtime, load its models, consume until stopped; returns the exit code.
+
+    With ``preload`` (default) the models of the ``model.<name>`` queues are
+    loaded before the first task is taken, so a model that cannot load stops
+    the worker at once instead of failing every task sent to it.
+    """
+    runtime = build_worker_runtime(settings)
+    try:
+        queues = list(queues) if queues else default_queues(runtime.catalog)
+        unknown = [m for m in models_of(queues) if m not in runtime.catalog]
+        if unknown:
+            raise ValueError(
+                f"queue for unknown model(s) {', '.join(unknown)}; the catalog has {', '.join(runtime.catalog.names())}"
+            )
+        runtime.start()
+        if preload:
+            for name in models_of(queues):
+                log.info("loading model %s", name)
+                runtime.models.backend(name)
+        log.info("worker consuming %s (pool=%s, concurrency=%d)", ", ".join(queues), pool, concurrency)
+        return runtime.queue.worker(queues, concurrency=concurrency, pool=pool, hostname=hostname, loglevel=loglevel)
+    finally:
+        runtime.stop()
