@@ -3,7 +3,9 @@
 Three windows per account, each taken from its :class:`~pixelmill.accounts.plans.Plan`
 (a ``None`` limit is unlimited and has no window):
 
-- ``requests``: every API request (``requests_per_minute`` per ``request_window_s``);
+- ``requests``: API requests (``requests_per_minute`` per ``request_window_s``);
+  the HTTP layer counts the requests that change state and reports the window
+  on reads (see ``pixelmill.api.middleware``);
 - ``executions-minute``: executions created per 60 s;
 - ``executions-day``: executions created per 86 400 s.
 
@@ -129,6 +131,10 @@ class RateLimiter:
         remaining = max(0, min(window.limit, stats.remaining))
         reset_after = max(0.0, stats.reset_time - time.time()) if remaining < window.limit else 0.0
         return LimitState(window.name, window.limit, remaining, reset_after, window.window_s)
+
+    def request_states(self, account_id: str, plan: Plan) -> list[LimitState]:
+        """The request window of the account (none for an unlimited plan), consuming nothing."""
+        return [self._state(w, account_id) for w in _request_windows(plan)]
 
     def peek(self, account_id: str, plan: Plan) -> list[LimitState]:
         """Every finite window of the account, consuming nothing."""

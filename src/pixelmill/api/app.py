@@ -9,7 +9,9 @@ from fastapi import FastAPI, Request
 
 from pixelmill import __version__
 from pixelmill.api.dialects import bfl, workflows
+from pixelmill.api.admin import router as admin_router
 from pixelmill.api.errors import install_error_handlers
+from pixelmill.api.middleware import AccountsMiddleware
 from pixelmill.api.files import router as files_router
 
 
@@ -27,6 +29,8 @@ def create_app(runtime, manage_runtime: bool = True) -> FastAPI:
     app = FastAPI(title="pixelmill", version=__version__, lifespan=lifespan)
     app.state.runtime = runtime
     install_error_handlers(app)
+    # added before request_id, so it sits inside it: its own answers get an X-Request-Id too
+    app.add_middleware(AccountsMiddleware)
 
     @app.middleware("http")
     async def request_id(request: Request, call_next):
@@ -40,6 +44,7 @@ def create_app(runtime, manage_runtime: bool = True) -> FastAPI:
         return {"status": "ok", "version": __version__}
 
     app.include_router(files_router)
+    app.include_router(admin_router)
     app.include_router(workflows.router)
     app.include_router(bfl.router)
     return app

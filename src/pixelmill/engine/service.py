@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from pixelmill.accounts import ledger
 from pixelmill.accounts.keys import Principal
@@ -15,7 +16,7 @@ from pixelmill.domain.status import ExecutionStatus, NodeStatus
 from pixelmill.engine.graph import PreparedGraph, cache_key, prepare
 from pixelmill.engine.lifecycle import Lifecycle, NodeTask
 from pixelmill.engine.views import ExecutionView, load_execution
-from pixelmill.errors import InsufficientCredits, NotFound, RateLimited
+from pixelmill.errors import InsufficientCredits, NotFound
 from pixelmill.ids import new_id
 from pixelmill.nodes.base import NodeRegistry
 from pixelmill.store.db import Database
@@ -38,6 +39,13 @@ class Submission:
     batch_id: str | None = None
 
 
+AdmissionHook = Callable[[Connection, Principal, PreparedGraph], Callable[[], None] | None]
+"""Called inside the submit transaction before the credit check (account row locked):
+raises to refuse (e.g. an active-task cap) and may return a callable that the
+service calls after the credit check passed, still inside the transaction, for
+checks that consume quota (see ``pixelmill.accounts.admission``)."""
+
+
 class ExecutionService:
     def __init__(
         self,
@@ -47,7 +55,7 @@ class ExecutionService:
         enqueue: Callable[[NodeTask], None],
         lifecycle: Lifecycle,
         result_ttl_s: int = 24 * 3600,
-        max_active_tasks: Callable[[Principal], int | None] = lambda p: 24,
+        admission: AdmissionHook | None = None,
     ):
         self.db = db
         self.nodes = nodes
@@ -55,7 +63,7 @@ class ExecutionService:
         self.enqueue = enqueue
         self.lifecycle = lifecycle
         self.result_ttl_s = result_ttl_s
-        self.max_active_tasks = max_active_tasks
+        self.admission = admission
 
     def prepare(self, graph: dict[str, Any]) -> PreparedGraph:
         return prepare(graph, self.nodes, self.services)
@@ -68,20 +76,9 @@ class ExecutionService:
         tasks: list[NodeTask] = []
         with self.db.transaction() as conn:
             ledger.lock_account(conn, account)
-            cap = self.max_active_tasks(sub.principal)
-            if cap is not None:
-                active = conn.execute(
-                    sa.select(sa.func.count()).select_from(executions).where(executions.c.account_id == account, executions.c.status.in_(ACTIVE))
-                ).scalar()
-                if active >= cap:
-                    err = RateLimited(
-                        f"Too many active tasks: {active} running or queued, the limit is {cap}",
-                        code="active_task_limit",
-                        limit=cap,
-                        active=active,
-                    )
-                    err.headers["Retry-After"] = "1"
-                    raise err
+            # admission: checks that consume nothing run now; what consumes quota
+            # (execution windows) runs only once the credit check has passed
+            admit = self.admission(conn, sub.principal, prepared) if self.admission else None
             cost = prepared.cost
             available = ledger.balance(conn, account)
             if cost > available + 1e-9:
@@ -92,6 +89,8 @@ class ExecutionService:
                     availableCredits=available,
                     breakdown=prepared.breakdown(),
                 )
+            if admit is not None:
+                admit()
             graph_json = dict(prepared.raw)
             graph_json["order"] = list(prepared.nodes)
             conn.execute(

@@ -1,0 +1,123 @@
+"""Admission: whether an account may start one more execution right now.
+
+:class:`Admission` is the hook :class:`~pixelmill.engine.service.ExecutionService`
+calls inside its submit transaction, so every dialect gets the same limits.  The
+order of checks in a submit is:
+
+1. validation and pricing of the graph (422 / 400) — before any limit is touched;
+2. the **active-task cap** (``Plan.max_active_tasks``, queued + running
+   executions; 429 ``active_task_limit``) — a count, consumes nothing;
+3. the **credit check** (402) — the service's own;
+4. the **execution windows** (``executions_per_minute`` / ``executions_per_day``,
+   429 ``rate_limited`` naming the window) — consumed only here, so a request
+   refused with 402 (or 422, or for the active-task cap) uses up no execution quota.
+
+Step 4 runs through the callable that step 2 returns, which the service calls
+after its credit check.  If the transaction fails after step 4 (a database error)
+the slot stays consumed until its window passes: over-counting briefly is the safe
+direction.  When the rate-limit store is unreachable the execution windows are
+not enforced (logged), rather than refusing all work.
+
+The windows a submit touched are also appended to :data:`reported_states` when a
+caller (the HTTP middleware) has set it, so the response can carry them in its
+``RateLimit`` headers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from pixelmill.accounts.keys import Principal
+from pixelmill.accounts.plans import Plan
+from pixelmill.accounts.ratelimit import LimitState, RateLimiter, RateLimitStorageError, rate_limited_error
+from pixelmill.domain.status import ExecutionStatus
+from pixelmill.errors import RateLimited
+from pixelmill.store.tables import executions
+
+log = logging.getLogger("pixelmill.accounts")
+
+ACTIVE_TASKS = "active-tasks"
+ACTIVE_STATUSES = [ExecutionStatus.QUEUED.value, ExecutionStatus.RUNNING.value]
+ACTIVE_RETRY_AFTER_S = 1
+
+reported_states: ContextVar[list[LimitState] | None] = ContextVar("pixelmill_reported_rate_states", default=None)
+"""Set to a list by a caller that wants the windows a submit touched appended to it."""
+
+
+def active_task_error(limit: int, active: int) -> RateLimited:
+    """The 429 for an account at its active-task cap, with ``concurrent-requests`` headers."""
+    err = RateLimited(
+        f"Too many active tasks: {active} queued or running, the limit is {limit}; retry when one finishes",
+        code="active_task_limit",
+        violated_policies=[ACTIVE_TASKS],
+        limit=limit,
+        active=active,
+        retry_after=ACTIVE_RETRY_AFTER_S,
+    )
+    err.headers.update(
+        {
+            "Retry-After": str(ACTIVE_RETRY_AFTER_S),
+            "X-RateLimit-Limit": str(limit),
+            "X-RateLimit-Remaining": "0",
+            "X-RateLimit-Reset": str(ACTIVE_RETRY_AFTER_S),
+            "RateLimit-Policy": f'"{ACTIVE_TASKS}";q={limit};qu="concurrent-requests"',
+            "RateLimit": f'"{ACTIVE_TASKS}";r=0;t={ACTIVE_RETRY_AFTER_S}',
+        }
+    )
+    return err
+
+
+class Admission:
+    """Per-plan admission of new executions: active-task cap, then execution windows.
+
+    ``plans`` maps plan names to plans; an account whose plan is not (or no longer)
+    configured is treated as on ``default_plan``.
+    """
+
+    def __init__(self, plans: Mapping[str, Plan], limiter: RateLimiter, default_plan: str = "free"):
+        if default_plan not in plans:
+            raise ValueError(f"default plan {default_plan!r} is not among the plans: {', '.join(sorted(plans))}")
+        self.plans = plans
+        self.limiter = limiter
+        self.default_plan = default_plan
+
+    def plan_for(self, principal: Principal) -> Plan:
+        plan = self.plans.get(principal.plan)
+        if plan is None:
+            log.warning("account %s is on unknown plan %r; applying %r", principal.account_id, principal.plan, self.default_plan)
+            plan = self.plans[self.default_plan]
+        return plan
+
+    def __call__(self, conn: Connection, principal: Principal, prepared: object) -> Callable[[], None]:
+        """Check the active-task cap now; return the step that consumes the execution windows.
+
+        Raises :class:`RateLimited` (``active_task_limit``) at the cap.  The returned
+        callable raises :class:`RateLimited` (``rate_limited``) when a window is full.
+        """
+        plan = self.plan_for(principal)
+        active = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(executions)
+            .where(executions.c.account_id == principal.account_id, executions.c.status.in_(ACTIVE_STATUSES))
+        ).scalar_one()
+        if active >= plan.max_active_tasks:
+            raise active_task_error(plan.max_active_tasks, int(active))
+        return lambda: self.take_execution(principal, plan)
+
+    def take_execution(self, principal: Principal, plan: Plan) -> None:
+        """Consume one execution from the plan's windows; 429 naming the window when full."""
+        try:
+            decision = self.limiter.hit_execution(principal.account_id, plan)
+        except RateLimitStorageError:
+            log.warning("rate-limit store unreachable: execution windows not enforced for %s", principal.account_id)
+            return
+        if not decision.allowed:
+            raise rate_limited_error(decision)  # carries its own headers
+        sink = reported_states.get()
+        if sink is not None:
+            sink.extend(decision.states)

@@ -1,0 +1,213 @@
+"""Idempotency keys: a retried request with the same ``Idempotency-Key`` creates no new work.
+
+Semantics follow Stripe and the IETF ``Idempotency-Key`` draft, scoped per account:
+
+- first use of a key: a ``processing`` record is inserted *before* the request
+  runs (:meth:`IdempotencyStore.begin`), then either completed with the response
+  (:meth:`~IdempotencyStore.complete`, for 2xx and 5xx) or deleted
+  (:meth:`~IdempotencyStore.discard`, for 4xx: nothing ran, the client may fix the
+  request and retry with the same key);
+- same key, same fingerprint, completed → :class:`Replay` of the saved status,
+  body and headers;
+- same key, different fingerprint → :class:`Mismatch` (the API answers 422);
+- same key while the first request still runs → :class:`InProgress` (409).
+
+Concurrency is settled by the table's ``unique(account_id, key)`` constraint:
+every contender inserts first, exactly one insert wins, the others read the
+winner's row.  This holds on SQLite and PostgreSQL alike.
+
+A record older than ``ttl_s`` is replaced by the next request using its key.  A
+process that dies mid-request leaves a ``processing`` record behind; one older than
+``abandon_after_s`` (60 s by default) is considered abandoned and taken over by the
+next request with that key.  Requests that legitimately run longer than that
+should not rely on 409s for duplicate detection (submits return in milliseconds:
+the work itself runs in the background).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from pixelmill.store.db import Database
+from pixelmill.store.tables import idempotency_keys
+
+MAX_KEY_LENGTH = 255
+DONE = "done"
+PROCESSING = "processing"
+
+
+def fingerprint(method: str, path: str, body: bytes) -> str:
+    """SHA-256 over method, path (with query) and the canonical body.
+
+    A JSON body is canonicalised (sorted keys, no insignificant whitespace) so that
+    a client re-serialising the same object still matches; any other body is used
+    byte for byte.
+    """
+    canonical = body
+    if body.strip():
+        try:
+            canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        except (ValueError, UnicodeDecodeError):
+            canonical = body
+    h = hashlib.sha256()
+    h.update(method.upper().encode())
+    h.update(b"\n")
+    h.update(path.encode())
+    h.update(b"\n")
+    h.update(canonical)
+    return h.hexdigest()
+
+
+def parse_key(header_value: str) -> str:
+    """The key from an ``Idempotency-Key`` header: a Structured-Field String
+    (``"abc"``) or, as Stripe accepts, a bare token.  Raises ValueError when empty
+    or longer than 255 characters."""
+    value = header_value.strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+    if not value:
+        raise ValueError("Idempotency-Key is empty")
+    if len(value) > MAX_KEY_LENGTH:
+        raise ValueError(f"Idempotency-Key is longer than {MAX_KEY_LENGTH} characters")
+    return value
+
+
+@dataclass(frozen=True)
+class Claim:
+    """This request owns the key: run it, then complete or discard the record."""
+
+    record_id: int
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The key was used for the same request, which finished: answer with this."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True)
+class InProgress:
+    """The first request with this key is still running."""
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """The key was used for a different request."""
+
+
+Outcome = Claim | Replay | InProgress | Mismatch
+
+
+_ENCODING = ":body-encoding"  # in the stored headers: the body is base64 (not UTF-8 text)
+
+
+def _stored_body(body: bytes, headers: dict[str, str]) -> dict:
+    try:
+        return {"response_body": body.decode("utf-8"), "response_headers": dict(headers)}
+    except UnicodeDecodeError:
+        return {"response_body": base64.b64encode(body).decode(), "response_headers": {**headers, _ENCODING: "base64"}}
+
+
+def _replay(row) -> Replay:
+    headers = dict(row.response_headers or {})
+    text = row.response_body or ""
+    body = base64.b64decode(text) if headers.pop(_ENCODING, None) == "base64" else text.encode("utf-8")
+    return Replay(int(row.response_status), body, headers)
+
+
+class IdempotencyStore:
+    """Idempotency records in the ``idempotency_keys`` table."""
+
+    def __init__(self, db: Database, ttl_s: float = 24 * 3600, abandon_after_s: float = 60.0):
+        self.db = db
+        self.ttl_s = ttl_s
+        self.abandon_after_s = abandon_after_s
+
+    def begin(self, account_id: str, key: str, fp: str, now: float | None = None) -> Outcome:
+        """Claim ``key`` for a request with fingerprint ``fp``, or say why not."""
+        for _ in range(5):  # a contender may delete/replace the row between our insert and read
+            now = time.time() if now is None else now
+            claim = self._insert(account_id, key, fp, now)
+            if claim is not None:
+                return claim
+            with self.db.engine.connect() as conn:
+                row = conn.execute(
+                    sa.select(idempotency_keys).where(idempotency_keys.c.account_id == account_id, idempotency_keys.c.key == key)
+                ).first()
+            if row is None:
+                continue  # discarded since our insert failed: try again
+            expired = row.expires_at <= now
+            abandoned = row.state == PROCESSING and row.created_at <= now - self.abandon_after_s
+            if expired or abandoned:
+                claim = self._take_over(row, fp, now)
+                if claim is not None:
+                    return claim
+                continue
+            if row.fingerprint != fp:
+                return Mismatch()
+            if row.state == PROCESSING:
+                return InProgress()
+            return _replay(row)
+        return InProgress()  # heavy contention on one key: the client should retry
+
+    def _insert(self, account_id: str, key: str, fp: str, now: float) -> Claim | None:
+        try:
+            with self.db.transaction() as conn:
+                rid = conn.execute(
+                    sa.insert(idempotency_keys)
+                    .values(account_id=account_id, key=key, fingerprint=fp, state=PROCESSING, created_at=now, expires_at=now + self.ttl_s)
+                    .returning(idempotency_keys.c.id)
+                ).scalar_one()
+        except IntegrityError:
+            return None
+        return Claim(int(rid), now)
+
+    def _take_over(self, row, fp: str, now: float) -> Claim | None:
+        """Replace an expired or abandoned record; only one contender's update matches."""
+        with self.db.transaction() as conn:
+            n = conn.execute(
+                sa.update(idempotency_keys)
+                .where(idempotency_keys.c.id == row.id, idempotency_keys.c.created_at == row.created_at, idempotency_keys.c.state == row.state)
+                .values(
+                    fingerprint=fp, state=PROCESSING, created_at=now, expires_at=now + self.ttl_s,
+                    response_status=None, response_body=None, response_headers=None,
+                )
+            ).rowcount
+        return Claim(int(row.id), now) if n == 1 else None
+
+    def complete(self, claim: Claim, status: int, body: bytes, headers: dict[str, str]) -> None:
+        """Save the response of a claimed request for replay."""
+        with self.db.transaction() as conn:
+            conn.execute(
+                sa.update(idempotency_keys)
+                .where(idempotency_keys.c.id == claim.record_id, idempotency_keys.c.created_at == claim.created_at)
+                .values(state=DONE, response_status=status, **_stored_body(body, headers))
+            )
+
+    def discard(self, claim: Claim) -> None:
+        """Forget a claimed key (the request was refused before any work ran)."""
+        with self.db.transaction() as conn:
+            conn.execute(
+                sa.delete(idempotency_keys).where(
+                    idempotency_keys.c.id == claim.record_id,
+                    idempotency_keys.c.created_at == claim.created_at,
+                    idempotency_keys.c.state == PROCESSING,
+                )
+            )
+
+    def purge_expired(self, now: float | None = None) -> int:
+        """Delete records past their expiry; returns how many."""
+        now = time.time() if now is None else now
+        with self.db.transaction() as conn:
+            return conn.execute(sa.delete(idempotency_keys).where(idempotency_keys.c.expires_at <= now)).rowcount
