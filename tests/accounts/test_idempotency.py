@@ -1,0 +1,104 @@
+"""Idempotency records on SQLite and PostgreSQL: claim, replay, mismatch, in-progress,
+expiry, abandoned requests, and one winner among concurrent claims."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from pixelmill.accounts import idempotency as idem
+from pixelmill.store import migrate
+from pixelmill.store.db import Database
+
+
+@pytest.fixture
+def store(db_url):
+    if db_url.startswith("sqlite"):
+        migrate.upgrade(db_url)
+    db = Database(db_url)
+    yield idem.IdempotencyStore(db, ttl_s=3600, abandon_after_s=60)
+    db.dispose()
+
+
+def test_fingerprint_ignores_json_formatting_but_not_content():
+    a = idem.fingerprint("POST", "/v1/flux-dev", b'{"prompt": "x", "width": 512}')
+    assert a == idem.fingerprint("post", "/v1/flux-dev", b'{"width":512,\n "prompt":"x"}')
+    assert a != idem.fingerprint("POST", "/v1/flux-dev", b'{"prompt": "y", "width": 512}')
+    assert a != idem.fingerprint("POST", "/v1/flux-pro-1.1", b'{"prompt": "x", "width": 512}')
+    assert a != idem.fingerprint("POST", "/v1/flux-dev?x=1", b'{"prompt": "x", "width": 512}')
+    assert idem.fingerprint("POST", "/p", b"\xff\x00raw") == idem.fingerprint("POST", "/p", b"\xff\x00raw")
+
+
+def test_parse_key_accepts_sf_strings_and_bare_tokens():
+    assert idem.parse_key('"8e03978e-40d5"') == "8e03978e-40d5"
+    assert idem.parse_key(" abc ") == "abc"
+    assert idem.parse_key("k" * 255) == "k" * 255
+    for bad in ("", '""', "k" * 256):
+        with pytest.raises(ValueError):
+            idem.parse_key(bad)
+
+
+def test_claim_then_replay_mismatch_and_in_progress(store):
+    claim = store.begin("acct", "key-1", "fp-a", now=1000.0)
+    assert isinstance(claim, idem.Claim)
+    assert isinstance(store.begin("acct", "key-1", "fp-a", now=1001.0), idem.InProgress)
+    assert isinstance(store.begin("acct", "key-1", "fp-b", now=1001.0), idem.Mismatch)
+    assert isinstance(store.begin("other-acct", "key-1", "fp-b", now=1001.0), idem.Claim)  # keys are per account
+
+    store.complete(claim, 200, '{"id":"e1","prompt":"café"}'.encode(), {"content-type": "application/json"})
+    replay = store.begin("acct", "key-1", "fp-a", now=1002.0)
+    assert replay == idem.Replay(200, '{"id":"e1","prompt":"café"}'.encode(), {"content-type": "application/json"})
+    assert isinstance(store.begin("acct", "key-1", "fp-b", now=1002.0), idem.Mismatch)
+
+
+def test_discarded_key_can_be_used_again(store):
+    claim = store.begin("acct", "k", "fp-a", now=1000.0)
+    store.discard(claim)
+    assert isinstance(store.begin("acct", "k", "fp-other", now=1001.0), idem.Claim)
+
+
+def test_expired_record_is_replaced(store):
+    claim = store.begin("acct", "k", "fp-a", now=1000.0)
+    store.complete(claim, 500, b"boom", {})
+    assert store.begin("acct", "k", "fp-a", now=1000.0 + 3599).status == 500
+    fresh = store.begin("acct", "k", "fp-b", now=1000.0 + 3601)
+    assert isinstance(fresh, idem.Claim)
+    assert store.purge_expired(now=1000.0 + 3601 + 3600) == 1
+
+
+def test_abandoned_processing_record_is_taken_over(store):
+    stale = store.begin("acct", "k", "fp-a", now=1000.0)
+    assert isinstance(store.begin("acct", "k", "fp-a", now=1059.0), idem.InProgress)
+    taken = store.begin("acct", "k", "fp-a", now=1061.0)
+    assert isinstance(taken, idem.Claim) and taken.record_id == stale.record_id
+    # the stale request finishing late neither overwrites nor deletes the new owner's record
+    store.complete(stale, 200, b"late", {})
+    store.discard(stale)
+    assert isinstance(store.begin("acct", "k", "fp-a", now=1062.0), idem.InProgress)
+    store.complete(taken, 201, b"new", {})
+    assert store.begin("acct", "k", "fp-a", now=1063.0).body == b"new"
+
+
+def test_binary_body_round_trips(store):
+    claim = store.begin("acct", "bin", "fp", now=1000.0)
+    store.complete(claim, 200, b"\x89PNG\xff\x00", {"content-type": "image/png"})
+    replay = store.begin("acct", "bin", "fp", now=1001.0)
+    assert replay.body == b"\x89PNG\xff\x00" and replay.headers == {"content-type": "image/png"}
+
+
+def test_one_claim_among_concurrent_requests(store):
+    outcomes: list[object] = []
+    barrier = threading.Barrier(16)
+
+    def contend():
+        barrier.wait()
+        outcomes.append(store.begin("acct", "race", "fp"))
+
+    threads = [threading.Thread(target=contend) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(isinstance(o, idem.Claim) for o in outcomes) == 1
+    assert sum(isinstance(o, idem.InProgress) for o in outcomes) == 15
