@@ -74,14 +74,16 @@ class Runtime:
         from pixelmill.net.safe_http import SafeHttpClient, UrlPolicy
         from pixelmill.webhooks.dispatcher import Dispatcher
         from pixelmill.webhooks.outbox import Outbox
-        from pixelmill.webhooks.triggers import TriggerService
+        from pixelmill.webhooks.triggers import TriggerService, plan_request_limit
 
         s = self.settings
         self.outbox = Outbox(self.signer, s.resolved_base_url(), s.webhook_file_url_ttl_s)
         self.lifecycle.hooks.append(self.outbox)
         self.http = SafeHttpClient(UrlPolicy(allow_networks=s.url_allow_networks))
         self.dispatcher = Dispatcher(self.db, self.http)
-        self.triggers = TriggerService(self.db, self.workflows)
+        limiter, admission = getattr(self, "limiter", None), getattr(self, "admission", None)
+        check = plan_request_limit(admission, limiter) if limiter is not None and admission is not None else None
+        self.triggers = TriggerService(self.db, self.workflows, before_start=check)
 
     def _make_queue(self) -> Any:
         if self.settings.queue == "celery":

@@ -7,6 +7,7 @@ and events are written together.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -32,8 +33,11 @@ class NodeTask:
 
 
 class Lifecycle:
-    def __init__(self, hooks: list[EventHook] | None = None):
+    def __init__(self, hooks: list[EventHook] | None = None, progress_event_every_s: float = 1.0):
         self.hooks: list[EventHook] = hooks or []
+        self.progress_event_every_s = progress_event_every_s
+        self._progress_sent: dict[str, float] = {}
+        self._progress_lock = threading.Lock()
 
     def event(self, conn: Connection, execution_id: str, event: str, data: dict[str, Any] | None = None) -> None:
         data = data or {}
@@ -89,14 +93,32 @@ class Lifecycle:
         self.finish_execution(conn, run.execution_id, final, code, message)
 
     def progress(self, conn: Connection, node_run_id: str, fraction: float) -> bool:
-        """Store progress; True when the execution was asked to cancel."""
+        """Store progress; True when the execution was asked to cancel.
+
+        At most one ``execution.progress`` event per execution every
+        ``progress_event_every_s`` (per process) goes to the event log and hooks.
+        """
         conn.execute(sa.update(node_runs).where(node_runs.c.id == node_run_id).values(progress=fraction))
         row = conn.execute(
-            sa.select(executions.c.cancel_requested, executions.c.status)
+            sa.select(executions.c.id, executions.c.cancel_requested, executions.c.status, node_runs.c.node_id)
             .join(node_runs, node_runs.c.execution_id == executions.c.id)
             .where(node_runs.c.id == node_run_id)
         ).first()
-        return bool(row and (row.cancel_requested or ExecutionStatus(row.status).is_terminal()))
+        stop = bool(row and (row.cancel_requested or ExecutionStatus(row.status).is_terminal()))
+        if row is not None and not stop and fraction < 1.0 and self._progress_due(row.id):
+            self.event(conn, row.id, "execution.progress", {"node": row.node_id, "progress": round(fraction, 4)})
+        return stop
+
+    def _progress_due(self, execution_id: str) -> bool:
+        now = time.monotonic()
+        with self._progress_lock:
+            last = self._progress_sent.get(execution_id)
+            if last is not None and now - last < self.progress_event_every_s:
+                return False
+            if len(self._progress_sent) > 10_000:  # forget old executions
+                self._progress_sent = {k: v for k, v in self._progress_sent.items() if now - v < 60}
+            self._progress_sent[execution_id] = now
+            return True
 
     # --- execution level --------------------------------------------------
     def finish_execution(
