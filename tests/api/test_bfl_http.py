@@ -196,3 +196,29 @@ def test_insufficient_credits_is_402_with_breakdown(make_runtime, sqlite_url):
     assert body["error"]["code"] == "insufficient_credits"
     assert body["requiredCredits"] > body["availableCredits"] == 1.0
     assert body["breakdown"][0]["nodeId"] == "generate"
+
+
+def test_image_input_goes_through_a_load_image_node(make_runtime, sqlite_url):
+    """A model that takes images gets the request's input image (base64) as its init image."""
+    import base64
+
+    from pixelmill.models.catalog import ModelCatalog
+
+    seen = {}
+
+    class Recording(FakeBackend):
+        def generate(self, request, control):
+            seen["init"] = request.init_image
+            return super().generate(request, control)
+
+    rt = make_runtime(sqlite_url, backend=Recording())
+    rt.catalog.models[0].supports_image_input = True
+    client = TestClient(create_app(rt, manage_runtime=False))
+    client.headers["x-key"] = create_key(rt)
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), "red").save(buf, "PNG")
+    r = client.post("/v1/flux-2-klein-4b", json={"prompt": "make it blue", "input_image": base64.b64encode(buf.getvalue()).decode(), "width": 256, "height": 256})
+    assert r.status_code == 200, r.text
+    body = poll_ready(client, r.json()["polling_url"])
+    assert body["status"] == "Ready", body
+    assert seen["init"].size == (40, 30) and seen["init"].getpixel((0, 0))[:3] == (255, 0, 0)

@@ -12,6 +12,7 @@ log = logging.getLogger("pixelmill.nodes")
 # module:attribute of every built-in node type
 BUILTIN_NODES = [
     "pixelmill.nodes.text_to_image:TextToImage",
+    "pixelmill.nodes.load_image:LoadImage",
     "pixelmill.nodes.processing:Upscale",
     "pixelmill.nodes.processing:RemoveBackground",
     "pixelmill.nodes.processing:Resize",

@@ -21,7 +21,8 @@ def render_result(view: ExecutionView, url_for: Callable[[FileView], str]) -> di
     status = STATUS[view.status]
     result = None
     details = None
-    node = view.nodes[0] if view.nodes else None
+    sinks = view.sink_nodes()
+    node = sinks[-1] if sinks else None
     if view.status == ExecutionStatus.SUCCEEDED and node and node.files:
         f = node.files[0]
         sample = url_for(f)

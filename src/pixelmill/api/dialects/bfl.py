@@ -90,10 +90,16 @@ async def submit(endpoint: str, request: Request, who: Principal = Depends(princ
             "output_format": params.output_format,
         },
     }
+    nodes = {"generate": node}
+    if params.input_images and spec.supports_image_input:
+        first = params.input_images[0]
+        nodes = {"input": {"type": "load_image", "params": {"url": first} if schemas.is_url(first) else {"data": first}}}
+        node["inputs"] = {"image": ["input", "images"]}
+        nodes["generate"] = node
     view = rt.executions.submit(
         Submission(
             principal=who,
-            graph={"nodes": {"generate": node}},
+            graph={"nodes": nodes},
             dialect="bfl",
             label=endpoint,
             request=req.model_dump(mode="json", exclude={"webhook_secret"}),

@@ -1,0 +1,71 @@
+"""The load_image node: an image given by the client, as base64 / data URL or as an http(s) URL.
+
+URLs are fetched through the guarded client (no internal addresses unless the
+operator allow-lists them; size and decompression-bomb limits).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from pixelmill.nodes.base import NodeContext, NodeParams, NodeResult, NodeType
+
+MAX_INPUT_PIXELS = 40_000_000
+
+
+class LoadImageParams(NodeParams):
+    url: str | None = Field(default=None, max_length=2083)
+    data: str | None = Field(default=None, max_length=30_000_000)
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        if (self.url is None) == (self.data is None):
+            raise ValueError("give exactly one of 'url' or 'data' (base64)")
+        if self.url is not None and not self.url.lower().startswith(("http://", "https://")):
+            raise ValueError("url must be http(s)")
+        if self.data is not None:
+            from pixelmill.api.dialects.bfl_schemas import BadImageInput, decode_base64_image
+
+            try:
+                decode_base64_image(self.data, "data", 30_000_000)
+            except BadImageInput as e:
+                raise ValueError(f"data is not valid base64 image data: {e.reason}") from None
+        return self
+
+
+class LoadImage(NodeType):
+    name = "load_image"
+    description = "An input image: base64 / data URL, or an http(s) URL fetched through the guarded client."
+    Params = LoadImageParams
+    inputs = {}
+    deterministic = True
+
+    def cost(self, params, services, input_sizes) -> float:
+        return 0.0
+
+    def output_sizes(self, params, input_sizes):
+        return [(1024, 1024)]  # unknown until loaded; used only for downstream estimates
+
+    def run(self, ctx: NodeContext, params: LoadImageParams, inputs) -> NodeResult:
+        from pixelmill.api.dialects.bfl_schemas import decode_base64_image
+        from pixelmill.models.imageops import decode_image
+
+        max_pixels = getattr(getattr(ctx.services, "settings", None), "max_image_pixels", MAX_INPUT_PIXELS)
+        if params.data is not None:
+            image = decode_image(decode_base64_image(params.data, "data", 30_000_000), max_pixels=max_pixels)
+        else:
+            image = _client(ctx.services).fetch_image(params.url, max_pixels=max_pixels)
+        ctx.control.report(1.0)
+        return NodeResult(images=[image], output_format="png")
+
+
+def _client(services: Any):
+    from pixelmill.net.safe_http import SafeHttpClient, UrlPolicy
+
+    http = getattr(services, "http", None)
+    if http is not None:
+        return http
+    settings = getattr(services, "settings", None)
+    return SafeHttpClient(UrlPolicy(allow_networks=list(getattr(settings, "url_allow_networks", []) or [])))
