@@ -11,8 +11,10 @@ from pixelmill import __version__
 from pixelmill.api.dialects import bfl, workflows
 from pixelmill.api.admin import router as admin_router
 from pixelmill.api.errors import install_error_handlers
+from pixelmill.api.events_http import router as events_router
 from pixelmill.api.middleware import AccountsMiddleware
 from pixelmill.api.files import router as files_router
+from pixelmill.api.webhooks_http import router as webhooks_router
 
 
 def create_app(runtime, manage_runtime: bool = True) -> FastAPI:
@@ -46,5 +48,7 @@ def create_app(runtime, manage_runtime: bool = True) -> FastAPI:
     app.include_router(files_router)
     app.include_router(admin_router)
     app.include_router(workflows.router)
+    app.include_router(webhooks_router)  # webhook settings and logs, trigger URLs (with CORS on /api/v1/hooks)
+    app.include_router(events_router)
     app.include_router(bfl.router)
     return app

@@ -16,7 +16,9 @@ from pixelmill.accounts import ledger
 from pixelmill.accounts.keys import Principal
 from pixelmill.api.deps import json_body, principal
 from pixelmill.api.dialects import bfl_schemas as schemas
+from pixelmill.api import wait
 from pixelmill.api.files import signed_url
+from pixelmill.api.wait import requested_wait
 from pixelmill.engine.service import Submission
 from pixelmill.engine.views import ExecutionView
 from pixelmill.presenters.bfl import render_result as _render_result
@@ -107,6 +109,9 @@ async def submit(endpoint: str, request: Request, who: Principal = Depends(princ
             webhook_secret=params.webhook_secret,
         )
     )
+    wait_s = requested_wait(request.headers.get("prefer"), rt.settings.max_wait_s)
+    if wait_s is not None:  # Prefer: wait[=N]: hold until done or N s, answer like get_result
+        return await wait.bfl_response(request, who.account_id, view, wait_s)
     return render_submit(request, view, width * height / 1_000_000)
 
 

@@ -12,7 +12,9 @@ from fastapi.responses import JSONResponse, Response
 
 from pixelmill.accounts.keys import Principal
 from pixelmill.api.deps import json_body, principal
+from pixelmill.api import wait
 from pixelmill.api.files import signed_url
+from pixelmill.api.wait import requested_wait
 from pixelmill.engine.views import ExecutionView
 from pixelmill.presenters.workflow import render_execution as _render_execution
 from pixelmill.errors import InvalidInput
@@ -100,6 +102,9 @@ async def execute_workflow(workflow_id: str, request: Request, who: Principal = 
             "runs": [{"estimatedCredits": p.cost, "breakdown": p.breakdown()} for p in estimates],
         }
     batch_id, views = svc.execute(who, workflow_id, sets, webhook_url=body.get("webhook_url"), webhook_events=body.get("webhook_events"))
+    wait_s = requested_wait(request.headers.get("prefer"), request.app.state.runtime.settings.max_wait_s)
+    if wait_s is not None:  # Prefer: wait[=N]: hold until done or N s, answer with the execution
+        return await wait.workflow_response(request, who.account_id, workflow_id, batch_id, views, wait_s)
     runs = [render_execution(request, v) for v in views]
     first = views[0]
     payload = {

@@ -1,0 +1,150 @@
+"""Live progress: ``GET /api/v1/executions/{id}/events`` as Server-Sent Events.
+
+The stream replays the execution's event log (``execution_events``) after
+``Last-Event-ID`` (or ``?lastEventId=``; the log's ``seq``), then follows it:
+
+* each logged event is one SSE message: ``id: <seq>``, ``event: <name>``
+  (``execution.created``, ``execution.started``, ``node.started``,
+  ``execution.progress``, ``node.completed``, ``execution.succeeded`` …),
+  ``data: {"executionId", "createdAt", …event data}``;
+* about once a second, when it changed, a ``snapshot`` message without an id
+  (so resuming is unaffected): ``{"status", "progress", "queuePosition"}``;
+* ``: keep-alive`` comments every 15 s of silence;
+* the stream ends after the terminal event (``execution.succeeded``,
+  ``execution.failed`` or ``execution.cancelled``); resuming after it returns
+  an empty stream that closes at once.
+
+Reads run in worker threads; the event loop only sleeps between polls (0.2 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any, AsyncIterator
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from pixelmill.accounts.keys import Principal
+from pixelmill.api.deps import principal
+from pixelmill.errors import NotFound
+from pixelmill.presenters.workflow import EXECUTION_STATUS
+from pixelmill.store.tables import execution_events
+
+router = APIRouter(prefix="/api/v1", tags=["Executions"])
+
+TERMINAL_EVENTS = frozenset({"execution.succeeded", "execution.failed", "execution.cancelled"})
+POLL_S = 0.2
+SNAPSHOT_S = 1.0
+KEEPALIVE_S = 15.0
+
+
+def sse_message(data: dict[str, Any], event: str | None = None, id: int | None = None) -> str:
+    lines = []
+    if id is not None:
+        lines.append(f"id: {id}")
+    if event:
+        lines.append(f"event: {event}")
+    lines.append("data: " + json.dumps(data, separators=(",", ":"), default=str))
+    return "\n".join(lines) + "\n\n"
+
+
+def _last_event_id(request: Request) -> int:
+    raw = request.headers.get("last-event-id") or request.query_params.get("lastEventId") or "0"
+    try:
+        return max(0, int(raw))
+    except ValueError:
+        return 0
+
+
+class EventStream:
+    """One client's stream over an execution's event log."""
+
+    def __init__(self, runtime, account_id: str, execution_id: str, after_seq: int):
+        self.rt = runtime
+        self.account_id = account_id
+        self.execution_id = execution_id
+        self.after = after_seq
+
+    def _fetch(self) -> list:
+        with self.rt.db.engine.connect() as conn:
+            return conn.execute(
+                sa.select(execution_events)
+                .where(execution_events.c.execution_id == self.execution_id, execution_events.c.seq > self.after)
+                .order_by(execution_events.c.seq)
+                .limit(500)
+            ).all()
+
+    def _messages(self, rows: list) -> tuple[list[str], bool]:
+        out, done = [], False
+        for r in rows:
+            self.after = r.seq
+            out.append(sse_message({"executionId": self.execution_id, "createdAt": r.created_at, **(r.data or {})}, r.event, r.seq))
+            if r.event in TERMINAL_EVENTS:
+                done = True
+                break
+        return out, done
+
+    def _snapshot(self) -> dict[str, Any] | None:
+        try:
+            view = self.rt.executions.get(self.account_id, self.execution_id)
+        except NotFound:
+            return None
+        return {
+            "status": EXECUTION_STATUS[view.status],
+            "progress": 1.0 if EXECUTION_STATUS[view.status] == "COMPLETED" else view.progress,
+            "queuePosition": view.queue_position,
+            "terminal": view.status.is_terminal(),
+        }
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        yield "retry: 1000\n\n"
+        last_write = time.monotonic()
+        last_snapshot: dict | None = None
+        snapshot_at = 0.0
+        while True:
+            messages, done = self._messages(await run_in_threadpool(self._fetch))
+            for m in messages:
+                yield m
+            if done:
+                return
+            if messages:
+                last_write = time.monotonic()
+                continue  # more may be waiting (long logs come in pages)
+            now = time.monotonic()
+            if now - snapshot_at >= SNAPSHOT_S:
+                snapshot_at = now
+                snap = await run_in_threadpool(self._snapshot)
+                if snap is None:
+                    return  # expired meanwhile
+                if snap["terminal"]:
+                    # the terminal event commits with the status: read it, then close
+                    messages, _ = self._messages(await run_in_threadpool(self._fetch))
+                    for m in messages:
+                        yield m
+                    return
+                snap.pop("terminal")
+                if snap != last_snapshot:
+                    last_snapshot = snap
+                    last_write = now
+                    yield sse_message(snap, "snapshot")
+            if now - last_write >= KEEPALIVE_S:
+                last_write = now
+                yield ": keep-alive\n\n"
+            await asyncio.sleep(POLL_S)
+
+
+@router.get("/executions/{execution_id}/events")
+async def execution_events_stream(execution_id: str, request: Request, who: Principal = Depends(principal)):
+    rt = request.app.state.runtime
+    await run_in_threadpool(rt.executions.get, who.account_id, execution_id)  # 404 before the stream starts
+    stream = EventStream(rt, who.account_id, execution_id, _last_event_id(request))
+    return StreamingResponse(
+        stream.__aiter__(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,92 @@
+"""Synchronous waits on submit endpoints: ``Prefer: wait`` / ``Prefer: wait=N`` (RFC 7240, as Replicate).
+
+``wait`` alone means the server's cap (``settings.max_wait_s``, 60 s by default);
+``wait=N`` waits at most N seconds (capped).  The request is held without
+blocking the event loop (the store is polled from a worker thread every
+``POLL_S``) until every execution is terminal or the time is up; the route then
+answers with the current state and ``Preference-Applied: wait=N``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from starlette.concurrency import run_in_threadpool
+
+from pixelmill.engine.views import ExecutionView
+
+POLL_S = 0.1
+
+
+def requested_wait(prefer: str | None, cap_s: float) -> int | None:
+    """Seconds to wait from a ``Prefer`` header; None when it asks for no wait."""
+    if not prefer:
+        return None
+    for part in prefer.replace(";", ",").split(","):
+        name, _, value = part.strip().partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        value = value.strip().strip('"')
+        if not value:
+            return int(cap_s)
+        try:
+            seconds = int(float(value))
+        except ValueError:
+            return None
+        return max(0, min(seconds, int(cap_s)))
+    return None
+
+
+async def wait_terminal(runtime, account_id: str, views: list[ExecutionView], seconds: float) -> list[ExecutionView]:
+    """The executions' views once all are terminal, or as they are when ``seconds`` have passed."""
+    deadline = time.monotonic() + seconds
+    current = list(views)
+    while True:
+        if all(v.status.is_terminal() for v in current):
+            return current
+        if time.monotonic() >= deadline:
+            return current
+        await asyncio.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+        current = await run_in_threadpool(lambda: [runtime.executions.get(account_id, v.id) for v in current])
+
+
+def applied_header(seconds: int) -> dict[str, str]:
+    return {"Preference-Applied": f"wait={seconds}"}
+
+
+async def bfl_response(request, account_id: str, view: ExecutionView, seconds: int):
+    """BFL submit with ``Prefer: wait``: the get_result shape plus ``polling_url``."""
+    from fastapi.responses import JSONResponse
+
+    from pixelmill.api.files import signed_url
+    from pixelmill.presenters.bfl import render_result
+
+    rt = request.app.state.runtime
+    (view,) = await wait_terminal(rt, account_id, [view], seconds)
+    base = (rt.settings.public_base_url or str(request.base_url)).rstrip("/")
+    body = render_result(view, lambda f: signed_url(request, f))
+    body["polling_url"] = f"{base}/v1/get_result?id={view.id}"
+    return JSONResponse(body, headers=applied_header(seconds))
+
+
+async def workflow_response(request, account_id: str, workflow_id: str, batch_id: str | None, views: list[ExecutionView], seconds: int):
+    """Workflow execute with ``Prefer: wait``: the execution (or, for a batch, the batch of runs)."""
+    from fastapi.responses import JSONResponse
+
+    from pixelmill.api.files import signed_url
+    from pixelmill.presenters.workflow import render_execution
+
+    rt = request.app.state.runtime
+    views = await wait_terminal(rt, account_id, views, seconds)
+    runs = [render_execution(v, lambda f: signed_url(request, f)) for v in views]
+    first = views[0]
+    headers = applied_header(seconds)
+    if batch_id is None:
+        body = {**runs[0], "pollUrl": f"/api/v1/executions/{first.id}/poll"}
+        headers["Location"] = f"/api/v1/executions/{first.id}"
+    else:
+        body = {"executionId": first.id, "workflowId": workflow_id, "batchId": batch_id, "status": runs[0]["status"],
+                "pollUrl": f"/api/v1/executions/{first.id}/poll", "executionRuns": runs}
+        headers["Location"] = f"/api/v1/batches/{batch_id}"
+    return JSONResponse(body, status_code=201, headers=headers)

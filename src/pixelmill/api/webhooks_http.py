@@ -1,0 +1,232 @@
+"""Webhook settings and delivery logs (``/api/v1/webhooks``), and workflow trigger URLs.
+
+* ``GET  /api/v1/webhooks/events?execution_id=&state=&limit=`` — delivery log, newest first,
+  each event with its attempts (status code, latency, error).
+* ``POST /api/v1/webhooks/events/{id}/redeliver`` — send an event again (same ``webhook-id``).
+* ``GET/PUT /api/v1/webhooks/config`` — the account's webhook URL (``{"url": …}``; null clears).
+* ``GET  /api/v1/webhooks/secret`` — the current signing secret ``{"key": "whsec_…"}``.
+* ``POST /api/v1/webhooks/secret/rotate`` — a new secret; the previous one keeps signing
+  (a second ``v1,`` entry) until the next rotation, so receivers can switch without a gap.
+* ``POST /api/v1/workflows/{id}/publish`` / ``…/trigger/rotate`` / ``DELETE …/trigger`` —
+  trigger URLs; ``POST /api/v1/hooks/{token}`` starts the workflow without an API key.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from pixelmill.accounts.keys import Principal
+from pixelmill.api.deps import json_body, principal
+from pixelmill.errors import InvalidInput, NotFound, PixelmillError
+from pixelmill.net.safe_http import SafeHttpError
+from pixelmill.presenters.workflow import EXECUTION_STATUS
+from pixelmill.store.tables import accounts, webhook_attempts, webhook_events
+from pixelmill.webhooks.dispatcher import account_secrets, payload_json
+from pixelmill.webhooks.signing import new_secret
+
+router = APIRouter(prefix="/api/v1", tags=["Webhooks"])
+
+MAX_SECRETS = 2  # the current one and, during rotation, the previous one
+
+
+# --- delivery log ------------------------------------------------------------
+def _render_event(row, attempts: list) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "executionId": row.execution_id,
+        "type": row.event_type,
+        "url": row.url,
+        "state": row.state,
+        "attempts": row.attempts,
+        "nextAttemptAt": row.next_attempt_at if row.state == "pending" else None,
+        "createdAt": row.created_at,
+        "deliveredAt": row.delivered_at,
+        "deliveries": [
+            {"attemptedAt": a.attempted_at, "statusCode": a.status_code, "latencyMs": a.latency_ms, "error": a.error}
+            for a in attempts
+        ],
+    }
+
+
+@router.get("/webhooks/events")
+def list_events(request: Request, who: Principal = Depends(principal)):
+    q = request.query_params
+    try:
+        limit = int(q.get("limit", 50))
+    except ValueError:
+        raise InvalidInput("limit must be an integer", code="invalid_pagination") from None
+    if not 1 <= limit <= 200:
+        raise InvalidInput("limit must be 1–200", code="invalid_pagination")
+    rt = request.app.state.runtime
+    sel = sa.select(webhook_events).where(webhook_events.c.account_id == who.account_id)
+    if q.get("execution_id"):
+        sel = sel.where(webhook_events.c.execution_id == q["execution_id"])
+    if q.get("state"):
+        sel = sel.where(webhook_events.c.state == q["state"])
+    with rt.db.engine.connect() as conn:
+        rows = conn.execute(sel.order_by(webhook_events.c.created_at.desc()).limit(limit)).all()
+        ids = [r.id for r in rows]
+        tries: dict[str, list] = {i: [] for i in ids}
+        if ids:
+            for a in conn.execute(
+                sa.select(webhook_attempts).where(webhook_attempts.c.event_id.in_(ids)).order_by(webhook_attempts.c.id)
+            ):
+                tries[a.event_id].append(a)
+    data = [_render_event(r, tries[r.id]) for r in rows]
+    if q.get("include_payload") in ("1", "true"):
+        for item, r in zip(data, rows):
+            item["payload"] = payload_json(r.payload)
+    return {"data": data}
+
+
+@router.post("/webhooks/events/{event_id}/redeliver", status_code=202)
+def redeliver(event_id: str, request: Request, who: Principal = Depends(principal)):
+    """Queue the event again now, with a fresh retry schedule; the webhook-id stays the same."""
+    rt = request.app.state.runtime
+    now = time.time()
+    with rt.db.transaction() as conn:
+        row = conn.execute(
+            sa.select(webhook_events).where(webhook_events.c.id == event_id, webhook_events.c.account_id == who.account_id)
+        ).first()
+        if row is None:
+            raise NotFound("Webhook event not found", code="webhook_event_not_found")
+        conn.execute(
+            sa.update(webhook_events).where(webhook_events.c.id == event_id).values(state="pending", attempts=0, next_attempt_at=now)
+        )
+        row = conn.execute(sa.select(webhook_events).where(webhook_events.c.id == event_id)).first()
+    rt.dispatcher.wake()
+    return JSONResponse(_render_event(row, []), status_code=202)
+
+
+# --- endpoint and secret -------------------------------------------------------
+@router.get("/webhooks/config")
+def get_config(request: Request, who: Principal = Depends(principal)):
+    rt = request.app.state.runtime
+    with rt.db.engine.connect() as conn:
+        url = conn.execute(sa.select(accounts.c.webhook_url).where(accounts.c.id == who.account_id)).scalar()
+    return {"url": url}
+
+
+@router.put("/webhooks/config")
+async def put_config(request: Request, who: Principal = Depends(principal)):
+    """Set (or clear, with null) the URL that receives every execution event of the account."""
+    body = await json_body(request)
+    if not isinstance(body, dict) or "url" not in body:
+        raise InvalidInput('The body must be {"url": "https://…"} or {"url": null}', code="invalid_body")
+    url = body["url"]
+    rt = request.app.state.runtime
+    if url is not None:
+        if not isinstance(url, str) or not 1 <= len(url) <= 2083:
+            raise InvalidInput("url must be a string of 1–2083 characters", code="invalid_webhook_url")
+        try:
+            await run_in_threadpool(rt.http.resolve, url)  # the same policy deliveries use
+        except SafeHttpError as e:
+            raise InvalidInput(f"This webhook URL cannot be used: {e.message}", code="invalid_webhook_url", reason=e.code) from None
+
+    def save() -> None:
+        with rt.db.transaction() as conn:
+            conn.execute(sa.update(accounts).where(accounts.c.id == who.account_id).values(webhook_url=url))
+            account_secrets(conn, who.account_id)
+
+    await run_in_threadpool(save)
+    return {"url": url}
+
+
+@router.get("/webhooks/secret")
+def get_secret(request: Request, who: Principal = Depends(principal)):
+    rt = request.app.state.runtime
+    with rt.db.transaction() as conn:
+        return {"key": account_secrets(conn, who.account_id)[0]}
+
+
+@router.post("/webhooks/secret/rotate")
+def rotate_secret(request: Request, who: Principal = Depends(principal)):
+    rt = request.app.state.runtime
+    with rt.db.transaction() as conn:
+        current = account_secrets(conn, who.account_id, create=False)
+        secrets = ([new_secret()] + current)[:MAX_SECRETS]
+        conn.execute(sa.update(accounts).where(accounts.c.id == who.account_id).values(webhook_secrets=secrets))
+    return {"key": secrets[0], "previousKeyActive": len(secrets) > 1}
+
+
+# --- workflow triggers ---------------------------------------------------------
+@router.post("/workflows/{workflow_id}/publish", status_code=201)
+def publish_workflow(workflow_id: str, request: Request, who: Principal = Depends(principal)):
+    return JSONResponse(request.app.state.runtime.triggers.publish(who, workflow_id).to_dict(), status_code=201)
+
+
+@router.get("/workflows/{workflow_id}/trigger")
+def trigger_status(workflow_id: str, request: Request, who: Principal = Depends(principal)):
+    return request.app.state.runtime.triggers.status(who, workflow_id)
+
+
+@router.post("/workflows/{workflow_id}/trigger/rotate", status_code=201)
+def rotate_trigger(workflow_id: str, request: Request, who: Principal = Depends(principal)):
+    return JSONResponse(request.app.state.runtime.triggers.rotate(who, workflow_id).to_dict(), status_code=201)
+
+
+@router.delete("/workflows/{workflow_id}/trigger", status_code=204)
+def revoke_trigger(workflow_id: str, request: Request, who: Principal = Depends(principal)):
+    request.app.state.runtime.triggers.revoke(who, workflow_id)
+    return Response(status_code=204)
+
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Content-Type",
+    "Access-Control-Max-Age": "86400",
+}
+"""Trigger URLs are bearer secrets meant for browser forms and third-party services: any origin may call them."""
+
+
+@router.options("/hooks/{token}", include_in_schema=False)
+def hook_preflight(token: str):
+    return Response(status_code=204, headers=CORS_HEADERS)
+
+
+@router.post("/hooks/{token}", status_code=202)
+async def run_hook(token: str, request: Request):
+    """Start the published workflow: JSON (``{"inputs": {…}}`` or the inputs themselves) or form fields."""
+    rt = request.app.state.runtime
+    try:
+        values = await _hook_inputs(request)
+        view = await run_in_threadpool(rt.triggers.start, token, values)
+    except PixelmillError as e:
+        e.headers.update(CORS_HEADERS)
+        raise
+    return JSONResponse(
+        {"executionId": view.id, "status": EXECUTION_STATUS[view.status], "pollUrl": f"/api/v1/executions/{view.id}/poll"},
+        status_code=202,
+        headers=CORS_HEADERS,
+    )
+
+
+async def _hook_inputs(request: Request) -> dict[str, Any]:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        limit = request.app.state.runtime.settings.max_body_bytes
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > limit:
+            raise InvalidInput(f"Request body is larger than {limit} bytes", code="payload_too_large", status=413)
+        form = await request.form(max_files=0, max_fields=200)
+        values: dict[str, Any] = {}
+        for name, value in form.multi_items():
+            if not isinstance(value, str):
+                raise InvalidInput("File fields are not accepted; send text fields", code="invalid_inputs")
+            values[name] = value
+        return values
+    if not (await request.body()).strip():
+        return {}
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise InvalidInput("The body must be a JSON object of inputs", code="invalid_body")
+    if set(body) == {"inputs"} and isinstance(body["inputs"], dict):
+        return body["inputs"]
+    return body
