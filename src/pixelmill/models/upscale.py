@@ -8,13 +8,18 @@ on the CPU unless the operator asks for a GPU and ncnn can see one.
 Models (``UPSCALE_MODELS``):
 
 * ``realesr-animevideov3-x2`` / ``-x3`` / ``-x4`` — a compact network (about
-  1.2 MB of weights).  The default: a 256x256 image takes a fraction of a second
-  to a few seconds on one or two CPU cores.  Tuned for illustrations, still fine
-  on photos.
+  1.2 MB of weights).  The default: a 256x256 image takes about 0.5 s on two
+  idle x86 cores (0.7 s on one).  Tuned for illustrations, still fine on photos.
 * ``realesrgan-x4plus`` — the general photo model (RRDB, 33 MB).  Sharper on
-  photographs but roughly 50x slower: tens of seconds for a 256x256 image on
-  two cores.  Opt in deliberately.
-* ``realesrgan-x4plus-anime`` — the RRDB variant for illustrations (9 MB).
+  photographs but 50-100x slower: about 30 s for 256x256 on two idle cores,
+  minutes on a busy machine.  Opt in deliberately.
+* ``realesrgan-x4plus-anime`` — the RRDB variant for illustrations (9 MB),
+  about a third of x4plus's time.
+
+Threads: ncnn defaults to one OpenMP thread per physical core.  On a machine
+where other processes compete for those cores, OpenMP spin-waiting makes
+several threads slower than one (measured 2-3x on two busy cores); pass
+``threads=1`` there.
 
 The image is processed in square tiles (default 128 px) with a context border
 (default 10 px) around each tile; the border of each output tile is cropped away
@@ -170,8 +175,8 @@ class Upscaler:
     """Tiled Real-ESRGAN upscaling of PIL images.
 
     ``model``: a key of ``UPSCALE_MODELS``; the default
-    ``realesr-animevideov3-x2`` takes about a second for 256x256 on two CPU
-    cores.  ``tile``: tile edge in input pixels (memory per tile grows with
+    ``realesr-animevideov3-x2`` takes about half a second for 256x256 on two
+    idle CPU cores.  ``tile``: tile edge in input pixels (memory per tile grows with
     ``tile**2 * scale**2``).  ``pad``: context pixels added around each tile
     and cropped from its output; 10 px makes seams invisible for these models.
     ``threads``: ncnn worker threads (None: ncnn's default, the number of big
