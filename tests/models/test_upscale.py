@@ -145,3 +145,14 @@ def test_greyscale_stays_greyscale():
     assert out.mode == "L" and out.size == (64, 48)
     la = Upscaler().upscale(grey.convert("LA"))
     assert la.mode == "LA" and la.size == (64, 48)
+
+
+def test_concurrent_calls_share_the_net_and_agree():
+    from concurrent.futures import ThreadPoolExecutor
+
+    image = scene(48, 40)
+    expected = np.asarray(Upscaler(tile=32).upscale(image))
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda _: np.asarray(Upscaler(tile=32).upscale(image)), range(3)))
+    for result in results:
+        assert np.array_equal(result, expected)
