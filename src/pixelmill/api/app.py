@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 
 from pixelmill import __version__
-from pixelmill.api.dialects import bfl, workflows
+from pixelmill.api.dialects import apiframe, bfl, openai_images, workflows
 from pixelmill.api.admin import router as admin_router
 from pixelmill.api.errors import install_error_handlers
 from pixelmill.api.events_http import router as events_router
@@ -50,5 +50,7 @@ def create_app(runtime, manage_runtime: bool = True) -> FastAPI:
     app.include_router(workflows.router)
     app.include_router(webhooks_router)  # webhook settings and logs, trigger URLs (with CORS on /api/v1/hooks)
     app.include_router(events_router)
+    app.include_router(openai_images.router)  # before bfl: POST /v1/{endpoint} would match
+    app.include_router(apiframe.router)
     app.include_router(bfl.router)
     return app

@@ -1,0 +1,220 @@
+"""The Apiframe-style unified API: ``POST /v2/images/generate``, ``GET /v2/jobs/{id}``, ``POST /v2/jobs/{id}/cancel``.
+
+One endpoint for every catalog model: the body names the ``model`` and carries
+its options in a ``<family>Params`` object (``fluxParams``, ``sdParams`` ...) or
+in a generic ``params`` object; the keys are the same whichever name is used.
+A submission answers 202 ``{jobId, status: "QUEUED"}`` with a ``Location``
+header; the job is polled (or delivered to ``webhook_url``) in the shape of
+:mod:`pixelmill.presenters.apiframe`.  Errors use the service's common body
+``{"detail", "error": {"code", "message", ...}}``; validation errors are 422 and
+name the offending field in ``error.param``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pixelmill.accounts.keys import Principal
+from pixelmill.api.deps import json_body, principal
+from pixelmill.api.files import signed_url
+from pixelmill.engine.graph import GraphProblems
+from pixelmill.engine.service import Submission
+from pixelmill.errors import InvalidInput, NotFound
+from pixelmill.presenters.apiframe import render_job, render_submitted
+
+router = APIRouter(prefix="/v2", tags=["Apiframe"])
+
+# width x height for each aspect ratio, about one megapixel, sides multiples of 16
+ASPECT_RATIOS = {
+    "1:1": (1024, 1024),
+    "4:3": (1152, 864),
+    "3:4": (864, 1152),
+    "3:2": (1248, 832),
+    "2:3": (832, 1248),
+    "16:9": (1360, 768),
+    "9:16": (768, 1360),
+    "21:9": (1568, 672),
+    "9:21": (672, 1568),
+}
+UNSUPPORTED_PARAMS = {
+    "image_prompt": "reference images are not supported by this endpoint; send a prompt only",
+    "image_prompt_strength": "reference images are not supported by this endpoint; send a prompt only",
+}
+
+
+class ModelParams(BaseModel):
+    """Model options, the same under ``fluxParams``, ``sdParams`` or ``params``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    width: int | None = Field(default=None, ge=64, le=2048, multiple_of=16)
+    height: int | None = Field(default=None, ge=64, le=2048, multiple_of=16)
+    aspect_ratio: Literal[tuple(ASPECT_RATIOS)] | None = None  # type: ignore[valid-type]
+    steps: int | None = Field(default=None, ge=1, le=100)
+    guidance: float | None = Field(default=None, ge=0.0, le=100.0)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    negative_prompt: str | None = Field(default=None, max_length=4000)
+    output_format: Literal["jpg", "jpeg", "png", "webp"] = "jpg"
+    output_quality: int | None = Field(default=None, ge=0, le=100)  # accepted; encoders use their own quality
+    raw: bool = False  # accepted; prompts are never rewritten here
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, why in UNSUPPORTED_PARAMS.items():
+                if data.get(key) is not None:
+                    raise ValueError(f"{key}: {why}")
+        return data
+
+    @model_validator(mode="after")
+    def _size_or_ratio(self) -> "ModelParams":
+        if self.aspect_ratio and (self.width or self.height):
+            raise ValueError("give either aspect_ratio or width/height, not both")
+        if (self.width is None) != (self.height is None):
+            raise ValueError("give both width and height")
+        return self
+
+    def size(self) -> tuple[int, int]:
+        if self.width and self.height:
+            return self.width, self.height
+        return ASPECT_RATIOS[self.aspect_ratio or "1:1"]
+
+
+class GenerateRequest(BaseModel):
+    """The body of ``POST /v2/images/generate``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=4000)
+    model: str = Field(min_length=1)
+    params: ModelParams = Field(default_factory=ModelParams)
+    num_images: int = Field(default=1, ge=1, le=10)
+    webhook_url: str | None = Field(default=None, max_length=2083)
+    webhook_secret: str | None = Field(default=None, max_length=512)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather(cls, data: Any) -> Any:
+        """Fold ``<family>Params`` into ``params`` and ``n`` into ``num_images``."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        found = [k for k in data if k == "params" or (k.endswith("Params") and len(k) > 6)]
+        if len(found) > 1:
+            raise ValueError(f"send model options in one object, not in {', '.join(found)}")
+        if found and found[0] != "params":
+            data["params"] = data.pop(found[0])
+        if "n" in data:
+            if "num_images" in data:
+                raise ValueError("give either n or num_images, not both")
+            data["num_images"] = data.pop("n")
+        return data
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("prompt must not be empty")
+        return v
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.lower().startswith(("http://", "https://")):
+            raise ValueError("webhook_url must be an http:// or https:// URL")
+        return v
+
+
+def _invalid(message: str, param: str | None, code: str = "invalid_request", **details: Any) -> InvalidInput:
+    return InvalidInput(message, code=code, param=param, **details)
+
+
+def _from_validation_error(e: ValidationError) -> InvalidInput:
+    errors = e.errors()
+    first = errors[0]
+    param = ".".join(str(p) for p in first["loc"]) or None
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "missing":
+        msg = "this field is required"
+    elif first["type"] == "extra_forbidden":
+        msg = "unknown field"
+    problems = [{"param": ".".join(str(p) for p in err["loc"]) or None, "message": err["msg"].removeprefix("Value error, ")} for err in errors]
+    return _invalid(f"{param}: {msg}" if param else msg, param, problems=problems)
+
+
+@router.post("/images/generate", status_code=202)
+async def generate(request: Request, who: Principal = Depends(principal)):
+    rt = request.app.state.runtime
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise _invalid("The body must be a JSON object", None)
+    try:
+        req = GenerateRequest.model_validate(body)
+    except ValidationError as e:
+        raise _from_validation_error(e) from None
+    if req.model not in rt.catalog:
+        raise _invalid(
+            f"Unknown model {req.model!r}; models on this server: {', '.join(rt.catalog.names())}",
+            "model",
+            code="unknown_model",
+            models=rt.catalog.names(),
+        )
+    width, height = req.params.size()
+    output_format = "jpeg" if req.params.output_format == "jpg" else req.params.output_format
+    node = {
+        "type": "text_to_image",
+        "params": {
+            "model": req.model,
+            "prompt": req.prompt,
+            "negative_prompt": req.params.negative_prompt,
+            "width": width,
+            "height": height,
+            "steps": req.params.steps,
+            "guidance": req.params.guidance,
+            "seed": req.params.seed,
+            "num_images": req.num_images,
+            "output_format": output_format,
+        },
+    }
+    submission = Submission(
+        principal=who,
+        graph={"nodes": {"generate": node}},
+        dialect="apiframe",
+        label=req.model,
+        request=req.model_dump(mode="json", exclude={"webhook_secret"}, exclude_none=True),
+        webhook_url=req.webhook_url,
+        webhook_secret=req.webhook_secret,
+    )
+    try:
+        view = await run_in_threadpool(rt.executions.submit, submission)
+    except GraphProblems as e:
+        problem = (e.details.get("problems") or [{}])[0]
+        loc = [str(p) for p in problem.get("loc", []) if p != "params"]
+        param = "params." + ".".join(loc) if loc else None
+        raise _invalid(f"{param}: {problem.get('msg')}" if param else str(problem.get("msg")), param) from None
+    return JSONResponse(render_submitted(view), status_code=202, headers={"Location": f"/v2/jobs/{view.id}"})
+
+
+@router.get("/jobs/{job_id}")
+def get_job(job_id: str, request: Request, who: Principal = Depends(principal)):
+    try:
+        view = request.app.state.runtime.executions.get(who.account_id, job_id)
+    except NotFound:
+        raise NotFound(f"Job {job_id} not found", code="job_not_found") from None
+    return render_job(view, lambda f: signed_url(request, f))
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel_job(job_id: str, request: Request, who: Principal = Depends(principal)):
+    """Cancel a queued or running job; a finished job is returned unchanged."""
+    try:
+        view = request.app.state.runtime.executions.cancel(who.account_id, job_id)
+    except NotFound:
+        raise NotFound(f"Job {job_id} not found", code="job_not_found") from None
+    return render_job(view, lambda f: signed_url(request, f))

@@ -1,0 +1,239 @@
+"""The OpenAI Images dialect, driven by the official ``openai`` client against a real uvicorn server."""
+
+from __future__ import annotations
+
+import base64
+import io
+import socket
+import threading
+import time
+from contextlib import contextmanager
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from PIL import Image
+
+from pixelmill.api.app import create_app
+from tests.conftest import FakeBackend, create_key, wait_for
+
+
+@contextmanager
+def serve(app):
+    """Run ``app`` under uvicorn on a free local port, in a thread; yields the base URL."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+class Server:
+    """A running server with one account: its runtime, base URL, key, backend and an OpenAI client."""
+
+    def __init__(self, rt, app, base, key, backend):
+        self.rt, self.app, self.base, self.key, self.backend = rt, app, base, key, backend
+        self.client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=2, timeout=30)
+
+    def credits(self) -> float:
+        r = httpx.get(f"{self.base}/v1/credits", headers={"Authorization": f"Bearer {self.key}"})
+        return r.json()["credits"]
+
+    def executions(self):
+        from pixelmill.accounts.keys import authenticate
+
+        with self.rt.db.engine.connect() as conn:
+            account = authenticate(conn, self.key).account_id
+        return self.rt.executions.list(account)
+
+
+@pytest.fixture
+def start(make_runtime, sqlite_url):
+    """start(backend=None, credits=1000, db_url=None) -> Server (stopped at teardown)."""
+    with_servers = []
+
+    def _start(backend=None, credits=1000.0, db_url=None):
+        backend = backend or FakeBackend()
+        rt = make_runtime(db_url or sqlite_url, backend=backend)
+        app = create_app(rt, manage_runtime=False)
+        ctx = serve(app)
+        base = ctx.__enter__()
+        with_servers.append(ctx)
+        return Server(rt, app, base, create_key(rt, credits=credits, plan="enterprise"), backend)
+
+    yield _start
+    for ctx in with_servers:
+        ctx.__exit__(None, None, None)
+
+
+def _png(b64: str) -> Image.Image:
+    raw = base64.b64decode(b64)
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+    return Image.open(io.BytesIO(raw))
+
+
+def test_b64_json_returns_n_pngs_of_the_requested_size(start, db_url):
+    srv = start(db_url=db_url)
+    res = srv.client.images.generate(model="fake", prompt="a red circle", n=2, size="256x256", response_format="b64_json")
+    assert len(res.data) == 2
+    images = [_png(d.b64_json) for d in res.data]
+    assert all(im.size == (256, 256) for im in images)
+    assert images[0].tobytes() != images[1].tobytes()  # two images, not one twice
+    assert all(d.url is None and d.revised_prompt == "a red circle" for d in res.data)
+    assert res.size == "256x256" and res.output_format == "png" and res.background == "opaque"
+    assert abs(res.created - time.time()) < 60
+    cost = 2.0 * 256 * 256 * 2 / 1e6  # fake model: 2 credits per megapixel
+    assert res.usage.model_extra["credits"] == pytest.approx(cost, abs=0.01)
+    assert srv.credits() == pytest.approx(1000 - cost, abs=0.01)
+
+
+def test_url_response_downloads_and_openai_names_pick_their_defaults(start):
+    srv = start()
+    res = srv.client.images.generate(model="dall-e-2", prompt="x", size="512x512", response_format="url", output_format="jpeg")
+    assert len(res.data) == 1 and res.data[0].b64_json is None
+    got = httpx.get(res.data[0].url)
+    assert got.status_code == 200 and got.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(got.content)).size == (512, 512)
+
+    # dall-e names (and no model at all) answer with URLs, gpt-image names with base64, as OpenAI does
+    assert srv.client.images.generate(prompt="x", size="256x256").data[0].url.startswith(srv.base)
+    res = srv.client.images.generate(model="gpt-image-1", prompt="x", size="272x528", output_format="webp")
+    raw = base64.b64decode(res.data[0].b64_json)
+    im = Image.open(io.BytesIO(raw))
+    assert im.format == "WEBP" and im.size == (272, 528)  # any WxH for non-dall-e models
+    assert res.size == "272x528" and res.output_format == "webp"
+
+
+def test_seed_extension_makes_results_repeatable(start):
+    srv = start()
+    a, b = (
+        srv.client.images.generate(model="fake", prompt="p", size="256x256", response_format="b64_json", extra_body={"seed": 5})
+        for _ in range(2)
+    )
+    assert _png(a.data[0].b64_json).tobytes() == _png(b.data[0].b64_json).tobytes()
+
+
+def test_validation_errors_are_bad_request_in_openai_shape(start):
+    srv = start()
+    cases = [
+        (dict(prompt="x", n=11), "n"),
+        (dict(prompt="x", n=0), "n"),
+        (dict(prompt="x", size="300x300", model="fake"), "size"),  # not a multiple of 16
+        (dict(prompt="x", size="4096x4096", model="fake"), "size"),
+        (dict(prompt="x", size="272x528", model="dall-e-3"), "size"),  # dall-e names take OpenAI's sizes only
+        (dict(prompt="x", size="big"), "size"),
+        (dict(prompt="x", output_format="gif"), "output_format"),
+        (dict(prompt="x", quality="ultra"), "quality"),
+        (dict(prompt="x", style="baroque"), "style"),
+        (dict(prompt="x", output_compression=101), "output_compression"),
+        (dict(prompt="x", background="transparent"), "background"),
+        (dict(prompt="   "), "prompt"),
+        (dict(prompt="x", extra_body={"steps": 51}, model="fake"), "steps"),  # over the model's max_steps
+        (dict(prompt="x", extra_body={"colour": "red"}), "colour"),
+    ]
+    for kwargs, param in cases:
+        with pytest.raises(openai.BadRequestError) as e:
+            srv.client.images.generate(**kwargs)
+        assert e.value.status_code == 400
+        err = e.value.body
+        assert err["type"] == "invalid_request_error" and err["param"] == param, (kwargs, err)
+        assert err["message"]
+    assert srv.executions() == []  # nothing was submitted
+    assert srv.credits() == 1000.0
+
+
+def test_stream_missing_prompt_and_bad_json_over_plain_http(start):
+    srv = start()
+    url = f"{srv.base}/v1/images/generations"
+    auth = {"Authorization": f"Bearer {srv.key}"}
+    r = httpx.post(url, json={"prompt": "x", "stream": True}, headers=auth)
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "stream" and "not supported" in r.json()["error"]["message"]
+    r = httpx.post(url, json={"n": 1}, headers=auth)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "missing_required_parameter"
+    r = httpx.post(url, content=b"{nope", headers={**auth, "content-type": "application/json"})
+    assert r.status_code == 400 and set(r.json()) == {"error"} and r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_unknown_model_lists_the_models(start):
+    srv = start()
+    with pytest.raises(openai.NotFoundError) as e:
+        srv.client.images.generate(model="sdxl-turbo", prompt="x")
+    assert e.value.code == "model_not_found" and "fake" in e.value.body["message"]
+
+
+def test_auth_errors(start):
+    srv = start()
+    bad = openai.OpenAI(base_url=f"{srv.base}/v1", api_key="sk-not-a-key", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as e:
+        bad.images.generate(prompt="x")
+    assert e.value.status_code == 401 and e.value.code == "invalid_api_key"
+    r = httpx.post(f"{srv.base}/v1/images/generations", json={"prompt": "x"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key"
+
+
+def test_failed_generation_is_500_with_the_engine_message_not_retried_and_refunded(start):
+    backend = FakeBackend(fail_with=RuntimeError("CUDA out of memory"))
+    srv = start(backend=backend)
+    with pytest.raises(openai.InternalServerError) as e:
+        srv.client.images.generate(model="fake", prompt="x", size="256x256")
+    assert e.value.status_code == 500 and "out of memory" in e.value.body["message"]
+    assert e.value.body["type"] == "server_error"
+    assert backend.calls == 1  # x-should-retry: false kept the client from submitting it again
+    assert srv.credits() == 1000.0
+
+
+def test_insufficient_credits_is_insufficient_quota(start):
+    srv = start(credits=0.01)
+    with pytest.raises(openai.RateLimitError) as e:
+        srv.client.images.generate(model="fake", prompt="x", size="1024x1024")
+    assert e.value.status_code == 429 and e.value.code == "insufficient_quota" and e.value.type == "insufficient_quota"
+    assert "credits" in e.value.body["message"]
+
+
+def test_timeout_is_504_naming_the_execution_which_keeps_running(start):
+    srv = start(backend=FakeBackend(steps=100, step_delay=0.05))
+    srv.app.state.openai_timeout_s = 0.3
+    with pytest.raises(openai.InternalServerError) as e:
+        srv.client.images.generate(model="fake", prompt="x", size="256x256")
+    assert e.value.status_code == 504 and e.value.code == "timeout"
+    [view] = srv.executions()  # one execution: the client did not retry
+    assert view.id in e.value.body["message"]
+    r = httpx.get(f"{srv.base}/api/v1/executions/{view.id}", headers={"Authorization": f"Bearer {srv.key}"})
+    assert r.status_code == 200 and r.json()["status"] in ("QUEUED", "RUNNING")
+    httpx.post(f"{srv.base}/api/v1/executions/{view.id}/cancel", headers={"Authorization": f"Bearer {srv.key}"})
+
+
+def test_waiting_does_not_block_the_server_and_a_client_that_leaves_cancels(start):
+    backend = FakeBackend(steps=200, step_delay=0.05)
+    srv = start(backend=backend)
+    errors = []
+
+    def impatient():
+        try:
+            httpx.post(f"{srv.base}/v1/images/generations", json={"model": "fake", "prompt": "x", "size": "256x256"},
+                       headers={"Authorization": f"Bearer {srv.key}"}, timeout=1.0)
+        except httpx.ReadTimeout as e:
+            errors.append(e)
+
+    t = threading.Thread(target=impatient)
+    t.start()
+    assert backend.started.wait(5)
+    t0 = time.monotonic()
+    assert httpx.get(f"{srv.base}/healthz").status_code == 200
+    assert httpx.get(f"{srv.base}/v1/credits", headers={"Authorization": f"Bearer {srv.key}"}).status_code == 200
+    assert time.monotonic() - t0 < 0.5  # answered while a request waits on a generation
+    t.join()
+    assert errors  # the client gave up
+    view = wait_for(lambda: next((v for v in srv.executions() if v.status.is_terminal()), None), timeout=10)
+    assert view.status == "cancelled"
+    assert srv.credits() == 1000.0
