@@ -148,7 +148,7 @@ def test_two_runtimes_sharing_redis_share_the_request_count(make_runtime, sqlite
 
 
 def test_active_task_cap_is_429_concurrent_requests(api):
-    rt, client = api("two-active", backend=FakeBackend(steps=4, step_delay=0.25))
+    rt, client = api("two-active", backend=FakeBackend(step_delay=0.04))  # flux-dev: 28 steps, ~1 s a task
     ids, cost = [], 0.0
     for _ in range(2):
         r = client.post("/v1/flux-dev", json=SMALL)
@@ -168,7 +168,11 @@ def test_active_task_cap_is_429_concurrent_requests(api):
     assert client.get("/v1/credits").json()["credits"] == pytest.approx(1000 - cost, abs=1e-3)  # nothing held for the refusal
     # once one finishes there is room again
     wait_for(lambda: client.get(f"/v1/get_result?id={ids[0]}").json()["status"] == "Ready", timeout=30)
-    assert client.post("/v1/flux-dev", json=SMALL).status_code == 200
+    r = client.post("/v1/flux-dev", json=SMALL)
+    assert r.status_code == 200
+    account = _account_id(rt, client.headers["x-key"])
+    for execution_id in (ids[1], r.json()["id"]):  # leave no work running past the test
+        rt.executions.cancel(account, execution_id)
 
 
 @pytest.mark.parametrize("plan,window", [("two-per-minute", "executions-minute"), ("two-per-day", "executions-day")])
