@@ -82,6 +82,8 @@ def cmd_keys(args) -> int:
 
     settings, db = _db(args)
     if args.keys_cmd == "create":
+        if args.plan and not _known_plan(settings, args.plan):
+            return 2
         with db.transaction() as conn:
             account_id = keys.find_account_by_name(conn, args.account)
             if account_id is None:
@@ -113,6 +115,92 @@ def cmd_keys(args) -> int:
             print(f"no active key {args.key_id}", file=sys.stderr)
             return 1
         print(f"revoked {args.key_id}")
+    return 0
+
+
+def _known_plan(settings, plan: str) -> bool:
+    from pixelmill.accounts.plans import load_plans
+
+    plans = load_plans(settings.plans)
+    if plan in plans:
+        return True
+    print(f"unknown plan {plan!r}; plans: {', '.join(sorted(plans))}", file=sys.stderr)
+    return False
+
+
+def _find_account(conn, name_or_id: str) -> str | None:
+    import sqlalchemy as sa
+
+    from pixelmill.accounts import keys
+    from pixelmill.store.tables import accounts
+
+    found = conn.execute(sa.select(accounts.c.id).where(accounts.c.id == name_or_id)).scalar()
+    return found or keys.find_account_by_name(conn, name_or_id)
+
+
+def cmd_accounts(args) -> int:
+    import sqlalchemy as sa
+
+    from pixelmill.store.tables import accounts
+
+    settings, db = _db(args)
+    if args.accounts_cmd == "set-plan":
+        if not _known_plan(settings, args.plan):
+            return 2
+        with db.transaction() as conn:
+            account_id = _find_account(conn, args.account)
+            if account_id is None:
+                print(f"no account {args.account}", file=sys.stderr)
+                return 1
+            conn.execute(sa.update(accounts).where(accounts.c.id == account_id).values(plan=args.plan))
+        print(f"account {args.account} ({account_id}) is now on plan {args.plan}")
+    return 0
+
+
+def cmd_credits(args) -> int:
+    import uuid
+
+    from pixelmill.accounts import ledger
+
+    _settings_, db = _db(args)
+    if args.credits_cmd == "grant":
+        if args.amount <= 0:
+            print("the amount must be positive", file=sys.stderr)
+            return 2
+        entry_key = args.entry_key or f"cli-grant:{uuid.uuid4()}"
+        with db.transaction() as conn:
+            account_id = _find_account(conn, args.account)
+            if account_id is None:
+                print(f"no account {args.account}", file=sys.stderr)
+                return 1
+            granted = ledger.grant(conn, account_id, args.amount, f"admin:{account_id}:{entry_key}", note=args.note or "granted from the command line")
+            balance = ledger.balance(conn, account_id)
+        if granted:
+            print(f"granted {args.amount} credits to {args.account} ({account_id}); balance {balance}")
+        else:
+            print(f"entry {entry_key} was already granted; nothing added; balance {balance}")
+    return 0
+
+
+def cmd_usage(args) -> int:
+    from pixelmill.accounts.usage import account_usage
+
+    _settings_, db = _db(args)
+    with db.engine.connect() as conn:
+        account_id = _find_account(conn, args.account)
+        result = account_usage(conn, account_id, since=args.since, entries=args.entries) if account_id else None
+    if result is None:
+        print(f"no account {args.account}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    ex = result["executions"]
+    print(f"account {args.account} ({account_id}) on plan {result['plan']}: {result['credits']} credits available")
+    print(f"executions: {ex['total']} " + " ".join(f"{k}={v}" for k, v in sorted(ex["by_status"].items())))
+    print(f"credits spent: {result['credits_spent']}, held by active executions: {result['credits_held']}")
+    for e in result["ledger"]:
+        print(f"  {e['created_at']:.0f}  {e['kind']:8} {e['amount']:+.4f}  {e['execution_id'] or ''}  {e['note'] or ''}")
     return 0
 
 
@@ -153,6 +241,29 @@ def build_parser() -> argparse.ArgumentParser:
     kr = ks.add_parser("revoke", help="revoke a key by id or prefix")
     kr.add_argument("key_id")
     k.set_defaults(func=cmd_keys)
+
+    a = sub.add_parser("accounts", help="manage accounts")
+    acs = a.add_subparsers(dest="accounts_cmd", required=True)
+    asp = acs.add_parser("set-plan", help="move an account to another plan")
+    asp.add_argument("account", help="account name or id")
+    asp.add_argument("plan")
+    a.set_defaults(func=cmd_accounts)
+
+    c = sub.add_parser("credits", help="manage credits")
+    cs = c.add_subparsers(dest="credits_cmd", required=True)
+    cg = cs.add_parser("grant", help="grant credits to an account (a ledger entry)")
+    cg.add_argument("account", help="account name or id")
+    cg.add_argument("amount", type=float)
+    cg.add_argument("--entry-key", help="makes the grant exactly-once: repeating it adds nothing")
+    cg.add_argument("--note")
+    c.set_defaults(func=cmd_credits)
+
+    u = sub.add_parser("usage", help="an account's executions, credits spent and ledger")
+    u.add_argument("account", help="account name or id")
+    u.add_argument("--since", type=float, help="UNIX time: count executions created from then on")
+    u.add_argument("--entries", type=int, default=20, help="ledger entries to show")
+    u.add_argument("--json", action="store_true")
+    u.set_defaults(func=cmd_usage)
     return p
 
 

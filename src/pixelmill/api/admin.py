@@ -18,7 +18,6 @@ configured the whole API is absent (404); a missing key is 401, a wrong one 403.
 from __future__ import annotations
 
 import hmac
-import time
 import uuid
 from typing import Any
 
@@ -28,9 +27,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from pixelmill.accounts import keys, ledger
-from pixelmill.accounts.admission import ACTIVE_STATUSES
+from pixelmill.accounts.usage import account_usage
 from pixelmill.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
-from pixelmill.store.tables import accounts, executions
+from pixelmill.store.tables import accounts
 
 
 def require_admin(request: Request) -> None:
@@ -181,33 +180,10 @@ def grant_credits(account_id: str, body: CreditGrant, request: Request):
 @router.get("/accounts/{account_id}/usage")
 def usage(account_id: str, request: Request, since: float | None = None, entries: int = 50):
     """Executions by status, credits spent (settled) and held (in flight), recent ledger entries."""
-    rt = _rt(request)
     if not (0 <= entries <= 1000):
         raise InvalidInput("entries must be 0–1000", code="invalid_pagination")
-    with rt.db.engine.connect() as conn:
-        account = _account(conn, account_id)
-        where = [executions.c.account_id == account_id]
-        if since is not None:
-            where.append(executions.c.created_at >= since)
-        by_status = {
-            status: int(n)
-            for status, n in conn.execute(
-                sa.select(executions.c.status, sa.func.count()).where(*where).group_by(executions.c.status)
-            )
-        }
-        spent = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(executions.c.cost_actual), 0.0)).where(*where)).scalar_one()
-        held = conn.execute(
-            sa.select(sa.func.coalesce(sa.func.sum(executions.c.cost_estimate), 0.0)).where(*where, executions.c.status.in_(ACTIVE_STATUSES))
-        ).scalar_one()
-        recent = ledger.entries(conn, account_id, limit=entries) if entries else []
-    return {
-        "account_id": account_id,
-        "plan": account["plan"],
-        "credits": account["credits"],
-        "since": since,
-        "as_of": time.time(),
-        "executions": {"total": sum(by_status.values()), "by_status": by_status},
-        "credits_spent": round(float(spent), 4),
-        "credits_held": round(float(held), 4),
-        "ledger": recent,
-    }
+    with _rt(request).db.engine.connect() as conn:
+        result = account_usage(conn, account_id, since=since, entries=entries)
+    if result is None:
+        raise NotFound(f"Account {account_id} not found", code="account_not_found")
+    return result
