@@ -32,8 +32,9 @@ def iso(ts: float | None) -> str | None:
 
 
 def render_submitted(view: ExecutionView) -> dict[str, Any]:
-    """The 202 body of ``POST /v2/images/generate``."""
-    return {"jobId": view.id, "status": STATUS[view.status]}
+    """The 202 body of ``POST /v2/images/generate``: always QUEUED, the state the job was
+    accepted in (a worker may already have picked it up; polling tells)."""
+    return {"jobId": view.id, "status": "QUEUED"}
 
 
 def render_job(view: ExecutionView, url_for: Callable[[FileView], str]) -> dict[str, Any]:

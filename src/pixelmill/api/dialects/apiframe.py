@@ -196,6 +196,9 @@ async def generate(request: Request, who: Principal = Depends(principal)):
     except GraphProblems as e:
         problem = (e.details.get("problems") or [{}])[0]
         loc = [str(p) for p in problem.get("loc", []) if p != "params"]
+        first_word = str(problem.get("msg", "")).split(" ", 1)[0]
+        if not loc and first_word in ModelParams.model_fields:  # a model-level check names its field first
+            loc = [first_word]
         param = "params." + ".".join(loc) if loc else None
         raise _invalid(f"{param}: {problem.get('msg')}" if param else str(problem.get("msg")), param) from None
     return JSONResponse(render_submitted(view), status_code=202, headers={"Location": f"/v2/jobs/{view.id}"})
