@@ -57,9 +57,9 @@ def read_sse(response) -> list[dict]:
     return messages
 
 
-def start_workflow(client, steps=6, headers=None):
+def start_workflow(client, steps=6, headers=None, prompt="p"):
     wid = client.post("/api/v1/workflows", json=WORKFLOW).json()["id"]
-    return client.post(f"/api/v1/workflows/{wid}/execute", json={"inputs": {"prompt": "p", "steps": steps}}, headers=headers or {})
+    return client.post(f"/api/v1/workflows/{wid}/execute", json={"inputs": {"prompt": prompt, "steps": steps}}, headers=headers or {})
 
 
 def test_sse_streams_events_in_order_and_closes_after_terminal(slow):
@@ -148,7 +148,22 @@ def test_bfl_prefer_wait_answers_like_get_result(fast):
 
 def test_bfl_prefer_wait_unfinished_is_pending(slow):
     rt, client = slow
-    r = client.post("/v1/flux-dev", json={"prompt": "x", "width": 256, "height": 256}, headers={"Prefer": "wait=1"})
+    r = client.post("/v1/flux-dev", json={"prompt": "x", "width": 256, "height": 256, "steps": 6}, headers={"Prefer": "wait=1"})
     body = r.json()
     assert body["status"] == "Pending" and body["result"] is None
     assert "polling_url" in body
+
+
+def test_queued_execution_reports_position_and_estimated_start(make_runtime, sqlite_url):
+    rt, client = make_client(make_runtime, sqlite_url, FakeBackend(steps=2, step_delay=0.3))
+    assert start_workflow(client, steps=2, headers={"Prefer": "wait=10"}).json()["status"] == "COMPLETED"  # a timing sample
+    for i in range(2):
+        start_workflow(client, steps=2, prompt=f"busy {i}")  # distinct prompts: no cached results
+    before = time.time()
+    r = start_workflow(client, steps=2, headers={"Prefer": "wait=0"}, prompt="last")
+    body = r.json()
+    assert body["status"] == "QUEUED" and body["queuePosition"] >= 1
+    assert body["estimatedStartAt"] > before + 0.3 * body["queuePosition"]  # about queue position × 0.6 s
+    assert body["estimatedStartAt"] < before + 5 * body["queuePosition"]
+    bfl = client.post("/v1/flux-dev", json={"prompt": "x", "width": 256, "height": 256, "steps": 2}, headers={"Prefer": "wait=0"}).json()
+    assert bfl["status"] == "Pending" and bfl["queue_position"] >= 1 and bfl["estimated_start_time"] > before

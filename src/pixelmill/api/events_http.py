@@ -8,7 +8,8 @@ The stream replays the execution's event log (``execution_events``) after
   ``execution.progress``, ``node.completed``, ``execution.succeeded`` …),
   ``data: {"executionId", "createdAt", …event data}``;
 * about once a second, when it changed, a ``snapshot`` message without an id
-  (so resuming is unaffected): ``{"status", "progress", "queuePosition"}``;
+  (so resuming is unaffected): ``{"status", "progress", "queuePosition",
+  "estimatedStartAt"}``;
 * ``: keep-alive`` comments every 15 s of silence;
 * the stream ends after the terminal event (``execution.succeeded``,
   ``execution.failed`` or ``execution.cancelled``); resuming after it returns
@@ -31,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pixelmill.accounts.keys import Principal
 from pixelmill.api.deps import principal
+from pixelmill.engine.estimates import attach_estimate
 from pixelmill.errors import NotFound
 from pixelmill.presenters.workflow import EXECUTION_STATUS
 from pixelmill.store.tables import execution_events
@@ -91,13 +93,14 @@ class EventStream:
 
     def _snapshot(self) -> dict[str, Any] | None:
         try:
-            view = self.rt.executions.get(self.account_id, self.execution_id)
+            view = attach_estimate(self.rt.db, self.rt.executions.get(self.account_id, self.execution_id))
         except NotFound:
             return None
         return {
             "status": EXECUTION_STATUS[view.status],
             "progress": 1.0 if EXECUTION_STATUS[view.status] == "COMPLETED" else view.progress,
             "queuePosition": view.queue_position,
+            "estimatedStartAt": getattr(view, "estimated_start_at", None),
             "terminal": view.status.is_terminal(),
         }
 

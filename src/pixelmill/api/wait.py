@@ -14,6 +14,7 @@ import time
 
 from starlette.concurrency import run_in_threadpool
 
+from pixelmill.engine.estimates import attach_estimate
 from pixelmill.engine.views import ExecutionView
 
 POLL_S = 0.1
@@ -46,7 +47,7 @@ async def wait_terminal(runtime, account_id: str, views: list[ExecutionView], se
         if all(v.status.is_terminal() for v in current):
             return current
         if time.monotonic() >= deadline:
-            return current
+            return await run_in_threadpool(lambda: [attach_estimate(runtime.db, v) for v in current])
         await asyncio.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
         current = await run_in_threadpool(lambda: [runtime.executions.get(account_id, v.id) for v in current])
 

@@ -43,4 +43,7 @@ def render_result(view: ExecutionView, url_for: Callable[[FileView], str]) -> di
     out = {"id": view.id, "status": status, "result": result, "progress": progress, "details": details, "preview": None}
     if view.queue_position is not None and not view.status.is_terminal():
         out["queue_position"] = view.queue_position
+        estimated = getattr(view, "estimated_start_at", None)  # extra field: when a queued task should start
+        if estimated is not None:
+            out["estimated_start_time"] = estimated
     return out

@@ -61,6 +61,7 @@ def render_execution(view: ExecutionView, url_for: Callable[[FileView], str]) ->
         "status": EXECUTION_STATUS[view.status],
         "progress": 1.0 if view.status == ExecutionStatus.SUCCEEDED else view.progress,
         "queuePosition": view.queue_position,
+        "estimatedStartAt": getattr(view, "estimated_start_at", None) if not view.status.is_terminal() else None,
         "createdAt": view.created_at,
         "startedAt": view.started_at,
         "finishedAt": view.finished_at,
