@@ -164,11 +164,15 @@ def test_stream_missing_prompt_and_bad_json_over_plain_http(start):
     assert r.status_code == 400 and set(r.json()) == {"error"} and r.json()["error"]["type"] == "invalid_request_error"
 
 
-def test_unknown_model_lists_the_models(start):
+def test_models_list_unknown_model_and_unsupported_endpoints(start):
     srv = start()
+    assert [m.id for m in srv.client.models.list()] == ["fake"]
     with pytest.raises(openai.NotFoundError) as e:
         srv.client.images.generate(model="sdxl-turbo", prompt="x")
     assert e.value.code == "model_not_found" and "fake" in e.value.body["message"]
+    with pytest.raises(openai.NotFoundError) as e:
+        srv.client.images.edit(image=("a.png", io.BytesIO(b"png"), "image/png"), prompt="x")
+    assert e.value.code == "unsupported_endpoint" and "/v1/images/generations" in e.value.body["message"]
 
 
 def test_auth_errors(start):

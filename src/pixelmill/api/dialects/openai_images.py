@@ -1,5 +1,8 @@
 """The OpenAI Images dialect: ``POST /v1/images/generations``, answered synchronously.
 
+Also ``GET /v1/models`` (the catalog, for clients that list models first); the
+edits and variations endpoints answer 404 in OpenAI's shape, saying so.
+
 The request becomes one ``text_to_image`` execution with ``num_images = n``; the
 route waits (polling the execution service from a worker thread, never blocking
 the event loop) until it is finished, then answers in OpenAI's shape.  Every
@@ -12,7 +15,8 @@ same happens when ``model`` is left out.  The name only picks OpenAI's defaults:
 ``response_format`` is ``b64_json`` for ``gpt-image-*`` names and ``url``
 otherwise (as OpenAI's default model, ``dall-e-2``); dall-e names take the
 fixed OpenAI sizes only, other models any ``WxH`` that is a multiple of 16
-within 256-2048.
+within 256-2048.  ``n`` is 1-10 for every model (OpenAI allows only 1 for
+dall-e-3).
 
 Accepted and validated but without effect on the pixels: ``quality``, ``style``,
 ``user``, ``safety_identifier``, ``moderation``, ``output_compression``, ``partial_images``.
@@ -33,7 +37,7 @@ import asyncio
 import logging
 import re
 import time
-from typing import Any, Callable, Literal
+from typing import Callable, Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request
@@ -241,6 +245,25 @@ async def create_image(request: Request, who: Principal = Depends(principal)):
         output_format=output_format,
     )
     return JSONResponse(rendered, headers={"X-Execution-Id": view.id})
+
+
+@router.get("/v1/models")
+def list_models(request: Request, who: Principal = Depends(principal)):
+    """The catalog in OpenAI's model-list shape."""
+    return {
+        "object": "list",
+        "data": [{"id": name, "object": "model", "created": 0, "owned_by": "pixelmill"} for name in request.app.state.runtime.catalog.names()],
+    }
+
+
+@router.post("/v1/images/edits")
+@router.post("/v1/images/variations")
+def unsupported(request: Request, who: Principal = Depends(principal)):
+    raise PixelmillError(
+        f"{request.url.path} is not supported by this server; use POST /v1/images/generations.",
+        code="unsupported_endpoint",
+        status=404,
+    )
 
 
 async def _wait(request: Request, account_id: str, execution_id: str, timeout: float) -> ExecutionView:
