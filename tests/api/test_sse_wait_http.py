@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from pixelmill.api.app import create_app
+from pixelmill.api.wait import requested_wait
 from tests.conftest import FakeBackend, create_key, wait_for
 
 WORKFLOW = {
@@ -167,3 +168,13 @@ def test_queued_execution_reports_position_and_estimated_start(make_runtime, sql
     assert body["estimatedStartAt"] < before + 5 * body["queuePosition"]
     bfl = client.post("/v1/flux-dev", json={"prompt": "x", "width": 256, "height": 256, "steps": 2}, headers={"Prefer": "wait=0"}).json()
     assert bfl["status"] == "Pending" and bfl["queue_position"] >= 1 and bfl["estimated_start_time"] > before
+
+
+def test_prefer_header_parsing():
+    assert requested_wait(None, 60) is None
+    assert requested_wait("respond-async", 60) is None
+    assert requested_wait("wait", 60) == 60
+    assert requested_wait("wait=5", 60) == 5
+    assert requested_wait("respond-async, wait=600", 60) == 60
+    assert requested_wait('wait="3"', 60) == 3
+    assert requested_wait("wait=soon", 60) is None

@@ -274,3 +274,29 @@ def test_background_thread_delivers_and_restart_loses_nothing(make_runtime, db_u
     wait_for(lambda: receiver.received, timeout=10)
     assert receiver.received[0].json["data"]["executionId"] == eid
     wait_for(lambda: events_of(rt2, eid)[0].state == "delivered", timeout=5)
+
+
+def test_cancelled_execution_sends_cancelled_event(make_runtime, db_url, receiver):
+    backend = FakeBackend(steps=40, step_delay=0.05)
+    rt, who, _ = setup(make_runtime, db_url, backend=backend)
+    receiver.up()
+    node = {"type": "text_to_image", "params": {"model": "fake", "prompt": "c", "width": 64, "height": 64, "steps": 40, "seed": 2}}
+    view = rt.executions.submit(Submission(principal=who, graph={"nodes": {"gen": node}}, dialect="workflow", label="t",
+                                           request={"inputs": {}}, webhook_url=receiver.url, webhook_events=["start", "completed"]))
+    assert backend.started.wait(10)
+    rt.executions.cancel(who.account_id, view.id)
+    wait_for(lambda: rt.executions.get(who.account_id, view.id).status.is_terminal())
+    drain(rt.dispatcher)
+    assert receiver.types() == ["execution.started", "execution.cancelled"]
+    assert receiver.received[-1].json["data"]["status"] == "CANCELLED"
+
+
+def test_filter_names():
+    from pixelmill.webhooks.outbox import wanted_types
+
+    assert wanted_types(None, "bfl") == {"execution.completed", "execution.failed", "execution.cancelled"}
+    assert "execution.progress" in wanted_types(None, "workflow")
+    assert wanted_types(["output", "failed"], "workflow") == {"node.completed", "execution.failed"}
+    assert wanted_types("start,succeeded", "workflow") == {"execution.started", "execution.completed"}
+    assert wanted_types(["no-such-event"], "workflow") == frozenset()
+

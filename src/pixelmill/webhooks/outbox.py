@@ -81,6 +81,8 @@ def wanted_types(filter_: Iterable[str] | None, dialect: str) -> frozenset[str]:
     """The webhook types a filter selects (``None``: all; BFL: the final result only)."""
     if filter_ is None:
         return TERMINAL_TYPES if dialect == "bfl" else frozenset(WEBHOOK_TYPES.values())
+    if isinstance(filter_, str):
+        filter_ = filter_.split(",")
     out: set[str] = set()
     for name in filter_:
         out |= FILTER_ALIASES.get(str(name).strip().lower(), frozenset())
