@@ -1,8 +1,11 @@
-"""Outgoing webhooks: signing, the retry schedule and single delivery attempts.
+"""Webhooks: outgoing deliveries and inbound triggers.
 
-The persistent outbox and its dispatcher build on these: sign each attempt with
-:func:`sign_headers`, send it with :func:`deliver`, and reschedule with
-:func:`next_attempt_delay` while the outcome is ``"retry"``.
+* :mod:`~pixelmill.webhooks.outbox` queues ``webhook_events`` rows inside the
+  transaction of each execution state change;
+* :mod:`~pixelmill.webhooks.dispatcher` claims due rows, signs each attempt with
+  :func:`sign_headers`, sends it with :func:`deliver` and reschedules with
+  :func:`next_attempt_delay` while the outcome is ``"retry"``;
+* :mod:`~pixelmill.webhooks.triggers` turns secret trigger URLs into executions.
 """
 
 from pixelmill.webhooks.schedule import (
