@@ -102,3 +102,12 @@ def test_one_claim_among_concurrent_requests(store):
         t.join()
     assert sum(isinstance(o, idem.Claim) for o in outcomes) == 1
     assert sum(isinstance(o, idem.InProgress) for o in outcomes) == 15
+
+
+def test_a_long_request_kept_alive_is_not_abandoned(store):
+    claim = store.begin("acct", "slow", "fp", now=1000.0)
+    assert store.touch(claim, now=1050.0)
+    assert isinstance(store.begin("acct", "slow", "fp", now=1100.0), idem.InProgress)  # 50 s since the touch
+    store.complete(claim, 200, b"done", {})
+    assert store.begin("acct", "slow", "fp", now=1101.0).body == b"done"
+    assert not store.touch(claim, now=1102.0)  # settled: nothing to keep alive

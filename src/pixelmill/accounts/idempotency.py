@@ -17,11 +17,12 @@ every contender inserts first, exactly one insert wins, the others read the
 winner's row.  This holds on SQLite and PostgreSQL alike.
 
 A record older than ``ttl_s`` is replaced by the next request using its key.  A
-process that dies mid-request leaves a ``processing`` record behind; one older than
-``abandon_after_s`` (60 s by default) is considered abandoned and taken over by the
-next request with that key.  Requests that legitimately run longer than that
-should not rely on 409s for duplicate detection (submits return in milliseconds:
-the work itself runs in the background).
+process that dies mid-request leaves a ``processing`` record behind; one not
+refreshed for ``abandon_after_s`` (60 s by default) is considered abandoned and
+taken over by the next request with that key.  A request that legitimately runs
+longer (a synchronous image endpoint) keeps its record alive with
+:meth:`IdempotencyStore.touch`, which the HTTP middleware calls every
+``abandon_after_s / 3`` seconds while the request runs.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -79,12 +81,16 @@ def parse_key(header_value: str) -> str:
     return value
 
 
-@dataclass(frozen=True)
+@dataclass
 class Claim:
-    """This request owns the key: run it, then complete or discard the record."""
+    """This request owns the key: run it, then complete or discard the record.
+
+    ``created_at`` identifies this ownership (a takeover or :meth:`IdempotencyStore.touch`
+    changes it), so a request that lost its record can never settle another's."""
 
     record_id: int
     created_at: float
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -186,9 +192,24 @@ class IdempotencyStore:
             ).rowcount
         return Claim(int(row.id), now) if n == 1 else None
 
+    def touch(self, claim: Claim, now: float | None = None) -> bool:
+        """Mark a long-running claimed request as alive, so it is not taken for abandoned.
+
+        False when the record is no longer this claim's."""
+        now = time.time() if now is None else now
+        with claim.lock, self.db.transaction() as conn:
+            n = conn.execute(
+                sa.update(idempotency_keys)
+                .where(idempotency_keys.c.id == claim.record_id, idempotency_keys.c.created_at == claim.created_at, idempotency_keys.c.state == PROCESSING)
+                .values(created_at=now)
+            ).rowcount
+            if n == 1:
+                claim.created_at = now
+        return n == 1
+
     def complete(self, claim: Claim, status: int, body: bytes, headers: dict[str, str]) -> None:
         """Save the response of a claimed request for replay."""
-        with self.db.transaction() as conn:
+        with claim.lock, self.db.transaction() as conn:
             conn.execute(
                 sa.update(idempotency_keys)
                 .where(idempotency_keys.c.id == claim.record_id, idempotency_keys.c.created_at == claim.created_at)
@@ -197,7 +218,7 @@ class IdempotencyStore:
 
     def discard(self, claim: Claim) -> None:
         """Forget a claimed key (the request was refused before any work ran)."""
-        with self.db.transaction() as conn:
+        with claim.lock, self.db.transaction() as conn:
             conn.execute(
                 sa.delete(idempotency_keys).where(
                     idempotency_keys.c.id == claim.record_id,

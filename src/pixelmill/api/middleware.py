@@ -30,6 +30,7 @@ prefixes and pass straight through.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -236,6 +237,13 @@ class AccountsMiddleware:
                     await settle()
             await send(with_limits(message))
 
+        async def keep_alive() -> None:  # a slow request is not an abandoned one
+            while True:
+                await asyncio.sleep(store.abandon_after_s / 3)
+                if not settled:
+                    await run_in_threadpool(store.touch, claim)
+
+        heartbeat = asyncio.get_running_loop().create_task(keep_alive())
         try:
             await self.app(scope, receive, capture)
         except BaseException:
@@ -244,6 +252,8 @@ class AccountsMiddleware:
                 saved_headers = {"content-type": "application/json"}
                 await settle()
             raise
+        finally:
+            heartbeat.cancel()
         if not settled:  # the app ended without a complete response
             await settle()
 
