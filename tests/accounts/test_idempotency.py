@@ -30,6 +30,16 @@ def test_fingerprint_ignores_json_formatting_but_not_content():
     assert idem.fingerprint("POST", "/p", b"\xff\x00raw") == idem.fingerprint("POST", "/p", b"\xff\x00raw")
 
 
+def test_fingerprint_of_multipart_ignores_the_boundary():
+    def form(boundary: str, prompt: str) -> tuple[bytes, str]:
+        body = f'--{boundary}\r\nContent-Disposition: form-data; name="prompt"\r\n\r\n{prompt}\r\n--{boundary}--\r\n'
+        return body.encode(), f"multipart/form-data; boundary={boundary}"
+
+    a = idem.fingerprint("POST", "/v1/images/edits", *form("aaa111", "a cat"))
+    assert a == idem.fingerprint("POST", "/v1/images/edits", *form("bbb222", "a cat"))
+    assert a != idem.fingerprint("POST", "/v1/images/edits", *form("bbb222", "a dog"))
+
+
 def test_parse_key_accepts_sf_strings_and_bare_tokens():
     assert idem.parse_key('"8e03978e-40d5"') == "8e03978e-40d5"
     assert idem.parse_key(" abc ") == "abc"

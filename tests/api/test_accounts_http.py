@@ -96,6 +96,8 @@ def test_eleventh_request_in_a_minute_is_429(api):
     assert "10 requests per 60 s" in body["detail"]
     assert r.headers["X-RateLimit-Remaining"] == "0"
     assert r.headers["X-RateLimit-Limit"] == "10"
+    assert r.headers["RateLimit-Policy"] == '"requests";q=10;w=60'
+    assert r.headers["RateLimit"] == f'"requests";r=0;t={retry_after}'
     assert _executions(rt, client) == []  # refused before the dialect ran
     # reads still work (and report the full window); other accounts are unaffected
     r = client.get("/v1/credits")

@@ -45,15 +45,19 @@ DONE = "done"
 PROCESSING = "processing"
 
 
-def fingerprint(method: str, path: str, body: bytes) -> str:
+def fingerprint(method: str, path: str, body: bytes, content_type: str = "") -> str:
     """SHA-256 over method, path (with query) and the canonical body.
 
     A JSON body is canonicalised (sorted keys, no insignificant whitespace) so that
-    a client re-serialising the same object still matches; any other body is used
-    byte for byte.
+    a client re-serialising the same object still matches; in a multipart body the
+    random boundary is neutralised (a retry usually draws a new one); any other body
+    is used byte for byte.
     """
     canonical = body
-    if body.strip():
+    boundary = _multipart_boundary(content_type)
+    if boundary:
+        canonical = body.replace(boundary.encode("latin-1"), b"<boundary>")
+    elif body.strip():
         try:
             canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
         except (ValueError, UnicodeDecodeError):
@@ -65,6 +69,16 @@ def fingerprint(method: str, path: str, body: bytes) -> str:
     h.update(b"\n")
     h.update(canonical)
     return h.hexdigest()
+
+
+def _multipart_boundary(content_type: str) -> str | None:
+    if not content_type.lower().startswith("multipart/"):
+        return None
+    for part in content_type.split(";")[1:]:
+        name, _, value = part.strip().partition("=")
+        if name.lower() == "boundary" and value.strip('"'):
+            return value.strip('"')
+    return None
 
 
 def parse_key(header_value: str) -> str:

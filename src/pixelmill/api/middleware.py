@@ -119,7 +119,7 @@ class AccountsMiddleware:
                 body, receive = await _buffer_body(receive, headers, runtime.settings.max_body_bytes)
                 if body is None:
                     idem_key = None  # over the size cap: the route answers 413, nothing to remember
-        fp = idem.fingerprint(method, _path_with_query(scope), body) if idem_key is not None else None
+        fp = idem.fingerprint(method, _path_with_query(scope), body, headers.get("content-type", "")) if idem_key is not None and body is not None else None
 
         admitted = await run_in_threadpool(self._admit, runtime, key, method not in READ_METHODS, idem_key, fp)
         if admitted.principal is None:  # bad key: the route's auth answers
@@ -176,7 +176,7 @@ class AccountsMiddleware:
 
         outcome = admitted.outcome
         if admitted.refused is not None:
-            await error_response(rate_limited_error(admitted.refused))(scope, receive, send_with_limits)
+            await error_response(rate_limited_error(admitted.refused))(scope, receive, send)  # carries its headers
             return
         if idem_error is not None:
             await error_response(idem_error)(scope, receive, send_with_limits)
