@@ -269,6 +269,19 @@ def test_client_errors_are_not_remembered(api):
     assert client.post("/v1/flux-dev", json=SMALL, headers=h).headers["Idempotent-Replayed"] == "true"
 
 
+def test_server_errors_are_remembered_and_replayed(api):
+    backend = FakeBackend(fail_with=RuntimeError("CUDA out of memory"))
+    rt, client = api("bulk", backend=backend)
+    h = {"Idempotency-Key": "gen-1"}
+    body = {"model": "fake", "prompt": "x", "size": "256x256"}
+    first = client.post("/v1/images/generations", json=body, headers=h)  # the OpenAI dialect waits for the result
+    assert first.status_code == 500 and "out of memory" in first.text
+    again = client.post("/v1/images/generations", json=body, headers=h)
+    assert again.status_code == 500 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json() == first.json()
+    assert backend.calls == 1 and len(_executions(rt, client)) == 1
+
+
 def test_key_longer_than_255_is_400(api):
     rt, client = api("bulk")
     r = client.post("/v1/flux-dev", json=SMALL, headers={"Idempotency-Key": "k" * 256})
