@@ -20,7 +20,10 @@ key (``x-key``, ``X-API-Key`` or ``Authorization: Bearer sk-…``):
    the rate-limit store is unreachable, requests are let through (logged).
 3. **Idempotency** for a POST carrying ``Idempotency-Key`` (except read-only POSTs
    such as ``…/validate``); see :mod:`pixelmill.accounts.idempotency`.  Replays
-   carry ``Idempotent-Replayed: true``.  The record is settled before the last
+   carry ``Idempotent-Replayed: true`` and count as a request like any POST.
+   The first request's status, body and headers are replayed, except headers
+   that describe the response itself (rate limits, ``Date``, ``X-Request-Id``).
+   The record is settled before the last
    byte of the response is sent, so a client that retries after reading the
    response always gets the replay.
 
