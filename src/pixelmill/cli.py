@@ -50,6 +50,7 @@ def cmd_worker(args) -> int:
             preload=not args.no_preload,
             hostname=args.hostname,
             loglevel=args.log_level.upper(),
+            visibility_timeout_s=args.visibility_timeout,
         )
     except ValueError as e:
         print(f"pixelmill worker: {e}", file=sys.stderr)
@@ -223,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--pool", choices=["threads", "solo"], default="threads", help="threads (default) or solo; models stay in this one process")
     w.add_argument("--no-preload", action="store_true", help="load models on first use instead of before consuming")
     w.add_argument("--hostname", help="Celery node name (default: celery@<host>)")
+    w.add_argument(
+        "--visibility-timeout", type=float,
+        help="seconds before a dead worker's task is handed out again; same on every worker, longer than any node run (default: from node_timeout_s)",
+    )
     w.add_argument("--log-level", default="info")
     w.set_defaults(func=cmd_worker)
 

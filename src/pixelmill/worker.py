@@ -62,6 +62,7 @@ def run_worker(
     preload: bool = True,
     hostname: str | None = None,
     loglevel: str = "INFO",
+    visibility_timeout_s: float | None = None,
 ) -> int:
     """Build the worker runtime, load its models, consume until stopped; returns the exit code.
 
@@ -83,6 +84,8 @@ def run_worker(
                 log.info("loading model %s", name)
                 runtime.models.backend(name)
         log.info("worker consuming %s (pool=%s, concurrency=%d)", ", ".join(queues), pool, concurrency)
-        return runtime.queue.worker(queues, concurrency=concurrency, pool=pool, hostname=hostname, loglevel=loglevel)
+        return runtime.queue.worker(
+            queues, concurrency=concurrency, pool=pool, hostname=hostname, loglevel=loglevel, visibility_timeout_s=visibility_timeout_s
+        )
     finally:
         runtime.stop()

@@ -58,13 +58,27 @@ def from_message(message: Any) -> NodeTask:
     return NodeTask(fields["node_run_id"], fields["execution_id"], queue)
 
 
-def visibility_timeout_s(node_timeout_s: float) -> int:
+def default_visibility_timeout(node_timeout_s: float) -> int:
     """How long Redis waits for an acknowledgement before delivering a message again.
 
     Well above the node deadline, so a node that is still legitimately running
     is never handed to a second worker: the runner's deadline ends it first.
     """
     return max(3600, int(node_timeout_s * 2) + 300)
+
+
+def transport_options(visibility_timeout: float) -> dict[str, Any]:
+    """Redis transport options: the visibility timeout and how often workers look for expired messages.
+
+    Kombu's default sweep runs about every 100 s; here it runs every quarter
+    of the timeout (1 to 30 s), so a dead worker's task comes back soon after
+    the timeout rather than minutes later.
+    """
+    return {
+        "visibility_timeout": float(visibility_timeout),
+        "unacked_restore_interval": max(1.0, min(30.0, visibility_timeout / 4)),
+        "unacked_restore_throttle": 1,
+    }
 
 
 def make_celery_app(settings: Settings) -> Celery:
@@ -81,7 +95,7 @@ def make_celery_app(settings: Settings) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=True,
         task_default_queue=DEFAULT_QUEUE,
         task_create_missing_queues=True,
-        broker_transport_options={"visibility_timeout": visibility_timeout_s(settings.node_timeout_s)},
+        broker_transport_options=transport_options(default_visibility_timeout(settings.node_timeout_s)),
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
         enable_utc=True,
@@ -142,12 +156,18 @@ class CeleryQueue:
         pool: str = "threads",
         hostname: str | None = None,
         loglevel: str = "INFO",
+        visibility_timeout_s: float | None = None,
     ) -> int:
         """Run a Celery worker in this process until it is told to stop; returns its exit code.
 
         ``pool`` is ``threads`` (default) or ``solo``: models stay loaded in
         this one process, which holds the GPU.  Forking pools are not offered:
         CUDA and many torch set-ups break in forked children.
+
+        ``visibility_timeout_s`` overrides how long this worker lets a message
+        of a dead worker wait before handing it out again (default: from
+        ``node_timeout_s``).  Every worker of a deployment should use the same
+        value, longer than any node run.
         """
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}")
@@ -157,6 +177,10 @@ class CeleryQueue:
             raise ValueError("a worker needs at least one queue")
         from celery.concurrency import get_implementation
 
+        if visibility_timeout_s is not None:
+            if visibility_timeout_s <= 0:
+                raise ValueError("visibility timeout must be positive")
+            self.app.conf.broker_transport_options = transport_options(visibility_timeout_s)
         worker = self.app.Worker(
             queues=list(queues),
             concurrency=concurrency,
