@@ -1,0 +1,55 @@
+"""At-least-once across processes: a worker killed mid-run, its node run finished by another worker."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from pixelmill.domain.status import ExecutionStatus, NodeStatus
+from pixelmill.engine.service import Submission
+from pixelmill.store.tables import credit_ledger
+from tests.conftest import _truncate_pg, wait_for
+from tests.queue.scaleout import scale_out_session, tiny_flux_node
+
+
+@pytest.fixture
+def scale_out_pg(tmp_path, pg_database, broker_url):
+    _truncate_pg(pg_database)
+    yield from scale_out_session(tmp_path, pg_database, broker_url)
+
+
+def test_a_killed_workers_node_run_is_finished_by_another_worker(scale_out_pg):
+    """At least once: SIGKILL mid-run leaves the message unacknowledged; the next worker runs it, billing stays single."""
+    so = scale_out_pg
+    first = so.start_worker()
+    principal = so.principal()
+    view = so.api.executions.submit(
+        Submission(principal=principal, graph={"nodes": {"gen": tiny_flux_node("a cat", 5, size=128, steps=20)}}, dialect="workflow", label="crash")
+    )
+
+    def running_in_first():
+        if first.poll() is not None:
+            raise AssertionError(f"first worker exited early\n{so.logs()}")
+        [row] = so.node_rows(view.id)
+        return row.status == NodeStatus.RUNNING and row.progress > 0 and row.worker.endswith(f":{first.pid}")
+
+    wait_for(running_in_first, timeout=120, interval=0.1)
+    first.send_signal(signal.SIGKILL)  # no warm shutdown, no acknowledgement
+    first.wait(10)
+    started = time.monotonic()
+    second = so.start_worker("--visibility-timeout", "3")
+    view = so.wait_terminal(principal, view.id)
+    print(f"\nscale-out: killed worker's node run finished by another worker {time.monotonic() - started:.1f} s after the kill")
+    assert view.status == ExecutionStatus.SUCCEEDED, (view.error_code, view.error_message, so.logs())
+    [row] = so.node_rows(view.id)
+    assert row.worker.endswith(f":{second.pid}")
+    assert row.attempts == 2
+    with so.api.db.engine.connect() as conn:
+        settles = conn.execute(
+            sa.select(credit_ledger.c.kind).where(credit_ledger.c.execution_id == view.id, credit_ledger.c.kind.in_(["capture", "release"]))
+        ).scalars().all()
+    assert settles == ["capture"]
+    assert len(view.result_files()) == 1
