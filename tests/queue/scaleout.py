@@ -68,13 +68,14 @@ class ScaleOut:
             return conn.execute(sa.select(node_runs).where(node_runs.c.execution_id == execution_id)).all()
 
 
-def make_catalog(tmp_path: Path) -> Path:
+def make_catalog(tmp_path: Path, path: str | None = None) -> Path:
+    """A catalog with one model, ``tiny-flux`` (a tiny FLUX built on first use unless ``path`` is given)."""
     catalog = tmp_path / "models.toml"
     catalog.write_text(
         f"""
 [[models]]
 name = "tiny-flux"
-path = "{cached_tiny_flux()}"
+path = "{path or cached_tiny_flux()}"
 device = "cpu"
 default_steps = 2
 price_per_megapixel = 1.5
