@@ -149,13 +149,20 @@ def _replay(row) -> Replay:
 class IdempotencyStore:
     """Idempotency records in the ``idempotency_keys`` table."""
 
-    def __init__(self, db: Database, ttl_s: float = 24 * 3600, abandon_after_s: float = 60.0):
+    def __init__(self, db: Database, ttl_s: float = 24 * 3600, abandon_after_s: float = 60.0, purge_every_s: float = 3600.0):
         self.db = db
         self.ttl_s = ttl_s
         self.abandon_after_s = abandon_after_s
+        self.purge_every_s = purge_every_s
+        self._next_purge = time.monotonic() + purge_every_s
 
     def begin(self, account_id: str, key: str, fp: str, now: float | None = None) -> Outcome:
-        """Claim ``key`` for a request with fingerprint ``fp``, or say why not."""
+        """Claim ``key`` for a request with fingerprint ``fp``, or say why not.
+
+        Once every ``purge_every_s`` a call also deletes expired records."""
+        if time.monotonic() >= self._next_purge:
+            self._next_purge = time.monotonic() + self.purge_every_s
+            self.purge_expired()
         for _ in range(5):  # a contender may delete/replace the row between our insert and read
             now = time.time() if now is None else now
             claim = self._insert(account_id, key, fp, now)
