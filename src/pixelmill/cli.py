@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--concurrency", "-c", type=int, default=1, help="node runs at a time (default 1)")
     w.add_argument("--pool", choices=["threads", "solo"], default="threads", help="threads (default) or solo; models stay in this one process")
     w.add_argument("--no-preload", action="store_true", help="load models on first use instead of before consuming")
-    w.add_argument("--hostname", help="Celery node name (default: celery@<host>)")
+    w.add_argument("--hostname", help="Celery node name (default: pixelmill-<pid>@<host>)")
     w.add_argument(
         "--visibility-timeout", type=float,
         help="seconds before a dead worker's task is handed out again; same on every worker, longer than any node run (default: from node_timeout_s)",

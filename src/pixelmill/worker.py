@@ -9,6 +9,8 @@ for nodes that need no model.  One worker per GPU.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from typing import Sequence
 
 from pixelmill.config import Settings
@@ -83,7 +85,8 @@ def run_worker(
             for name in models_of(queues):
                 log.info("loading model %s", name)
                 runtime.models.backend(name)
-        log.info("worker consuming %s (pool=%s, concurrency=%d)", ", ".join(queues), pool, concurrency)
+        hostname = hostname or f"pixelmill-{os.getpid()}@{socket.gethostname()}"  # unique per process: one worker per GPU
+        log.info("worker %s consuming %s (pool=%s, concurrency=%d)", hostname, ", ".join(queues), pool, concurrency)
         return runtime.queue.worker(
             queues, concurrency=concurrency, pool=pool, hostname=hostname, loglevel=loglevel, visibility_timeout_s=visibility_timeout_s
         )

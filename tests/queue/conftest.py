@@ -12,27 +12,50 @@ import pytest
 
 from tests.conftest import FakeBackend, create_key
 
-TEST_BROKER_URL = os.environ.get("PIXELMILL_TEST_REDIS", "redis://127.0.0.1:6379/14")
+REDIS_URL = os.environ.get("PIXELMILL_TEST_REDIS", "redis://127.0.0.1:6379")
+BROKER_DBS = range(14, 7, -1)  # Redis databases these tests may take, one per concurrent test run
+LOCK_KEY = "pixelmill-test-broker-lock"
+LOCK_TTL_S = 1800
 
 
-def _redis():
+def _clear(client) -> None:
+    """Empty the database except for the lock that reserves it."""
+    for key in client.scan_iter(count=500):
+        if key != LOCK_KEY.encode():
+            client.delete(key)
+
+
+@pytest.fixture(scope="session")
+def broker_db():
+    """A Redis database reserved for this test run (test runs side by side each get their own)."""
     import redis
 
-    return redis.Redis.from_url(TEST_BROKER_URL, socket_connect_timeout=2)
+    token = uuid.uuid4().hex
+    try:
+        redis.Redis.from_url(f"{REDIS_URL}/0", socket_connect_timeout=2).ping()
+    except Exception as e:
+        pytest.skip(f"Redis is not reachable at {REDIS_URL} ({e}): Celery queue tests NOT run")
+    for db in BROKER_DBS:
+        client = redis.Redis.from_url(f"{REDIS_URL}/{db}", socket_connect_timeout=2)
+        if client.set(LOCK_KEY, token, nx=True, ex=LOCK_TTL_S):
+            yield client
+            if client.get(LOCK_KEY) == token.encode():
+                _clear(client)
+                client.delete(LOCK_KEY)
+            client.close()
+            return
+        client.close()
+    pytest.skip(f"every Redis database in {list(BROKER_DBS)} is taken by another test run: Celery queue tests NOT run")
 
 
 @pytest.fixture
-def broker_url():
-    """A dedicated, flushed Redis database; the test is skipped (loudly) without Redis."""
-    client = _redis()
-    try:
-        client.ping()
-    except Exception as e:
-        pytest.skip(f"Redis is not reachable at {TEST_BROKER_URL} ({e}): Celery queue tests NOT run")
-    client.flushdb()
-    yield TEST_BROKER_URL
-    client.flushdb()
-    client.close()
+def broker_url(broker_db):
+    """The reserved Redis database, emptied before and after the test."""
+    broker_db.expire(LOCK_KEY, LOCK_TTL_S)
+    _clear(broker_db)
+    db = broker_db.connection_pool.connection_kwargs["db"]
+    yield f"{REDIS_URL}/{db}"
+    _clear(broker_db)
 
 
 @dataclass

@@ -31,7 +31,7 @@ class ScaleOut:
     def start_worker(self, *args: str) -> subprocess.Popen:
         log = open(self.tmp / f"worker{len(self.workers)}.log", "w+b")
         proc = subprocess.Popen(
-            PIXELMILL + ["worker", "--queues", "model.tiny-flux,default", "--hostname", f"w{len(self.workers)}-{os.getpid()}@localhost", *args],
+            PIXELMILL + ["worker", "--queues", "model.tiny-flux,default", *args],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

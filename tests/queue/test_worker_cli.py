@@ -27,7 +27,7 @@ def env_for(tmp_path, **extra) -> dict:
         **os.environ,
         "PIXELMILL_DATA_DIR": str(tmp_path / "data"),
         "PIXELMILL_QUEUE": "celery",
-        "PIXELMILL_BROKER_URL": "redis://127.0.0.1:6379/14",
+        "PIXELMILL_BROKER_URL": "redis://127.0.0.1:6379/0",  # never contacted: nothing is submitted
         **extra,
     }
 
