@@ -59,7 +59,7 @@ def from_message(message: Any) -> NodeTask:
 
 
 def default_visibility_timeout(node_timeout_s: float) -> int:
-    """How long Redis waits for an acknowledgement before delivering a message again.
+    """How long an unacknowledged message waits before workers hand it out again.
 
     Well above the node deadline, so a node that is still legitimately running
     is never handed to a second worker: the runner's deadline ends it first.
@@ -90,7 +90,9 @@ def make_celery_app(settings: Settings) -> Celery:
         result_serializer="json",
         task_ignore_result=True,  # state lives in the database, not in a result backend
         task_acks_late=True,  # acknowledge after the node run finished
-        task_reject_on_worker_lost=True,  # a killed worker's message goes back to the queue
+        # a lost pool child's message goes back to the queue; when the whole worker process
+        # dies (threads/solo pools) the visibility timeout brings it back instead
+        task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,  # a busy GPU worker does not sit on queued work
         worker_cancel_long_running_tasks_on_connection_loss=True,
         task_default_queue=DEFAULT_QUEUE,
