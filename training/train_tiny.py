@@ -109,7 +109,8 @@ def train_vae(vae, args, rng: random.Random, device) -> None:
         rec = vae.decode(post.sample()).sample
         kl = post.kl().mean() / (c * c)
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + args.vae_kl * kl
-        lr = args.vae_lr * min(1.0, (step + 1) / 100)
+        frac = min(1.0, (time.time() - t0) / (args.vae_minutes * 60), step / args.vae_steps)
+        lr = args.vae_lr * min(1.0, (step + 1) / 100) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad(set_to_none=True)
@@ -131,6 +132,49 @@ def train_vae(vae, args, rng: random.Random, device) -> None:
 
         Image.fromarray(arr).save(args.run_dir / "vae_reconstruction.png")
         log(f"vae reconstruction L1 {F.l1_loss(rec, x).item():.4f} (image in {args.run_dir})")
+
+
+def refine_decoder(vae, args, rng: random.Random, device) -> None:
+    """Stage 4: sharpen/colour-correct the VAE decoder with the encoder frozen.
+
+    The latent space does not move (same encoder, same shift/scale), so the
+    flow-matching transformer stays valid; only decoding gets better.
+    """
+    log("refining VAE decoder (encoder frozen)")
+    pool = [to_tensor(render_scene(sample_scene(rng, two_objects=0.3), 256, 256)) for _ in range(args.vae_pool)]
+    vae.to(device).eval().requires_grad_(False)
+    params = list(vae.decoder.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=args.decoder_lr, weight_decay=0.0)
+    c, t0, step = args.decoder_crop, time.time(), 0
+    budget = args.decoder_minutes * 60
+    while time.time() - t0 < budget:
+        batch = []
+        for _ in range(args.vae_batch):
+            img = rng.choice(pool)
+            y, x = rng.randrange(0, 257 - c, 8), rng.randrange(0, 257 - c, 8)
+            batch.append(img[:, y : y + c, x : x + c])
+        x = torch.stack(batch).to(device)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean
+        rec = vae.decode(z).sample
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
+        frac = (time.time() - t0) / budget
+        for g in opt.param_groups:
+            g["lr"] = args.decoder_lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 100 == 0:
+            log(f"decoder step {step} loss {loss.item():.4f}")
+        step += 1
+    vae.requires_grad_(False)
+    with torch.no_grad():
+        x = torch.stack([to_tensor(render_scene(sample_scene(rng), 256, 256)) for _ in range(8)]).to(device)
+        err = F.l1_loss(vae.decode(vae.encode(x).latent_dist.mean).sample, x).item()
+    log(f"decoder refined: {step} steps, reconstruction L1 {err:.4f}")
 
 
 # --------------------------------------------------------------------------- latent pool
@@ -381,6 +425,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--default-guidance", type=float, default=1.0)
     ap.add_argument("--eval", type=int, default=24, help="held-out prompts scored after training")
     ap.add_argument("--check-padding", action="store_true")
+    ap.add_argument("--decoder-minutes", type=float, default=5.0, help="decoder refinement after flow training")
+    ap.add_argument("--decoder-lr", type=float, default=3e-4)
+    ap.add_argument("--decoder-crop", type=int, default=64)
+    ap.add_argument(
+        "--refine-only", action="store_true", help="only refine the decoder of the folder at --out and save it back"
+    )
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -394,6 +444,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.check_padding:
         log(f"padding check: max abs diff {check_padding(transformer, clip, t5, clip_tok, t5_tok):.2e}")
     t_start = time.time()
+    if args.refine_only:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(args.out, subfolder="vae")
+        refine_decoder(vae, args, rng, device)
+        vae.cpu().save_pretrained(args.out / "vae", safe_serialization=True)
+        log(f"refined decoder saved to {args.out / 'vae'}")
+        return
     if args.vae_from is not None:
         from diffusers import AutoencoderKL
 
@@ -405,6 +463,9 @@ def main(argv: list[str] | None = None) -> None:
     vae.eval().requires_grad_(False)
     pool = build_latent_pool(vae, args, rng, device)
     train_flow(vae, clip, t5, transformer, clip_tok, t5_tok, pool, args, rng, device, args.out)
+    if args.decoder_minutes > 0:
+        refine_decoder(vae, args, rng, device)
+        vae.cpu().save_pretrained(args.out / "vae", safe_serialization=True)
     log(f"total training time {(time.time() - t_start) / 60:.1f} min")
     if args.eval:
         scores = quick_eval(args.out, args.eval, args.default_steps)

@@ -1,0 +1,133 @@
+"""pixelmill-tiny: the scene analyser on rendered scenes, and the shipped model end to end."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pixelmill.models.tiny import WEIGHTS_DIR, model_defaults
+from pixelmill.models.tiny.scenes import (
+    COLOURS,
+    HELD_OUT,
+    SHAPES,
+    analyse_image,
+    is_held_out,
+    parse_prompt,
+    render_scene,
+    sample_scene,
+    scene_prompt,
+)
+
+# ---------------------------------------------------------------- analyser on ground truth
+
+
+@pytest.mark.parametrize("size", [(256, 256), (320, 192)])
+def test_analyser_recovers_every_held_out_scene(size):
+    rng = random.Random(size[0])
+    for _ in range(len(HELD_OUT)):
+        scene = sample_scene(rng, held_out=True)
+        a = analyse_image(render_scene(scene, *size))
+        obj = scene.objects[0]
+        assert (a.background, a.colour, a.shape) == (scene.background, obj.colour, obj.shape), scene_prompt(scene)
+
+
+def test_analyser_recovers_training_scenes_of_every_shape():
+    rng = random.Random(3)
+    seen = set()
+    for _ in range(60):
+        scene = sample_scene(rng, two_objects=0.0)
+        a = analyse_image(render_scene(scene, 256, 256))
+        obj = scene.objects[0]
+        assert (a.background, a.colour, a.shape) == (scene.background, obj.colour, obj.shape), scene_prompt(scene)
+        seen.add(obj.shape)
+    assert seen == set(SHAPES)
+
+
+def test_analyser_on_empty_background_finds_no_object():
+    a = analyse_image(Image.new("RGB", (200, 120), (40, 80, 220)))
+    assert a.background == "blue" and a.colour is None and a.shape is None
+
+
+def test_held_out_split_is_fixed_and_never_sampled_for_training():
+    assert len(HELD_OUT) == 28
+    rng = random.Random(0)
+    for _ in range(500):
+        scene = sample_scene(rng)
+        assert not any(is_held_out(o.colour, o.shape, scene.background) for o in scene.objects)
+    # every (colour, background) and (shape, background) pair still occurs in training
+    train = [(c, s, b) for c in COLOURS for s in SHAPES for b in COLOURS if c != b and not is_held_out(c, s, b)]
+    assert {(c, b) for c, _, b in train} == {(c, b) for c in COLOURS for b in COLOURS if c != b}
+    assert {(s, b) for _, s, b in train} == {(s, b) for s in SHAPES for b in COLOURS}
+
+
+def test_prompts_parse_back_to_the_same_objects():
+    rng = random.Random(5)
+    for _ in range(50):
+        scene = sample_scene(rng)
+        parsed = parse_prompt(scene_prompt(scene))
+        assert parsed is not None
+        assert parsed.background == scene.background
+        assert [(o.colour, o.shape) for o in parsed.objects] == [(o.colour, o.shape) for o in scene.objects]
+
+
+# ---------------------------------------------------------------- the shipped model
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    from diffusers import DiffusionPipeline
+
+    torch.set_num_threads(2)
+    p = DiffusionPipeline.from_pretrained(WEIGHTS_DIR, local_files_only=True)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def _gen(pipe, prompt, seed, width=256, height=256):
+    d = model_defaults()
+    return pipe(
+        prompt, width=width, height=height, num_inference_steps=d["default_steps"],
+        guidance_scale=d["default_guidance"], generator=torch.Generator().manual_seed(seed),
+    ).images
+
+
+def test_shipped_folder_is_a_small_flux_pipeline(pipe):
+    assert type(pipe).__name__ == "FluxPipeline"
+    total = sum(f.stat().st_size for f in WEIGHTS_DIR.rglob("*") if f.is_file())
+    assert total <= 20 * 1024 * 1024
+    assert not list(WEIGHTS_DIR.rglob("*.bin"))
+    d = model_defaults()
+    assert d["default_steps"] >= 1 and d["trained_size"] == 256 and "circle" in d["vocabulary"]
+
+
+def test_same_seed_same_pixels_other_seed_other_pixels(pipe):
+    prompt = "a big purple square on a orange background"  # held-out triple
+    assert is_held_out("purple", "square", "orange")
+    a = _gen(pipe, prompt, 11)[0]
+    b = _gen(pipe, prompt, 11)[0]
+    c = _gen(pipe, prompt, 12)[0]
+    assert a.size == (256, 256) and a.mode == "RGB"
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
+
+
+def test_held_out_prompts_are_followed(pipe):
+    rng = random.Random(21)
+    scenes = [sample_scene(rng, held_out=True) for _ in range(6)]
+    backgrounds, objects = 0, 0
+    for i, scene in enumerate(scenes):
+        a = analyse_image(_gen(pipe, scene_prompt(scene), i)[0])
+        obj = scene.objects[0]
+        backgrounds += a.background == scene.background
+        objects += a.colour == obj.colour
+    assert backgrounds >= 4, backgrounds
+    assert objects >= 4, objects
+
+
+def test_non_square_size_is_produced(pipe):
+    img = _gen(pipe, "a red circle on a white background", 0, width=320, height=256)[0]
+    assert img.size == (320, 256)
