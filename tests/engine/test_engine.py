@@ -151,3 +151,17 @@ def test_deadline_fails_a_node_that_runs_too_long(make_runtime, sqlite_url):
     p = principal(rt)
     view = finished(rt, p, rt.executions.submit(Submission(p, one_node(), "workflow", "x")).id)
     assert view.status == ExecutionStatus.FAILED and view.error_code == "deadline_exceeded"
+
+
+def test_image_urls_to_internal_addresses_are_refused(make_runtime, sqlite_url):
+    rt = make_runtime(sqlite_url)
+    p = principal(rt)
+    graph = {
+        "nodes": {
+            "in": {"type": "load_image", "params": {"url": "http://169.254.169.254/latest/meta-data/x.png"}},
+            "small": {"type": "resize", "params": {"width": 8}, "inputs": {"image": ["in", "images"]}},
+        }
+    }
+    view = finished(rt, p, rt.executions.submit(Submission(p, graph, "workflow", "ssrf")).id)
+    assert view.status == ExecutionStatus.FAILED
+    assert view.nodes[0].error_code == "url_resolves_to_blocked_address", view.nodes[0].error_message

@@ -13,8 +13,10 @@ from sqlalchemy.engine import Connection, Engine
 class Database:
     """Owns the SQLAlchemy engine.  ``transaction()`` is the one way to write.
 
-    On SQLite every transaction starts with ``BEGIN IMMEDIATE`` (WAL mode, busy
-    timeout) so concurrent writers queue instead of failing on lock upgrades.
+    On SQLite a ``transaction()`` starts with ``BEGIN IMMEDIATE`` (WAL mode, busy
+    timeout) so concurrent writers queue instead of failing on lock upgrades;
+    plain ``engine.connect()`` reads use a deferred ``BEGIN`` and never block
+    writers (WAL readers see a snapshot).
     """
 
     def __init__(self, url: str, echo: bool = False):
@@ -37,8 +39,10 @@ class Database:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
-            yield conn
+        with self.engine.connect() as conn:
+            conn.execution_options(pixelmill_write=True)
+            with conn.begin():
+                yield conn
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -55,4 +59,5 @@ def _sqlite_on_connect(dbapi_conn, _record) -> None:
 
 
 def _sqlite_begin_immediate(conn) -> None:
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    write = conn.get_execution_options().get("pixelmill_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
