@@ -40,7 +40,6 @@ class Settings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list)
 
     # engine
-    mode: Literal["embedded", "scale-out"] = "embedded"
     queue: Literal["inprocess", "celery"] = "inprocess"
     broker_url: str = "redis://127.0.0.1:6379/0"
     worker_threads: int = 1

@@ -165,3 +165,19 @@ def test_image_urls_to_internal_addresses_are_refused(make_runtime, sqlite_url):
     view = finished(rt, p, rt.executions.submit(Submission(p, graph, "workflow", "ssrf")).id)
     assert view.status == ExecutionStatus.FAILED
     assert view.nodes[0].error_code == "url_resolves_to_blocked_address", view.nodes[0].error_message
+
+
+def test_a_node_running_elsewhere_is_not_run_again_until_its_deadline(make_runtime, sqlite_url):
+    backend = FakeBackend()
+    rt = make_runtime(sqlite_url, backend=backend, start=False)
+    p = principal(rt)
+    view = rt.executions.submit(Submission(p, one_node(), "workflow", "x"))
+    with rt.db.transaction() as conn:  # another worker claimed it just now
+        conn.execute(sa.update(node_runs).where(node_runs.c.id == view.nodes[0].id).values(status="running", started_at=__import__("time").time()))
+    rt.runner.run(NodeTask(view.nodes[0].id, view.id))
+    assert backend.calls == 0
+    with rt.db.transaction() as conn:  # that worker died: its deadline passed
+        conn.execute(sa.update(node_runs).where(node_runs.c.id == view.nodes[0].id).values(started_at=0.0))
+    rt.runner.run(NodeTask(view.nodes[0].id, view.id))
+    assert backend.calls == 1
+    assert rt.executions.get(p.account_id, view.id).status == ExecutionStatus.SUCCEEDED

@@ -24,6 +24,8 @@ def scale_out_pg(tmp_path, pg_database, broker_url):
 def test_a_killed_workers_node_run_is_finished_by_another_worker(scale_out_pg):
     """At least once: SIGKILL mid-run leaves the message unacknowledged; the next worker runs it, billing stays single."""
     so = scale_out_pg
+    # a RUNNING node run is taken over only once its deadline has passed (so a live duplicate never runs twice)
+    so.env["PIXELMILL_NODE_TIMEOUT_S"] = "8"
     first = so.start_worker()
     principal = so.principal()
     view = so.api.executions.submit(

@@ -81,6 +81,8 @@ class NodeRunner:
             run = conn.execute(sa.select(node_runs).where(node_runs.c.id == node_run_id)).first()
             if run is None or NodeStatus(run.status) not in (NodeStatus.QUEUED, NodeStatus.RUNNING):
                 return None  # already done (a duplicate delivery) or cancelled
+            if NodeStatus(run.status) == NodeStatus.RUNNING and (run.started_at or 0) + self.node_timeout_s > time.time():
+                return None  # another worker runs it now; a crashed worker's run is taken over once its deadline passed
             ex = conn.execute(sa.select(executions.c.status, executions.c.cancel_requested).where(executions.c.id == run.execution_id)).first()
             if ExecutionStatus(ex.status).is_terminal():
                 return None

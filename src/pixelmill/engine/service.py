@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 from pixelmill.accounts import ledger
 from pixelmill.accounts.keys import Principal
 from pixelmill.domain.status import ExecutionStatus, NodeStatus
+from pixelmill.engine.estimates import estimate_start_at
 from pixelmill.engine.graph import PreparedGraph, cache_key, prepare
 from pixelmill.engine.lifecycle import Lifecycle, NodeTask
 from pixelmill.engine.views import ExecutionView, load_execution
@@ -165,6 +166,7 @@ class ExecutionService:
                 raise NotFound("Task not found", code="execution_not_found")
             if not view.status.is_terminal():
                 view.queue_position = self._queue_position(conn, view)
+                view.estimated_start_at = estimate_start_at(conn, view)
             return view
 
     def _queue_position(self, conn, view: ExecutionView) -> int | None:

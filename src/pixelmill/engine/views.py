@@ -69,6 +69,7 @@ class ExecutionView:
     batch_id: str | None
     nodes: list[NodeRunView]
     queue_position: int | None = None
+    estimated_start_at: float | None = None
 
     @property
     def progress(self) -> float:
