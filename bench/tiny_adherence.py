@@ -44,6 +44,10 @@ def main() -> None:
     ap.add_argument("--folder", type=Path, default=WEIGHTS_DIR)
     ap.add_argument("--steps", type=int, default=None, help="default: the model's default_steps")
     ap.add_argument("--guidance", type=float, default=None)
+    ap.add_argument(
+        "--true-cfg", type=float, default=None,
+        help="classifier-free guidance scale with an empty negative prompt (default: the model's default_true_cfg)",
+    )
     ap.add_argument("--limit", type=int, default=None, help="score only the first N held-out prompts")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--large", action="store_true", help="also time one 1024x768 image")
@@ -56,13 +60,15 @@ def main() -> None:
     defaults = model_defaults(args.folder)
     steps = args.steps or defaults["default_steps"]
     guidance = defaults["default_guidance"] if args.guidance is None else args.guidance
+    true_cfg = defaults.get("default_true_cfg", 1.0) if args.true_cfg is None else args.true_cfg
     pipe = DiffusionPipeline.from_pretrained(args.folder, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
-    print(f"{type(pipe).__name__} from {args.folder}: {steps} steps, guidance {guidance}")
+    print(f"{type(pipe).__name__} from {args.folder}: {steps} steps, guidance {guidance}, true CFG {true_cfg}")
 
     def generate(prompt: str, seed: int, width: int = 256, height: int = 256):
         return pipe(
             prompt, width=width, height=height, num_inference_steps=steps, guidance_scale=guidance,
+            negative_prompt="" if true_cfg > 1 else None, true_cfg_scale=true_cfg,
             generator=torch.Generator().manual_seed(seed),
         ).images[0]
 

@@ -203,10 +203,13 @@ def build_latent_pool(vae, args, rng: random.Random, device) -> list[dict]:
             prompts += [scene_prompt(s) for s in scenes]
         pool.append({"size": (w, h), "latents": torch.cat(lat), "prompts": prompts, "batch": batch, "prob": prob})
         log(f"pool {w}x{h}: {n} scenes")
-    allz = torch.cat([b["latents"].transpose(0, 1).flatten(1) for b in pool], dim=1)
-    shift = allz.mean().item()
-    scale = 1.0 / allz.std().item()
-    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    if args.vae_from is not None:  # keep the latent normalisation the transformer was trained with
+        shift, scale = vae.config.shift_factor, vae.config.scaling_factor
+    else:
+        allz = torch.cat([b["latents"].transpose(0, 1).flatten(1) for b in pool], dim=1)
+        shift = allz.mean().item()
+        scale = 1.0 / allz.std().item()
+        vae.register_to_config(shift_factor=shift, scaling_factor=scale)
     for b in pool:
         b["latents"] = (b["latents"] - shift) * scale
     log(f"latent shift {shift:.4f} scale {scale:.4f}")
@@ -285,11 +288,11 @@ def check_padding(transformer, clip, t5, clip_tok, t5_tok) -> float:
 # --------------------------------------------------------------------------- flow matching
 
 
-def sample_t(n: int, device) -> torch.Tensor:
-    """Training times: logit-normal (FLUX/SD3 style) mixed with uniform."""
+def sample_t(n: int, device, uniform: float = 0.3) -> torch.Tensor:
+    """Training times: logit-normal (FLUX/SD3 style) mixed with a share of uniform."""
     t = torch.sigmoid(torch.randn(n, device=device))
     u = torch.rand(n, device=device)
-    return torch.where(torch.rand(n, device=device) < 0.3, u, t).clamp(1e-4, 1 - 1e-4)
+    return torch.where(torch.rand(n, device=device) < uniform, u, t).clamp(1e-4, 1 - 1e-4)
 
 
 def save_pipeline(out: Path, vae, clip, t5, transformer, clip_tok, t5_tok, args, extra: dict) -> None:
@@ -359,7 +362,7 @@ def train_flow(vae, clip, t5, transformer, clip_tok, t5_tok, pool, args, rng, de
         prompts = [b["prompts"][i] if rng.random() > args.cond_drop else "" for i in idx]
         B, C, h, w = x0.shape
         noise = torch.randn_like(x0)
-        t = sample_t(B, device)
+        t = sample_t(B, device, args.t_uniform)
         tt = t.view(B, 1, 1, 1)
         xt = (1 - tt) * x0 + tt * noise
         packed = FluxPipeline._pack_latents(xt, B, C, h, w)
@@ -412,12 +415,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vae-kl", type=float, default=1e-4)
     ap.add_argument("--vae-pool", type=int, default=1500)
     ap.add_argument("--vae-from", type=Path, default=None, help="reuse the VAE of an earlier run's folder")
+    ap.add_argument("--resume", type=Path, default=None, help="continue training the networks of a saved folder")
     ap.add_argument("--pool", type=int, default=3000, help="256x256 scenes in the latent pool")
     ap.add_argument("--steps", type=int, default=1000000)
     ap.add_argument("--minutes", type=float, default=28.0)
     ap.add_argument("--batch-mult", type=int, default=1)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--t-uniform", type=float, default=0.3, help="share of uniformly sampled training times")
     ap.add_argument("--ema", type=float, default=0.998)
     ap.add_argument("--cond-drop", type=float, default=0.1)
     ap.add_argument("--ckpt-minutes", type=float, default=6.0)
@@ -441,6 +446,15 @@ def main(argv: list[str] | None = None) -> None:
     clip_tok, t5_tok = build_clip_tokenizer(), build_t5_tokenizer()
     clip, t5 = build_text_encoders(sizes, clip_tok, t5_tok)
     transformer = build_transformer(sizes)
+    if args.resume is not None:
+        from transformers import CLIPTextModel, T5EncoderModel
+        from diffusers import FluxTransformer2DModel
+
+        clip = CLIPTextModel.from_pretrained(args.resume, subfolder="text_encoder")
+        t5 = T5EncoderModel.from_pretrained(args.resume, subfolder="text_encoder_2")
+        transformer = FluxTransformer2DModel.from_pretrained(args.resume, subfolder="transformer")
+        args.vae_from = args.vae_from or args.resume
+        log(f"continuing from {args.resume}")
     if args.check_padding:
         log(f"padding check: max abs diff {check_padding(transformer, clip, t5, clip_tok, t5_tok):.2e}")
     t_start = time.time()
