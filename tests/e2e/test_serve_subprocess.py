@@ -94,3 +94,32 @@ def test_cli_keys_list_and_revoke(server):
     subprocess.check_call(PIXELMILL + ["keys", "revoke", key_id], env=env, stdout=subprocess.DEVNULL)
     r = httpx.get(f"{base}/v1/credits", headers={"x-key": key})
     assert r.status_code == 403
+
+
+def test_serve_with_no_configuration_uses_the_shipped_model(tmp_path):
+    """A fresh machine: no catalog, no settings — the built-in pixelmill-tiny answers a BFL request."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIXELMILL_")}
+    env.update({"PIXELMILL_DATA_DIR": str(tmp_path / "data"), "HF_HUB_OFFLINE": "1"})
+    key = json.loads(subprocess.check_output(PIXELMILL + ["keys", "create", "--json"], env=env))["key"]
+    proc = subprocess.Popen(PIXELMILL + ["serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        with httpx.Client(headers={"x-key": key}, timeout=30) as http:
+            sub = http.post(f"{base}/v1/flux-pro-1.1", json={"prompt": "a red circle on a white background", "width": 256, "height": 256, "seed": 1}).json()
+            deadline = time.monotonic() + 120
+            while (body := http.get(sub["polling_url"]).json())["status"] == "Pending" and time.monotonic() < deadline:
+                time.sleep(0.3)
+            assert body["status"] == "Ready", body
+            im = Image.open(io.BytesIO(httpx.get(body["result"]["sample"]).content))
+            assert im.size == (256, 256) and im.format == "JPEG"
+    finally:
+        proc.terminate()
+        proc.wait(10)
