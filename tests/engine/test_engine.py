@@ -174,7 +174,11 @@ def test_a_node_running_elsewhere_is_not_run_again_until_its_deadline(make_runti
     view = rt.executions.submit(Submission(p, one_node(), "workflow", "x"))
     with rt.db.transaction() as conn:  # another worker claimed it just now
         conn.execute(sa.update(node_runs).where(node_runs.c.id == view.nodes[0].id).values(status="running", started_at=__import__("time").time()))
-    rt.runner.run(NodeTask(view.nodes[0].id, view.id))
+    from pixelmill.engine.runner import NodeBusy
+
+    with pytest.raises(NodeBusy) as busy:  # the queue delivers it again later instead of dropping it
+        rt.runner.run(NodeTask(view.nodes[0].id, view.id))
+    assert 0 < busy.value.retry_after_s <= rt.settings.node_timeout_s
     assert backend.calls == 0
     with rt.db.transaction() as conn:  # that worker died: its deadline passed
         conn.execute(sa.update(node_runs).where(node_runs.c.id == view.nodes[0].id).values(started_at=0.0))

@@ -27,6 +27,14 @@ CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 PROGRESS_EVERY_S = 0.2
 
 
+class NodeBusy(Exception):
+    """A node run is RUNNING on another worker within its deadline: deliver this task again later."""
+
+    def __init__(self, retry_after_s: float):
+        super().__init__(f"node run is busy elsewhere; retry in {retry_after_s:.0f} s")
+        self.retry_after_s = max(1.0, retry_after_s)
+
+
 class NodeRunner:
     def __init__(
         self,
@@ -82,7 +90,8 @@ class NodeRunner:
             if run is None or NodeStatus(run.status) not in (NodeStatus.QUEUED, NodeStatus.RUNNING):
                 return None  # already done (a duplicate delivery) or cancelled
             if NodeStatus(run.status) == NodeStatus.RUNNING and (run.started_at or 0) + self.node_timeout_s > time.time():
-                return None  # another worker runs it now; a crashed worker's run is taken over once its deadline passed
+                # another worker runs it now; if that worker died, the run is taken over once its deadline passed
+                raise NodeBusy(run.started_at + self.node_timeout_s - time.time())
             ex = conn.execute(sa.select(executions.c.status, executions.c.cancel_requested).where(executions.c.id == run.execution_id)).first()
             if ExecutionStatus(ex.status).is_terminal():
                 return None

@@ -134,7 +134,12 @@ class CeleryQueue:
             handler = queue.handler
             if handler is None:
                 raise RuntimeError("this process has no node runner: start it with `pixelmill worker`")
-            handler(from_message(message))
+            from pixelmill.engine.runner import NodeBusy
+
+            try:
+                handler(from_message(message))
+            except NodeBusy as busy:  # a duplicate while the first delivery still runs: look again after its deadline
+                raise task_self.retry(countdown=busy.retry_after_s, max_retries=None) from None
 
         return run_node
 
