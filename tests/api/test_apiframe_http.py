@@ -69,6 +69,17 @@ def test_generic_params_aspect_ratio_default_format_and_webhook(start):
     img = client.get(job["result"]["images"][0])
     assert img.headers["content-type"] == "image/jpeg"  # "jpg" is the default, as Apiframe's
     assert Image.open(io.BytesIO(img.content)).size == (1360, 768)
+    import json
+
+    import sqlalchemy as sa
+
+    from pixelmill.store.tables import webhook_events
+
+    with rt.db.engine.connect() as conn:
+        rows = conn.execute(sa.select(webhook_events).where(webhook_events.c.execution_id == job["jobId"])).all()
+    completed = [json.loads(r.payload) for r in rows if r.event_type.endswith("completed") or r.event_type.endswith("succeeded")]
+    assert completed and completed[-1]["data"]["jobId"] == job["jobId"]  # webhook bodies carry the job shape
+    assert completed[-1]["data"]["status"] == "COMPLETED"
 
 
 def test_validation_errors_name_the_field_and_submit_nothing(start):

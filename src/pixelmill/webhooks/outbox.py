@@ -166,5 +166,10 @@ class Outbox:
         body: dict[str, Any] = {"type": wtype, "timestamp": utc_iso(now)}
         if wtype == "node.completed" and data.get("node"):
             body["nodeId"] = data["node"]
-        body["data"] = render_execution(view, self.url_for)
+        if view.dialect == "apiframe":
+            from pixelmill.presenters.apiframe import render_job
+
+            body["data"] = render_job(view, self.url_for)  # the GET /v2/jobs/{id} shape
+        else:
+            body["data"] = render_execution(view, self.url_for)
         return body
