@@ -4,7 +4,9 @@ Generates one image for each held-out (colour, shape, background) triple of the
 scene grammar - combinations the model never saw in training - at 256x256
 through ``DiffusionPipeline.from_pretrained`` and scores it with the
 deterministic scene analyser.  Prints colour, shape and background accuracy
-(targets 90 % / 80 % / 90 %) and the generation time per image.
+(targets 90 % / 80 % / 90 %) and the generation time per image, through
+pixelmill's diffusers backend (what the server runs) next to the direct
+pipeline call.
 
     python bench/tiny_adherence.py [--folder PATH] [--steps N] [--limit 28] [--large]
 """
@@ -69,6 +71,7 @@ def main() -> None:
         return pipe(
             prompt, width=width, height=height, num_inference_steps=steps, guidance_scale=guidance,
             negative_prompt="" if true_cfg > 1 else None, true_cfg_scale=true_cfg,
+            max_sequence_length=defaults.get("max_sequence_length", 512),
             generator=torch.Generator().manual_seed(seed),
         ).images[0]
 
@@ -94,12 +97,35 @@ def main() -> None:
         acc = hits[key] / n
         print(f"{key:>10} accuracy: {acc:6.1%}  (target {target:.0%}) {'OK' if acc >= target else 'BELOW'}")
     print(f"256x256 generation: median {statistics.median(times):.2f} s/image, mean {statistics.mean(times):.2f} s")
+    direct, backend = backend_vs_direct(args.folder, generate, prompts[:8])
+    print(f"256x256 through pixelmill's backend vs direct pipeline call: {backend:.2f} s vs {direct:.2f} s "
+          f"({backend / direct:.2f}x)")
     if args.large:
         t0 = time.perf_counter()
         img = generate("a blue square on a yellow background", 0, 1024, 768)
         print(f"1024x768 generation: {time.perf_counter() - t0:.2f} s ({img.size[0]}x{img.size[1]})")
         if args.save:
             img.save(args.save / "large_1024x768.png")
+
+
+def backend_vs_direct(folder: Path, generate, prompts) -> tuple[float, float]:
+    """Median seconds per 256x256 image: the direct pipeline call, and pixelmill's backend on the same folder."""
+    from pixelmill.models.base import StepControl, TextToImageRequest
+    from pixelmill.models.catalog import ModelSpec
+    from pixelmill.models.diffusers_backend import DiffusersBackend
+
+    backend = DiffusersBackend(ModelSpec(name="bench", path=str(folder), device="cpu", dtype="float32"))
+    backend.load()
+    direct_times, backend_times = [], []
+    for i, (prompt, _) in enumerate(prompts):
+        t0 = time.perf_counter()
+        generate(prompt, seed=i)
+        direct_times.append(time.perf_counter() - t0)
+        request = TextToImageRequest(prompt=prompt, width=256, height=256, seed=i)
+        t0 = time.perf_counter()
+        backend.generate(request, StepControl())
+        backend_times.append(time.perf_counter() - t0)
+    return statistics.median(direct_times), statistics.median(backend_times)
 
 
 if __name__ == "__main__":

@@ -14,21 +14,24 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config,
 from pixelmill.models.tiny.scenes import vocabulary
 
 CLIP_MAX_LENGTH = 24
+#: T5 prompt length the model is trained with; shipped in pixelmill.json as
+#: ``max_sequence_length`` and passed to FluxPipeline by the backend.
+T5_MAX_LENGTH = 16
 
 
 @dataclass
 class TinySizes:
     """Width/depth knobs of the tiny model (defaults: the shipped configuration)."""
 
-    vae_channels: tuple[int, ...] = (16, 32, 64, 64)
-    latent_channels: int = 4
+    vae_channels: tuple[int, ...] = (16, 32, 48, 64, 64)  # 5 levels: 16x downsampling
+    latent_channels: int = 16
     heads: int = 4
     head_dim: int = 32
     dual_layers: int = 2
     single_layers: int = 4
     text_dim: int = 64
     clip_layers: int = 2
-    t5_layers: int = 0
+    t5_layers: int = 1
 
 
 def build_clip_tokenizer() -> CLIPTokenizer:
@@ -62,7 +65,7 @@ def build_t5_tokenizer() -> T5TokenizerFast:
     pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
     pieces += [("\u2581" + w, -1.0) for w in vocabulary()]
     pieces += [(ch, -8.0) for ch in "abcdefghijklmnopqrstuvwxyz"]
-    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=512)
+    return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=T5_MAX_LENGTH)
 
 
 def build_text_encoders(sizes: TinySizes, clip_tok: CLIPTokenizer, t5_tok: T5TokenizerFast):
@@ -103,7 +106,7 @@ def build_text_encoders(sizes: TinySizes, clip_tok: CLIPTokenizer, t5_tok: T5Tok
 
 
 def build_vae(sizes: TinySizes) -> AutoencoderKL:
-    """A small, fully convolutional KL autoencoder (8x downsampling, no attention)."""
+    """A small, fully convolutional KL autoencoder (16x downsampling, 16 channels, no attention)."""
     n = len(sizes.vae_channels)
     return AutoencoderKL(
         in_channels=3,
@@ -147,6 +150,6 @@ def build_scheduler() -> FlowMatchEulerDiscreteScheduler:
         use_dynamic_shifting=True,
         base_shift=0.5,
         max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
+        base_image_seq_len=64,  # 256x256 with the 16x VAE and 2x2 packing
+        max_image_seq_len=2048,
     )

@@ -15,13 +15,9 @@ The result is written with ``FluxPipeline.save_pretrained`` (safetensors) plus a
 ``pixelmill.json`` with default steps/guidance, and reloads with
 ``DiffusionPipeline.from_pretrained(folder, local_files_only=True)``.
 
-Padding trick: ``FluxPipeline`` always pads T5 prompts to 512 tokens.  The T5
-encoder has no transformer layers (token embedding + norm), so every ``<pad>``
-token is identical all the way through the FLUX transformer (text positions are
-all zero).  N identical keys in softmax attention equal one key with an extra
-``log N`` logit, so training uses one to a few pad tokens with that additive
-bias - exactly the 512-token computation, at a fraction of the cost (checked
-numerically with ``--check-padding``).
+The T5 prompt is padded to ``T5_MAX_LENGTH`` tokens (not FluxPipeline's default
+512); ``pixelmill.json`` records it as ``max_sequence_length`` and the backend
+passes it to the pipeline, so training and serving see identical inputs.
 
 Usage (CPU, about 40 minutes on 2 cores)::
 
@@ -50,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from diffusers import FluxPipeline  # noqa: E402
 from tiny_components import (  # noqa: E402
+    T5_MAX_LENGTH,
     TinySizes,
     build_clip_tokenizer,
     build_scheduler,
@@ -69,7 +66,6 @@ from pixelmill.models.tiny.scenes import (  # noqa: E402
     vocabulary,
 )
 
-T5_PADDED = 512  # what FluxPipeline pads the T5 prompt to
 
 
 def log(msg: str) -> None:
@@ -153,7 +149,7 @@ def refine_decoder(vae, args, rng: random.Random, device) -> None:
         batch = []
         for _ in range(args.vae_batch):
             img = rng.choice(pool)
-            y, x = rng.randrange(0, 257 - c, 8), rng.randrange(0, 257 - c, 8)
+            y, x = rng.randrange(0, 257 - c, 16), rng.randrange(0, 257 - c, 16)
             batch.append(img[:, y : y + c, x : x + c])
         x = torch.stack(batch).to(device)
         with torch.no_grad():
@@ -180,12 +176,12 @@ def refine_decoder(vae, args, rng: random.Random, device) -> None:
 # --------------------------------------------------------------------------- latent pool
 
 
-BUCKETS = [  # (width, height, samples, batch, probability)
-    (256, 256, 1.0, 16, 0.55),
-    (320, 192, 0.25, 16, 0.1),
-    (192, 320, 0.25, 16, 0.1),
-    (384, 384, 0.15, 8, 0.1),
-    (512, 384, 0.15, 6, 0.15),
+BUCKETS = [  # (width, height, samples relative to --pool, batch, probability)
+    (256, 256, 1.0, 32, 0.6),
+    (320, 192, 0.2, 32, 0.08),
+    (192, 320, 0.2, 32, 0.08),
+    (384, 384, 0.2, 16, 0.12),
+    (512, 384, 0.15, 12, 0.12),
 ]
 
 
@@ -220,7 +216,7 @@ def build_latent_pool(vae, args, rng: random.Random, device) -> list[dict]:
 
 
 class TextBatch:
-    """Tokenised prompts for training: CLIP ids (padded to its max) and T5 content ids + pad bias."""
+    """Tokenised prompts exactly as FluxPipeline makes them: CLIP ids and T5 ids, both padded."""
 
     def __init__(self, clip_tok, t5_tok):
         self.clip_tok, self.t5_tok = clip_tok, t5_tok
@@ -229,27 +225,17 @@ class TextBatch:
         clip_ids = self.clip_tok(
             prompts, padding="max_length", max_length=self.clip_tok.model_max_length, truncation=True, return_tensors="pt"
         ).input_ids
-        t5 = [self.t5_tok(p, truncation=True, max_length=T5_PADDED).input_ids for p in prompts]
-        n = torch.tensor([len(t) for t in t5])
-        L = int(n.max()) + 1
-        ids = torch.full((len(prompts), L), self.t5_tok.pad_token_id, dtype=torch.long)
-        for i, t in enumerate(t5):
-            ids[i, : len(t)] = torch.tensor(t)
-        # additive attention bias: each pad slot stands for (512 - n) / (L - n) identical pads
-        bias = torch.zeros(len(prompts), L)
-        for i in range(len(prompts)):
-            k = int(n[i])
-            bias[i, k:] = math.log((T5_PADDED - k) / (L - k))
-        return clip_ids.to(device), ids.to(device), bias.to(device)
+        t5_ids = self.t5_tok(
+            prompts, padding="max_length", max_length=T5_MAX_LENGTH, truncation=True, return_tensors="pt"
+        ).input_ids
+        return clip_ids.to(device), t5_ids.to(device)
 
 
 def transformer_forward(transformer, clip, t5, text, latents_packed, img_ids, t):
-    """One FLUX transformer call with compact T5 padding (see module docstring)."""
-    clip_ids, t5_ids, bias = text
+    """One FLUX transformer call, conditioned the way FluxPipeline conditions it."""
+    clip_ids, t5_ids = text
     pooled = clip(clip_ids).pooler_output
     enc = t5(t5_ids)[0]
-    B, S = latents_packed.shape[:2]
-    mask = torch.cat([bias, torch.zeros(B, S, device=bias.device)], dim=1)[:, None, None, :]
     txt_ids = torch.zeros(enc.shape[1], 3, device=enc.device)
     return transformer(
         hidden_states=latents_packed,
@@ -258,31 +244,8 @@ def transformer_forward(transformer, clip, t5, text, latents_packed, img_ids, t)
         timestep=t,
         img_ids=img_ids,
         txt_ids=txt_ids,
-        joint_attention_kwargs={"attention_mask": mask.to(latents_packed.dtype)},
         return_dict=False,
     )[0]
-
-
-@torch.no_grad()
-def check_padding(transformer, clip, t5, clip_tok, t5_tok) -> float:
-    """Max abs difference between the compact-padding forward and real 512-token padding."""
-    prompts = ["a red circle on a blue background", "a small green cross at the top on a white background"]
-    text = TextBatch(clip_tok, t5_tok)(prompts, "cpu")
-    x = torch.randn(2, 64, transformer.config.in_channels)
-    ids = FluxPipeline._prepare_latent_image_ids(2, 8, 8, "cpu", torch.float32)
-    t = torch.tensor([0.3, 0.8])
-    a = transformer_forward(transformer, clip, t5, text, x, ids, t)
-    full = t5_tok(prompts, padding="max_length", max_length=T5_PADDED, truncation=True, return_tensors="pt").input_ids
-    b = transformer(
-        hidden_states=x,
-        encoder_hidden_states=t5(full)[0],
-        pooled_projections=clip(text[0]).pooler_output,
-        timestep=t,
-        img_ids=ids,
-        txt_ids=torch.zeros(T5_PADDED, 3),
-        return_dict=False,
-    )[0]
-    return (a - b).abs().max().item()
 
 
 # --------------------------------------------------------------------------- flow matching
@@ -310,6 +273,8 @@ def save_pipeline(out: Path, vae, clip, t5, transformer, clip_tok, t5_tok, args,
     meta = {
         "default_steps": args.default_steps,
         "default_guidance": args.default_guidance,
+        "default_true_cfg": args.default_true_cfg,
+        "max_sequence_length": T5_MAX_LENGTH,
         "trained_size": 256,
         "min_size": 256,
         "max_size": 1440,
@@ -324,7 +289,7 @@ def save_pipeline(out: Path, vae, clip, t5, transformer, clip_tok, t5_tok, args,
 
 
 @torch.no_grad()
-def quick_eval(folder: Path, n: int, steps: int) -> dict:
+def quick_eval(folder: Path, n: int, steps: int, true_cfg: float = 1.0) -> dict:
     """Generate n held-out prompts at 256x256 and score them with the analyser."""
     from diffusers import DiffusionPipeline
 
@@ -336,7 +301,8 @@ def quick_eval(folder: Path, n: int, steps: int) -> dict:
         s = sample_scene(rng, held_out=True)
         img = pipe(
             scene_prompt(s), height=256, width=256, num_inference_steps=steps, guidance_scale=1.0,
-            generator=torch.Generator().manual_seed(i),
+            negative_prompt="" if true_cfg > 1 else None, true_cfg_scale=true_cfg,
+            max_sequence_length=T5_MAX_LENGTH, generator=torch.Generator().manual_seed(i),
         ).images[0]
         a = analyse_image(img)
         o = s.objects[0]
@@ -428,8 +394,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ckpt-minutes", type=float, default=6.0)
     ap.add_argument("--default-steps", type=int, default=12)
     ap.add_argument("--default-guidance", type=float, default=1.0)
+    ap.add_argument("--default-true-cfg", type=float, default=1.0, help="classifier-free guidance scale to recommend")
     ap.add_argument("--eval", type=int, default=24, help="held-out prompts scored after training")
-    ap.add_argument("--check-padding", action="store_true")
     ap.add_argument("--decoder-minutes", type=float, default=5.0, help="decoder refinement after flow training")
     ap.add_argument("--decoder-lr", type=float, default=3e-4)
     ap.add_argument("--decoder-crop", type=int, default=64)
@@ -455,8 +421,6 @@ def main(argv: list[str] | None = None) -> None:
         transformer = FluxTransformer2DModel.from_pretrained(args.resume, subfolder="transformer")
         args.vae_from = args.vae_from or args.resume
         log(f"continuing from {args.resume}")
-    if args.check_padding:
-        log(f"padding check: max abs diff {check_padding(transformer, clip, t5, clip_tok, t5_tok):.2e}")
     t_start = time.time()
     if args.refine_only:
         from diffusers import AutoencoderKL
@@ -482,7 +446,7 @@ def main(argv: list[str] | None = None) -> None:
         vae.cpu().save_pretrained(args.out / "vae", safe_serialization=True)
     log(f"total training time {(time.time() - t_start) / 60:.1f} min")
     if args.eval:
-        scores = quick_eval(args.out, args.eval, args.default_steps)
+        scores = quick_eval(args.out, args.eval, args.default_steps, args.default_true_cfg)
         log(f"held-out quick eval ({args.eval} prompts): {scores}")
 
 

@@ -137,7 +137,9 @@ def test_unreadable_or_empty_files(tmp_path):
 def test_weights_folder_sidecar_fills_unset_defaults(tmp_path):
     weights = tmp_path / "tiny"
     weights.mkdir()
-    (weights / "pixelmill.json").write_text(json.dumps({"default_steps": 6, "default_guidance": 1.5}))
+    (weights / "pixelmill.json").write_text(
+        json.dumps({"default_steps": 6, "default_guidance": 1.5, "default_true_cfg": 2.5, "max_sequence_length": 16})
+    )
     file = write(
         tmp_path,
         '[[models]]\nname = "a"\npath = "tiny"\n'
@@ -145,6 +147,7 @@ def test_weights_folder_sidecar_fills_unset_defaults(tmp_path):
     )
     catalog = ModelCatalog.load(file)
     assert (catalog.get("a").default_steps, catalog.get("a").default_guidance) == (6, 1.5)
+    assert (catalog.get("a").default_true_cfg, catalog.get("a").max_sequence_length) == (2.5, 16)
     # values written in the catalog win over the sidecar
     assert (catalog.get("b").default_steps, catalog.get("b").default_guidance) == (9, 1.5)
 

@@ -46,6 +46,14 @@ max_steps = 12
 bfl_endpoints = ["flux-dev"]
 
 [[models]]
+name = "tiny-flux-cfg"
+path = "{tiny_models['flux']}"
+device = "cpu"
+default_steps = 3
+default_true_cfg = 4.0
+max_sequence_length = 8
+
+[[models]]
 name = "tiny-sd"
 path = "{tiny_models['sd']}"
 device = "cpu"
@@ -155,6 +163,17 @@ def test_guidance_reaches_the_model(registry):
     low, _ = run(registry, "tiny-flux", width=32, height=32, steps=2, guidance=1.0)
     high, _ = run(registry, "tiny-flux", width=32, height=32, steps=2, guidance=9.0)
     assert not np.array_equal(pixels(low[0]), pixels(high[0]))
+
+
+def test_true_cfg_and_sequence_length_from_the_catalog_reach_the_pipeline(registry):
+    plain, _ = run(registry, "tiny-flux", width=32, height=32, steps=2, seed=5)
+    guided, progress = run(registry, "tiny-flux-cfg", width=32, height=32, steps=2, seed=5)
+    assert not np.array_equal(pixels(plain[0]), pixels(guided[0]))
+    assert progress.values == [0.5, 1.0]  # one report per step, not per transformer call
+    kwargs = registry.backend("tiny-flux-cfg")._call_kwargs(
+        registry.backend("tiny-flux-cfg").load(), TextToImageRequest(prompt="x", width=32, height=32), StepControl()
+    )
+    assert (kwargs["true_cfg_scale"], kwargs["negative_prompt"], kwargs["max_sequence_length"]) == (4.0, "", 8)
 
 
 def test_negative_prompt_changes_stable_diffusion_output(registry):

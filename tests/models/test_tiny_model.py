@@ -93,6 +93,7 @@ def _gen(pipe, prompt, seed, width=256, height=256):
         prompt, width=width, height=height, num_inference_steps=d["default_steps"],
         guidance_scale=d["default_guidance"], generator=torch.Generator().manual_seed(seed),
         negative_prompt="" if d.get("default_true_cfg", 1.0) > 1 else None, true_cfg_scale=d.get("default_true_cfg", 1.0),
+        max_sequence_length=d.get("max_sequence_length", 512),
     ).images
 
 

@@ -16,8 +16,9 @@ Weights are found in one of three places:
   Hugging Face cache unless ``allow_download`` is true.
 
 A local weights folder may hold a ``pixelmill.json`` with recommended
-``default_steps``, ``default_guidance`` and ``max_steps``; they are used for
-every such field the catalog entry leaves out.
+``default_steps``, ``default_guidance``, ``max_steps``, ``default_true_cfg`` and
+``max_sequence_length``; they are used for every such field the catalog entry
+leaves out.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 BUILTIN_PREFIX = "builtin:"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SIDECAR_FILE = "pixelmill.json"
-_SIDECAR_KEYS = ("default_steps", "default_guidance", "max_steps")
+_SIDECAR_KEYS = ("default_steps", "default_guidance", "max_steps", "default_true_cfg", "max_sequence_length")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -61,6 +62,11 @@ class ModelSpec(BaseModel):
     default_steps: int = Field(default=28, ge=1)
     default_guidance: float = Field(default=3.5, ge=0)
     max_steps: int = Field(default=50, ge=1)
+    #: Classifier-free guidance against an empty negative prompt (1 = off); for
+    #: models trained with prompt dropout rather than guidance distillation.
+    default_true_cfg: float = Field(default=1.0, ge=1.0)
+    #: Text-encoder prompt length the model was trained with (FLUX: T5 tokens).
+    max_sequence_length: int | None = Field(default=None, ge=1, le=512)
     supports_image_input: bool = False
     bfl_endpoints: list[str] = []
 

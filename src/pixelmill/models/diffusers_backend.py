@@ -220,6 +220,11 @@ class DiffusersBackend:
         }
         if request.negative_prompt:
             kwargs["negative_prompt"] = request.negative_prompt
+        if self.spec.default_true_cfg > 1:
+            kwargs["true_cfg_scale"] = self.spec.default_true_cfg
+            kwargs.setdefault("negative_prompt", "")
+        if self.spec.max_sequence_length is not None:
+            kwargs["max_sequence_length"] = self.spec.max_sequence_length
         if request.init_image is not None:
             image = request.init_image.convert("RGB")
             if image.size != (request.width, request.height):

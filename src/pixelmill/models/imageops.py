@@ -11,13 +11,19 @@ file as string key/value pairs:
 ``read_metadata`` reads either form back.  ``decode_image`` opens untrusted
 bytes: it checks the declared pixel count before decoding anything, limits
 the accepted formats and turns every failure into ``ImageDecodeError``.
+``decode_base64_image`` turns a client's base64 string or ``data:`` URL into
+bytes, with a size cap checked before decoding.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import json
-from typing import Iterable, Literal
+import re
+from typing import Any, Iterable, Literal
+from urllib.parse import urlsplit
 
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
@@ -264,3 +270,87 @@ def read_metadata(data: bytes) -> dict[str, str]:
         if isinstance(parsed, dict):
             return {str(k): str(v) for k, v in parsed.items()}
     return {}
+
+
+# --- base64 and data URLs ------------------------------------------------------------------
+
+
+class BadImageInput(ValueError):
+    """An image field that is not a usable base64 image (or data URL)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+    def error_dict(self) -> dict[str, Any]:
+        """The error as a pydantic-style dict (``loc`` relative to the body)."""
+        return {"type": "invalid_image", "loc": (self.field,), "msg": f"Invalid image: {self.reason}"}
+
+
+_DATA_URL_RE = re.compile(r"^data:([^;,]*)((?:;[^;,]*)*),", re.IGNORECASE)
+_B64_CHARS_RE = re.compile(rb"^[A-Za-z0-9+/]*={0,2}$")
+_B64URL_CHARS_RE = re.compile(rb"^[A-Za-z0-9_-]*={0,2}$")
+_WHITESPACE = re.compile(r"\s+")
+
+
+def is_url(value: Any) -> bool:
+    """Whether ``value`` is an ``http``/``https`` URL with a host."""
+    if not isinstance(value, str):
+        return False
+    try:
+        parts = urlsplit(value.strip())
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+
+
+def decode_base64_image(value: str, field: str, max_bytes: int) -> bytes:
+    """Decode an image given as raw base64 or as a ``data:image/...;base64,`` URL.
+
+    Whitespace is ignored, missing ``=`` padding is tolerated and the URL-safe
+    alphabet is accepted.  Raises :class:`BadImageInput` for anything else, for
+    an empty image, and for images over ``max_bytes`` (checked before decoding).
+    The bytes are not checked to be a decodable picture.
+    """
+    if not isinstance(value, str):
+        raise BadImageInput(field, "expected a base64 string")
+    text = value.strip()
+    match = _DATA_URL_RE.match(text)
+    if match:
+        media_type = match.group(1).strip().lower()
+        params = [p.strip().lower() for p in match.group(2).split(";") if p.strip()]
+        if not media_type.startswith("image/"):
+            raise BadImageInput(field, f"data URL media type must be image/*, got {media_type!r}")
+        if "base64" not in params:
+            raise BadImageInput(field, "data URL must be base64-encoded (';base64,')")
+        text = text[match.end() :]
+    elif text[:5].lower() == "data:":
+        raise BadImageInput(field, "malformed data URL")
+    elif is_url(text):
+        raise BadImageInput(field, "expected base64 image data, got a URL")
+    data = _WHITESPACE.sub("", text).encode("ascii", errors="replace")
+    if not data:
+        raise BadImageInput(field, "image is empty")
+    # 4 base64 characters carry 3 bytes; refuse before allocating the decoded copy
+    if (len(data.rstrip(b"=")) * 3) // 4 > max_bytes:
+        raise BadImageInput(field, f"image is larger than {max_bytes} bytes")
+    if _B64_CHARS_RE.match(data):
+        alt = None
+    elif _B64URL_CHARS_RE.match(data):
+        alt = b"-_"
+    else:
+        raise BadImageInput(field, "invalid base64 (unexpected characters)")
+    body = data.rstrip(b"=")
+    if len(body) % 4 == 1:
+        raise BadImageInput(field, "invalid base64 (truncated data)")
+    padded = body + b"=" * (-len(body) % 4)
+    try:
+        decoded = base64.b64decode(padded, altchars=alt, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadImageInput(field, f"invalid base64 ({exc})") from None
+    if not decoded:
+        raise BadImageInput(field, "image is empty")
+    if len(decoded) > max_bytes:
+        raise BadImageInput(field, f"image is larger than {max_bytes} bytes")
+    return decoded

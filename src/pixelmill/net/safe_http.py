@@ -23,12 +23,10 @@ Environment proxies are never used (a proxy would bypass the pinning).
 from __future__ import annotations
 
 import contextlib
-import io
 import ipaddress
 import socket
 import ssl
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +36,9 @@ import httpcore
 import httpx
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pixelmill.models.imageops import DECODE_FORMATS, ImageDecodeError, ImageTooLargeError
+from pixelmill.models.imageops import decode_image as _decode
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
@@ -482,29 +483,18 @@ def decode_image(
     data: bytes,
     *,
     max_pixels: int,
-    formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF", "BMP"),
+    formats: tuple[str, ...] = DECODE_FORMATS,
 ) -> Image.Image:
-    """Decode image bytes, refusing anything whose declared size exceeds ``max_pixels``.
+    """Decode fetched bytes with :func:`pixelmill.models.imageops.decode_image`.
 
-    The size is read from the header by ``Image.open`` and checked before ``load``
-    decompresses any pixel data, so a tiny file declaring 20000×20000 costs nothing.
-    Raises :class:`BlockedUrl` (``image_too_large``) or :class:`BadImage`.
+    The declared size is checked before any pixel data is decompressed, so a
+    tiny file declaring 20000x20000 costs nothing.  Its errors come back as this
+    client's: :class:`BlockedUrl` (``image_too_large``) or :class:`BadImage`
+    (``image_invalid``).
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=list(formats))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise BlockedUrl(
-                    "image_too_large",
-                    f"image is {width}x{height} = {width * height} pixels, limit is {max_pixels}",
-                )
-            image.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BlockedUrl("image_too_large", f"image too large to decode safely: {exc}") from None
-    except BlockedUrl:
-        raise
-    except (OSError, SyntaxError, ValueError, EOFError, Image.UnidentifiedImageError) as exc:
+        return _decode(data, max_pixels=max_pixels, formats=formats)
+    except ImageTooLargeError as exc:
+        raise BlockedUrl("image_too_large", str(exc)) from None
+    except ImageDecodeError as exc:
         raise BadImage("image_invalid", f"cannot decode image: {exc}") from None
-    return image

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
+from pixelmill.models.imageops import BadImageInput, decode_base64_image, decode_image
 from pixelmill.nodes.base import NodeContext, NodeParams, NodeResult, NodeType
 
 MAX_INPUT_PIXELS = 40_000_000
@@ -26,8 +27,6 @@ class LoadImageParams(NodeParams):
         if self.url is not None and not self.url.lower().startswith(("http://", "https://")):
             raise ValueError("url must be http(s)")
         if self.data is not None:
-            from pixelmill.api.dialects.bfl_schemas import BadImageInput, decode_base64_image
-
             try:
                 decode_base64_image(self.data, "data", 30_000_000)
             except BadImageInput as e:
@@ -49,9 +48,6 @@ class LoadImage(NodeType):
         return [(1024, 1024)]  # unknown until loaded; used only for downstream estimates
 
     def run(self, ctx: NodeContext, params: LoadImageParams, inputs) -> NodeResult:
-        from pixelmill.api.dialects.bfl_schemas import decode_base64_image
-        from pixelmill.models.imageops import decode_image
-
         max_pixels = getattr(getattr(ctx.services, "settings", None), "max_image_pixels", MAX_INPUT_PIXELS)
         if params.data is not None:
             image = decode_image(decode_base64_image(params.data, "data", 30_000_000), max_pixels=max_pixels)
