@@ -2,8 +2,8 @@
 
 Stages (all on rendered scenes from ``pixelmill.models.tiny.scenes``, training split only):
 
-1. **VAE** - an ``AutoencoderKL`` (8x downsampling, 4 latent channels) learns to
-   reconstruct random crops of rendered scenes (L1 + MSE + a tiny KL term).
+1. **VAE** - an ``AutoencoderKL`` (16x downsampling, 16 latent channels) learns
+   to reconstruct whole rendered scenes (L1 + MSE + a tiny KL term).
 2. **Latent pool** - scenes at several sizes are rendered and encoded once;
    the latent mean/std become the VAE's ``shift_factor`` / ``scaling_factor``.
 3. **Flow matching** - the ``FluxTransformer2DModel`` and both text encoders
@@ -81,29 +81,51 @@ def to_tensor(img) -> torch.Tensor:
 # --------------------------------------------------------------------------- VAE
 
 
-def train_vae(vae, args, rng: random.Random, device) -> None:
-    """Stage 1: reconstruct random crops of rendered scenes."""
-    log("rendering VAE training images")
+#: Whole scenes the VAE trains on: (width, height, batch, probability).  Whole
+#: images, not crops: GroupNorm statistics of a crop differ from those of a full
+#: scene, and a VAE trained on crops shifts colours on full images.
+VAE_BUCKETS = [(128, 128, 8, 0.5), (160, 96, 8, 0.15), (96, 160, 8, 0.15), (256, 256, 2, 0.2)]
+
+
+def _vae_pool(args, rng: random.Random) -> list[tuple[list[torch.Tensor], int, float]]:
     pool = []
-    sizes = [(256, 256), (192, 320), (320, 192), (128, 128)]
-    for _ in range(args.vae_pool):
-        w, h = rng.choice(sizes)
-        pool.append(to_tensor(render_scene(sample_scene(rng, two_objects=0.3), w, h)))
+    for w, h, batch, prob in VAE_BUCKETS:
+        n = max(batch, int(args.vae_pool * prob))
+        pool.append(([to_tensor(render_scene(sample_scene(rng, two_objects=0.3), w, h)) for _ in range(n)], batch, prob))
+    return pool
+
+
+def _vae_batch(pool, rng: random.Random, device) -> torch.Tensor:
+    images, batch, _ = rng.choices(pool, weights=[p for _, _, p in pool])[0]
+    return torch.stack([rng.choice(images) for _ in range(batch)]).to(device)
+
+
+def _vae_preview(vae, args, rng: random.Random, device, name: str) -> float:
+    """Save originals over reconstructions of 4 full 256x256 scenes; return their L1 error."""
+    from PIL import Image
+
+    with torch.no_grad():
+        x = torch.stack([to_tensor(render_scene(sample_scene(rng), 256, 256)) for _ in range(4)]).to(device)
+        rec = vae.decode(vae.encode(x).latent_dist.mean).sample
+        grid = torch.cat([torch.cat(list(x), 2), torch.cat(list(rec), 2)], 1).clamp(-1, 1)
+        args.run_dir.mkdir(parents=True, exist_ok=True)
+        arr = ((grid.permute(1, 2, 0).cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
+        Image.fromarray(arr).save(args.run_dir / name)
+        return F.l1_loss(rec, x).item()
+
+
+def train_vae(vae, args, rng: random.Random, device) -> None:
+    """Stage 1: reconstruct whole rendered scenes of several sizes."""
+    log("rendering VAE training images")
+    pool = _vae_pool(args, rng)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     vae.train().to(device)
     t0, step = time.time(), 0
-    c = args.vae_crop
     while step < args.vae_steps and time.time() - t0 < args.vae_minutes * 60:
-        batch = []
-        for _ in range(args.vae_batch):
-            img = rng.choice(pool)
-            _, H, W = img.shape
-            y, x = rng.randint(0, H - c), rng.randint(0, W - c)
-            batch.append(img[:, y : y + c, x : x + c])
-        x = torch.stack(batch).to(device)
+        x = _vae_batch(pool, rng, device)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
-        kl = post.kl().mean() / (c * c)
+        kl = post.kl().mean() / (x.shape[2] * x.shape[3])
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + args.vae_kl * kl
         frac = min(1.0, (time.time() - t0) / (args.vae_minutes * 60), step / args.vae_steps)
         lr = args.vae_lr * min(1.0, (step + 1) / 100) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
@@ -118,16 +140,8 @@ def train_vae(vae, args, rng: random.Random, device) -> None:
         step += 1
     log(f"vae done: {step} steps in {time.time() - t0:.0f}s")
     vae.eval()
-    with torch.no_grad():
-        x = torch.stack([to_tensor(render_scene(sample_scene(rng), 256, 256)) for _ in range(4)]).to(device)
-        rec = vae.decode(vae.encode(x).latent_dist.mean).sample
-        grid = torch.cat([torch.cat(list(x), 2), torch.cat(list(rec), 2)], 1).clamp(-1, 1)
-        args.run_dir.mkdir(parents=True, exist_ok=True)
-        arr = ((grid.permute(1, 2, 0).cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
-        from PIL import Image
-
-        Image.fromarray(arr).save(args.run_dir / "vae_reconstruction.png")
-        log(f"vae reconstruction L1 {F.l1_loss(rec, x).item():.4f} (image in {args.run_dir})")
+    err = _vae_preview(vae, args, rng, device, "vae_reconstruction.png")
+    log(f"vae reconstruction L1 on full 256x256 scenes {err:.4f} (image in {args.run_dir})")
 
 
 def refine_decoder(vae, args, rng: random.Random, device) -> None:
@@ -137,21 +151,16 @@ def refine_decoder(vae, args, rng: random.Random, device) -> None:
     flow-matching transformer stays valid; only decoding gets better.
     """
     log("refining VAE decoder (encoder frozen)")
-    pool = [to_tensor(render_scene(sample_scene(rng, two_objects=0.3), 256, 256)) for _ in range(args.vae_pool)]
+    pool = _vae_pool(args, rng)
     vae.to(device).eval().requires_grad_(False)
     params = list(vae.decoder.parameters())
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=args.decoder_lr, weight_decay=0.0)
-    c, t0, step = args.decoder_crop, time.time(), 0
+    t0, step = time.time(), 0
     budget = args.decoder_minutes * 60
     while time.time() - t0 < budget:
-        batch = []
-        for _ in range(args.vae_batch):
-            img = rng.choice(pool)
-            y, x = rng.randrange(0, 257 - c, 16), rng.randrange(0, 257 - c, 16)
-            batch.append(img[:, y : y + c, x : x + c])
-        x = torch.stack(batch).to(device)
+        x = _vae_batch(pool, rng, device)
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mean
         rec = vae.decode(z).sample
@@ -167,9 +176,7 @@ def refine_decoder(vae, args, rng: random.Random, device) -> None:
             log(f"decoder step {step} loss {loss.item():.4f}")
         step += 1
     vae.requires_grad_(False)
-    with torch.no_grad():
-        x = torch.stack([to_tensor(render_scene(sample_scene(rng), 256, 256)) for _ in range(8)]).to(device)
-        err = F.l1_loss(vae.decode(vae.encode(x).latent_dist.mean).sample, x).item()
+    err = _vae_preview(vae, args, rng, device, "vae_reconstruction_refined.png")
     log(f"decoder refined: {step} steps, reconstruction L1 {err:.4f}")
 
 
@@ -375,8 +382,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--width-mult", type=int, default=1, help="scale transformer heads (GPU: 2-4)")
     ap.add_argument("--vae-steps", type=int, default=100000)
     ap.add_argument("--vae-minutes", type=float, default=7.0)
-    ap.add_argument("--vae-batch", type=int, default=16)
-    ap.add_argument("--vae-crop", type=int, default=64)
     ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--vae-kl", type=float, default=1e-4)
     ap.add_argument("--vae-pool", type=int, default=1500)
@@ -398,7 +403,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval", type=int, default=24, help="held-out prompts scored after training")
     ap.add_argument("--decoder-minutes", type=float, default=5.0, help="decoder refinement after flow training")
     ap.add_argument("--decoder-lr", type=float, default=3e-4)
-    ap.add_argument("--decoder-crop", type=int, default=64)
     ap.add_argument(
         "--refine-only", action="store_true", help="only refine the decoder of the folder at --out and save it back"
     )

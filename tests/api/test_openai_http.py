@@ -61,9 +61,9 @@ def start(make_runtime, sqlite_url):
     """start(backend=None, credits=1000, db_url=None) -> Server (stopped at teardown)."""
     with_servers = []
 
-    def _start(backend=None, credits=1000.0, db_url=None):
+    def _start(backend=None, credits=1000.0, db_url=None, **settings):
         backend = backend or FakeBackend()
-        rt = make_runtime(db_url or sqlite_url, backend=backend)
+        rt = make_runtime(db_url or sqlite_url, backend=backend, **settings)
         app = create_app(rt, manage_runtime=False)
         ctx = serve(app)
         base = ctx.__enter__()
@@ -205,8 +205,7 @@ def test_insufficient_credits_is_insufficient_quota(start):
 
 
 def test_timeout_is_504_naming_the_execution_which_keeps_running(start):
-    srv = start(backend=FakeBackend(steps=100, step_delay=0.05))
-    srv.app.state.openai_timeout_s = 0.3
+    srv = start(backend=FakeBackend(steps=100, step_delay=0.05), sync_timeout_s=0.3)
     with pytest.raises(openai.InternalServerError) as e:
         srv.client.images.generate(model="fake", prompt="x", size="256x256")
     assert e.value.status_code == 504 and e.value.code == "timeout"

@@ -89,3 +89,31 @@ def test_empty_and_malformed_graphs():
     assert problems({})[0]["loc"] == ["nodes"]
     assert problems({"nodes": {"x": "not an object"}})[0]["node"] == "x"
     assert "link is" in problems({"nodes": {"g": gen(), "r": {"type": "resize", "params": {"width": 5}, "inputs": {"image": "g"}}}})[0]["msg"]
+
+
+def test_an_image_linked_into_a_text_only_model_is_refused_before_anything_runs():
+    found = problems(
+        {
+            "nodes": {
+                "in": {"type": "load_image", "params": {"url": "https://example.com/x.png"}},
+                "gen": {**gen(), "inputs": {"image": ["in", "images"]}},
+            }
+        }
+    )
+    assert found == [
+        {
+            "node": "gen",
+            "loc": ["inputs", "image"],
+            "msg": "model 'fake' does not accept an input image (it is text-to-image only)",
+        }
+    ]
+    # the same link into a model that takes images is fine
+    image_model = ModelCatalog.from_toml(FAKE_CATALOG.replace('default_steps = 4', 'default_steps = 4\nsupports_image_input = true'))
+    services = type("S", (), {"catalog": image_model, "settings": None})()
+    graph = {
+        "nodes": {
+            "in": {"type": "load_image", "params": {"url": "https://example.com/x.png"}},
+            "gen": {**gen(), "inputs": {"image": ["in", "images"]}},
+        }
+    }
+    assert list(prepare(graph, default_registry(), services).nodes) == ["in", "gen"]

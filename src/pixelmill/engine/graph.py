@@ -100,6 +100,9 @@ def prepare(graph: dict[str, Any], registry: NodeRegistry, services: Any) -> Pre
         for name, (_typ, required) in ntype.inputs.items():
             if required and name not in links:
                 problem(node_id, f"input {name!r} is required", ["inputs", name])
+        if params is not None:
+            for name, msg in ntype.check_inputs(params, services, set(links)).items():
+                problem(node_id, msg, ["inputs", name])
         parsed[node_id] = (ntype, params, links)
 
     # links: target exists, output exists, types match

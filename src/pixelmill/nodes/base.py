@@ -57,6 +57,10 @@ class NodeType(ABC):
         """Problems that depend on configuration (e.g. an unknown model).  Empty when fine."""
         return []
 
+    def check_inputs(self, params: NodeParams, services: Any, connected: set[str]) -> dict[str, str]:
+        """Problems with the inputs that are linked (input name -> message).  Empty when fine."""
+        return {}
+
     @abstractmethod
     def run(self, ctx: NodeContext, params: NodeParams, inputs: dict[str, list[Image.Image]]) -> NodeResult: ...
 

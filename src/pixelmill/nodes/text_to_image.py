@@ -49,6 +49,13 @@ class TextToImage(NodeType):
             problems.append(f"steps must be at most {spec.max_steps} for {spec.name}")
         return problems
 
+    def check_inputs(self, params: TextToImageParams, services: Any, connected: set[str]) -> dict[str, str]:
+        if "image" not in connected or params.model not in services.catalog.names():
+            return {}
+        if not services.catalog.get(params.model).supports_image_input:
+            return {"image": f"model {params.model!r} does not accept an input image (it is text-to-image only)"}
+        return {}
+
     def output_sizes(self, params, input_sizes):
         return [(params.width, params.height)] * params.num_images
 

@@ -24,8 +24,8 @@ Accepted and validated but without effect on the pixels: ``quality``, ``style``,
 here make opaque images and the answer is not streamed.  Extensions beyond
 OpenAI's API: ``seed``, ``negative_prompt``, ``steps`` and ``guidance``.
 
-The wait is bounded (``DEFAULT_TIMEOUT_S``; set ``app.state.openai_timeout_s``
-or a ``sync_timeout_s`` setting to change it); past it the answer is 504 naming
+The wait is bounded by the ``sync_timeout_s`` setting (``PIXELMILL_SYNC_TIMEOUT_S``,
+default 300 s); past it the answer is 504 naming
 the execution, which keeps running and can be read at
 ``GET /api/v1/executions/{id}``.  When the client disconnects while waiting the
 execution is cancelled and its credits released.
@@ -59,7 +59,6 @@ from pixelmill.store.tables import files
 
 log = logging.getLogger("pixelmill.api.openai")
 
-DEFAULT_TIMEOUT_S = 300.0
 OPENAI_MODELS = ("dall-e-2", "dall-e-3", "gpt-image-1", "gpt-image-1-mini", "gpt-image-1.5", "gpt-image-2", "chatgpt-image-latest")
 FIXED_SIZES = ("256x256", "512x512", "1024x1024", "1536x1024", "1024x1536", "1792x1024", "1024x1792")
 _SIZE_RE = re.compile(r"^([0-9]{2,5})x([0-9]{2,5})$")
@@ -170,10 +169,7 @@ def parse_size(size: str | None, family: str) -> tuple[int, int]:
 
 
 def _sync_timeout(request: Request) -> float:
-    value = getattr(request.app.state, "openai_timeout_s", None)
-    if value is None:
-        value = getattr(request.app.state.runtime.settings, "sync_timeout_s", None)
-    return float(value if value is not None else DEFAULT_TIMEOUT_S)
+    return float(request.app.state.runtime.settings.sync_timeout_s)
 
 
 @router.post("/v1/images/generations")
