@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     idempotency_ttl_s: int = 24 * 3600
     default_plan: str = "free"
     signup_credits: float = 100.0
+    #: Requests with an unknown or revoked key allowed per client address per minute
+    #: (None: unlimited); past it that address gets 429 for every keyed request.
+    auth_failures_per_minute: int | None = Field(default=30, ge=1)
     plans: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     # outbound HTTP (webhooks, image URLs)

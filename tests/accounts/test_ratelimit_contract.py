@@ -351,3 +351,14 @@ def test_memory_store_is_per_process(account: str) -> None:
     plan = tiny(requests_per_minute=1)
     assert one.hit_request(account, plan).allowed
     assert two.hit_request(account, plan).allowed
+
+
+def test_bad_keys_are_counted_per_client_address(limiter: RateLimiter, account: str) -> None:
+    client, other = f"203.0.113.7-{account}", f"198.51.100.9-{account}"
+    for _ in range(3):
+        assert limiter.auth_failures(client, 3).allowed
+        limiter.hit_auth_failure(client, 3)
+    refused = limiter.auth_failures(client, 3)
+    assert not refused.allowed and 1 <= refused.retry_after <= 60
+    assert rate_limited_error(refused).code == "too_many_auth_failures"
+    assert limiter.auth_failures(other, 3).allowed  # another address is not affected

@@ -30,6 +30,7 @@ PLANS = {
     "two-per-day": {"requests_per_minute": 1000, "executions_per_minute": None, "executions_per_day": 2},
     "one-per-minute": {"requests_per_minute": 1000, "executions_per_minute": 1, "executions_per_day": None},
     "bulk": {"requests_per_minute": 1000, **UNLIMITED},
+    "monthly": {"requests_per_minute": 1000, "monthly_credits": 50.0, **UNLIMITED},
 }
 
 
@@ -74,6 +75,20 @@ def test_headers_on_success_and_on_error_responses(api):
     r = client.post("/v1/flux-dev", json={"prompt": "x", "width": 250})  # 422 from the dialect
     assert r.status_code == 422
     assert r.headers["X-RateLimit-Remaining"] == "9"
+
+
+def test_too_many_bad_keys_from_one_address_are_refused_before_lookup(api):
+    rt, client = api("bulk", auth_failures_per_minute=5)
+    good = client.headers["x-key"]
+    for _ in range(5):
+        assert client.get("/v1/credits", headers={"x-key": "sk-guess"}).status_code == 403
+    r = client.get("/v1/credits", headers={"x-key": "sk-guess"})
+    assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_auth_failures"
+    assert 1 <= int(r.headers["Retry-After"]) <= 60
+    # from that address even a good key waits: a guess that hits would look the same
+    assert client.get("/v1/credits", headers={"x-key": good}).status_code == 429
+    rt.limiter.reset()
+    assert client.get("/v1/credits", headers={"x-key": good}).status_code == 200
     assert r.headers["RateLimit"].startswith('"requests";r=9;t=')
     assert 0 < int(r.headers["X-RateLimit-Reset"]) <= 60
     assert "X-Request-Id" in r.headers
@@ -338,3 +353,29 @@ def test_hundred_simultaneous_identical_requests_create_one_execution(api):
     assert all(body["error"]["code"] == "idempotency_key_in_progress" for status, body, _ in results if status == 409)
     executions = _executions(rt, client)
     assert len(executions) == 1 and executions[0].id == ok[0][0]["id"]
+
+
+# -- monthly plan credits --------------------------------------------------------------------
+
+
+def test_plan_credits_are_granted_once_per_calendar_month(api):
+    import sqlalchemy as sa
+
+    from pixelmill.store.tables import accounts
+
+    rt, client = api("monthly", credits=10.0)
+    account_id = _account_id(rt, client.headers["x-key"])
+    # created this month: the initial credits cover it, no monthly grant yet
+    assert client.get("/v1/credits").json()["credits"] == pytest.approx(10.0)
+    with rt.db.transaction() as conn:  # the account was opened two months ago
+        conn.execute(sa.update(accounts).where(accounts.c.id == account_id).values(created_at=time.time() - 62 * 86400))
+    assert client.get("/v1/credits").json()["credits"] == pytest.approx(60.0)
+    assert client.get("/v1/credits").json()["credits"] == pytest.approx(60.0)  # not twice in one month
+    r = client.post("/v1/flux-dev", json=SMALL)  # a submit in the same month grants nothing more
+    assert r.status_code == 200, r.text
+    with rt.db.transaction() as conn:
+        next_month = time.time() + 32 * 86400
+        assert ledger.grant_monthly(conn, account_id, 50.0, now=next_month)
+        assert not ledger.grant_monthly(conn, account_id, 50.0, now=next_month)
+        grants = [e for e in ledger.entries(conn, account_id) if (e.get("entry_key") or "").startswith("monthly:")]
+    assert len(grants) == 2

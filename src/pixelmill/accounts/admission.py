@@ -32,6 +32,7 @@ from contextvars import ContextVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from pixelmill.accounts import ledger
 from pixelmill.accounts.keys import Principal
 from pixelmill.accounts.plans import Plan
 from pixelmill.accounts.ratelimit import LimitState, RateLimiter, RateLimitStorageError, rate_limited_error
@@ -100,6 +101,7 @@ class Admission:
         callable raises :class:`RateLimited` (``rate_limited``) when a window is full.
         """
         plan = self.plan_for(principal)
+        ledger.grant_monthly(conn, principal.account_id, plan.monthly_credits)
         active = conn.execute(
             sa.select(sa.func.count())
             .select_from(executions)
@@ -108,6 +110,17 @@ class Admission:
         if active >= plan.max_active_tasks:
             raise active_task_error(plan.max_active_tasks, int(active))
         return lambda: self.take_execution(principal, plan)
+
+    def balance(self, db, principal: Principal) -> float:
+        """The account's credits, after granting this month's plan credits if they are due."""
+        plan = self.plan_for(principal)
+        with db.engine.connect() as conn:
+            due = ledger.monthly_grant_due(conn, principal.account_id, plan.monthly_credits)
+            if due is None:
+                return ledger.balance(conn, principal.account_id)
+        with db.transaction() as conn:
+            ledger.grant_monthly(conn, principal.account_id, plan.monthly_credits)
+            return ledger.balance(conn, principal.account_id)
 
     def take_execution(self, principal: Principal, plan: Plan) -> None:
         """Consume one execution from the plan's windows; 429 naming the window when full."""

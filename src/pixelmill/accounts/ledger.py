@@ -4,7 +4,9 @@ Available credits = the sum of an account's entries.  Submitting an execution
 *holds* its estimate (a negative entry); when it ends, one *settle* entry gives
 back the difference between hold and actual cost (the whole hold on failure,
 moderation or cancel).  Every entry has a unique ``entry_key`` so retries and
-re-run nodes can never bill twice.
+re-run nodes can never bill twice.  A plan's ``monthly_credits`` are granted once
+per calendar month (UTC), from the month after the account was created, when
+the account first submits or reads its balance in that month.
 """
 
 from __future__ import annotations
@@ -60,6 +62,36 @@ def add_entry(
 
 def grant(conn: Connection, account_id: str, amount: float, entry_key: str, note: str | None = None) -> bool:
     return add_entry(conn, account_id, "grant", amount, entry_key, note=note)
+
+
+def _month(when: float) -> str:
+    return time.strftime("%Y-%m", time.gmtime(when))
+
+
+def monthly_grant_due(conn: Connection, account_id: str, amount: float, now: float | None = None) -> str | None:
+    """The calendar month (UTC, ``YYYY-MM``) whose plan grant this account has not had yet, or None.
+
+    No grant is due for the month the account was created in: its initial
+    credits cover that month.
+    """
+    if amount <= 0:
+        return None
+    month = _month(time.time() if now is None else now)
+    created = conn.execute(sa.select(accounts.c.created_at).where(accounts.c.id == account_id)).scalar()
+    if created is None or _month(created) == month:
+        return None
+    key = f"monthly:{account_id}:{month}"
+    if conn.execute(sa.select(credit_ledger.c.id).where(credit_ledger.c.entry_key == key)).first():
+        return None
+    return month
+
+
+def grant_monthly(conn: Connection, account_id: str, amount: float, now: float | None = None) -> bool:
+    """Grant the plan's monthly credits once per calendar month (UTC); True when granted now."""
+    month = monthly_grant_due(conn, account_id, amount, now)
+    if month is None:
+        return False
+    return add_entry(conn, account_id, "grant", amount, f"monthly:{account_id}:{month}", note=f"monthly credits {month}")
 
 
 def hold(conn: Connection, account_id: str, execution_id: str, amount: float) -> bool:

@@ -39,6 +39,7 @@ from pixelmill.errors import RateLimited
 REQUESTS = "requests"
 EXECUTIONS_MINUTE = "executions-minute"
 EXECUTIONS_DAY = "executions-day"
+AUTH_FAILURES = "auth-failures"
 
 RateLimitStorageError = StorageError
 """Raised when the rate-limit store (e.g. Redis) cannot be reached."""
@@ -192,6 +193,20 @@ class RateLimiter:
                     return _refusal(states, [s for s in states if s.name == window.name])
         return RateDecision(True, [_after_taking(s, cost) for s in before])
 
+    # -- failed authentication, per client address -------------------------------------
+
+    def auth_failures(self, client: str, limit: int, window_s: int = 60) -> RateDecision:
+        """Whether ``client`` may still try keys: refused once ``limit`` bad keys came from it within ``window_s``."""
+        window = _Window(AUTH_FAILURES, limit, window_s)
+        state = self._state(window, client)
+        if state.remaining <= 0:
+            return RateDecision(False, [state], state, retry_after_s(state))
+        return RateDecision(True, [state])
+
+    def hit_auth_failure(self, client: str, limit: int, window_s: int = 60) -> None:
+        """Count one request from ``client`` that presented an unknown or revoked key."""
+        self._strategy.hit(_Window(AUTH_FAILURES, limit, window_s).item, AUTH_FAILURES, client)
+
     def reset(self) -> None:
         """Forget every count in this limiter's storage (tests, admin resets).
 
@@ -262,6 +277,17 @@ def rate_limited_error(decision: RateDecision) -> RateLimited:
     if decision.allowed or violated is None:
         raise ValueError("the decision was allowed; there is nothing to refuse")
     retry_after = decision.retry_after or retry_after_s(violated)
+    if violated.name == AUTH_FAILURES:
+        error = RateLimited(
+            f"Too many requests with invalid API keys from this address: {violated.limit} per "
+            f"{violated.window_s} s; retry in {retry_after} s",
+            code="too_many_auth_failures",
+            limit=violated.limit,
+            window_s=violated.window_s,
+            retry_after=retry_after,
+        )
+        error.headers["Retry-After"] = str(retry_after)
+        return error
     error = RateLimited(
         f"Rate limit exceeded: {violated.limit} {violated.name} per {violated.window_s} s; "
         f"retry in {retry_after} s",

@@ -6,9 +6,11 @@ key (``x-key``, ``X-API-Key`` or ``Authorization: Bearer sk-…``):
 
 1. **Authenticate once.**  The principal is stored on ``request.state.principal``;
    ``deps.principal`` reuses it.  A missing, unknown or revoked key is passed
-   through untouched so the route's own auth answers 401/403: such requests are
-   not rate-limited here (there is no account to count against); per-IP limiting
-   of bad keys belongs in the reverse proxy in front of the API.
+   through untouched so the route's own auth answers 401/403.  Such failures are
+   counted per client address (``auth_failures_per_minute``); past the limit,
+   every request from that address that presents a key gets 429
+   ``too_many_auth_failures`` with ``Retry-After`` until the window frees,
+   before its key is even looked up, so keys cannot be guessed at volume.
 2. **Count the request** in the plan's ``requests`` window.  Requests that change
    state (POST, PUT, PATCH, DELETE) are counted; reads (GET, HEAD, OPTIONS —
    polling ``get_result`` among them) are not, so a client polling once a second
@@ -124,7 +126,11 @@ class AccountsMiddleware:
                     idem_key = None  # over the size cap: the route answers 413, nothing to remember
         fp = idem.fingerprint(method, _path_with_query(scope), body, headers.get("content-type", "")) if idem_key is not None and body is not None else None
 
-        admitted = await run_in_threadpool(self._admit, runtime, key, method not in READ_METHODS, idem_key, fp)
+        client = (scope.get("client") or ("unknown", 0))[0]
+        admitted = await run_in_threadpool(self._admit, runtime, key, method not in READ_METHODS, idem_key, fp, client)
+        if admitted.refused is not None and admitted.principal is None:  # too many bad keys from this address
+            await error_response(rate_limited_error(admitted.refused))(scope, receive, send)
+            return
         if admitted.principal is None:  # bad key: the route's auth answers
             await self.app(scope, receive, send)
             return
@@ -138,11 +144,24 @@ class AccountsMiddleware:
 
     # -- step 1, in a worker thread: auth, request window, idempotency claim ---------
 
-    def _admit(self, runtime: Any, key: str, counted: bool, idem_key: str | None, fp: str | None) -> _Admitted:
+    def _admit(self, runtime: Any, key: str, counted: bool, idem_key: str | None, fp: str | None, client: str) -> _Admitted:
+        failures = runtime.settings.auth_failures_per_minute
+        if failures is not None:
+            try:
+                gate = runtime.limiter.auth_failures(client, failures)
+            except RateLimitStorageError:
+                gate = None
+            if gate is not None and not gate.allowed:
+                return _Admitted(refused=gate)
         with runtime.db.engine.connect() as conn:
             try:
                 principal = authenticate(conn, key)
             except PixelmillError:
+                if failures is not None:
+                    try:
+                        runtime.limiter.hit_auth_failure(client, failures)
+                    except RateLimitStorageError:
+                        pass
                 return _Admitted()
         admitted = _Admitted(principal)
         plan = runtime.admission.plan_for(principal)

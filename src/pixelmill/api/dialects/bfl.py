@@ -12,7 +12,6 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from pixelmill.accounts import ledger
 from pixelmill.accounts.keys import Principal
 from pixelmill.api.deps import json_body, principal
 from pixelmill.api.dialects import bfl_schemas as schemas
@@ -43,8 +42,7 @@ def get_result(request: Request, id: str = "", who: Principal = Depends(principa
 @router.get("/v1/credits")
 def credits(request: Request, who: Principal = Depends(principal)):
     rt = request.app.state.runtime
-    with rt.db.engine.connect() as conn:
-        return {"credits": ledger.balance(conn, who.account_id)}
+    return {"credits": rt.admission.balance(rt.db, who)}
 
 
 @router.post("/v1/{endpoint}")
