@@ -179,6 +179,30 @@ def test_failure_is_error_and_refunds(make_runtime, sqlite_url):
     assert client.get("/v1/credits").json() == {"credits": 10.0}
 
 
+def test_unreachable_queue_is_503_and_charges_nothing(make_runtime, sqlite_url):
+    rt = make_runtime(sqlite_url)
+    client = TestClient(create_app(rt, manage_runtime=False))
+    client.headers["x-key"] = create_key(rt, credits=10)
+
+    def broker_down(task):
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    rt.executions.enqueue = broker_down
+    r = client.post("/v1/flux-dev", json={"prompt": "x", "width": 512, "height": 512})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "queue_unavailable"
+    assert r.headers["Retry-After"] == "5"
+    assert client.get("/v1/credits").json() == {"credits": 10.0}
+    account = rt.executions.list(_account(rt, client), limit=10)
+    assert [(v.status.value, v.error_code) for v in account] == [("failed", "queue_unavailable")]
+
+
+def _account(rt, client):
+    from pixelmill.accounts import keys
+
+    with rt.db.engine.connect() as conn:
+        return keys.authenticate(conn, client.headers["x-key"]).account_id
+
+
 def test_success_charges_the_cost(bfl):
     rt, client = bfl
     sub = client.post("/v1/flux-dev", json={"prompt": "x", "width": 1024, "height": 1024}).json()

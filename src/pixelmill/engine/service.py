@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from dataclasses import dataclass, field
@@ -17,11 +18,13 @@ from pixelmill.engine.estimates import estimate_start_at
 from pixelmill.engine.graph import PreparedGraph, cache_key, prepare
 from pixelmill.engine.lifecycle import Lifecycle, NodeTask
 from pixelmill.engine.views import ExecutionView, load_execution
-from pixelmill.errors import InsufficientCredits, NotFound
+from pixelmill.errors import InsufficientCredits, NotFound, ServiceUnavailable
 from pixelmill.ids import new_id
 from pixelmill.nodes.base import NodeRegistry
 from pixelmill.store.db import Database
 from pixelmill.store.tables import executions, node_runs
+
+log = logging.getLogger("pixelmill.engine")
 
 ACTIVE = [ExecutionStatus.QUEUED.value, ExecutionStatus.RUNNING.value]
 
@@ -154,8 +157,22 @@ class ExecutionService:
             if cost > 0:
                 ledger.hold(conn, account, eid, cost)
             self.lifecycle.event(conn, eid, "execution.created", {"cost": cost})
-        for task in tasks:  # after commit: a worker never sees an uncommitted row
-            self.enqueue(task)
+        try:
+            for task in tasks:  # after commit: a worker never sees an uncommitted row
+                self.enqueue(task)
+        except Exception as exc:  # broker unreachable: fail it whole, release the hold, tell the client
+            log.error("could not queue execution %s: %s", eid, exc)
+            message = "The job queue could not be reached; nothing was run and no credits were charged"
+            with self.db.transaction() as conn:
+                self.lifecycle.finish_execution(conn, eid, ExecutionStatus.FAILED, "queue_unavailable", message)
+            err = ServiceUnavailable(
+                "The job queue is unavailable; nothing was charged, retry shortly",
+                code="queue_unavailable",
+                execution_id=eid,
+                retry_after=5,
+            )
+            err.headers["Retry-After"] = "5"
+            raise err from exc
         return self.get(account, eid)
 
     def get(self, account_id: str | None, execution_id: str) -> ExecutionView:
