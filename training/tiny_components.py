@@ -116,7 +116,10 @@ def build_vae(sizes: TinySizes) -> AutoencoderKL:
         block_out_channels=sizes.vae_channels,
         layers_per_block=1,
         latent_channels=sizes.latent_channels,
-        norm_num_groups=8,
+        # One group: GroupNorm over all channels and pixels.  With several small
+        # groups a flat-coloured image normalises to nearly the same features
+        # whatever its colour, and the VAE cannot reproduce colours faithfully.
+        norm_num_groups=1,
         sample_size=256,
         mid_block_add_attention=False,
         use_quant_conv=False,

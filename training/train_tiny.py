@@ -95,9 +95,9 @@ def _vae_pool(args, rng: random.Random) -> list[tuple[list[torch.Tensor], int, f
     return pool
 
 
-def _vae_batch(pool, rng: random.Random, device) -> torch.Tensor:
+def _vae_batch(pool, rng: random.Random, device, mult: int = 1) -> torch.Tensor:
     images, batch, _ = rng.choices(pool, weights=[p for _, _, p in pool])[0]
-    return torch.stack([rng.choice(images) for _ in range(batch)]).to(device)
+    return torch.stack([rng.choice(images) for _ in range(batch * mult)]).to(device)
 
 
 def _vae_preview(vae, args, rng: random.Random, device, name: str) -> float:
@@ -122,7 +122,7 @@ def train_vae(vae, args, rng: random.Random, device) -> None:
     vae.train().to(device)
     t0, step = time.time(), 0
     while step < args.vae_steps and time.time() - t0 < args.vae_minutes * 60:
-        x = _vae_batch(pool, rng, device)
+        x = _vae_batch(pool, rng, device, args.vae_batch_mult)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
         kl = post.kl().mean() / (x.shape[2] * x.shape[3])
@@ -151,8 +151,13 @@ def refine_decoder(vae, args, rng: random.Random, device) -> None:
     flow-matching transformer stays valid; only decoding gets better.
     """
     log("refining VAE decoder (encoder frozen)")
-    pool = _vae_pool(args, rng)
     vae.to(device).eval().requires_grad_(False)
+    pool = []
+    with torch.no_grad():  # the encoder is frozen: encode the pool once
+        for images, batch, prob in _vae_pool(args, rng):
+            x = torch.stack(images)
+            z = torch.cat([vae.encode(x[i : i + 32].to(device)).latent_dist.mean.cpu() for i in range(0, len(x), 32)])
+            pool.append((x, z, batch * args.vae_batch_mult, prob))
     params = list(vae.decoder.parameters())
     for p in params:
         p.requires_grad_(True)
@@ -160,9 +165,9 @@ def refine_decoder(vae, args, rng: random.Random, device) -> None:
     t0, step = time.time(), 0
     budget = args.decoder_minutes * 60
     while time.time() - t0 < budget:
-        x = _vae_batch(pool, rng, device)
-        with torch.no_grad():
-            z = vae.encode(x).latent_dist.mean
+        xs, zs, batch, _ = rng.choices(pool, weights=[p[3] for p in pool])[0]
+        idx = [rng.randrange(len(xs)) for _ in range(batch)]
+        x, z = xs[idx].to(device), zs[idx].to(device)
         rec = vae.decode(z).sample
         loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
         frac = (time.time() - t0) / budget
@@ -382,6 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--width-mult", type=int, default=1, help="scale transformer heads (GPU: 2-4)")
     ap.add_argument("--vae-steps", type=int, default=100000)
     ap.add_argument("--vae-minutes", type=float, default=7.0)
+    ap.add_argument("--vae-batch-mult", type=int, default=1, help="multiply the VAE batch sizes (GPU: 4-8)")
     ap.add_argument("--vae-lr", type=float, default=1e-3)
     ap.add_argument("--vae-kl", type=float, default=1e-4)
     ap.add_argument("--vae-pool", type=int, default=1500)
@@ -402,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--default-true-cfg", type=float, default=1.0, help="classifier-free guidance scale to recommend")
     ap.add_argument("--eval", type=int, default=24, help="held-out prompts scored after training")
     ap.add_argument("--decoder-minutes", type=float, default=5.0, help="decoder refinement after flow training")
-    ap.add_argument("--decoder-lr", type=float, default=3e-4)
+    ap.add_argument("--decoder-lr", type=float, default=6e-4)
     ap.add_argument(
         "--refine-only", action="store_true", help="only refine the decoder of the folder at --out and save it back"
     )

@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     # webhooks, live progress, synchronous waits
     webhook_dispatcher: bool = True  # run the delivery thread in this process (several may run: claims are atomic)
     webhook_file_url_ttl_s: int = 24 * 3600  # validity of result URLs inside webhook bodies
+    webhook_retention_days: float = Field(default=30.0, gt=0)  # finished webhook events and their attempt logs are kept this long
     max_wait_s: int = 60  # cap of ``Prefer: wait=N`` on submit endpoints
     sync_timeout_s: float = Field(default=300.0, gt=0)  # how long synchronous APIs (OpenAI Images) wait for a result
 

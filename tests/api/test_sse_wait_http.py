@@ -63,6 +63,30 @@ def start_workflow(client, steps=6, headers=None, prompt="p"):
     return client.post(f"/api/v1/workflows/{wid}/execute", json={"inputs": {"prompt": prompt, "steps": steps}}, headers=headers or {})
 
 
+def test_signed_stream_url_opens_the_stream_without_a_key(fast):
+    rt, client = fast
+    body = start_workflow(client, steps=2).json()
+    url = body["streamUrl"]
+    assert url.startswith("http://testserver/api/v1/executions/") and "sig=" in url
+    anonymous = TestClient(client.app)
+    with anonymous.stream("GET", url, headers={"Origin": "https://app.example"}) as r:
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "*"
+        names = [m["event"] for m in read_sse(r) if "id" in m]
+    assert names[0] == "execution.created" and names[-1] == "execution.succeeded"
+    # without the signature, or with another execution's, or expired: refused
+    assert anonymous.get(url.split("?")[0]).status_code == 401
+    other = start_workflow(client, steps=2).json()
+    forged = other["streamUrl"].split("?")[0] + "?" + url.split("?")[1]
+    r = anonymous.get(forged)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "bad_signature"
+    expired = rt.signer.stream_url("http://testserver", body["executionId"], now=time.time() - 7200)
+    r = anonymous.get(expired)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "url_expired"
+    # a stream signature is not a file signature
+    exp_sig = url.split("?")[1]
+    assert anonymous.get(f"/files/{body['executionId']}/x.png?{exp_sig}").status_code == 403
+
+
 def test_sse_streams_events_in_order_and_closes_after_terminal(slow):
     rt, client = slow
     eid = start_workflow(client).json()["executionId"]

@@ -300,3 +300,22 @@ def test_filter_names():
     assert wanted_types("start,succeeded", "workflow") == {"execution.started", "execution.completed"}
     assert wanted_types(["no-such-event"], "workflow") == frozenset()
 
+
+
+def test_finished_events_are_purged_after_the_retention_and_pending_ones_kept(make_runtime, db_url, receiver):
+    rt, who, _ = setup(make_runtime, db_url)
+    receiver.up()
+    delivered = submit(rt, who, url=receiver.url)
+    drain(rt.dispatcher)
+    receiver.down()
+    waiting = submit(rt, who, url=receiver.url)  # its events stay pending: the receiver is gone
+    assert events_of(rt, delivered) and events_of(rt, waiting)
+    dispatcher = Dispatcher(rt.db, rt.http, retention_s=7 * 86400)
+    assert dispatcher.purge() == 0  # nothing is old yet
+    n = dispatcher.purge(now=__import__("time").time() + 8 * 86400)
+    assert n == len(receiver.received) and n > 0
+    assert events_of(rt, delivered) == []
+    assert events_of(rt, waiting) and all(e.state == "pending" for e in events_of(rt, waiting))
+    with rt.db.engine.connect() as conn:  # the attempt log of purged events went with them
+        left = conn.execute(sa.select(sa.func.count()).select_from(webhook_attempts).join(webhook_events)).scalar()
+        assert conn.execute(sa.select(sa.func.count()).select_from(webhook_attempts)).scalar() == left

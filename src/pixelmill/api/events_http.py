@@ -11,6 +11,8 @@ The stream replays the execution's event log (``execution_events``) after
   (so resuming is unaffected): ``{"status", "progress", "queuePosition",
   "estimatedStartAt"}``;
 * ``: keep-alive`` comments every 15 s of silence;
+* without an API key, the signed ``streamUrl`` of the execution (valid one hour)
+  opens the stream: ``new EventSource(execution.streamUrl)`` in a browser;
 * the stream ends after the terminal event (``execution.succeeded``,
   ``execution.failed`` or ``execution.cancelled``); resuming after it returns
   an empty stream that closes at once.
@@ -26,14 +28,13 @@ import time
 from typing import Any, AsyncIterator
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from pixelmill.accounts.keys import Principal
-from pixelmill.api.deps import principal
+from pixelmill.api.deps import presented_key, principal
 from pixelmill.engine.estimates import attach_estimate
-from pixelmill.errors import NotFound
+from pixelmill.errors import Forbidden, NotFound
 from pixelmill.presenters.workflow import EXECUTION_STATUS
 from pixelmill.store.tables import execution_events
 
@@ -142,12 +143,22 @@ class EventStream:
 
 
 @router.get("/executions/{execution_id}/events")
-async def execution_events_stream(execution_id: str, request: Request, who: Principal = Depends(principal)):
+async def execution_events_stream(execution_id: str, request: Request):
+    """The stream, for the key's own execution, or key-less through the signed ``streamUrl``."""
     rt = request.app.state.runtime
-    await run_in_threadpool(rt.executions.get, who.account_id, execution_id)  # 404 before the stream starts
-    stream = EventStream(rt, who.account_id, execution_id, _last_event_id(request))
-    return StreamingResponse(
-        stream.__aiter__(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    exp, sig = request.query_params.get("exp"), request.query_params.get("sig")
+    if presented_key(request) is None and exp is not None and sig is not None:
+        problem = rt.signer.verify_stream(execution_id, exp, sig)
+        if problem == "expired":
+            raise Forbidden("This stream URL has expired; fetch a fresh one from the execution", code="url_expired")
+        if problem:
+            raise Forbidden("Invalid stream URL signature", code="bad_signature")
+        view = await run_in_threadpool(rt.executions.get, None, execution_id)
+        account_id = view.account_id
+        headers["Access-Control-Allow-Origin"] = "*"  # the signature is the credential; no cookies involved
+    else:
+        account_id = principal(request).account_id
+        await run_in_threadpool(rt.executions.get, account_id, execution_id)  # 404 before the stream starts
+    stream = EventStream(rt, account_id, execution_id, _last_event_id(request))
+    return StreamingResponse(stream.__aiter__(), media_type="text/event-stream", headers=headers)

@@ -36,3 +36,10 @@ def signed_url(request: Request, file_view) -> str:
     rt = request.app.state.runtime
     base = rt.settings.public_base_url or str(request.base_url)
     return rt.signer.url(base, file_view.id, file_view.filename)
+
+
+def signed_stream_url(request: Request, execution_id: str) -> str:
+    """A key-less URL of an execution's live events, valid for an hour."""
+    rt = request.app.state.runtime
+    base = rt.settings.public_base_url or str(request.base_url)
+    return rt.signer.stream_url(base, execution_id)

@@ -75,12 +75,11 @@ async def workflow_response(request, account_id: str, workflow_id: str, batch_id
     """Workflow execute with ``Prefer: wait``: the execution (or, for a batch, the batch of runs)."""
     from fastapi.responses import JSONResponse
 
-    from pixelmill.api.files import signed_url
-    from pixelmill.presenters.workflow import render_execution
+    from pixelmill.api.dialects.workflows import render_execution
 
     rt = request.app.state.runtime
     views = await wait_terminal(rt, account_id, views, seconds)
-    runs = [render_execution(v, lambda f: signed_url(request, f)) for v in views]
+    runs = [render_execution(request, v) for v in views]
     first = views[0]
     headers = applied_header(seconds)
     if batch_id is None:

@@ -1,4 +1,5 @@
-"""Signed, expiring URLs for result files (HMAC-SHA256 over file id and expiry)."""
+"""Signed, expiring URLs (HMAC-SHA256 over a subject and expiry): result files, and
+live-event streams for clients that cannot send an API key (a browser's EventSource)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,18 @@ class UrlSigner:
         if (now if now is not None else time.time()) > expires:
             return "expired"
         return None
+
+    # -- live-event streams ------------------------------------------------------------
+    # The subject is prefixed so a stream signature can never open a file, nor the reverse.
+
+    def stream_url(self, base_url: str, execution_id: str, now: float | None = None, ttl_s: int | None = None) -> str:
+        expires = int((now if now is not None else time.time()) + (ttl_s or STREAM_TTL_S))
+        query = urlencode({"exp": expires, "sig": self._sig(f"events:{execution_id}", expires)})
+        return f"{base_url.rstrip('/')}/api/v1/executions/{execution_id}/events?{query}"
+
+    def verify_stream(self, execution_id: str, exp: str | int, sig: str, now: float | None = None) -> str | None:
+        """None when the stream URL is valid, else 'expired' or 'bad_signature'."""
+        return self.verify(f"events:{execution_id}", exp, sig, now)
+
+
+STREAM_TTL_S = 3600

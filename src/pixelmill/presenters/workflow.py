@@ -29,7 +29,11 @@ def _ms(a: float | None, b: float | None) -> int | None:
     return int(round((b - a) * 1000)) if a is not None and b is not None else None
 
 
-def render_execution(view: ExecutionView, url_for: Callable[[FileView], str]) -> dict[str, Any]:
+def render_execution(
+    view: ExecutionView, url_for: Callable[[FileView], str], stream_url: str | None = None
+) -> dict[str, Any]:
+    """The workflow API's execution object.  ``stream_url``, when given, is a signed URL of
+    its live events that needs no API key (for a browser's ``EventSource``)."""
     node_runs = []
     for n in view.nodes:
         node_runs.append(
@@ -53,7 +57,7 @@ def render_execution(view: ExecutionView, url_for: Callable[[FileView], str]) ->
                 "error": {"code": n.error_code, "message": n.error_message} if n.error_code else None,
             }
         )
-    return {
+    body = {
         "id": view.id,
         "executionId": view.id,
         "workflowId": view.workflow_id,
@@ -72,3 +76,6 @@ def render_execution(view: ExecutionView, url_for: Callable[[FileView], str]) ->
         "nodeRuns": node_runs,
         "inputs": view.request.get("inputs"),
     }
+    if stream_url is not None:
+        body["streamUrl"] = stream_url
+    return body

@@ -101,8 +101,13 @@ class Dispatcher:
         concurrency: int = 4,
         poll_interval_s: float = 0.25,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        retention_s: float | None = 30 * 86400,
+        purge_every_s: float = 3600.0,
     ):
         self.db = db
+        self.retention_s = retention_s
+        self.purge_every_s = purge_every_s
+        self._purged_at = 0.0
         self.client = client
         self.clock = clock
         self.rng = rng or random.Random()
@@ -228,6 +233,37 @@ class Dispatcher:
             log.info("webhook %s to %s: %s (%s)", c.id, c.url, attempt.outcome, error or attempt.status_code)
 
     # --- background thread ---------------------------------------------------
+    def purge(self, now: float | None = None) -> int:
+        """Delete finished events (delivered, failed, disabled) older than the retention, with their attempts.
+
+        Pending events are never purged, however old.  Returns how many events were deleted.
+        """
+        if self.retention_s is None:
+            return 0
+        cutoff = (self.clock() if now is None else now) - self.retention_s
+        old = (
+            sa.select(webhook_events.c.id)
+            .where(webhook_events.c.state != "pending", webhook_events.c.created_at < cutoff)
+            .limit(1000)
+        )
+        deleted = 0
+        while True:
+            with self.db.transaction() as conn:
+                ids = list(conn.execute(old).scalars())
+                if not ids:
+                    return deleted
+                conn.execute(sa.delete(webhook_attempts).where(webhook_attempts.c.event_id.in_(ids)))
+                conn.execute(sa.delete(webhook_events).where(webhook_events.c.id.in_(ids)))
+                deleted += len(ids)
+
+    def _maybe_purge(self) -> None:
+        now = self.clock()
+        if now - self._purged_at >= self.purge_every_s:
+            self._purged_at = now
+            n = self.purge(now)
+            if n:
+                log.info("purged %d webhook events older than the retention", n)
+
     def wake(self) -> None:
         """Ask the thread for a pass now (e.g. after a commit that queued rows)."""
         self._wake.set()
@@ -253,6 +289,7 @@ class Dispatcher:
         while not self._stop.is_set():
             try:
                 busy = self.run_once()
+                self._maybe_purge()
             except Exception:
                 log.exception("webhook dispatcher pass failed")
                 busy = 0

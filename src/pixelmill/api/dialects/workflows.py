@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from pixelmill.accounts.keys import Principal
 from pixelmill.api.deps import json_body, principal
 from pixelmill.api import wait
-from pixelmill.api.files import signed_url
+from pixelmill.api.files import signed_stream_url, signed_url
 from pixelmill.api.wait import requested_wait
 from pixelmill.engine.views import ExecutionView
 from pixelmill.presenters.workflow import render_execution as _render_execution
@@ -22,7 +22,7 @@ from pixelmill.errors import InvalidInput
 router = APIRouter(prefix="/api/v1", tags=["Workflows"])
 
 def render_execution(request: Request, view: ExecutionView) -> dict[str, Any]:
-    return _render_execution(view, lambda f: signed_url(request, f))
+    return _render_execution(view, lambda f: signed_url(request, f), signed_stream_url(request, view.id))
 
 
 def _page(request: Request) -> tuple[int, int]:
@@ -113,6 +113,7 @@ async def execute_workflow(workflow_id: str, request: Request, who: Principal = 
         "batchId": batch_id,
         "status": runs[0]["status"],
         "pollUrl": f"/api/v1/executions/{first.id}/poll",
+        "streamUrl": runs[0]["streamUrl"],
         "executionRuns": runs,
     }
     location = f"/api/v1/executions/{first.id}" if batch_id is None else f"/api/v1/batches/{batch_id}"
