@@ -116,10 +116,7 @@ def build_vae(sizes: TinySizes) -> AutoencoderKL:
         block_out_channels=sizes.vae_channels,
         layers_per_block=1,
         latent_channels=sizes.latent_channels,
-        # One group: GroupNorm over all channels and pixels.  With several small
-        # groups a flat-coloured image normalises to nearly the same features
-        # whatever its colour, and the VAE cannot reproduce colours faithfully.
-        norm_num_groups=1,
+        norm_num_groups=8,
         sample_size=256,
         mid_block_add_attention=False,
         use_quant_conv=False,

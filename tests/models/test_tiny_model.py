@@ -117,17 +117,18 @@ def test_same_seed_same_pixels_other_seed_other_pixels(pipe):
     assert not np.array_equal(np.asarray(a), np.asarray(c))
 
 
-def test_held_out_backgrounds_follow_the_prompt_above_chance(pipe):
-    # The shipped checkpoint gets about 54 % of held-out backgrounds right
-    # (bench/tiny_adherence.py); chance is 1 in 8.  Object colour and shape are
-    # not yet reliable, so only the background is asserted, above chance.
+def test_held_out_backgrounds_follow_the_prompt(pipe):
+    # The shipped checkpoint gets 75 % of held-out backgrounds right
+    # (bench/tiny_adherence.py; 6 of these 8); chance is 1 in 8.  Object colour
+    # (29 %) and shape (36 %) are above chance but not yet reliable, so only the
+    # background is asserted: a clear majority.
     rng = random.Random(21)
     scenes = [sample_scene(rng, held_out=True) for _ in range(8)]
     backgrounds = 0
     for i, scene in enumerate(scenes):
         a = analyse_image(_gen(pipe, scene_prompt(scene), i)[0])
         backgrounds += a.background == scene.background
-    assert backgrounds >= 2, backgrounds
+    assert backgrounds >= 5, backgrounds
 
 
 def test_non_square_size_is_produced(pipe):
