@@ -55,6 +55,7 @@ def test_a_one_node_execution_completes(engine):
 
 
 def test_a_two_node_graph_runs_in_order(engine):
+    engine.rt.catalog.models[0].supports_image_input = True  # the second node takes the first one's image
     nodes = {"first": gen("a cat"), "second": {**gen("a dog"), "inputs": {"image": ["first", "images"]}}}
     principal, view = submit(engine, nodes)
     view = finished(engine, principal, view.id)
