@@ -26,6 +26,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_serving(base: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Poll ``/healthz`` until the server answers; fail with its output if it exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+        if proc.poll() is not None:
+            raise AssertionError(proc.stdout.read().decode() if proc.stdout else f"server exited with {proc.returncode}")
+
+
 @pytest.fixture
 def server(tmp_path):
     catalog = tmp_path / "models.toml"
@@ -45,15 +58,7 @@ bfl_endpoints = ["flux-dev", "flux-pro-1.1"]
     key = json.loads(subprocess.check_output(PIXELMILL + ["keys", "create", "--account", "e2e", "--credits", "50", "--json"], env=env))["key"]
     proc = subprocess.Popen(PIXELMILL + ["serve", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-        if proc.poll() is not None:
-            raise AssertionError(proc.stdout.read().decode())
+    wait_until_serving(base, proc)
     yield base, key, env
     proc.terminate()
     try:
@@ -105,13 +110,7 @@ def test_serve_with_no_configuration_uses_the_shipped_model(tmp_path):
     proc = subprocess.Popen(PIXELMILL + ["serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_until_serving(base, proc)
         with httpx.Client(headers={"x-key": key}, timeout=30) as http:
             sub = http.post(f"{base}/v1/flux-pro-1.1", json={"prompt": "a red circle on a white background", "width": 256, "height": 256, "seed": 1}).json()
             deadline = time.monotonic() + 120
