@@ -77,11 +77,11 @@ def monthly_grant_due(conn: Connection, account_id: str, amount: float, now: flo
     if amount <= 0:
         return None
     month = _month(time.time() if now is None else now)
-    created = conn.execute(sa.select(accounts.c.created_at).where(accounts.c.id == account_id)).scalar()
-    if created is None or _month(created) == month:
-        return None
     key = f"monthly:{account_id}:{month}"
     if conn.execute(sa.select(credit_ledger.c.id).where(credit_ledger.c.entry_key == key)).first():
+        return None  # the usual case once granted: one indexed lookup
+    created = conn.execute(sa.select(accounts.c.created_at).where(accounts.c.id == account_id)).scalar()
+    if created is None or _month(created) == month:
         return None
     return month
 
