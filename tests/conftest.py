@@ -127,10 +127,15 @@ def make_runtime(tmp_path):
 
     made = []
 
-    def make(db_url: str, backend=None, start: bool = True, **settings):
-        catalog = ModelCatalog.from_toml(FAKE_CATALOG)
+    def make(db_url: str, backend=None, start: bool = True, extra_models: dict | None = None, **settings):
+        """``extra_models``: {name: (catalog TOML lines, backend)} added after the "fake" model."""
+        extra_models = extra_models or {}
+        toml = FAKE_CATALOG + "".join(f'\n[[models]]\nname = "{name}"\n{entry}\n' for name, (entry, _) in extra_models.items())
+        catalog = ModelCatalog.from_toml(toml)
         registry = ModelRegistry(catalog)
         registry.register("fake", backend or FakeBackend())
+        for name, (_, extra) in extra_models.items():
+            registry.register(name, extra)
         s = Settings(data_dir=tmp_path / f"data{len(made)}", database_url=db_url, secret_key="test-secret", **settings)
         rt = Runtime(s, catalog=catalog, models=registry)
         if start:

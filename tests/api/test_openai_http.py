@@ -10,6 +10,7 @@ import time
 from contextlib import contextmanager
 
 import httpx
+import numpy as np
 import openai
 import pytest
 import uvicorn
@@ -170,9 +171,9 @@ def test_models_list_unknown_model_and_unsupported_endpoints(start):
     with pytest.raises(openai.NotFoundError) as e:
         srv.client.images.generate(model="sdxl-turbo", prompt="x")
     assert e.value.code == "model_not_found" and "fake" in e.value.body["message"]
-    with pytest.raises(openai.NotFoundError) as e:
-        srv.client.images.edit(image=("a.png", io.BytesIO(b"png"), "image/png"), prompt="x")
-    assert e.value.code == "unsupported_endpoint" and "/v1/images/generations" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as e:  # "fake" takes no input image
+        srv.client.images.edit(image=("a.png", io.BytesIO(_png_bytes(64, 64)), "image/png"), prompt="x")
+    assert e.value.code == "unsupported_value" and "supports_image_input" in e.value.body["message"]
 
 
 def test_auth_errors(start):
@@ -240,3 +241,124 @@ def test_waiting_does_not_block_the_server_and_a_client_that_leaves_cancels(star
     view = wait_for(lambda: next((v for v in srv.executions() if v.status.is_terminal()), None), timeout=10)
     assert view.status == "cancelled"
     assert srv.credits() == 1000.0
+
+
+# --- edits and variations ------------------------------------------------------------------
+
+
+class RecordingEditBackend(FakeBackend):
+    """A fake image model that keeps every request it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.requests = []
+
+    def generate(self, request, control):
+        self.requests.append(request)
+        return super().generate(request, control)
+
+
+EDIT_MODEL = 'path = "/nonexistent"\nprice_per_megapixel = 2.0\ndefault_steps = 4\nsupports_image_input = true'
+
+
+@pytest.fixture
+def edit_server(start):
+    backend = RecordingEditBackend()
+    return start(extra_models={"fake-edit": (EDIT_MODEL, backend)}), backend
+
+
+def _png_bytes(width: int, height: int, mode: str = "RGB", fill=(200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (width, height), fill).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _left_half_transparent(width: int, height: int) -> bytes:
+    mask = Image.new("RGBA", (width, height), (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (0, 0, width // 2, height))
+    buf = io.BytesIO()
+    mask.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_edit_with_a_mask_is_inpainting_on_the_first_model_that_takes_images(edit_server):
+    srv, backend = edit_server
+    photo = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    photo.save(buf, "PNG")
+    res = srv.client.images.edit(
+        model="gpt-image-1",
+        image=("photo.png", buf.getvalue(), "image/png"),
+        mask=("mask.png", _left_half_transparent(96, 64), "image/png"),
+        prompt="a red circle on a blue background",
+        n=2,
+    )
+    assert len(res.data) == 2 and all(_png(d.b64_json).size == (384, 256) for d in res.data)  # auto: aspect kept
+    assert res.size == "384x256"
+    [req] = backend.requests
+    assert req.prompt == "a red circle on a blue background" and req.num_images == 2
+    assert (req.width, req.height) == (384, 256) and req.strength == pytest.approx(0.95)
+    assert np.array_equal(np.asarray(req.init_image.convert("RGB")), np.asarray(photo))
+    mask = np.asarray(req.mask_image)
+    assert mask.shape == (64, 96) and (mask[:, :48] == 255).all() and (mask[:, 48:] == 0).all()  # transparent = repaint
+    cost = 2.0 * 384 * 256 * 2 / 1e6
+    assert srv.credits() == pytest.approx(1000 - cost, abs=0.01)
+
+
+def test_edit_without_mask_is_image_to_image_and_takes_json_with_a_data_url(edit_server):
+    srv, backend = edit_server
+    data_url = "data:image/png;base64," + base64.b64encode(_png_bytes(40, 30, fill=(10, 200, 10))).decode()
+    r = httpx.post(
+        f"{srv.base}/v1/images/edits",
+        json={"images": [{"image_url": data_url}], "prompt": "make it blue", "size": "512x256", "seed": 7, "strength": 0.3,
+              "response_format": "url"},
+        headers={"Authorization": f"Bearer {srv.key}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    [item] = r.json()["data"]
+    assert Image.open(io.BytesIO(httpx.get(item["url"]).content)).size == (512, 256)
+    [req] = backend.requests
+    assert req.mask_image is None and req.strength == pytest.approx(0.3) and req.seed == 7
+    assert req.init_image.size == (40, 30) and req.init_image.getpixel((5, 5))[:3] == (10, 200, 10)
+
+
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")  # the client marks dall-e-2 variations deprecated
+def test_variation_is_image_to_image_without_a_prompt(edit_server):
+    srv, backend = edit_server
+    res = srv.client.images.create_variation(image=("a.png", _png_bytes(64, 64), "image/png"), n=3, size="256x256",
+                                             response_format="b64_json")
+    assert [(_png(d.b64_json).size) for d in res.data] == [(256, 256)] * 3
+    [req] = backend.requests
+    assert req.prompt == "" and req.num_images == 3 and req.init_image.size == (64, 64) and req.mask_image is None
+
+
+def test_edit_and_variation_errors_are_400_and_charge_nothing(edit_server):
+    srv, backend = edit_server
+    img = ("a.png", _png_bytes(64, 64), "image/png")
+
+    def bad(call, param, code, text=""):
+        with pytest.raises(openai.BadRequestError) as e:
+            call()
+        assert e.value.status_code == 400 and e.value.code == code and e.value.param == param, e.value.body
+        assert text in e.value.body["message"]
+
+    edit = srv.client.images.edit
+    bad(lambda: edit(image=img, mask=("m.png", _png_bytes(64, 64), "image/png"), prompt="x"), "mask", "invalid_image", "alpha")
+    bad(lambda: edit(image=img, mask=("m.png", _left_half_transparent(32, 64), "image/png"), prompt="x"), "mask", "invalid_image", "32x64")
+    bad(lambda: edit(image=[img, img], prompt="x"), "image", "unsupported_value", "one image")
+    bad(lambda: edit(image=("a.png", b"not an image", "image/png"), prompt="x"), "image", "invalid_image")
+    bad(lambda: edit(image=img, prompt="x", model="fake"), "model", "unsupported_value", "fake-edit")
+    bad(lambda: edit(image=img, prompt="  "), "prompt", "invalid_value")
+    bad(lambda: edit(image=img, prompt="x", stream=True), "stream", "unsupported_value")
+    bad(lambda: edit(image=img, prompt="x", size="100x100"), "size", "invalid_value")
+    auth = {"Authorization": f"Bearer {srv.key}"}
+    r = httpx.post(f"{srv.base}/v1/images/edits", files={"mask": img}, data={"prompt": "x"}, headers=auth)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "missing_required_parameter"
+    r = httpx.post(f"{srv.base}/v1/images/edits", files={"image": img}, data={"prompt": "x", "colour": "red"}, headers=auth)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "unknown_parameter"
+    r = httpx.post(f"{srv.base}/v1/images/edits", json={"images": [{"file_id": "file-1"}], "prompt": "x"}, headers=auth)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "images.0"
+    r = httpx.post(f"{srv.base}/v1/images/variations", json={"image": "x"}, headers=auth)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_content_type"
+    assert backend.requests == [] and srv.executions() == [] and srv.credits() == 1000.0

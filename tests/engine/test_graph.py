@@ -117,3 +117,15 @@ def test_an_image_linked_into_a_text_only_model_is_refused_before_anything_runs(
         }
     }
     assert list(prepare(graph, default_registry(), services).nodes) == ["in", "gen"]
+
+
+def test_a_mask_needs_an_input_image():
+    found = problems(
+        {
+            "nodes": {
+                "m": {"type": "load_image", "params": {"url": "https://example.com/m.png", "mask_from_alpha": True}},
+                "gen": {**gen(), "inputs": {"mask": ["m", "images"]}},
+            }
+        }
+    )
+    assert found == [{"node": "gen", "loc": ["inputs", "mask"], "msg": "a mask needs an input image to edit: link one to 'image'"}]

@@ -269,3 +269,28 @@ def test_flux_image_to_image_through_its_img2img_sibling(catalog):
     assert images[0].size == (48, 32)
     assert len(progress.values) == 4 and progress.values[-1] == pytest.approx(1.0)
     assert type(backend.pipeline).__name__ == "FluxPipeline"  # the text-to-image pipeline is kept as is
+
+
+@pytest.mark.parametrize("model", ["tiny-flux", "tiny-sd"])
+def test_inpainting_repaints_the_mask_and_keeps_the_rest_pixel_for_pixel(catalog, model):
+    spec = catalog.get(model).model_copy(update={"supports_image_input": True})
+    backend = DiffusersBackend(spec)
+    rng = np.random.default_rng(0)
+    init = Image.fromarray(rng.integers(0, 255, (32, 48, 3), dtype=np.uint8))
+    mask = Image.new("L", (48, 32), 0)
+    mask.paste(255, (0, 0, 24, 32))  # repaint the left half, keep the right half
+    request = TextToImageRequest(prompt="a cat", width=48, height=32, steps=4, strength=1.0, init_image=init, mask_image=mask)
+    out = backend.generate(request, Progress().control)[0]
+    assert out.size == (48, 32)
+    got, want = pixels(out), pixels(init)
+    assert np.array_equal(got[:, 24:], want[:, 24:])
+    assert np.abs(got[:, :24] - want[:, :24]).mean() > 20
+    again = backend.generate(request, Progress().control)[0]
+    assert np.array_equal(pixels(again), got)
+    assert type(backend.pipeline).__name__ in ("FluxPipeline", "StableDiffusionPipeline")  # untouched
+
+
+def test_a_mask_without_an_input_image_is_refused(catalog):
+    backend = DiffusersBackend(catalog.get("tiny-sd"))
+    with pytest.raises(ValueError, match="mask needs an input image"):
+        backend.generate(TextToImageRequest(prompt="x", width=16, height=16, mask_image=Image.new("L", (16, 16))), Progress().control)

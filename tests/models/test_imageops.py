@@ -200,3 +200,16 @@ def test_exif_orientation_is_applied():
 def test_decode_normalises_modes():
     assert decode_image(convert(picture().convert("L"), "png")).mode == "RGB"
     assert decode_image(convert(picture().convert("RGBA"), "png")).mode == "RGBA"
+
+
+def test_alpha_mask_marks_transparent_pixels_for_repainting_and_needs_alpha():
+    from pixelmill.models.imageops import BadImageInput
+    from pixelmill.nodes.load_image import alpha_mask
+
+    image = Image.new("RGBA", (4, 2), (9, 9, 9, 255))
+    image.putpixel((0, 0), (9, 9, 9, 0))
+    image.putpixel((1, 0), (9, 9, 9, 128))
+    mask = alpha_mask(image)
+    assert mask.mode == "L" and list(mask.getdata()) == [255, 127, 0, 0, 0, 0, 0, 0]
+    with pytest.raises(BadImageInput, match="no alpha channel"):
+        alpha_mask(Image.new("RGB", (4, 2)))

@@ -36,8 +36,11 @@ def principal(request: Request) -> Principal:
     return p
 
 
-async def json_body(request: Request) -> Any:
-    """The request's JSON.  413 past the size cap; 400 when it is not JSON."""
+async def read_body(request: Request) -> bytes:
+    """The raw request body, refused with 413 past the ``max_body_bytes`` cap.
+
+    The body is kept on the request, so ``request.form()`` can parse it afterwards.
+    """
     limit = request.app.state.runtime.settings.max_body_bytes
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit:
@@ -49,6 +52,13 @@ async def json_body(request: Request) -> Any:
             raise PayloadTooLarge(f"Request body is larger than {limit} bytes", limit=limit)
         chunks.append(chunk)
     raw = b"".join(chunks)
+    request._body = raw  # Starlette replays a cached body to stream()/form()
+    return raw
+
+
+async def json_body(request: Request) -> Any:
+    """The request's JSON.  413 past the size cap; 400 when it is not JSON."""
+    raw = await read_body(request)
     if not raw.strip():
         raise BadRequest("Request body is empty; send a JSON object", code="empty_body")
     try:

@@ -67,6 +67,8 @@ class TextToImageRequest:
     negative_prompt: str | None = None
     init_image: Image.Image | None = None  # image-to-image / editing when the model allows
     strength: float = 0.6
+    #: Inpainting with ``init_image``: white (255) = repaint, black (0) = keep; grey blends.
+    mask_image: Image.Image | None = None
 
 
 class TextToImageBackend(Protocol):

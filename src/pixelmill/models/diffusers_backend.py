@@ -97,6 +97,7 @@ class DiffusersBackend:
         self.dtype = resolve_dtype(spec.dtype, self.device)
         self._pipe: Any = None
         self._img2img: Any = None
+        self._inpaint: Any = None
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()
 
@@ -126,6 +127,7 @@ class DiffusersBackend:
         with self._load_lock, self._run_lock:
             self._pipe = None
             self._img2img = None
+            self._inpaint = None
         if self.device == "cuda":
             torch.cuda.empty_cache()
 
@@ -151,23 +153,24 @@ class DiffusersBackend:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def _image_pipeline(self, pipe: Any) -> Any:
-        """The pipeline that takes an input image: the model's own, or its img2img sibling."""
+    def _image_pipeline(self, pipe: Any, masked: bool = False) -> Any:
+        """The pipeline that takes an input image (and a mask): the model's own, or its img2img / inpaint sibling."""
         params, _ = _call_parameters(pipe)
-        if "image" in params:  # editing pipelines (FLUX.2, Kontext) take reference images directly
-            return pipe
-        if self._img2img is None:
-            from diffusers import AutoPipelineForImage2Image
+        if "image" in params and (not masked or "mask_image" in params):
+            return pipe  # editing pipelines (FLUX.2, Kontext, fill) take reference images directly
+        attr = "_inpaint" if masked else "_img2img"
+        if getattr(self, attr) is None:
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
 
+            auto = AutoPipelineForInpainting if masked else AutoPipelineForImage2Image
             try:
-                img2img = AutoPipelineForImage2Image.from_pipe(pipe)
+                sibling = auto.from_pipe(pipe)
             except Exception as exc:
-                raise ValueError(
-                    f"model {self.spec.name!r} ({type(pipe).__name__}) has no image-to-image variant"
-                ) from exc
-            img2img.set_progress_bar_config(disable=True)
-            self._img2img = img2img
-        return self._img2img
+                kind = "inpainting" if masked else "image-to-image"
+                raise ValueError(f"model {self.spec.name!r} ({type(pipe).__name__}) has no {kind} variant") from exc
+            sibling.set_progress_bar_config(disable=True)
+            setattr(self, attr, sibling)
+        return getattr(self, attr)
 
     # -- generation --------------------------------------------------------
 
@@ -187,12 +190,19 @@ class DiffusersBackend:
         pipe = self.load()
         with self._run_lock:
             control.check()
-            target = pipe if request.init_image is None else self._image_pipeline(pipe)
+            masked = request.mask_image is not None
+            target = pipe if request.init_image is None else self._image_pipeline(pipe, masked)
             kwargs = self._call_kwargs(target, request, control)
             images = target(**kwargs).images
         if "callback_on_step_end" not in kwargs:  # pipeline without step callbacks
             control.report(1.0)
-        return [self._fit(image, request) for image in images]
+        images = [self._fit(image, request) for image in images]
+        if request.mask_image is not None:
+            # outside the mask the result is the input, pixel for pixel (the VAE round trip
+            # of latent-space inpainting would otherwise soften it); edges blend with the mask
+            mask, base = kwargs["mask_image"], kwargs["image"]
+            images = [Image.composite(image, base, mask) for image in images]
+        return images
 
     def _validate(self, request: TextToImageRequest) -> None:
         if request.width <= 0 or request.height <= 0:
@@ -201,6 +211,8 @@ class DiffusersBackend:
             raise ValueError("num_images must be at least 1")
         if request.init_image is not None and not self.spec.supports_image_input:
             raise ValueError(f"model {self.spec.name!r} does not accept an input image")
+        if request.mask_image is not None and request.init_image is None:
+            raise ValueError("a mask needs an input image to edit")
 
     def _call_kwargs(self, target: Any, request: TextToImageRequest, control: StepControl) -> dict[str, Any]:
         steps = self.steps_for(request)
@@ -231,6 +243,11 @@ class DiffusersBackend:
                 image = image.resize((request.width, request.height), Image.Resampling.LANCZOS)
             kwargs["image"] = image
             kwargs["strength"] = float(request.strength)
+        if request.mask_image is not None:
+            mask = request.mask_image.convert("L")
+            if mask.size != (request.width, request.height):
+                mask = mask.resize((request.width, request.height), Image.Resampling.BILINEAR)
+            kwargs["mask_image"] = mask
         params, accepts_any = _call_parameters(target)
         if not accepts_any:
             dropped = sorted(set(kwargs) - params)

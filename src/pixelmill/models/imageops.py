@@ -198,8 +198,7 @@ def _for_png(image: Image.Image) -> Image.Image:
 def _for_webp(image: Image.Image) -> Image.Image:
     if image.mode in ("RGB", "RGBA"):
         return image
-    has_alpha = image.mode in ("LA", "PA", "RGBa", "La") or "transparency" in image.info
-    return image.convert("RGBA" if has_alpha else "RGB")
+    return image.convert("RGBA" if has_alpha(image) else "RGB")
 
 
 # --- decoding ---------------------------------------------------------------------------------
@@ -240,8 +239,12 @@ def decode_image(
         raise ImageTooLargeError(f"image is too large to decode; the limit is {max_pixels} pixels") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(f"corrupt or truncated {image.format} image: {exc}") from exc
-    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
-    return image.convert("RGBA" if has_alpha else "RGB")
+    return image.convert("RGBA" if has_alpha(image) else "RGB")
+
+
+def has_alpha(image: Image.Image) -> bool:
+    """True when the image carries transparency (an alpha band or a transparent palette entry)."""
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
 
 
 def read_metadata(data: bytes) -> dict[str, str]:
@@ -277,6 +280,8 @@ def read_metadata(data: bytes) -> dict[str, str]:
 
 class BadImageInput(ValueError):
     """An image field that is not a usable base64 image (or data URL)."""
+
+    code = "invalid_image"
 
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(f"{field}: {reason}")

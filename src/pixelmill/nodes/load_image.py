@@ -1,5 +1,9 @@
 """The load_image node: an image given by the client, as base64 / data URL or as an http(s) URL.
 
+With ``mask_from_alpha`` the node outputs the image's alpha channel as an
+inpainting mask (OpenAI's convention: fully transparent = edit): transparent
+pixels become white (repaint), opaque ones black (keep).
+
 URLs are fetched through the guarded client (no internal addresses unless the
 operator allow-lists them; size and decompression-bomb limits).
 """
@@ -8,9 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from PIL import Image, ImageOps
 from pydantic import Field, model_validator
 
-from pixelmill.models.imageops import BadImageInput, decode_base64_image, decode_image
+from pixelmill.models.imageops import BadImageInput, decode_base64_image, decode_image, has_alpha
 from pixelmill.nodes.base import NodeContext, NodeParams, NodeResult, NodeType
 
 MAX_INPUT_PIXELS = 40_000_000
@@ -19,6 +24,7 @@ MAX_INPUT_PIXELS = 40_000_000
 class LoadImageParams(NodeParams):
     url: str | None = Field(default=None, max_length=2083)
     data: str | None = Field(default=None, max_length=30_000_000)
+    mask_from_alpha: bool = False
 
     @model_validator(mode="after")
     def _exactly_one(self):
@@ -53,8 +59,17 @@ class LoadImage(NodeType):
             image = decode_image(decode_base64_image(params.data, "data", 30_000_000), max_pixels=max_pixels)
         else:
             image = _client(ctx.services).fetch_image(params.url, max_pixels=max_pixels)
+        if params.mask_from_alpha:
+            image = alpha_mask(image)
         ctx.control.report(1.0)
         return NodeResult(images=[image], output_format="png")
+
+
+def alpha_mask(image: Image.Image) -> Image.Image:
+    """An L-mode inpainting mask from an image's transparency: alpha 0 -> 255 (edit), alpha 255 -> 0 (keep)."""
+    if not has_alpha(image):
+        raise BadImageInput("mask", "the mask has no alpha channel; transparent pixels mark the area to edit")
+    return ImageOps.invert(image.convert("RGBA").getchannel("A"))
 
 
 def _client(services: Any):

@@ -1,4 +1,8 @@
-"""The text-to-image node: any model of the catalog (image-to-image when the model allows)."""
+"""The text-to-image node: any model of the catalog (image-to-image and inpainting when the model allows).
+
+Inputs: ``image`` (optional) makes it image-to-image; ``mask`` (optional, with
+``image``) makes it inpainting: white repaints, black keeps the input's pixels.
+"""
 
 from __future__ import annotations
 
@@ -33,9 +37,12 @@ class TextToImageParams(NodeParams):
 
 class TextToImage(NodeType):
     name = "text_to_image"
-    description = "Generate images from a prompt with a catalog model; an optional input image makes it image-to-image."
+    description = (
+        "Generate images from a prompt with a catalog model; an optional input image makes it image-to-image, "
+        "and a mask with it (white = repaint) inpainting."
+    )
     Params = TextToImageParams
-    inputs = {"image": (IMAGE, False)}
+    inputs = {"image": (IMAGE, False), "mask": (IMAGE, False)}
     deterministic = True  # same seed + params -> same pixels
     uses_seed = True
 
@@ -50,6 +57,8 @@ class TextToImage(NodeType):
         return problems
 
     def check_inputs(self, params: TextToImageParams, services: Any, connected: set[str]) -> dict[str, str]:
+        if "mask" in connected and "image" not in connected:
+            return {"mask": "a mask needs an input image to edit: link one to 'image'"}
         if "image" not in connected or params.model not in services.catalog.names():
             return {}
         if not services.catalog.get(params.model).supports_image_input:
@@ -68,6 +77,7 @@ class TextToImage(NodeType):
 
     def run(self, ctx: NodeContext, params: TextToImageParams, inputs) -> NodeResult:
         init = (inputs.get("image") or [None])[0]
+        mask = (inputs.get("mask") or [None])[0]
         backend = ctx.services.models.backend(params.model)
         request = TextToImageRequest(
             prompt=params.prompt,
@@ -80,6 +90,7 @@ class TextToImage(NodeType):
             negative_prompt=params.negative_prompt,
             init_image=init,
             strength=params.strength,
+            mask_image=mask,
         )
         images = backend.generate(request, ctx.control)
         return NodeResult(

@@ -1,7 +1,21 @@
-"""The OpenAI Images dialect: ``POST /v1/images/generations``, answered synchronously.
+"""The OpenAI Images dialect: generations, edits and variations, answered synchronously.
 
-Also ``GET /v1/models`` (the catalog, for clients that list models first); the
-edits and variations endpoints answer 404 in OpenAI's shape, saying so.
+* ``POST /v1/images/generations`` (JSON).
+* ``POST /v1/images/edits``: multipart with ``image`` (or ``image[]``), an
+  optional ``mask`` and ``prompt``, or JSON with ``images: [{"image_url": ...}]``
+  (an http(s) or data URL) and ``mask: {"image_url": ...}``.  Without a mask it
+  is image-to-image; with one it is inpainting: the mask's fully transparent
+  pixels are repainted and everything else is kept pixel for pixel.  One input
+  image per request.  ``size="auto"`` (the default) keeps the input's aspect
+  ratio (sides rounded to multiples of 16, within 256-2048).
+* ``POST /v1/images/variations``: multipart with ``image``; image-to-image
+  without a prompt.
+* ``GET /v1/models``: the catalog, for clients that list models first.
+
+Edits and variations run on the named catalog model when it takes input
+images, otherwise (OpenAI names, or no ``model``) on the first catalog model
+that does; ``strength`` (0-1, extension) says how far the result may move from
+the input (default 0.6, or 0.95 inside a mask).
 
 The request becomes one ``text_to_image`` execution with ``num_images = n``; the
 route waits (polling the execution service from a worker thread, never blocking
@@ -41,19 +55,21 @@ from typing import Callable, Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request
+from starlette.datastructures import UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pixelmill.accounts.keys import Principal
-from pixelmill.api.deps import json_body, principal
+from pixelmill.api.deps import json_body, principal, read_body
 from pixelmill.api.files import signed_url
 from pixelmill.domain.status import ExecutionStatus
 from pixelmill.engine.graph import GraphProblems
 from pixelmill.engine.service import Submission
 from pixelmill.engine.views import ExecutionView, FileView
 from pixelmill.errors import BadRequest, NotFound, PixelmillError
+from pixelmill.models.imageops import BadImageInput, ImageDecodeError, decode_base64_image, decode_image, has_alpha, is_url
 from pixelmill.presenters.openai_images import error_body, render_error, render_images
 from pixelmill.store.tables import files
 
@@ -193,7 +209,6 @@ async def create_image(request: Request, who: Principal = Depends(principal)):
     model, family = resolve_model(req.model, rt.catalog)
     width, height = parse_size(req.size, family)
     output_format = req.output_format or "png"
-    response_format = req.response_format or ("b64_json" if family == "gpt-image" else "url")
     node = {
         "type": "text_to_image",
         "params": {
@@ -209,26 +224,35 @@ async def create_image(request: Request, who: Principal = Depends(principal)):
             "output_format": output_format,
         },
     }
-    submission = Submission(
-        principal=who,
-        graph={"nodes": {"generate": node}},
-        dialect="openai",
-        label=model,
-        request=req.model_dump(mode="json", exclude_none=True),
+    return await _run(
+        request, who, {"generate": node}, model, req.model_dump(mode="json", exclude_none=True),
+        response_format=req.response_format or ("b64_json" if family == "gpt-image" else "url"),
+        size=(width, height), quality=req.quality, output_format=output_format,
     )
+
+
+async def _run(
+    request: Request, who: Principal, nodes: dict, model: str, logged: dict, *,
+    response_format: str, size: tuple[int, int], quality: str | None, output_format: str,
+) -> JSONResponse:
+    """Submit ``nodes`` (the last one is the generation), wait for it and answer in OpenAI's shape."""
+    rt = request.app.state.runtime
+    submission = Submission(principal=who, graph={"nodes": nodes}, dialect="openai", label=model, request=logged)
     try:
         view = await run_in_threadpool(rt.executions.submit, submission)
     except GraphProblems as e:
         problem = (e.details.get("problems") or [{}])[0]
         loc = [p for p in problem.get("loc", []) if p != "params"]
         first_word = str(problem.get("msg", "")).split(" ", 1)[0]
-        param = str(loc[-1]) if loc else first_word if first_word in ImageGenerationRequest.model_fields else None
+        known = set(ImageGenerationRequest.model_fields) | set(ImageEditRequest.model_fields)
+        param = str(loc[-1]) if loc else first_word if first_word in known else None
         raise _invalid(f"Invalid value for '{param}': {problem.get('msg')}." if param else str(problem.get("msg")), param) from None
     view = await _wait(request, who.account_id, view.id, _sync_timeout(request))
     if view.status == ExecutionStatus.CANCELLED:
         raise PixelmillError(f"The generation (execution {view.id}) was cancelled before it finished.", code="cancelled", status=500)
     if view.status != ExecutionStatus.SUCCEEDED:
         raise PixelmillError(view.error_message or "The image generation failed.", code=view.error_code or "generation_failed", status=500)
+    width, height = size
     rendered = await run_in_threadpool(
         render_images,
         view,
@@ -236,7 +260,7 @@ async def create_image(request: Request, who: Principal = Depends(principal)):
         url_for=lambda f: signed_url(request, f),
         bytes_for=lambda f: _file_bytes(rt, f),
         size=f"{width}x{height}",
-        quality=req.quality or "auto",
+        quality=quality or "auto",
         background="opaque",
         output_format=output_format,
     )
@@ -252,14 +276,262 @@ def list_models(request: Request, who: Principal = Depends(principal)):
     }
 
 
+class ImageEditRequest(BaseModel):
+    """The non-file fields of ``POST /v1/images/edits``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(max_length=32000)
+    model: str | None = None
+    n: int | None = Field(default=1, ge=1, le=10)
+    size: str | None = "auto"
+    response_format: Literal["url", "b64_json"] | None = None
+    output_format: Literal["png", "jpeg", "webp"] | None = None
+    output_compression: int | None = Field(default=None, ge=0, le=100)
+    quality: Literal["standard", "low", "medium", "high", "auto"] | None = None
+    background: Literal["transparent", "opaque", "auto"] | None = None
+    input_fidelity: Literal["high", "low"] | None = None
+    moderation: Literal["low", "auto"] | None = None
+    user: str | None = Field(default=None, max_length=512)
+    safety_identifier: str | None = Field(default=None, max_length=512)
+    stream: bool | None = None
+    partial_images: int | None = Field(default=None, ge=0, le=3)
+    # extensions
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    negative_prompt: str | None = Field(default=None, max_length=4000)
+    steps: int | None = Field(default=None, ge=1, le=100)
+    guidance: float | None = Field(default=None, ge=0.0, le=100.0)
+    strength: float | None = Field(default=None, ge=0.0, le=1.0)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("prompt must not be empty")
+        return v
+
+
+class ImageVariationRequest(BaseModel):
+    """The non-file fields of ``POST /v1/images/variations``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None
+    n: int | None = Field(default=1, ge=1, le=10)
+    size: str | None = "auto"
+    response_format: Literal["url", "b64_json"] | None = None
+    user: str | None = Field(default=None, max_length=512)
+    # extensions
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    steps: int | None = Field(default=None, ge=1, le=100)
+    guidance: float | None = Field(default=None, ge=0.0, le=100.0)
+    strength: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class InputImage(BaseModel):
+    """An input image of an edit: base64 ``data`` or a ``url`` (fetched when the node runs)."""
+
+    data: str | None = None
+    url: str | None = None
+    size: tuple[int, int] | None = None  # unknown for URLs until fetched
+    alpha: bool | None = None
+
+    def node(self, **params) -> dict:
+        source = {"url": self.url} if self.url is not None else {"data": self.data}
+        return {"type": "load_image", "params": {**source, **params}}
+
+
 @router.post("/v1/images/edits")
-@router.post("/v1/images/variations")
-def unsupported(request: Request, who: Principal = Depends(principal)):
-    raise PixelmillError(
-        f"{request.url.path} is not supported by this server; use POST /v1/images/generations.",
-        code="unsupported_endpoint",
-        status=404,
+async def edit_image(request: Request, who: Principal = Depends(principal)):
+    rt = request.app.state.runtime
+    fields, images, mask = await _image_request(request, json_images=True)
+    try:
+        req = ImageEditRequest.model_validate(fields)
+    except ValidationError as e:
+        raise _from_validation_error(e) from None
+    if req.stream:
+        raise _invalid("Streaming is not supported by this server: send the request without 'stream' (or with stream=false).", "stream", "unsupported_value")
+    if req.background == "transparent":
+        raise _invalid("background='transparent' is not supported by this server: its models make opaque images.", "background", "unsupported_value")
+    image = _one_image(images)
+    if mask is not None:
+        if mask.alpha is False:
+            raise _invalid("Invalid mask: it has no alpha channel. Its fully transparent pixels mark the area to edit.", "mask", "invalid_image")
+        if mask.size and image.size and mask.size != image.size:
+            raise _invalid(
+                f"Invalid mask: it is {mask.size[0]}x{mask.size[1]} but the image is {image.size[0]}x{image.size[1]}; they must match.",
+                "mask",
+                "invalid_image",
+            )
+    model, family = resolve_edit_model(req.model, rt.catalog)
+    width, height = _edit_size(req.size, family, image)
+    output_format = req.output_format or "png"
+    strength = req.strength if req.strength is not None else 0.95 if mask is not None else 0.6
+    nodes = {"image": image.node()}
+    links = {"image": ["image", "images"]}
+    if mask is not None:
+        nodes["mask"] = mask.node(mask_from_alpha=True)
+        links["mask"] = ["mask", "images"]
+    nodes["generate"] = {
+        "type": "text_to_image",
+        "params": {
+            "model": model, "prompt": req.prompt, "negative_prompt": req.negative_prompt, "width": width,
+            "height": height, "steps": req.steps, "guidance": req.guidance, "seed": req.seed,
+            "num_images": req.n or 1, "output_format": output_format, "strength": strength,
+        },
+        "inputs": links,
+    }
+    return await _run(
+        request, who, nodes, model, {**req.model_dump(mode="json", exclude_none=True), "masked": mask is not None},
+        response_format=req.response_format or ("b64_json" if family == "gpt-image" else "url"),
+        size=(width, height), quality=req.quality, output_format=output_format,
     )
+
+
+@router.post("/v1/images/variations")
+async def image_variation(request: Request, who: Principal = Depends(principal)):
+    rt = request.app.state.runtime
+    fields, images, mask = await _image_request(request, json_images=False)
+    if mask is not None:
+        raise _invalid("Unknown parameter: 'mask'.", "mask", "unknown_parameter")
+    try:
+        req = ImageVariationRequest.model_validate(fields)
+    except ValidationError as e:
+        raise _from_validation_error(e) from None
+    image = _one_image(images)
+    model, family = resolve_edit_model(req.model, rt.catalog)
+    width, height = _edit_size(req.size, family, image)
+    nodes = {
+        "image": image.node(),
+        "generate": {
+            "type": "text_to_image",
+            "params": {
+                "model": model, "prompt": "", "width": width, "height": height, "steps": req.steps,
+                "guidance": req.guidance, "seed": req.seed, "num_images": req.n or 1, "output_format": "png",
+                "strength": req.strength if req.strength is not None else 0.6,
+            },
+            "inputs": {"image": ["image", "images"]},
+        },
+    }
+    return await _run(
+        request, who, nodes, model, req.model_dump(mode="json", exclude_none=True),
+        response_format=req.response_format or "url", size=(width, height), quality=None, output_format="png",
+    )
+
+
+def resolve_edit_model(name: str | None, catalog) -> tuple[str, str]:
+    """Like :func:`resolve_model`, for a model that must take an input image."""
+    editing = [n for n in catalog.names() if catalog.get(n).supports_image_input]
+    if name is not None and name in catalog:
+        if name not in editing:
+            raise _invalid(
+                f"The model '{name}' does not take input images. Models that do: {', '.join(editing) or 'none on this server'}.",
+                "model",
+                "unsupported_value",
+            )
+        return resolve_model(name, catalog)
+    model, family = resolve_model(name, catalog)  # 404 for unknown names
+    if not editing:
+        raise _invalid(
+            "No model on this server takes input images, so it cannot edit or vary images "
+            "(a catalog model needs supports_image_input = true).",
+            "model",
+            "unsupported_value",
+        )
+    return editing[0], family
+
+
+def _edit_size(size: str | None, family: str, image: InputImage) -> tuple[int, int]:
+    """``auto``: the input's aspect ratio, sides multiples of 16 within 256-2048 (1024x1024 for a URL)."""
+    if size not in (None, "auto"):
+        return parse_size(size, "catalog" if family == "dall-e" else family)
+    if image.size is None:
+        return 1024, 1024
+    w, h = image.size
+    scale = min(1.0, 2048 / max(w, h))
+    scale = max(scale, 256 / min(w, h))
+    return tuple(min(2048, max(256, round(v * scale / 16) * 16)) for v in (w, h))  # type: ignore[return-value]
+
+
+def _one_image(images: list[InputImage]) -> InputImage:
+    if not images:
+        raise _invalid("Missing required parameter: 'image'.", "image", "missing_required_parameter")
+    if len(images) > 1:
+        raise _invalid(f"This server edits one image per request; {len(images)} were sent.", "image", "unsupported_value")
+    return images[0]
+
+
+async def _image_request(request: Request, json_images: bool) -> tuple[dict, list[InputImage], InputImage | None]:
+    """(text fields, input images, mask) of a multipart or (edits only) JSON request."""
+    rt = request.app.state.runtime
+    max_bytes, max_pixels = rt.settings.max_body_bytes, rt.settings.max_image_pixels
+    ctype = request.headers.get("content-type", "").lower()
+    if ctype.startswith("multipart/form-data"):
+        await read_body(request)
+        try:
+            form = await request.form(max_files=32, max_fields=64)
+        except Exception as e:  # malformed multipart
+            raise _invalid(f"The multipart body could not be parsed: {e}", None, "invalid_multipart") from None
+        fields: dict = {}
+        images: list[InputImage] = []
+        mask = None
+        for key, value in form.multi_items():
+            if key in ("image", "image[]", "mask"):
+                if not isinstance(value, UploadFile):
+                    raise _invalid(f"'{key}' must be a file upload.", key.rstrip("[]"), "invalid_type")
+                raw = await value.read()
+                item = await run_in_threadpool(_inspect, raw, key.rstrip("[]"), max_pixels)
+                if key == "mask":
+                    mask = item
+                else:
+                    images.append(item)
+            elif isinstance(value, UploadFile):
+                raise _invalid(f"Unknown file parameter: '{key}'.", key, "unknown_parameter")
+            elif key in fields:
+                raise _invalid(f"Parameter '{key}' was given more than once.", key, "invalid_value")
+            else:
+                fields[key] = value
+        return fields, images, mask
+    if not json_images:
+        raise _invalid("Send this request as multipart/form-data with the image as a file.", None, "invalid_content_type")
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise _invalid("The body must be a JSON object.", None, "invalid_type")
+    body = dict(body)
+    refs = body.pop("images", None)
+    mask_ref = body.pop("mask", None)
+    if refs is not None and not isinstance(refs, list):
+        raise _invalid("Invalid type for 'images': expected an array of objects with 'image_url'.", "images", "invalid_type")
+    images = [await _json_image(ref, f"images.{i}", max_bytes, max_pixels) for i, ref in enumerate(refs or [])]
+    mask = None if mask_ref is None else await _json_image(mask_ref, "mask", max_bytes, max_pixels)
+    return body, images, mask
+
+
+async def _json_image(ref, param: str, max_bytes: int, max_pixels: int) -> InputImage:
+    if not isinstance(ref, dict) or set(ref) - {"image_url", "file_id"}:
+        raise _invalid(f"Invalid value for '{param}': expected an object with 'image_url'.", param, "invalid_type")
+    if "file_id" in ref:
+        raise _invalid(f"'{param}.file_id' is not supported by this server; send 'image_url' (an http(s) or data URL).", param, "unsupported_value")
+    url = ref.get("image_url")
+    if is_url(url):
+        return InputImage(url=url.strip())
+    try:
+        raw = decode_base64_image(url, param, max_bytes)
+    except BadImageInput as e:
+        raise _invalid(f"Invalid value for '{param}.image_url': {e.reason}.", param, "invalid_image") from None
+    item = await run_in_threadpool(_inspect, raw, param, max_pixels)
+    return InputImage(data=url, size=item.size, alpha=item.alpha)
+
+
+def _inspect(raw: bytes, param: str, max_pixels: int) -> InputImage:
+    """Check that ``raw`` is a PNG, JPEG or WebP image within the pixel cap; its size and transparency."""
+    import base64
+
+    try:
+        image = decode_image(raw, max_pixels=max_pixels, formats=("PNG", "JPEG", "WEBP"))
+    except ImageDecodeError as e:
+        raise _invalid(f"Invalid image file for '{param}': {e}.", param, "invalid_image") from None
+    return InputImage(data=base64.b64encode(raw).decode("ascii"), size=image.size, alpha=has_alpha(image))
 
 
 async def _wait(request: Request, account_id: str, execution_id: str, timeout: float) -> ExecutionView:
