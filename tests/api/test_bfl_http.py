@@ -246,3 +246,75 @@ def test_image_input_goes_through_a_load_image_node(make_runtime, sqlite_url):
     body = poll_ready(client, r.json()["polling_url"])
     assert body["status"] == "Ready", body
     assert seen["init"].size == (40, 30) and seen["init"].getpixel((0, 0))[:3] == (255, 0, 0)
+
+
+@pytest.fixture
+def fill_server(make_runtime, sqlite_url):
+    """A server whose image model also serves /v1/flux-pro-1.0-fill and Kontext; records what the model got."""
+    from tests.api.test_openai_http import EDIT_MODEL, RecordingEditBackend
+
+    backend = RecordingEditBackend()
+    entry = EDIT_MODEL + '\nbfl_endpoints = ["flux-pro-1.0-fill", "flux-kontext-pro"]'
+    rt = make_runtime(sqlite_url, extra_models={"fake-edit": (entry, backend)})
+    client = TestClient(create_app(rt, manage_runtime=False))
+    client.headers["x-key"] = create_key(rt)
+    return client, backend
+
+
+def _b64_png(image: Image.Image) -> str:
+    import base64
+
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_fill_inpaints_with_the_mask_in_the_image_shape(fill_server):
+    client, backend = fill_server
+    image = Image.new("RGB", (300, 200), (0, 0, 255))
+    mask = Image.new("L", (300, 200), 0)
+    mask.paste(255, (100, 50, 200, 150))
+    r = client.post("/v1/flux-pro-1.0-fill", json={"prompt": "a cat", "image": _b64_png(image), "mask": _b64_png(mask), "output_format": "png"})
+    assert r.status_code == 200, r.text
+    assert r.json()["output_mp"] == pytest.approx(384 * 256 / 1e6, abs=1e-4)  # 300x200 scaled to sides >= 256, multiples of 32
+    body = poll_ready(client, r.json()["polling_url"])
+    assert body["status"] == "Ready", body
+    assert Image.open(io.BytesIO(client.get(body["result"]["sample"]).content)).size == (384, 256)
+    [req] = backend.requests
+    assert req.strength == 1.0 and req.init_image.size == (300, 200)
+    m = req.mask_image.convert("L")
+    assert m.getpixel((150, 100)) == 255 and m.getpixel((10, 10)) == 0
+
+
+def test_fill_without_a_mask_uses_the_images_transparency(fill_server):
+    client, backend = fill_server
+    image = Image.new("RGBA", (256, 256), (255, 0, 0, 255))
+    image.paste((0, 0, 0, 0), (0, 0, 128, 256))
+    r = client.post("/v1/flux-pro-1.0-fill", json={"prompt": "grass", "image": _b64_png(image)})
+    assert r.status_code == 200, r.text
+    assert poll_ready(client, r.json()["polling_url"])["status"] == "Ready"
+    [req] = backend.requests
+    assert req.mask_image.getpixel((10, 10)) == 255 and req.mask_image.getpixel((200, 10)) == 0
+
+
+def test_fill_refuses_a_missing_or_mismatched_mask_and_unreadable_images(fill_server):
+    client, backend = fill_server
+    opaque = _b64_png(Image.new("RGB", (256, 256), "red"))
+    r = client.post("/v1/flux-pro-1.0-fill", json={"prompt": "x", "image": opaque})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "mask" and "transparent" in r.json()["detail"][0]["msg"]
+    r = client.post("/v1/flux-pro-1.0-fill", json={"prompt": "x", "image": opaque, "mask": _b64_png(Image.new("L", (128, 256)))})
+    assert r.status_code == 422 and "128x256" in r.json()["detail"][0]["msg"]
+    import base64
+
+    r = client.post("/v1/flux-pro-1.0-fill", json={"prompt": "x", "image": base64.b64encode(b"not a picture").decode()})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "image"
+    assert backend.requests == []
+
+
+def test_kontext_without_aspect_ratio_answers_in_the_input_shape(fill_server):
+    client, backend = fill_server
+    r = client.post("/v1/flux-kontext-pro", json={"prompt": "make it blue", "input_image": _b64_png(Image.new("RGB", (640, 320), "red"))})
+    assert r.status_code == 200, r.text
+    assert poll_ready(client, r.json()["polling_url"])["status"] == "Ready"
+    [req] = backend.requests
+    assert (req.width, req.height) == (640, 320) and req.mask_image is None

@@ -242,6 +242,19 @@ def decode_image(
     return image.convert("RGBA" if has_alpha(image) else "RGB")
 
 
+def fit_size(width: int, height: int, multiple: int = 16, min_side: int = 256, max_side: int = 2048) -> tuple[int, int]:
+    """An output size with ``width:height``'s aspect ratio, sides multiples of ``multiple`` within the bounds.
+
+    Larger than ``max_side`` scales down, smaller than ``min_side`` scales up
+    (the longer side wins when both apply); each side is then rounded to the
+    multiple and clamped.
+    """
+    scale = min(1.0, max_side / max(width, height))
+    scale = max(scale, min_side / min(width, height)) if min(width, height) * scale < min_side else scale
+    scale = min(scale, max_side / max(width, height))
+    return tuple(min(max_side, max(min_side, round(v * scale / multiple) * multiple)) for v in (width, height))  # type: ignore[return-value]
+
+
 def has_alpha(image: Image.Image) -> bool:
     """True when the image carries transparency (an alpha band or a transparent palette entry)."""
     return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info

@@ -1,7 +1,13 @@
 """The BFL FLUX API dialect: ``POST /v1/{endpoint}``, ``GET /v1/get_result``, ``GET /v1/credits``.
 
-Thin: parse and validate the body exactly as BFL does, turn it into a one-node
+Thin: parse and validate the body exactly as BFL does, turn it into a small
 graph, call the execution service, render BFL's shapes.
+
+Input images (base64 or URLs) go through a ``load_image`` node into models
+that take images.  Fill (``flux-pro-1.0-fill``) is inpainting: its ``mask``
+(white = repaint) or, without one, the image's transparent pixels mark what to
+regenerate, and everything else is kept.  Fill, and Kontext without an
+``aspect_ratio``, answer in the input image's shape (sides multiples of 32).
 """
 
 from __future__ import annotations
@@ -9,7 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from PIL import Image
 from pydantic import ValidationError
 
 from pixelmill.accounts.keys import Principal
@@ -22,6 +30,7 @@ from pixelmill.engine.service import Submission
 from pixelmill.engine.views import ExecutionView
 from pixelmill.presenters.bfl import render_result as _render_result
 from pixelmill.errors import NotFound, PixelmillError
+from pixelmill.models.imageops import ImageDecodeError, decode_image, fit_size, has_alpha
 
 router = APIRouter(tags=["BFL"])
 
@@ -63,7 +72,8 @@ async def submit(endpoint: str, request: Request, who: Principal = Depends(princ
     try:
         req = schemas.validate_request(endpoint, body)
         params = schemas.to_generation_params(endpoint, req)
-        images = [schemas.decode_base64_image(v, f, rt.settings.max_body_bytes) for f, v in _image_fields(req) if not schemas.is_url(v)]
+        decoded = {f: schemas.decode_base64_image(v, f, rt.settings.max_body_bytes) for f, v in _image_fields(req) if not schemas.is_url(v)}
+        pictures = await run_in_threadpool(_inspect_images, decoded, rt.settings.max_image_pixels)
     except ValidationError as e:
         return _validation_error(e)
     except (schemas.BflParamError, schemas.BadImageInput) as e:
@@ -74,9 +84,14 @@ async def submit(endpoint: str, request: Request, who: Principal = Depends(princ
             code="image_input_not_supported",
             status=422,
         )
-    del images  # validated; models that take images receive them through an image node
-    width = params.width or 1024
-    height = params.height or 1024
+    takes_image = bool(params.input_images) and spec.supports_image_input
+    first_field = next((f for f, v in _image_fields(req) if v == params.input_images[0]), None) if takes_image else None
+    if params.width is not None:
+        width, height = params.width, params.height
+    elif first_field in pictures:  # fill, and Kontext without aspect_ratio: the input image's shape
+        width, height = fit_size(*pictures[first_field].size, multiple=32)
+    else:
+        width, height = 1024, 1024
     node = {
         "type": "text_to_image",
         "params": {
@@ -91,11 +106,15 @@ async def submit(endpoint: str, request: Request, who: Principal = Depends(princ
         },
     }
     nodes = {"generate": node}
-    if params.input_images and spec.supports_image_input:
+    if takes_image:
         first = params.input_images[0]
-        nodes = {"input": {"type": "load_image", "params": {"url": first} if schemas.is_url(first) else {"data": first}}}
+        source = {"url": first} if schemas.is_url(first) else {"data": first}
+        nodes = {"input": {"type": "load_image", "params": source}, "generate": node}
         node["inputs"] = {"image": ["input", "images"]}
-        nodes["generate"] = node
+        if endpoint.startswith("flux-pro-1.0-fill"):
+            problem = _fill_mask(req, first_field, pictures, source, nodes, node)
+            if problem is not None:
+                return _validation_error(problem)
     view = rt.executions.submit(
         Submission(
             principal=who,
@@ -111,6 +130,38 @@ async def submit(endpoint: str, request: Request, who: Principal = Depends(princ
     if wait_s is not None:  # Prefer: wait[=N]: hold until done or N s, answer like get_result
         return await wait.bfl_response(request, who.account_id, view, wait_s)
     return render_submit(request, view, width * height / 1_000_000)
+
+
+def _inspect_images(decoded: dict[str, bytes], max_pixels: int) -> dict[str, Image.Image]:
+    """Decode each base64 image field once, so an unreadable picture is a 422 now, not a failed task later."""
+    out = {}
+    for field, raw in decoded.items():
+        try:
+            out[field] = decode_image(raw, max_pixels=max_pixels)
+        except ImageDecodeError as e:
+            raise schemas.BadImageInput(field, str(e)) from None
+    return out
+
+
+def _fill_mask(req, image_field: str | None, pictures: dict, source: dict, nodes: dict, node: dict):
+    """Make a fill request inpainting: ``mask`` (white = repaint), or else the image's own transparency.
+
+    Returns a ``BadImageInput`` to answer 422 with, or None.
+    """
+    mask = getattr(req, "mask", None)
+    image = pictures.get(image_field or "")
+    if mask:
+        if image is not None and "mask" in pictures and pictures["mask"].size != image.size:
+            m, i = pictures["mask"].size, image.size
+            return schemas.BadImageInput("mask", f"the mask is {m[0]}x{m[1]} but the image is {i[0]}x{i[1]}; they must match")
+        nodes["mask"] = {"type": "load_image", "params": {"url": mask} if schemas.is_url(mask) else {"data": mask}}
+    else:
+        if image is not None and not has_alpha(image):
+            return schemas.BadImageInput("mask", "give a mask, or an image whose transparent pixels mark the area to fill")
+        nodes["mask"] = {"type": "load_image", "params": {**source, "mask_from_alpha": True}}
+    node["inputs"]["mask"] = ["mask", "images"]
+    node["params"]["strength"] = 1.0  # the masked area is generated anew
+    return None
 
 
 def _image_fields(req) -> list[tuple[str, str]]:

@@ -69,7 +69,7 @@ from pixelmill.engine.graph import GraphProblems
 from pixelmill.engine.service import Submission
 from pixelmill.engine.views import ExecutionView, FileView
 from pixelmill.errors import BadRequest, NotFound, PixelmillError
-from pixelmill.models.imageops import BadImageInput, ImageDecodeError, decode_base64_image, decode_image, has_alpha, is_url
+from pixelmill.models.imageops import BadImageInput, ImageDecodeError, decode_base64_image, decode_image, fit_size, has_alpha, is_url
 from pixelmill.presenters.openai_images import error_body, render_error, render_images
 from pixelmill.store.tables import files
 
@@ -447,10 +447,7 @@ def _edit_size(size: str | None, family: str, image: InputImage) -> tuple[int, i
         return parse_size(size, "catalog" if family == "dall-e" else family)
     if image.size is None:
         return 1024, 1024
-    w, h = image.size
-    scale = min(1.0, 2048 / max(w, h))
-    scale = max(scale, 256 / min(w, h))
-    return tuple(min(2048, max(256, round(v * scale / 16) * 16)) for v in (w, h))  # type: ignore[return-value]
+    return fit_size(*image.size)
 
 
 def _one_image(images: list[InputImage]) -> InputImage:
