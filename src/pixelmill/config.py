@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     broker_url: str = "redis://127.0.0.1:6379/0"
     worker_threads: int = 1
     node_timeout_s: float = 600.0
+    #: scale-out: a queued node run whose task never reached the queue (broker down at
+    #: that moment) is published again after this many seconds; 0 turns the sweeper off
+    republish_after_s: float = 30.0
     result_ttl_s: int = 24 * 3600  # how long get_result knows an execution
     preload_models: bool = False
     background_onnx_path: str | None = None  # a general-object saliency model (U2-Net / IS-Net / BiRefNet) for remove_background

@@ -12,6 +12,7 @@ from pixelmill.accounts.plans import load_plans
 from pixelmill.accounts.ratelimit import RateLimiter
 from pixelmill.config import Settings
 from pixelmill.engine.lifecycle import Lifecycle
+from pixelmill.engine.publisher import Publisher
 from pixelmill.engine.runner import NodeRunner
 from pixelmill.engine.service import ExecutionService
 from pixelmill.files.signing import UrlSigner
@@ -50,8 +51,9 @@ class Runtime:
         self.services = NodeServices(self.catalog, self.models, settings)
         self.lifecycle = Lifecycle()
         self.queue = self._make_queue()
+        self.publisher = Publisher(self.db, self.queue.enqueue, settings.republish_after_s)
         self.runner = NodeRunner(
-            self.db, self.nodes, self.services, self.storage, self.lifecycle, self.queue.enqueue,
+            self.db, self.nodes, self.services, self.storage, self.lifecycle, self.publisher,
             node_timeout_s=settings.node_timeout_s, file_retention_s=settings.file_retention_s,
         )
         self.queue.handler = self.runner.run
@@ -60,7 +62,7 @@ class Runtime:
         self.admission = Admission(self.plans, self.limiter, settings.default_plan)
         self.idempotency = IdempotencyStore(self.db, ttl_s=settings.idempotency_ttl_s)
         self.executions = ExecutionService(
-            self.db, self.nodes, self.services, self.queue.enqueue, self.lifecycle, result_ttl_s=settings.result_ttl_s,
+            self.db, self.nodes, self.services, self.publisher, self.lifecycle, result_ttl_s=settings.result_ttl_s,
             admission=self.admission,
         )
         from pixelmill.workflows.service import WorkflowService
@@ -106,6 +108,8 @@ class Runtime:
             n = self.executions.recover()
             if n:
                 log.info("re-queued %d unfinished node runs", n)
+        else:  # a shared broker can be down when a node is published: publish such runs again later
+            self.publisher.start()
         if self.settings.preload_models and self.settings.queue == "inprocess":
             # only the embedded server runs nodes itself; scale-out API nodes hold no
             # models, and `pixelmill worker` loads the models of the queues it consumes
@@ -113,6 +117,7 @@ class Runtime:
 
     def stop(self) -> None:
         if self.started:
+            self.publisher.stop()
             self.dispatcher.stop()
             self.queue.stop()
             self.started = False

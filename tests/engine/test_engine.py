@@ -185,3 +185,62 @@ def test_a_node_running_elsewhere_is_not_run_again_until_its_deadline(make_runti
     rt.runner.run(NodeTask(view.nodes[0].id, view.id))
     assert backend.calls == 1
     assert rt.executions.get(p.account_id, view.id).status == ExecutionStatus.SUCCEEDED
+
+
+def _publishing_fails_after(rt, n_ok: int) -> dict:
+    """Make the runtime's broker refuse every publish after the first ``n_ok``; returns a switch to heal it."""
+    real = rt.publisher.enqueue
+    state = {"calls": 0, "down": True}
+
+    def flaky(task):
+        state["calls"] += 1
+        if state["down"] and state["calls"] > n_ok:
+            raise ConnectionError("broker unreachable")
+        real(task)
+
+    rt.publisher.enqueue = flaky
+    return state
+
+
+def _node(rt, eid, node_id):
+    with rt.db.engine.connect() as conn:
+        return conn.execute(sa.select(node_runs).where(node_runs.c.execution_id == eid, node_runs.c.node_id == node_id)).first()
+
+
+def test_a_follow_up_node_whose_publish_failed_is_published_again(make_runtime, db_url):
+    rt = make_runtime(db_url)
+    p = principal(rt)
+    switch = _publishing_fails_after(rt, 1)  # the submit publishes "gen"; publishing "small" fails on the worker
+    eid = rt.executions.submit(Submission(p, chain(), "workflow", "chain")).id
+    wait_for(lambda: _node(rt, eid, "gen").status == NodeStatus.SUCCEEDED)
+    small = _node(rt, eid, "small")
+    assert small.status == NodeStatus.QUEUED and small.published_at is None
+    assert rt.executions.get(p.account_id, eid).status == ExecutionStatus.RUNNING  # stuck without a sweep
+    assert rt.publisher.republish(older_than_s=0) == 0  # broker still down: nothing went out, nothing lost
+    assert _node(rt, eid, "small").published_at is None
+    switch["down"] = False
+    assert rt.publisher.republish(older_than_s=0) == 1
+    view = finished(rt, p, eid)
+    assert view.status == ExecutionStatus.SUCCEEDED and [n.status for n in view.nodes] == [NodeStatus.SUCCEEDED] * 3
+    assert rt.publisher.republish(older_than_s=0) == 0  # every run is stamped: nothing is sent twice
+    with rt.db.engine.connect() as conn:
+        assert ledger.balance(conn, p.account_id) == pytest.approx(100 - view.cost_actual)
+
+
+def test_the_sweeper_thread_publishes_lost_runs_once_each(make_runtime, db_url):
+    rt = make_runtime(db_url)
+    p = principal(rt)
+    switch = _publishing_fails_after(rt, 1)
+    eid = rt.executions.submit(Submission(p, chain(), "workflow", "chain")).id
+    wait_for(lambda: _node(rt, eid, "small").status == NodeStatus.QUEUED)
+    run = _node(rt, eid, "small")
+    assert rt.publisher._claim(run.id, run.queued_at) and not rt.publisher._claim(run.id, run.queued_at)  # one claimant wins
+    switch["down"] = False
+    calls_before = switch["calls"]
+    rt.publisher.republish_after_s = 0.2
+    rt.publisher.start()
+    try:
+        assert finished(rt, p, eid).status == ExecutionStatus.SUCCEEDED
+    finally:
+        rt.publisher.stop()
+    assert switch["calls"] - calls_before == 2  # "small" once by the sweeper, then "jpeg" by the worker

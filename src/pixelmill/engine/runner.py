@@ -201,7 +201,10 @@ class NodeRunner:
                 return  # cancelled meanwhile: outputs stay unreferenced
             tasks = self.lifecycle.succeed_node(conn, run, outputs, cost, cached)
         for t in tasks:
-            self.enqueue(t)
+            try:
+                self.enqueue(t)
+            except Exception as exc:  # broker unreachable: the run stays QUEUED, unpublished; the sweeper sends it
+                log.warning("could not publish node run %s of execution %s (%s); it will be published again", t.node_run_id, t.execution_id, exc)
 
     def _fail(self, run, code: str, message: str, cancelled: bool = False) -> None:
         with self.db.transaction() as conn:

@@ -83,6 +83,7 @@ node_runs = sa.Table(
     sa.Column("params", sa.JSON, nullable=False),  # literal inputs
     sa.Column("links", sa.JSON, nullable=False),  # input name -> [node_id, output]
     sa.Column("queued_at", TS),
+    sa.Column("published_at", TS),  # when its task reached the queue; NULL while queued = not yet (re-published)
     sa.Column("started_at", TS),
     sa.Column("finished_at", TS),
     sa.Column("progress", sa.Float, nullable=False, default=0.0),

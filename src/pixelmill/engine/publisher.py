@@ -1,0 +1,126 @@
+"""Publisher: puts node tasks on the job queue and makes sure none is lost on the way.
+
+A node run is committed as QUEUED first and published afterwards (a worker
+must never receive a run it cannot read yet).  Publishing can fail after that
+commit: the broker is briefly unreachable when a worker finishes a node and
+publishes the node after it.  The submit path answers 503 and fails the
+execution in that case; a worker cannot answer anyone, so the run would stay
+QUEUED forever.
+
+So every successful publish stamps ``node_runs.published_at``, and a sweeper
+thread (``start``) re-publishes QUEUED runs of active executions whose stamp
+is still missing ``republish_after_s`` after they were queued.  Claiming a run
+for re-publication moves its ``queued_at`` forward with a compare-and-set, so
+several sweepers (every API node and worker runs one) publish it once.  A
+duplicate delivery is harmless anyway: ``NodeRunner`` ignores runs that are
+no longer QUEUED.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+import sqlalchemy as sa
+
+from pixelmill.domain.status import ExecutionStatus, NodeStatus
+from pixelmill.engine.lifecycle import NodeTask
+from pixelmill.store.db import Database
+from pixelmill.store.tables import executions, node_runs
+
+log = logging.getLogger("pixelmill.publisher")
+
+ACTIVE = [ExecutionStatus.QUEUED, ExecutionStatus.RUNNING]
+
+
+class Publisher:
+    """``publisher(task)`` enqueues a task and records that it was published."""
+
+    def __init__(self, db: Database, enqueue: Callable[[NodeTask], None], republish_after_s: float = 30.0):
+        self.db = db
+        self.enqueue = enqueue
+        self.republish_after_s = republish_after_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __call__(self, task: NodeTask) -> None:
+        self.enqueue(task)  # raises when the broker is unreachable; the run stays unstamped
+        try:
+            with self.db.transaction() as conn:
+                conn.execute(sa.update(node_runs).where(node_runs.c.id == task.node_run_id).values(published_at=time.time()))
+        except Exception as exc:  # it is on the queue; at worst a sweeper publishes it once more, which is harmless
+            log.warning("node run %s was published but could not be stamped: %s", task.node_run_id, exc)
+
+    def republish(self, older_than_s: float | None = None) -> int:
+        """Publish again the QUEUED runs never stamped as published; returns how many went out.
+
+        Stops at the first failure (the broker is still down): the rest waits
+        for the next sweep.
+        """
+        older = self.republish_after_s if older_than_s is None else older_than_s
+        cutoff = time.time() - older
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(node_runs.c.id, node_runs.c.execution_id, node_runs.c.queued_at, node_runs.c.params)
+                .join(executions, executions.c.id == node_runs.c.execution_id)
+                .where(
+                    node_runs.c.status == NodeStatus.QUEUED,
+                    node_runs.c.published_at.is_(None),
+                    node_runs.c.queued_at <= cutoff,
+                    executions.c.status.in_(ACTIVE),
+                )
+                .order_by(node_runs.c.queued_at)
+                .limit(500)
+            ).all()
+        sent = 0
+        for row in rows:
+            if not self._claim(row.id, row.queued_at):
+                continue  # another sweeper took it, or it was published or started meanwhile
+            task = NodeTask(row.id, row.execution_id, (row.params or {}).get("__queue__", "default"))
+            try:
+                self(task)
+            except Exception as exc:
+                log.warning("re-publishing node run %s failed (%s); next sweep in %.0f s", row.id, exc, self.republish_after_s)
+                break
+            log.info("re-published node run %s of execution %s", row.id, row.execution_id)
+            sent += 1
+        return sent
+
+    def _claim(self, run_id: str, queued_at: float) -> bool:
+        with self.db.transaction() as conn:
+            result = conn.execute(
+                sa.update(node_runs)
+                .where(
+                    node_runs.c.id == run_id,
+                    node_runs.c.status == NodeStatus.QUEUED,
+                    node_runs.c.published_at.is_(None),
+                    node_runs.c.queued_at == queued_at,
+                )
+                .values(queued_at=time.time())
+            )
+            return result.rowcount == 1
+
+    # --- sweeper thread ---------------------------------------------------
+    def start(self) -> None:
+        """Sweep every half ``republish_after_s`` in a daemon thread (no-op when it is 0)."""
+        if self.republish_after_s <= 0 or self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="pixelmill-republish", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _loop(self) -> None:
+        interval = max(0.5, self.republish_after_s / 2)
+        while not self._stop.wait(interval):
+            try:
+                self.republish()
+            except Exception:  # the database is down: try again next time
+                log.exception("republish sweep failed")
