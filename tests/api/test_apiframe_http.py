@@ -17,8 +17,8 @@ from tests.conftest import FakeBackend, create_key, wait_for
 def start(make_runtime, db_url):
     """start(backend=None, credits=1000) -> (runtime, client with an X-API-Key)."""
 
-    def _start(backend=None, credits=1000.0):
-        rt = make_runtime(db_url, backend=backend)
+    def _start(backend=None, credits=1000.0, **kw):
+        rt = make_runtime(db_url, backend=backend, **kw)
         client = TestClient(create_app(rt, manage_runtime=False))
         client.headers["X-API-Key"] = create_key(rt, credits=credits, plan="enterprise")
         return rt, client
@@ -93,7 +93,9 @@ def test_validation_errors_name_the_field_and_submit_nothing(start):
         ({"prompt": "x", "model": "fake", "fluxParams": {"output_format": "gif"}}, "params.output_format"),
         ({"prompt": "x", "model": "fake", "fluxParams": {"aspect_ratio": "5:1"}}, "params.aspect_ratio"),
         ({"prompt": "x", "model": "fake", "fluxParams": {"colour": "red"}}, "params.colour"),
-        ({"prompt": "x", "model": "fake", "fluxParams": {"image_prompt": "https://example.com/a.jpg"}}, "params"),
+        ({"prompt": "x", "model": "fake", "fluxParams": {"image_prompt": "https://example.com/a.jpg"}}, "params.image_prompt"),
+        ({"prompt": "x", "model": "fake", "fluxParams": {"image_prompt": "@@not an image@@"}}, "params.image_prompt"),
+        ({"prompt": "x", "model": "fake", "fluxParams": {"image_prompt_strength": 0.5}}, "params"),
         ({"prompt": "x", "model": "fake", "fluxParams": {"steps": 51}}, "params.steps"),  # the model's max_steps
         ({"prompt": "x", "model": "fake", "fluxParams": {}, "params": {}}, None),
         ({"prompt": "x", "model": "fake", "n": 11}, "num_images"),
@@ -163,3 +165,26 @@ def test_failed_generation_reports_the_error_and_charges_nothing(start):
     job = poll(client, job_id)
     assert job["status"] == "FAILED" and "out of memory" in job["error"]["message"] and job["result"] is None
     assert client.get("/v1/credits").json()["credits"] == 1000.0
+
+
+def test_image_prompt_makes_an_image_to_image_job(start):
+    import base64
+
+    from tests.api.test_openai_http import EDIT_MODEL, RecordingEditBackend
+
+    backend = RecordingEditBackend()
+    rt, client = start(extra_models={"fake-edit": (EDIT_MODEL, backend)})
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 32), (0, 128, 255)).save(buf, "PNG")
+    reference = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    r = client.post("/v2/images/generate", json={
+        "prompt": "a car", "model": "fake-edit",
+        "fluxParams": {"image_prompt": reference, "image_prompt_strength": 0.8, "width": 256, "height": 256},
+    })
+    assert r.status_code == 202, r.text
+    assert poll(client, r.json()["jobId"])["status"] == "COMPLETED"
+    [req] = backend.requests
+    assert req.init_image.size == (48, 32) and req.init_image.getpixel((1, 1))[:3] == (0, 128, 255)
+    assert req.strength == pytest.approx(0.2)  # follow the reference closely: little noise
+    job = client.get(f"/v2/jobs/{r.json()['jobId']}").json()
+    assert "base64" not in str(job)  # the reference image is not echoed back

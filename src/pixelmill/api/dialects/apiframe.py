@@ -8,6 +8,10 @@ header; the job is polled (or delivered to ``webhook_url``) in the shape of
 :mod:`pixelmill.presenters.apiframe`.  Errors use the service's common body
 ``{"detail", "error": {"code", "message", ...}}``; validation errors are 422 and
 name the offending field in ``error.param``.
+
+``image_prompt`` (an http(s) URL, data URL or base64 image) makes the job
+image-to-image on models that take input images; ``image_prompt_strength``
+(0-1, default 0.5) is how closely the result follows it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pixelmill.api.files import signed_url
 from pixelmill.engine.graph import GraphProblems
 from pixelmill.engine.service import Submission
 from pixelmill.errors import InvalidInput, NotFound
+from pixelmill.models.imageops import BadImageInput, decode_base64_image, is_url
 from pixelmill.presenters.apiframe import render_job, render_submitted
 
 router = APIRouter(prefix="/v2", tags=["Apiframe"])
@@ -40,10 +45,6 @@ ASPECT_RATIOS = {
     "9:16": (768, 1360),
     "21:9": (1568, 672),
     "9:21": (672, 1568),
-}
-UNSUPPORTED_PARAMS = {
-    "image_prompt": "reference images are not supported by this endpoint; send a prompt only",
-    "image_prompt_strength": "reference images are not supported by this endpoint; send a prompt only",
 }
 
 
@@ -62,18 +63,26 @@ class ModelParams(BaseModel):
     output_format: Literal["jpg", "jpeg", "png", "webp"] = "jpg"
     output_quality: int | None = Field(default=None, ge=0, le=100)  # accepted; encoders use their own quality
     raw: bool = False  # accepted; prompts are never rewritten here
+    #: a reference image (http(s) URL, data URL or base64) for models that take input images
+    image_prompt: str | None = Field(default=None, max_length=30_000_000)
+    #: how closely to follow the reference image, 0-1 (default 0.5)
+    image_prompt_strength: float | None = Field(default=None, ge=0.0, le=1.0)
 
-    @model_validator(mode="before")
+    @field_validator("image_prompt")
     @classmethod
-    def _refuse_unsupported(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for key, why in UNSUPPORTED_PARAMS.items():
-                if data.get(key) is not None:
-                    raise ValueError(f"{key}: {why}")
-        return data
+    def _image_reference(cls, v: str | None) -> str | None:
+        if v is None or is_url(v):
+            return v
+        try:
+            decode_base64_image(v, "image_prompt", 30_000_000)
+        except BadImageInput as e:
+            raise ValueError(f"expected an http(s) URL, a data URL or base64 image data: {e.reason}") from None
+        return v
 
     @model_validator(mode="after")
     def _size_or_ratio(self) -> "ModelParams":
+        if self.image_prompt_strength is not None and self.image_prompt is None:
+            raise ValueError("image_prompt_strength needs an image_prompt")
         if self.aspect_ratio and (self.width or self.height):
             raise ValueError("give either aspect_ratio or width/height, not both")
         if (self.width is None) != (self.height is None):
@@ -167,6 +176,15 @@ async def generate(request: Request, who: Principal = Depends(principal)):
         )
     width, height = req.params.size()
     output_format = "jpeg" if req.params.output_format == "jpg" else req.params.output_format
+    reference = req.params.image_prompt
+    if reference is not None and not rt.catalog.get(req.model).supports_image_input:
+        takes = [n for n in rt.catalog.names() if rt.catalog.get(n).supports_image_input]
+        raise _invalid(
+            f"params.image_prompt: model {req.model!r} does not take reference images"
+            + (f"; models that do: {', '.join(takes)}" if takes else ""),
+            "params.image_prompt",
+            code="image_input_not_supported",
+        )
     node = {
         "type": "text_to_image",
         "params": {
@@ -182,12 +200,19 @@ async def generate(request: Request, who: Principal = Depends(principal)):
             "output_format": output_format,
         },
     }
+    nodes = {"generate": node}
+    if reference is not None:  # image-to-image: the closer to follow the reference, the less it is noised
+        follow = req.params.image_prompt_strength if req.params.image_prompt_strength is not None else 0.5
+        node["params"]["strength"] = round(1.0 - follow, 4)
+        node["inputs"] = {"image": ["reference", "images"]}
+        source = {"url": reference} if is_url(reference) else {"data": reference}
+        nodes = {"reference": {"type": "load_image", "params": source}, "generate": node}
     submission = Submission(
         principal=who,
-        graph={"nodes": {"generate": node}},
+        graph={"nodes": nodes},
         dialect="apiframe",
         label=req.model,
-        request=req.model_dump(mode="json", exclude={"webhook_secret"}, exclude_none=True),
+        request=req.model_dump(mode="json", exclude={"webhook_secret": True, "params": {"image_prompt"}}, exclude_none=True),
         webhook_url=req.webhook_url,
         webhook_secret=req.webhook_secret,
     )
