@@ -152,13 +152,10 @@ def test_validation_errors_are_bad_request_in_openai_shape(start):
     assert srv.credits() == 1000.0
 
 
-def test_stream_missing_prompt_and_bad_json_over_plain_http(start):
+def test_missing_prompt_and_bad_json_over_plain_http(start):
     srv = start()
     url = f"{srv.base}/v1/images/generations"
     auth = {"Authorization": f"Bearer {srv.key}"}
-    r = httpx.post(url, json={"prompt": "x", "stream": True}, headers=auth)
-    assert r.status_code == 400
-    assert r.json()["error"]["param"] == "stream" and "not supported" in r.json()["error"]["message"]
     r = httpx.post(url, json={"n": 1}, headers=auth)
     assert r.status_code == 400 and r.json()["error"]["code"] == "missing_required_parameter"
     r = httpx.post(url, content=b"{nope", headers={**auth, "content-type": "application/json"})
@@ -350,7 +347,6 @@ def test_edit_and_variation_errors_are_400_and_charge_nothing(edit_server):
     bad(lambda: edit(image=("a.png", b"not an image", "image/png"), prompt="x"), "image", "invalid_image")
     bad(lambda: edit(image=img, prompt="x", model="fake"), "model", "unsupported_value", "fake-edit")
     bad(lambda: edit(image=img, prompt="  "), "prompt", "invalid_value")
-    bad(lambda: edit(image=img, prompt="x", stream=True), "stream", "unsupported_value")
     bad(lambda: edit(image=img, prompt="x", size="100x100"), "size", "invalid_value")
     auth = {"Authorization": f"Bearer {srv.key}"}
     r = httpx.post(f"{srv.base}/v1/images/edits", files={"mask": img}, data={"prompt": "x"}, headers=auth)
@@ -362,3 +358,56 @@ def test_edit_and_variation_errors_are_400_and_charge_nothing(edit_server):
     r = httpx.post(f"{srv.base}/v1/images/variations", json={"image": "x"}, headers=auth)
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_content_type"
     assert backend.requests == [] and srv.executions() == [] and srv.credits() == 1000.0
+
+
+# --- streaming -------------------------------------------------------------------------------
+
+
+def test_streamed_generation_sends_one_completed_event_per_image(start):
+    srv = start()
+    events = list(srv.client.images.generate(model="fake", prompt="x", n=2, size="256x256", stream=True, partial_images=2))
+    assert [e.type for e in events] == ["image_generation.completed"] * 2
+    assert all(_png(e.b64_json).size == (256, 256) for e in events)
+    assert events[0].size == "256x256" and events[0].output_format == "png" and events[0].background == "opaque"
+    assert events[0].b64_json != events[1].b64_json
+    cost = 2.0 * 256 * 256 * 2 / 1e6
+    assert events[0].usage.model_extra["credits"] == pytest.approx(cost, abs=0.01)
+    assert srv.credits() == pytest.approx(1000 - cost, abs=0.01)
+
+
+def test_streamed_edit_sends_image_edit_completed(edit_server):
+    srv, backend = edit_server
+    stream = srv.client.images.edit(image=("a.png", _png_bytes(64, 64), "image/png"), prompt="x", stream=True)
+    [event] = list(stream)
+    assert event.type == "image_edit.completed" and _png(event.b64_json).size == (256, 256)
+    assert len(backend.requests) == 1
+
+
+def test_stream_keeps_the_connection_alive_and_reports_failure_as_an_error_event(start, monkeypatch):
+    from pixelmill.api.dialects import openai_images
+
+    monkeypatch.setattr(openai_images, "KEEPALIVE_S", 0.1)
+    srv = start(backend=FakeBackend(steps=6, step_delay=0.1, fail_with=RuntimeError("CUDA out of memory")))
+    auth = {"Authorization": f"Bearer {srv.key}"}
+    body = {"model": "fake", "prompt": "x", "size": "256x256", "stream": True}
+    with httpx.stream("POST", f"{srv.base}/v1/images/generations", json=body, headers=auth, timeout=30) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        text = "".join(r.iter_text())
+    assert ": keep-alive" in text
+    assert "event: error" in text and "out of memory" in text
+    with pytest.raises(openai.APIError, match="out of memory"):
+        list(srv.client.images.generate(model="fake", prompt="x", size="256x256", stream=True))
+    assert srv.credits() == 1000.0
+
+
+def test_a_client_that_leaves_a_stream_cancels_the_execution(start):
+    backend = FakeBackend(steps=200, step_delay=0.05)
+    srv = start(backend=backend)
+    auth = {"Authorization": f"Bearer {srv.key}"}
+    body = {"model": "fake", "prompt": "x", "size": "256x256", "stream": True}
+    with httpx.stream("POST", f"{srv.base}/v1/images/generations", json=body, headers=auth, timeout=30) as r:
+        assert r.status_code == 200
+        assert backend.started.wait(5)
+    view = wait_for(lambda: next((v for v in srv.executions() if v.status.is_terminal()), None), timeout=10)
+    assert view.status == "cancelled"
+    assert srv.credits() == 1000.0

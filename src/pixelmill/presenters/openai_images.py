@@ -107,3 +107,12 @@ def usage(view: ExecutionView) -> dict[str, Any]:
         "input_tokens_details": {"text_tokens": 0, "image_tokens": 0},
         "credits": view.cost,
     }
+
+
+def completed_events(rendered: dict[str, Any], event_type: str) -> list[dict[str, Any]]:
+    """One ``<event_type>`` stream event per image of a ``b64_json`` response (``image_generation.completed``...)."""
+    shared = {k: rendered[k] for k in ("background", "output_format", "size", "quality", "usage")}
+    return [
+        {"type": event_type, "b64_json": item["b64_json"], "created_at": rendered["created"], **shared}
+        for item in rendered["data"]
+    ]

@@ -34,9 +34,12 @@ dall-e-3).
 
 Accepted and validated but without effect on the pixels: ``quality``, ``style``,
 ``user``, ``safety_identifier``, ``moderation``, ``output_compression``, ``partial_images``.
-``background="transparent"`` and ``stream=true`` are refused (400): the models
-here make opaque images and the answer is not streamed.  Extensions beyond
-OpenAI's API: ``seed``, ``negative_prompt``, ``steps`` and ``guidance``.
+``background="transparent"`` is refused (400): the models here make opaque
+images.  ``stream=true`` answers Server-Sent Events: keep-alive comments while
+the image is made, then one ``image_generation.completed`` (``image_edit.completed``)
+event per image; no partial images are sent (OpenAI allows the final image to
+come before the requested partials).  Extensions beyond OpenAI's API:
+``seed``, ``negative_prompt``, ``steps`` and ``guidance``.
 
 The wait is bounded by the ``sync_timeout_s`` setting (``PIXELMILL_SYNC_TIMEOUT_S``,
 default 300 s); past it the answer is 504 naming
@@ -48,7 +51,10 @@ execution is cancelled and its credits released.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+
+import anyio
 import re
 import time
 from typing import Callable, Literal
@@ -57,7 +63,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request
 from starlette.datastructures import UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -70,7 +76,7 @@ from pixelmill.engine.service import Submission
 from pixelmill.engine.views import ExecutionView, FileView
 from pixelmill.errors import BadRequest, NotFound, PixelmillError
 from pixelmill.models.imageops import BadImageInput, ImageDecodeError, decode_base64_image, decode_image, fit_size, has_alpha, is_url
-from pixelmill.presenters.openai_images import error_body, render_error, render_images
+from pixelmill.presenters.openai_images import completed_events, error_body, render_error, render_images
 from pixelmill.store.tables import files
 
 log = logging.getLogger("pixelmill.api.openai")
@@ -198,8 +204,6 @@ async def create_image(request: Request, who: Principal = Depends(principal)):
         req = ImageGenerationRequest.model_validate(body)
     except ValidationError as e:
         raise _from_validation_error(e) from None
-    if req.stream:
-        raise _invalid("Streaming is not supported by this server: send the request without 'stream' (or with stream=false).", "stream", "unsupported_value")
     if req.background == "transparent":
         raise _invalid(
             "background='transparent' is not supported by this server: its models make opaque images. Use 'opaque' or 'auto'.",
@@ -228,14 +232,21 @@ async def create_image(request: Request, who: Principal = Depends(principal)):
         request, who, {"generate": node}, model, req.model_dump(mode="json", exclude_none=True),
         response_format=req.response_format or ("b64_json" if family == "gpt-image" else "url"),
         size=(width, height), quality=req.quality, output_format=output_format,
+        stream="image_generation" if req.stream else None,
     )
 
 
 async def _run(
     request: Request, who: Principal, nodes: dict, model: str, logged: dict, *,
-    response_format: str, size: tuple[int, int], quality: str | None, output_format: str,
-) -> JSONResponse:
-    """Submit ``nodes`` (the last one is the generation), wait for it and answer in OpenAI's shape."""
+    response_format: str, size: tuple[int, int], quality: str | None, output_format: str, stream: str | None = None,
+) -> Response:
+    """Submit ``nodes`` (the last one is the generation), wait for it and answer in OpenAI's shape.
+
+    With ``stream`` (``image_generation`` or ``image_edit``) the answer is an SSE
+    stream instead: keep-alive comments while the execution runs, then one
+    ``<stream>.completed`` event per image (no partial images are made), or an
+    ``error`` event.
+    """
     rt = request.app.state.runtime
     submission = Submission(principal=who, graph={"nodes": nodes}, dialect="openai", label=model, request=logged)
     try:
@@ -247,16 +258,8 @@ async def _run(
         known = set(ImageGenerationRequest.model_fields) | set(ImageEditRequest.model_fields)
         param = str(loc[-1]) if loc else first_word if first_word in known else None
         raise _invalid(f"Invalid value for '{param}': {problem.get('msg')}." if param else str(problem.get("msg")), param) from None
-    view = await _wait(request, who.account_id, view.id, _sync_timeout(request))
-    if view.status == ExecutionStatus.CANCELLED:
-        raise PixelmillError(f"The generation (execution {view.id}) was cancelled before it finished.", code="cancelled", status=500)
-    if view.status != ExecutionStatus.SUCCEEDED:
-        raise PixelmillError(view.error_message or "The image generation failed.", code=view.error_code or "generation_failed", status=500)
     width, height = size
-    rendered = await run_in_threadpool(
-        render_images,
-        view,
-        response_format=response_format,
+    render = dict(
         url_for=lambda f: signed_url(request, f),
         bytes_for=lambda f: _file_bytes(rt, f),
         size=f"{width}x{height}",
@@ -264,7 +267,67 @@ async def _run(
         background="opaque",
         output_format=output_format,
     )
+    if stream is not None:
+        events = _stream_events(request, who.account_id, view.id, _sync_timeout(request), stream, render)
+        return StreamingResponse(
+            events, media_type="text/event-stream", headers={"X-Execution-Id": view.id, "Cache-Control": "no-cache"}
+        )
+    view = await _wait(request, who.account_id, view.id, _sync_timeout(request))
+    if view.status == ExecutionStatus.CANCELLED:
+        raise PixelmillError(f"The generation (execution {view.id}) was cancelled before it finished.", code="cancelled", status=500)
+    if view.status != ExecutionStatus.SUCCEEDED:
+        raise PixelmillError(view.error_message or "The image generation failed.", code=view.error_code or "generation_failed", status=500)
+    rendered = await run_in_threadpool(render_images, view, response_format=response_format, **render)
     return JSONResponse(rendered, headers={"X-Execution-Id": view.id})
+
+
+KEEPALIVE_S = 15.0
+
+
+async def _stream_events(request: Request, account_id: str, execution_id: str, timeout: float, kind: str, render: dict):
+    """The SSE body of a streamed request.  A client that leaves mid-stream cancels the execution."""
+    rt = request.app.state.runtime
+    settled = False  # True once leaving no longer cancels (finished, or timed out and left running)
+    try:
+        deadline = time.monotonic() + timeout
+        last_sent = time.monotonic()
+        delay = 0.05
+        while True:
+            view = await run_in_threadpool(rt.executions.get, account_id, execution_id)
+            if view.status.is_terminal():
+                break
+            now = time.monotonic()
+            if now >= deadline:
+                settled = True
+                message = (
+                    f"The image generation did not finish within {timeout:g} s. It continues as execution {execution_id}; "
+                    f"read it at GET /api/v1/executions/{execution_id}."
+                )
+                yield _sse("error", {"type": "error", "error": {**error_body(message, "timeout")["error"], "execution_id": execution_id}})
+                return
+            if now - last_sent >= KEEPALIVE_S:
+                yield b": keep-alive\n\n"
+                last_sent = now
+            await asyncio.sleep(min(delay, deadline - now))
+            delay = min(delay * 1.5, 0.5)
+        settled = True
+        if view.status != ExecutionStatus.SUCCEEDED:
+            message = view.error_message or ("The generation was cancelled." if view.status == ExecutionStatus.CANCELLED else "The image generation failed.")
+            code = view.error_code or "generation_failed"
+            yield _sse("error", {"type": "error", "error": error_body(message, "server_error", code=code)["error"]})
+            return
+        rendered = await run_in_threadpool(render_images, view, response_format="b64_json", **render)
+        for event in completed_events(rendered, f"{kind}.completed"):
+            yield _sse(event["type"], event)
+    finally:
+        if not settled:  # the client went away (or the server stops) while it ran
+            with anyio.CancelScope(shield=True):
+                log.info("stream closed early; cancelling execution %s", execution_id)
+                await run_in_threadpool(rt.executions.cancel, account_id, execution_id)
+
+
+def _sse(event: str, data: dict) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
 @router.get("/v1/models")
@@ -349,8 +412,6 @@ async def edit_image(request: Request, who: Principal = Depends(principal)):
         req = ImageEditRequest.model_validate(fields)
     except ValidationError as e:
         raise _from_validation_error(e) from None
-    if req.stream:
-        raise _invalid("Streaming is not supported by this server: send the request without 'stream' (or with stream=false).", "stream", "unsupported_value")
     if req.background == "transparent":
         raise _invalid("background='transparent' is not supported by this server: its models make opaque images.", "background", "unsupported_value")
     image = _one_image(images)
@@ -385,6 +446,7 @@ async def edit_image(request: Request, who: Principal = Depends(principal)):
         request, who, nodes, model, {**req.model_dump(mode="json", exclude_none=True), "masked": mask is not None},
         response_format=req.response_format or ("b64_json" if family == "gpt-image" else "url"),
         size=(width, height), quality=req.quality, output_format=output_format,
+        stream="image_edit" if req.stream else None,
     )
 
 
