@@ -254,7 +254,7 @@ def fill_server(make_runtime, sqlite_url):
     from tests.api.test_openai_http import EDIT_MODEL, RecordingEditBackend
 
     backend = RecordingEditBackend()
-    entry = EDIT_MODEL + '\nbfl_endpoints = ["flux-pro-1.0-fill", "flux-kontext-pro"]'
+    entry = EDIT_MODEL + '\nbfl_endpoints = ["flux-pro-1.0-fill", "flux-pro-1.0-expand", "flux-kontext-pro"]'
     rt = make_runtime(sqlite_url, extra_models={"fake-edit": (entry, backend)})
     client = TestClient(create_app(rt, manage_runtime=False))
     client.headers["x-key"] = create_key(rt)
@@ -318,3 +318,20 @@ def test_kontext_without_aspect_ratio_answers_in_the_input_shape(fill_server):
     assert poll_ready(client, r.json()["polling_url"])["status"] == "Ready"
     [req] = backend.requests
     assert (req.width, req.height) == (640, 320) and req.mask_image is None
+
+
+def test_expand_outpaints_the_margins_only(fill_server):
+    client, backend = fill_server
+    image = Image.new("RGB", (200, 100), (200, 20, 20))
+    r = client.post("/v1/flux-pro-1.0-expand", json={"prompt": "a meadow", "image": _b64_png(image), "left": 56, "top": 28, "output_format": "png"})
+    assert r.status_code == 200, r.text
+    body = poll_ready(client, r.json()["polling_url"])
+    assert body["status"] == "Ready", body
+    # 256x128 after the margins, scaled so the short side is 256
+    assert Image.open(io.BytesIO(client.get(body["result"]["sample"]).content)).size == (512, 256)
+    [req] = backend.requests
+    assert req.init_image.size == (256, 128) and req.init_image.getpixel((0, 0)) == (200, 20, 20)  # edges stretched
+    m = req.mask_image.convert("L")
+    assert m.size == (256, 128) and m.getpixel((10, 64)) == 255 and m.getpixel((128, 10)) == 255
+    assert m.getpixel((56, 28)) == 0 and m.getpixel((255, 127)) == 0
+    assert req.strength == 1.0

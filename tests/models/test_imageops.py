@@ -213,3 +213,16 @@ def test_alpha_mask_marks_transparent_pixels_for_repainting_and_needs_alpha():
     assert mask.mode == "L" and list(mask.getdata()) == [255, 127, 0, 0, 0, 0, 0, 0]
     with pytest.raises(BadImageInput, match="no alpha channel"):
         alpha_mask(Image.new("RGB", (4, 2)))
+
+
+def test_pad_edges_stretches_the_border_and_margin_mask_marks_the_margins():
+    from pixelmill.models.imageops import margin_mask, pad_edges
+
+    image = Image.new("RGB", (3, 2), (1, 2, 3))
+    image.putpixel((2, 1), (9, 9, 9))
+    padded = pad_edges(image, 1, 0, 2, 1)
+    assert padded.size == (6, 3) and padded.getpixel((5, 2)) == (9, 9, 9) and padded.getpixel((0, 0)) == (1, 2, 3)
+    mask = margin_mask((3, 2), 1, 0, 2, 1)
+    assert mask.size == (6, 3)
+    assert [mask.getpixel((x, 0)) for x in range(6)] == [255, 0, 0, 0, 255, 255]
+    assert all(mask.getpixel((x, 2)) == 255 for x in range(6))

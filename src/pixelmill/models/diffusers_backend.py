@@ -26,6 +26,22 @@ from pixelmill.models.catalog import ModelSpec
 
 log = logging.getLogger(__name__)
 
+
+class _TinyVaeTypeHint(logging.Filter):
+    """Drop diffusers' "Expected types for vae" warning for ``AutoencoderTiny``.
+
+    FluxPipeline's type hints name ``AutoencoderKL`` only, yet it runs an
+    ``AutoencoderTiny`` (TAESD; ``taef1`` for FLUX, and pixelmill-tiny's VAE)
+    as it is; the warning would only alarm operators on every load.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Expected types for vae") and "AutoencoderTiny" in message)
+
+
+logging.getLogger("diffusers.pipelines.pipeline_utils").addFilter(_TinyVaeTypeHint())
+
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _SEED_MASK = 0xFFFF_FFFF_FFFF_FFFF
 

@@ -242,6 +242,23 @@ def decode_image(
     return image.convert("RGBA" if has_alpha(image) else "RGB")
 
 
+def pad_edges(image: Image.Image, left: int, top: int, right: int, bottom: int) -> Image.Image:
+    """``image`` with margins added, each filled by repeating the nearest edge pixel (outpainting's start)."""
+    import numpy as np
+
+    arr = np.asarray(image)
+    pad = ((top, bottom), (left, right)) + (((0, 0),) if arr.ndim == 3 else ())
+    return Image.fromarray(np.pad(arr, pad, mode="edge"), mode=image.mode)
+
+
+def margin_mask(size: tuple[int, int], left: int, top: int, right: int, bottom: int) -> Image.Image:
+    """An L mask of a padded image: 255 over the added margins, 0 over the original ``size``."""
+    width, height = size
+    mask = Image.new("L", (width + left + right, height + top + bottom), 255)
+    mask.paste(0, (left, top, left + width, top + height))
+    return mask
+
+
 def fit_size(width: int, height: int, multiple: int = 16, min_side: int = 256, max_side: int = 2048) -> tuple[int, int]:
     """An output size with ``width:height``'s aspect ratio, sides multiples of ``multiple`` within the bounds.
 

@@ -1,4 +1,4 @@
-"""Image-processing nodes: upscale (Real-ESRGAN), remove_background, resize, crop, convert.
+"""Image-processing nodes: upscale (Real-ESRGAN), remove_background, resize, crop, pad, convert.
 
 Each takes a list of images on its ``image`` input and applies itself to every one.
 Prices are per output megapixel (``PRICES``), so a client sees the cost before it runs.
@@ -20,6 +20,7 @@ PRICES = {  # credits per output megapixel
     "remove_background": 0.5,
     "resize": 0.0,
     "crop": 0.0,
+    "pad": 0.0,
     "convert": 0.0,
 }
 MAX_OUTPUT_SIDE = 8192
@@ -167,6 +168,37 @@ class Crop(_ImageNode):
 
     def run(self, ctx, params: CropParams, inputs) -> NodeResult:
         fn = lambda im: imageops.crop(im, params.left, params.top, params.width, params.height)  # noqa: E731
+        return NodeResult(images=self._each(ctx, inputs["image"], fn), output_format=params.output_format)
+
+
+class PadParams(NodeParams):
+    top: int = Field(default=0, ge=0, le=MAX_OUTPUT_SIDE)
+    bottom: int = Field(default=0, ge=0, le=MAX_OUTPUT_SIDE)
+    left: int = Field(default=0, ge=0, le=MAX_OUTPUT_SIDE)
+    right: int = Field(default=0, ge=0, le=MAX_OUTPUT_SIDE)
+    #: output the mask of the added margins (white) instead of the padded image
+    mask: bool = False
+    output_format: Format = "png"
+
+
+class Pad(_ImageNode):
+    name = "pad"
+    description = (
+        "Add margins around each image, filled by stretching its edge pixels; with mask=true output the "
+        "inpainting mask of those margins instead (white = margin, black = the original). Outpainting: "
+        "link both into text_to_image's image and mask."
+    )
+    Params = PadParams
+
+    def output_sizes(self, params: PadParams, input_sizes):
+        return [
+            (w + params.left + params.right, h + params.top + params.bottom)
+            for w, h in input_sizes.get("image", [(1024, 1024)])
+        ]
+
+    def run(self, ctx, params: PadParams, inputs) -> NodeResult:
+        margins = (params.left, params.top, params.right, params.bottom)
+        fn = (lambda im: imageops.margin_mask(im.size, *margins)) if params.mask else (lambda im: imageops.pad_edges(im, *margins))
         return NodeResult(images=self._each(ctx, inputs["image"], fn), output_format=params.output_format)
 
 

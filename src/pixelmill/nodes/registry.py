@@ -17,6 +17,7 @@ BUILTIN_NODES = [
     "pixelmill.nodes.processing:RemoveBackground",
     "pixelmill.nodes.processing:Resize",
     "pixelmill.nodes.processing:Crop",
+    "pixelmill.nodes.processing:Pad",
     "pixelmill.nodes.processing:Convert",
 ]
 

@@ -6,8 +6,11 @@ graph, call the execution service, render BFL's shapes.
 Input images (base64 or URLs) go through a ``load_image`` node into models
 that take images.  Fill (``flux-pro-1.0-fill``) is inpainting: its ``mask``
 (white = repaint) or, without one, the image's transparent pixels mark what to
-regenerate, and everything else is kept.  Fill, and Kontext without an
-``aspect_ratio``, answer in the input image's shape (sides multiples of 32).
+regenerate, and everything else is kept.  Expand (``flux-pro-1.0-expand``) is
+outpainting: the image gets its margins (edge pixels stretched) and only the
+margins are generated.  Fill, expand, and Kontext without an ``aspect_ratio``
+answer in the input image's shape (sides multiples of 32; an image given by
+URL is not read before the task runs, so these answer 1024x1024).
 """
 
 from __future__ import annotations
@@ -86,10 +89,15 @@ async def submit(endpoint: str, request: Request, who: Principal = Depends(princ
         )
     takes_image = bool(params.input_images) and spec.supports_image_input
     first_field = next((f for f, v in _image_fields(req) if v == params.input_images[0]), None) if takes_image else None
+    expand = endpoint == "flux-pro-1.0-expand"
+    margins = {side: getattr(req, side, None) or 0 for side in ("top", "bottom", "left", "right")} if expand else {}
     if params.width is not None:
         width, height = params.width, params.height
-    elif first_field in pictures:  # fill, and Kontext without aspect_ratio: the input image's shape
-        width, height = fit_size(*pictures[first_field].size, multiple=32)
+    elif first_field in pictures:  # fill, expand, and Kontext without aspect_ratio: the input image's shape
+        w, h = pictures[first_field].size
+        if expand:
+            w, h = w + margins["left"] + margins["right"], h + margins["top"] + margins["bottom"]
+        width, height = fit_size(w, h, multiple=32)
     else:
         width, height = 1024, 1024
     node = {
@@ -115,6 +123,12 @@ async def submit(endpoint: str, request: Request, who: Principal = Depends(princ
             problem = _fill_mask(req, first_field, pictures, source, nodes, node)
             if problem is not None:
                 return _validation_error(problem)
+        elif expand:  # outpainting: the image with edge-stretched margins, repainted where the margins are
+            nodes["padded"] = {"type": "pad", "params": margins, "inputs": {"image": ["input", "images"]}}
+            nodes["margins"] = {"type": "pad", "params": {**margins, "mask": True}, "inputs": {"image": ["input", "images"]}}
+            node["inputs"] = {"image": ["padded", "images"], "mask": ["margins", "images"]}
+            node["params"]["strength"] = 1.0
+            nodes["generate"] = nodes.pop("generate")  # listed last
     view = rt.executions.submit(
         Submission(
             principal=who,
