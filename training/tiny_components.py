@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+from diffusers import AutoencoderTiny, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
 
 from pixelmill.models.tiny.scenes import vocabulary
@@ -23,7 +23,8 @@ T5_MAX_LENGTH = 16
 class TinySizes:
     """Width/depth knobs of the tiny model (defaults: the shipped configuration)."""
 
-    vae_channels: tuple[int, ...] = (16, 32, 48, 64, 64)  # 5 levels: 16x downsampling
+    vae_width: int = 32
+    vae_blocks: tuple[int, ...] = (0, 1, 1, 2, 2)  # residual blocks per level; 5 levels: 16x downsampling
     latent_channels: int = 16
     heads: int = 4
     head_dim: int = 32
@@ -105,22 +106,29 @@ def build_text_encoders(sizes: TinySizes, clip_tok: CLIPTokenizer, t5_tok: T5Tok
     return clip, t5
 
 
-def build_vae(sizes: TinySizes) -> AutoencoderKL:
-    """A small, fully convolutional KL autoencoder (16x downsampling, 16 channels, no attention)."""
-    n = len(sizes.vae_channels)
-    return AutoencoderKL(
+def build_vae(sizes: TinySizes) -> AutoencoderTiny:
+    """A small convolutional autoencoder: 16x downsampling, 16 latent channels, no normalisation layers.
+
+    diffusers' ``AutoencoderTiny`` (the TAESD architecture, which FluxPipeline
+    also runs as ``taef1``) rather than ``AutoencoderKL``: the KL VAE puts a
+    GroupNorm in front of every convolution, and GroupNorm subtracts each
+    image's mean per channel group.  On flat-coloured scenes that mean *is* the
+    colour, so a GroupNorm VAE has to smuggle absolute colour through channel
+    differences and learns it slowly; it was the main limit of the model.
+    A normalisation-free autoencoder carries colour straight through.
+    """
+    n = len(sizes.vae_blocks)
+    return AutoencoderTiny(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * n,
-        up_block_types=("UpDecoderBlock2D",) * n,
-        block_out_channels=sizes.vae_channels,
-        layers_per_block=1,
+        encoder_block_out_channels=(sizes.vae_width,) * n,
+        decoder_block_out_channels=(sizes.vae_width,) * n,
+        num_encoder_blocks=sizes.vae_blocks,
+        num_decoder_blocks=tuple(reversed(sizes.vae_blocks)),
         latent_channels=sizes.latent_channels,
-        norm_num_groups=8,
-        sample_size=256,
-        mid_block_add_attention=False,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
+        act_fn="relu",
+        upsample_fn="nearest",
+        upsampling_scaling_factor=2,
     )
 
 

@@ -2,14 +2,16 @@
 
 Stages (all on rendered scenes from ``pixelmill.models.tiny.scenes``, training split only):
 
-1. **VAE** - an ``AutoencoderKL`` (16x downsampling, 16 latent channels) learns
-   to reconstruct whole rendered scenes (L1 + MSE + a tiny KL term).
+1. **VAE** - an ``AutoencoderTiny`` (16x downsampling, 16 latent channels, no
+   normalisation layers) learns to reconstruct whole rendered scenes (L1 + MSE,
+   object pixels weighted up, a small latent L2 penalty).
 2. **Latent pool** - scenes at several sizes are rendered and encoded once;
    the latent mean/std become the VAE's ``shift_factor`` / ``scaling_factor``.
 3. **Flow matching** - the ``FluxTransformer2DModel`` and both text encoders
    (CLIP, pooled; T5, per token) are trained jointly with the rectified-flow
    objective ``x_t = (1 - t) x0 + t noise``, target ``noise - x0``, which is
-   what ``FlowMatchEulerDiscreteScheduler`` integrates at sampling time.
+   what ``FlowMatchEulerDiscreteScheduler`` integrates at sampling time; tokens
+   covered by objects weigh more in the loss.
 
 The result is written with ``FluxPipeline.save_pretrained`` (safetensors) plus a
 ``pixelmill.json`` with default steps/guidance, and reloads with
@@ -19,9 +21,10 @@ The T5 prompt is padded to ``T5_MAX_LENGTH`` tokens (not FluxPipeline's default
 512); ``pixelmill.json`` records it as ``max_sequence_length`` and the backend
 passes it to the pipeline, so training and serving see identical inputs.
 
-Usage (CPU, about 40 minutes on 2 cores)::
+Usage (CPU, about 90 minutes on 2 cores; the shipped weights' recipe)::
 
-    python training/train_tiny.py --out src/pixelmill/models/weights/pixelmill-tiny
+    python training/train_tiny.py --out training/runs/tiny --vae-minutes 16 --pool 4000 \
+        --minutes 58 --lr 1e-3 --warmup 200 --default-steps 16 --default-true-cfg 3 --decoder-minutes 6
 
 See training/README.md for GPU flags.
 """
@@ -58,6 +61,7 @@ from tiny_components import (  # noqa: E402
 
 from pixelmill.models.tiny.scenes import (  # noqa: E402
     COLOURS,
+    PALETTE,
     SHAPES,
     analyse_image,
     render_scene,
@@ -87,17 +91,48 @@ def to_tensor(img) -> torch.Tensor:
 VAE_BUCKETS = [(128, 128, 8, 0.5), (160, 96, 8, 0.15), (96, 160, 8, 0.15), (256, 256, 2, 0.2)]
 
 
-def _vae_pool(args, rng: random.Random) -> list[tuple[list[torch.Tensor], int, float]]:
+def object_mask(scene, img) -> torch.Tensor:
+    """(1, H, W) float: 1 where a pixel is not the background colour (objects and their edges)."""
+    bg = torch.tensor(PALETTE[scene.background], dtype=torch.float32).view(3, 1, 1)
+    px = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float()
+    return ((px - bg).abs().sum(0, keepdim=True) > 24).float()
+
+
+def pixel_weights(mask: torch.Tensor, object_weight: float) -> torch.Tensor:
+    """Per-pixel loss weights: background 1, object pixels ``object_weight``."""
+    return 1.0 + (object_weight - 1.0) * mask
+
+
+def weighted_recon_loss(rec: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """L1 + MSE, weighted per pixel and normalised by the weights' mean.
+
+    Objects cover a small share of a scene, so an unweighted loss is dominated
+    by the background and leaves object colours for last; weighting object
+    pixels is what makes a short VAE training keep them.
+    """
+    err = (rec - x).abs() + (rec - x) ** 2
+    return (err * w).mean() / w.mean()
+
+
+def _vae_pool(args, rng: random.Random) -> list[tuple[torch.Tensor, torch.Tensor, int, float]]:
+    """Per size bucket: images (N, 3, H, W), object masks (N, 1, H, W), batch size, probability."""
     pool = []
     for w, h, batch, prob in VAE_BUCKETS:
         n = max(batch, int(args.vae_pool * prob))
-        pool.append(([to_tensor(render_scene(sample_scene(rng, two_objects=0.3), w, h)) for _ in range(n)], batch, prob))
+        images, masks = [], []
+        for _ in range(n):
+            scene = sample_scene(rng, two_objects=0.3)
+            img = render_scene(scene, w, h)
+            images.append(to_tensor(img))
+            masks.append(object_mask(scene, img))
+        pool.append((torch.stack(images), torch.stack(masks), batch, prob))
     return pool
 
 
-def _vae_batch(pool, rng: random.Random, device, mult: int = 1) -> torch.Tensor:
-    images, batch, _ = rng.choices(pool, weights=[p for _, _, p in pool])[0]
-    return torch.stack([rng.choice(images) for _ in range(batch * mult)]).to(device)
+def _vae_batch(pool, rng: random.Random, device, mult: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    images, masks, batch, _ = rng.choices(pool, weights=[p[3] for p in pool])[0]
+    idx = [rng.randrange(len(images)) for _ in range(batch * mult)]
+    return images[idx].to(device), masks[idx].to(device)
 
 
 def _vae_preview(vae, args, rng: random.Random, device, name: str) -> float:
@@ -106,7 +141,7 @@ def _vae_preview(vae, args, rng: random.Random, device, name: str) -> float:
 
     with torch.no_grad():
         x = torch.stack([to_tensor(render_scene(sample_scene(rng), 256, 256)) for _ in range(4)]).to(device)
-        rec = vae.decode(vae.encode(x).latent_dist.mean).sample
+        rec = vae.decode(vae.encode(x).latents).sample
         grid = torch.cat([torch.cat(list(x), 2), torch.cat(list(rec), 2)], 1).clamp(-1, 1)
         args.run_dir.mkdir(parents=True, exist_ok=True)
         arr = ((grid.permute(1, 2, 0).cpu().numpy() + 1) * 127.5).round().astype(np.uint8)
@@ -122,11 +157,12 @@ def train_vae(vae, args, rng: random.Random, device) -> None:
     vae.train().to(device)
     t0, step = time.time(), 0
     while step < args.vae_steps and time.time() - t0 < args.vae_minutes * 60:
-        x = _vae_batch(pool, rng, device, args.vae_batch_mult)
-        post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample()).sample
-        kl = post.kl().mean() / (x.shape[2] * x.shape[3])
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + args.vae_kl * kl
+        x, mask = _vae_batch(pool, rng, device, args.vae_batch_mult)
+        z = vae.encode(x).latents
+        # a little latent noise: the decoder must tolerate the flow model's imperfect latents
+        rec = vae.decode(z + args.vae_noise * torch.randn_like(z)).sample
+        kl = z.pow(2).mean()  # keeps the latents small and centred (there is no KL term in a plain autoencoder)
+        loss = weighted_recon_loss(rec, x, pixel_weights(mask, args.object_weight)) + args.vae_kl * kl
         frac = min(1.0, (time.time() - t0) / (args.vae_minutes * 60), step / args.vae_steps)
         lr = args.vae_lr * min(1.0, (step + 1) / 100) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         for g in opt.param_groups:
@@ -136,7 +172,7 @@ def train_vae(vae, args, rng: random.Random, device) -> None:
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
         if step % 100 == 0:
-            log(f"vae step {step} loss {loss.item():.4f} kl {kl.item():.3f}")
+            log(f"vae step {step} loss {loss.item():.4f} latent power {kl.item():.3f}")
         step += 1
     log(f"vae done: {step} steps in {time.time() - t0:.0f}s")
     vae.eval()
@@ -154,10 +190,9 @@ def refine_decoder(vae, args, rng: random.Random, device) -> None:
     vae.to(device).eval().requires_grad_(False)
     pool = []
     with torch.no_grad():  # the encoder is frozen: encode the pool once
-        for images, batch, prob in _vae_pool(args, rng):
-            x = torch.stack(images)
-            z = torch.cat([vae.encode(x[i : i + 32].to(device)).latent_dist.mean.cpu() for i in range(0, len(x), 32)])
-            pool.append((x, z, batch * args.vae_batch_mult, prob))
+        for x, masks, batch, prob in _vae_pool(args, rng):
+            z = torch.cat([vae.encode(x[i : i + 32].to(device)).latents.cpu() for i in range(0, len(x), 32)])
+            pool.append((x, masks, z, batch * args.vae_batch_mult, prob))
     params = list(vae.decoder.parameters())
     for p in params:
         p.requires_grad_(True)
@@ -165,11 +200,11 @@ def refine_decoder(vae, args, rng: random.Random, device) -> None:
     t0, step = time.time(), 0
     budget = args.decoder_minutes * 60
     while time.time() - t0 < budget:
-        xs, zs, batch, _ = rng.choices(pool, weights=[p[3] for p in pool])[0]
+        xs, ms, zs, batch, _ = rng.choices(pool, weights=[p[4] for p in pool])[0]
         idx = [rng.randrange(len(xs)) for _ in range(batch)]
         x, z = xs[idx].to(device), zs[idx].to(device)
         rec = vae.decode(z).sample
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x)
+        loss = weighted_recon_loss(rec, x, pixel_weights(ms[idx].to(device), args.object_weight))
         frac = (time.time() - t0) / budget
         for g in opt.param_groups:
             g["lr"] = args.decoder_lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
@@ -203,13 +238,20 @@ def build_latent_pool(vae, args, rng: random.Random, device) -> list[dict]:
     pool = []
     for w, h, frac, batch, prob in BUCKETS:
         n = max(batch, int(args.pool * frac))
-        lat, prompts = [], []
+        lat, cover, prompts = [], [], []
         for i in range(0, n, 16):
             scenes = [sample_scene(rng, two_objects=0.25) for _ in range(min(16, n - i))]
-            x = torch.stack([to_tensor(render_scene(s, w, h)) for s in scenes]).to(device)
-            lat.append(vae.encode(x).latent_dist.mean.cpu())
+            imgs = [render_scene(s, w, h) for s in scenes]
+            x = torch.stack([to_tensor(im) for im in imgs]).to(device)
+            lat.append(vae.encode(x).latents.cpu())
+            # object coverage per packed transformer token (2x2 latent cells = 32x32 pixels)
+            m = torch.stack([object_mask(s, im) for s, im in zip(scenes, imgs)])
+            cover.append(F.avg_pool2d(m, 32).flatten(1).half())
             prompts += [scene_prompt(s) for s in scenes]
-        pool.append({"size": (w, h), "latents": torch.cat(lat), "prompts": prompts, "batch": batch, "prob": prob})
+        pool.append({
+            "size": (w, h), "latents": torch.cat(lat), "cover": torch.cat(cover), "prompts": prompts,
+            "batch": batch, "prob": prob,
+        })
         log(f"pool {w}x{h}: {n} scenes")
     if args.vae_from is not None:  # keep the latent normalisation the transformer was trained with
         shift, scale = vae.config.shift_factor, vae.config.scaling_factor
@@ -298,6 +340,14 @@ def save_pipeline(out: Path, vae, clip, t5, transformer, clip_tok, t5_tok, args,
         **extra,
     }
     (out / "pixelmill.json").write_text(json.dumps(meta, indent=2) + "\n")
+    _drop_derived_vae_config(out / "vae" / "config.json")
+
+
+def _drop_derived_vae_config(path: Path) -> None:
+    """AutoencoderTiny re-derives ``block_out_channels`` on load; saved, it only makes diffusers warn."""
+    config = json.loads(path.read_text())
+    if config.pop("block_out_channels", None) is not None:
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 @torch.no_grad()
@@ -347,7 +397,8 @@ def train_flow(vae, clip, t5, transformer, clip_tok, t5_tok, pool, args, rng, de
         target = FluxPipeline._pack_latents(noise - x0, B, C, h, w)
         ids = FluxPipeline._prepare_latent_image_ids(B, h // 2, w // 2, device, xt.dtype)
         pred = transformer_forward(transformer, clip, t5, texter(prompts, device), packed, ids, t)
-        loss = F.mse_loss(pred, target)
+        w_tok = 1.0 + (args.object_weight_flow - 1.0) * b["cover"][idx].to(device).float()
+        loss = (((pred - target) ** 2).mean(-1) * w_tok).mean() / w_tok.mean()
         warm = min(1.0, (step + 1) / args.warmup)
         decay = 0.5 * (1 + math.cos(math.pi * min(1.0, (time.time() - t0) / budget)))
         for g in opt.param_groups:
@@ -389,8 +440,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--vae-minutes", type=float, default=7.0)
     ap.add_argument("--vae-batch-mult", type=int, default=1, help="multiply the VAE batch sizes (GPU: 4-8)")
     ap.add_argument("--vae-lr", type=float, default=1e-3)
-    ap.add_argument("--vae-kl", type=float, default=1e-4)
+    ap.add_argument("--vae-kl", type=float, default=1e-3, help="weight of the latent L2 penalty")
+    ap.add_argument("--vae-noise", type=float, default=0.05, help="std of the noise added to latents while training the VAE")
     ap.add_argument("--vae-pool", type=int, default=1500)
+    ap.add_argument("--object-weight", type=float, default=6.0, help="VAE loss weight of object pixels (background: 1)")
+    ap.add_argument(
+        "--object-weight-flow", type=float, default=3.0, help="flow loss weight of tokens covered by objects (background: 1)"
+    )
     ap.add_argument("--vae-from", type=Path, default=None, help="reuse the VAE of an earlier run's folder")
     ap.add_argument("--resume", type=Path, default=None, help="continue training the networks of a saved folder")
     ap.add_argument("--pool", type=int, default=3000, help="256x256 scenes in the latent pool")
@@ -433,17 +489,18 @@ def main(argv: list[str] | None = None) -> None:
         log(f"continuing from {args.resume}")
     t_start = time.time()
     if args.refine_only:
-        from diffusers import AutoencoderKL
+        from diffusers import AutoencoderTiny
 
-        vae = AutoencoderKL.from_pretrained(args.out, subfolder="vae")
+        vae = AutoencoderTiny.from_pretrained(args.out, subfolder="vae")
         refine_decoder(vae, args, rng, device)
         vae.cpu().save_pretrained(args.out / "vae", safe_serialization=True)
+        _drop_derived_vae_config(args.out / "vae" / "config.json")
         log(f"refined decoder saved to {args.out / 'vae'}")
         return
     if args.vae_from is not None:
-        from diffusers import AutoencoderKL
+        from diffusers import AutoencoderTiny
 
-        vae = AutoencoderKL.from_pretrained(args.vae_from, subfolder="vae").to(device)
+        vae = AutoencoderTiny.from_pretrained(args.vae_from, subfolder="vae").to(device)
         log(f"VAE reused from {args.vae_from}")
     else:
         vae = build_vae(sizes)
@@ -454,6 +511,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.decoder_minutes > 0:
         refine_decoder(vae, args, rng, device)
         vae.cpu().save_pretrained(args.out / "vae", safe_serialization=True)
+        _drop_derived_vae_config(args.out / "vae" / "config.json")
     log(f"total training time {(time.time() - t_start) / 60:.1f} min")
     if args.eval:
         scores = quick_eval(args.out, args.eval, args.default_steps, args.default_true_cfg)
