@@ -31,6 +31,11 @@ class NodeTask:
     execution_id: str
     queue: str = "default"
 
+    @classmethod
+    def of(cls, run) -> "NodeTask":
+        """The task of a ``node_runs`` row (it needs ``id``, ``execution_id`` and ``params``)."""
+        return cls(run.id, run.execution_id, (run.params or {}).get("__queue__", "default"))
+
 
 class Lifecycle:
     def __init__(self, hooks: list[EventHook] | None = None, progress_event_every_s: float = 1.0):
@@ -76,7 +81,7 @@ class Lifecycle:
         for r in runs:
             if r.status == NodeStatus.WAITING and all(src in done for src, _ in r.links.values()):
                 conn.execute(sa.update(node_runs).where(node_runs.c.id == r.id).values(status=NodeStatus.QUEUED, queued_at=now))
-                tasks.append(NodeTask(r.id, r.execution_id, (r.params or {}).get("__queue__", "default")))
+                tasks.append(NodeTask.of(r))
         if all(r.status == NodeStatus.SUCCEEDED for r in runs):
             self.finish_execution(conn, run.execution_id, ExecutionStatus.SUCCEEDED)
         return tasks

@@ -25,14 +25,13 @@ from typing import Callable
 
 import sqlalchemy as sa
 
-from pixelmill.domain.status import ExecutionStatus, NodeStatus
+from pixelmill.domain.status import NodeStatus
 from pixelmill.engine.lifecycle import NodeTask
+from pixelmill.engine.service import ACTIVE
 from pixelmill.store.db import Database
 from pixelmill.store.tables import executions, node_runs
 
 log = logging.getLogger("pixelmill.publisher")
-
-ACTIVE = [ExecutionStatus.QUEUED, ExecutionStatus.RUNNING]
 
 
 class Publisher:
@@ -78,7 +77,7 @@ class Publisher:
         for row in rows:
             if not self._claim(row.id, row.queued_at):
                 continue  # another sweeper took it, or it was published or started meanwhile
-            task = NodeTask(row.id, row.execution_id, (row.params or {}).get("__queue__", "default"))
+            task = NodeTask.of(row)
             try:
                 self(task)
             except Exception as exc:

@@ -235,7 +235,7 @@ class ExecutionService:
             for r in rows:
                 if r.status == NodeStatus.RUNNING:
                     conn.execute(sa.update(node_runs).where(node_runs.c.id == r.id).values(status=NodeStatus.QUEUED, progress=0.0))
-                tasks.append(NodeTask(r.id, r.execution_id, (r.params or {}).get("__queue__", "default")))
+                tasks.append(NodeTask.of(r))
         for t in tasks:
             self.enqueue(t)
         return len(tasks)
