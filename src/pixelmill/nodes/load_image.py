@@ -15,10 +15,15 @@ from typing import Any
 from PIL import Image, ImageOps
 from pydantic import Field, model_validator
 
-from pixelmill.models.imageops import BadImageInput, decode_base64_image, decode_image, has_alpha
+from pixelmill.models.imageops import BadImageInput, decode_base64_image, decode_image, has_alpha, is_url
 from pixelmill.nodes.base import NodeContext, NodeParams, NodeResult, NodeType
 
 MAX_INPUT_PIXELS = 40_000_000
+
+
+def image_source(value: str) -> dict[str, str]:
+    """``load_image`` params for a client's image: ``{"url": ...}`` for an http(s) URL, else ``{"data": ...}``."""
+    return {"url": value} if is_url(value) else {"data": value}
 
 
 class LoadImageParams(NodeParams):

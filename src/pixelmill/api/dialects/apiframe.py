@@ -30,6 +30,7 @@ from pixelmill.engine.graph import GraphProblems
 from pixelmill.engine.service import Submission
 from pixelmill.errors import InvalidInput, NotFound
 from pixelmill.models.imageops import BadImageInput, decode_base64_image, is_url
+from pixelmill.nodes.load_image import image_source
 from pixelmill.presenters.apiframe import render_job, render_submitted
 
 router = APIRouter(prefix="/v2", tags=["Apiframe"])
@@ -205,8 +206,7 @@ async def generate(request: Request, who: Principal = Depends(principal)):
         follow = req.params.image_prompt_strength if req.params.image_prompt_strength is not None else 0.5
         node["params"]["strength"] = round(1.0 - follow, 4)
         node["inputs"] = {"image": ["reference", "images"]}
-        source = {"url": reference} if is_url(reference) else {"data": reference}
-        nodes = {"reference": {"type": "load_image", "params": source}, "generate": node}
+        nodes = {"reference": {"type": "load_image", "params": image_source(reference)}, "generate": node}
     submission = Submission(
         principal=who,
         graph={"nodes": nodes},

@@ -34,6 +34,7 @@ from pixelmill.engine.views import ExecutionView
 from pixelmill.presenters.bfl import render_result as _render_result
 from pixelmill.errors import NotFound, PixelmillError
 from pixelmill.models.imageops import ImageDecodeError, decode_image, fit_size, has_alpha
+from pixelmill.nodes.load_image import image_source
 
 router = APIRouter(tags=["BFL"])
 
@@ -116,7 +117,7 @@ async def submit(endpoint: str, request: Request, who: Principal = Depends(princ
     nodes = {"generate": node}
     if takes_image:
         first = params.input_images[0]
-        source = {"url": first} if schemas.is_url(first) else {"data": first}
+        source = image_source(first)
         nodes = {"input": {"type": "load_image", "params": source}, "generate": node}
         node["inputs"] = {"image": ["input", "images"]}
         if endpoint.startswith("flux-pro-1.0-fill"):
@@ -168,7 +169,7 @@ def _fill_mask(req, image_field: str | None, pictures: dict, source: dict, nodes
         if image is not None and "mask" in pictures and pictures["mask"].size != image.size:
             m, i = pictures["mask"].size, image.size
             return schemas.BadImageInput("mask", f"the mask is {m[0]}x{m[1]} but the image is {i[0]}x{i[1]}; they must match")
-        nodes["mask"] = {"type": "load_image", "params": {"url": mask} if schemas.is_url(mask) else {"data": mask}}
+        nodes["mask"] = {"type": "load_image", "params": image_source(mask)}
     else:
         if image is not None and not has_alpha(image):
             return schemas.BadImageInput("mask", "give a mask, or an image whose transparent pixels mark the area to fill")

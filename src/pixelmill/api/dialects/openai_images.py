@@ -76,6 +76,7 @@ from pixelmill.engine.service import Submission
 from pixelmill.engine.views import ExecutionView, FileView
 from pixelmill.errors import BadRequest, NotFound, PixelmillError
 from pixelmill.models.imageops import BadImageInput, ImageDecodeError, decode_base64_image, decode_image, fit_size, has_alpha, is_url
+from pixelmill.nodes.load_image import image_source
 from pixelmill.presenters.openai_images import completed_events, error_body, render_error, render_images
 from pixelmill.store.tables import files
 
@@ -400,8 +401,7 @@ class InputImage(BaseModel):
     alpha: bool | None = None
 
     def node(self, **params) -> dict:
-        source = {"url": self.url} if self.url is not None else {"data": self.data}
-        return {"type": "load_image", "params": {**source, **params}}
+        return {"type": "load_image", "params": {**image_source(self.url or self.data), **params}}
 
 
 @router.post("/v1/images/edits")
