@@ -109,8 +109,8 @@ class OpenAIRoute(APIRoute):
 router = APIRouter(tags=["OpenAI Images"], route_class=OpenAIRoute)
 
 
-class ImageGenerationRequest(BaseModel):
-    """The body of ``POST /v1/images/generations``."""
+class _ImageRequest(BaseModel):
+    """Fields that generations and edits share (the edit's image and mask come apart)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -122,7 +122,6 @@ class ImageGenerationRequest(BaseModel):
     output_format: Literal["png", "jpeg", "webp"] | None = None
     output_compression: int | None = Field(default=None, ge=0, le=100)
     quality: Literal["standard", "hd", "low", "medium", "high", "xhigh", "max", "auto"] | None = None
-    style: Literal["vivid", "natural"] | None = None
     background: Literal["transparent", "opaque", "auto"] | None = None
     moderation: Literal["low", "auto"] | None = None
     user: str | None = Field(default=None, max_length=512)
@@ -141,6 +140,12 @@ class ImageGenerationRequest(BaseModel):
         if not v.strip():
             raise ValueError("prompt must not be empty")
         return v
+
+
+class ImageGenerationRequest(_ImageRequest):
+    """The body of ``POST /v1/images/generations``."""
+
+    style: Literal["vivid", "natural"] | None = None
 
 
 def _invalid(message: str, param: str | None, code: str = "invalid_value") -> BadRequest:
@@ -340,39 +345,13 @@ def list_models(request: Request, who: Principal = Depends(principal)):
     }
 
 
-class ImageEditRequest(BaseModel):
+class ImageEditRequest(_ImageRequest):
     """The non-file fields of ``POST /v1/images/edits``."""
 
-    model_config = ConfigDict(extra="forbid")
-
     prompt: str = Field(max_length=32000)
-    model: str | None = None
-    n: int | None = Field(default=1, ge=1, le=10)
-    size: str | None = "auto"
-    response_format: Literal["url", "b64_json"] | None = None
-    output_format: Literal["png", "jpeg", "webp"] | None = None
-    output_compression: int | None = Field(default=None, ge=0, le=100)
     quality: Literal["standard", "low", "medium", "high", "auto"] | None = None
-    background: Literal["transparent", "opaque", "auto"] | None = None
     input_fidelity: Literal["high", "low"] | None = None
-    moderation: Literal["low", "auto"] | None = None
-    user: str | None = Field(default=None, max_length=512)
-    safety_identifier: str | None = Field(default=None, max_length=512)
-    stream: bool | None = None
-    partial_images: int | None = Field(default=None, ge=0, le=3)
-    # extensions
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    negative_prompt: str | None = Field(default=None, max_length=4000)
-    steps: int | None = Field(default=None, ge=1, le=100)
-    guidance: float | None = Field(default=None, ge=0.0, le=100.0)
-    strength: float | None = Field(default=None, ge=0.0, le=1.0)
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt_not_blank(cls, v: str) -> str:
-        if not v.strip():
-            raise ValueError("prompt must not be empty")
-        return v
+    strength: float | None = Field(default=None, ge=0.0, le=1.0)  # extension
 
 
 class ImageVariationRequest(BaseModel):
