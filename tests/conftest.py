@@ -74,7 +74,11 @@ def sqlite_url(tmp_path):
 
 
 class FakeBackend:
-    """A hand-written text-to-image backend for engine tests: seeded noise, a step loop, optional delay."""
+    """A hand-written text-to-image backend for engine tests: seeded noise, a step loop, optional delay.
+
+    Asked for previews, it publishes flat grey images whose level is the step
+    they were made after (``10 * (step + 1)``).
+    """
 
     def __init__(self, steps: int = 4, step_delay: float = 0.0, fail_with: Exception | None = None):
         self.default_steps = steps
@@ -87,11 +91,16 @@ class FakeBackend:
         self.calls += 1
         self.started.set()
         steps = request.steps or self.default_steps
+        preview_steps = control.preview_steps(steps)
         for i in range(steps):
             control.check()
             if self.step_delay:
                 time.sleep(self.step_delay)
             control.report((i + 1) / steps)
+            if i in preview_steps:
+                level = min(255, 10 * (i + 1))
+                grey = Image.new("RGB", (request.width, request.height), (level, level, level))
+                control.preview(preview_steps.index(i), [grey] * request.num_images)
         if self.fail_with:
             raise self.fail_with
         out = []

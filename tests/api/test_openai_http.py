@@ -232,7 +232,7 @@ def test_waiting_does_not_block_the_server_and_a_client_that_leaves_cancels(star
     t0 = time.monotonic()
     assert httpx.get(f"{srv.base}/healthz").status_code == 200
     assert httpx.get(f"{srv.base}/v1/credits", headers={"Authorization": f"Bearer {srv.key}"}).status_code == 200
-    assert time.monotonic() - t0 < 0.5  # answered while a request waits on a generation
+    assert time.monotonic() - t0 < 3.0  # answered while a request waits on a 10-second generation
     t.join()
     assert errors  # the client gave up
     view = wait_for(lambda: next((v for v in srv.executions() if v.status.is_terminal()), None), timeout=10)
@@ -363,10 +363,15 @@ def test_edit_and_variation_errors_are_400_and_charge_nothing(edit_server):
 # --- streaming -------------------------------------------------------------------------------
 
 
-def test_streamed_generation_sends_one_completed_event_per_image(start):
-    srv = start()
+def test_streamed_generation_sends_partial_images_then_one_completed_event_per_image(start):
+    srv = start(backend=FakeBackend(steps=6, step_delay=0.05))
     events = list(srv.client.images.generate(model="fake", prompt="x", n=2, size="256x256", stream=True, partial_images=2))
-    assert [e.type for e in events] == ["image_generation.completed"] * 2
+    assert [e.type for e in events] == ["image_generation.partial_image"] * 2 + ["image_generation.completed"] * 2
+    partials, events = events[:2], events[2:]
+    assert [p.partial_image_index for p in partials] == [0, 1]
+    # the fake backend's previews are flat greys of its step: after steps 2 and 4 of 6
+    assert [_png(p.b64_json).getpixel((5, 5)) for p in partials] == [(20, 20, 20), (40, 40, 40)]
+    assert partials[0].size == "256x256" and partials[0].output_format == "png" and partials[0].background == "opaque"
     assert all(_png(e.b64_json).size == (256, 256) for e in events)
     assert events[0].size == "256x256" and events[0].output_format == "png" and events[0].background == "opaque"
     assert events[0].b64_json != events[1].b64_json
@@ -375,10 +380,23 @@ def test_streamed_generation_sends_one_completed_event_per_image(start):
     assert srv.credits() == pytest.approx(1000 - cost, abs=0.01)
 
 
+def test_partial_images_are_made_only_when_streaming_and_only_as_many_as_asked(start):
+    backend = FakeBackend(steps=6)
+    srv = start(backend=backend)
+    [event] = list(srv.client.images.generate(model="fake", prompt="x", size="256x256", stream=True))
+    assert event.type == "image_generation.completed"
+    events = list(srv.client.images.generate(model="fake", prompt="x", size="256x256", stream=True, partial_images=3))
+    assert [e.type for e in events] == ["image_generation.partial_image"] * 3 + ["image_generation.completed"]
+    srv.client.images.generate(model="fake", prompt="x", size="256x256", partial_images=3)  # not streamed: no previews made
+    assert [v.nodes[-1].params["previews"] for v in srv.executions()] == [0, 3, 0]
+
+
 def test_streamed_edit_sends_image_edit_completed(edit_server):
     srv, backend = edit_server
-    stream = srv.client.images.edit(image=("a.png", _png_bytes(64, 64), "image/png"), prompt="x", stream=True)
-    [event] = list(stream)
+    stream = srv.client.images.edit(image=("a.png", _png_bytes(64, 64), "image/png"), prompt="x", stream=True, partial_images=1)
+    [partial, event] = list(stream)
+    assert partial.type == "image_edit.partial_image" and partial.partial_image_index == 0
+    assert _png(partial.b64_json).size == (256, 256)
     assert event.type == "image_edit.completed" and _png(event.b64_json).size == (256, 256)
     assert len(backend.requests) == 1
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import time
 
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from pixelmill.api.app import create_app
 from pixelmill.api.wait import requested_wait
@@ -108,6 +110,29 @@ def test_sse_streams_events_in_order_and_closes_after_terminal(slow):
     snapshots = [m["data"] for m in messages if m.get("event") == "snapshot"]
     assert snapshots and {"status", "progress", "queuePosition"} <= set(snapshots[0])
     assert took < 10  # closed after the terminal event
+
+
+def test_node_previews_stream_with_signed_urls_and_never_become_results(fast):
+    rt, client = fast
+    workflow = {"name": "previews", "nodes": {"gen": {"type": "text_to_image", "params": {
+        "model": "fake", "prompt": "p", "steps": 6, "width": 96, "height": 64, "previews": 2, "output_format": "png"}}}}
+    wid = client.post("/api/v1/workflows", json=workflow).json()["id"]
+    r = client.post(f"/api/v1/workflows/{wid}/execute", json={"inputs": {}})
+    assert r.status_code in (200, 201, 202), r.text
+    eid = r.json()["executionId"]
+    with client.stream("GET", f"/api/v1/executions/{eid}/events") as r:
+        previews = [m["data"] for m in read_sse(r) if m.get("event") == "node.preview"]
+    assert [(p["node"], p["index"]) for p in previews] == [("gen", 0), ("gen", 1)]
+    levels = []
+    for p in previews:
+        [image] = p["images"]
+        assert (image["width"], image["height"]) == (96, 64) and p["files"] == [image["id"]]
+        got = client.get(image["url"].replace(str(client.base_url), ""), headers={"x-key": ""})
+        assert got.status_code == 200 and got.headers["content-type"] == "image/png"
+        levels.append(Image.open(io.BytesIO(got.content)).getpixel((0, 0)))
+    assert levels == [(20, 20, 20), (40, 40, 40)]  # the fake backend's state after steps 2 and 4
+    view = rt.executions.get(None, eid)
+    assert len(view.result_files()) == 1 and view.result_files()[0].id not in {p["files"][0] for p in previews}
 
 
 def test_sse_resume_with_last_event_id_yields_only_later_events(fast):

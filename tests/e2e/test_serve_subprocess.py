@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -12,9 +13,11 @@ import time
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 from PIL import Image
 
+from pixelmill.models.tiny.scenes import analyse_image
 from tests.helpers.tiny_pipelines import cached_tiny_flux
 
 PIXELMILL = [sys.executable, "-m", "pixelmill.cli"]
@@ -119,6 +122,15 @@ def test_serve_with_no_configuration_uses_the_shipped_model(tmp_path):
             assert body["status"] == "Ready", body
             im = Image.open(io.BytesIO(httpx.get(body["result"]["sample"]).content))
             assert im.size == (256, 256) and im.format == "JPEG"
+        # OpenAI streaming with partial images: the built-in model's intermediate states, then the image
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, timeout=60)
+        prompt = "a big blue square on a yellow background"
+        events = list(client.images.generate(model="pixelmill-tiny", prompt=prompt, size="256x256", stream=True, partial_images=2))
+        assert [e.type for e in events] == ["image_generation.partial_image"] * 2 + ["image_generation.completed"]
+        images = [Image.open(io.BytesIO(base64.b64decode(e.b64_json))).convert("RGB") for e in events]
+        assert all(image.size == (256, 256) for image in images)
+        assert analyse_image(images[-1]).background == "yellow"
+        assert analyse_image(images[1]).background == "yellow"  # the later preview already shows the scene
     finally:
         proc.terminate()
         proc.wait(10)

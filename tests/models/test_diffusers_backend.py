@@ -151,6 +151,31 @@ def test_cancel_stops_at_the_next_step(registry, model):
     assert len(progress.values) == 2 < 10
 
 
+@pytest.mark.parametrize("model", ["tiny-flux", "tiny-sd"])
+def test_previews_decode_the_sampler_state_after_evenly_spread_steps(registry, model):
+    progress = Progress()
+    made = []
+    progress.control.previews = 3
+    progress.control.on_preview = lambda index, images: made.append((index, len(progress.values), images))
+    request = TextToImageRequest(prompt="a red cat on the moon", width=48, height=32, steps=8, num_images=2, seed=3)
+    final = registry.backend(model).generate(request, progress.control)
+    assert [(index, after_step) for index, after_step, _ in made] == [(0, 2), (1, 4), (2, 6)]
+    assert all([im.size for im in images] == [(48, 32), (48, 32)] for _, _, images in made)
+    # the sampler's state converges on the result: the last preview is the closest to it
+    distance = [np.abs(pixels(images[0]) - pixels(final[0])).mean() for _, _, images in made]
+    assert distance[-1] < distance[0]
+    plain, _ = run(registry, model, width=48, height=32, steps=8, num_images=2, seed=3)
+    assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(plain, final))  # previews change nothing
+
+
+def test_preview_steps_are_spread_and_never_the_last():
+    control = StepControl(previews=3)
+    assert control.preview_steps(8) == [1, 3, 5]
+    assert control.preview_steps(30) == [7, 14, 21]
+    assert control.preview_steps(2) == [0]  # too few steps: fewer previews
+    assert control.preview_steps(1) == [] and StepControl().preview_steps(30) == []
+
+
 def test_cancelled_before_start_runs_no_step(registry):
     progress = Progress()
     progress.control.cancel()

@@ -7,6 +7,9 @@ The stream replays the execution's event log (``execution_events``) after
   (``execution.created``, ``execution.started``, ``node.started``,
   ``execution.progress``, ``node.completed``, ``execution.succeeded`` …),
   ``data: {"executionId", "createdAt", …event data}``;
+* ``node.preview`` messages (nodes asked for ``previews``) carry
+  ``{"node", "index", "files", "images": [{"id", "url", "width", "height"}]}``:
+  the sampler's intermediate state, with signed URLs;
 * about once a second, when it changed, a ``snapshot`` message without an id
   (so resuming is unaffected): ``{"status", "progress", "queuePosition",
   "estimatedStartAt"}``;
@@ -25,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
@@ -33,7 +36,9 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from pixelmill.api.deps import presented_key, principal
+from pixelmill.api.files import signed_url
 from pixelmill.engine.estimates import attach_estimate
+from pixelmill.engine.views import FileView, PreviewView, load_previews
 from pixelmill.errors import Forbidden, NotFound
 from pixelmill.presenters.workflow import EXECUTION_STATUS
 from pixelmill.store.tables import execution_events
@@ -67,26 +72,39 @@ def _last_event_id(request: Request) -> int:
 class EventStream:
     """One client's stream over an execution's event log."""
 
-    def __init__(self, runtime, account_id: str, execution_id: str, after_seq: int):
+    def __init__(self, runtime, account_id: str, execution_id: str, after_seq: int, url_for: Callable[[FileView], str]):
         self.rt = runtime
         self.account_id = account_id
         self.execution_id = execution_id
         self.after = after_seq
+        self.url_for = url_for
+        self._previews: dict[int, PreviewView] = {}  # node.preview events of the last fetch, by seq
 
     def _fetch(self) -> list:
         with self.rt.db.engine.connect() as conn:
-            return conn.execute(
+            rows = conn.execute(
                 sa.select(execution_events)
                 .where(execution_events.c.execution_id == self.execution_id, execution_events.c.seq > self.after)
                 .order_by(execution_events.c.seq)
                 .limit(500)
             ).all()
+            if any(r.event == "node.preview" for r in rows):
+                self._previews = {p.seq: p for p in load_previews(conn, self.execution_id, self.after)}
+            return rows
+
+    def _data(self, r) -> dict[str, Any]:
+        data = {"executionId": self.execution_id, "createdAt": r.created_at, **(r.data or {})}
+        if r.event == "node.preview":
+            preview = self._previews.get(r.seq)
+            files = preview.files if preview is not None else []
+            data["images"] = [{"id": f.id, "url": self.url_for(f), "width": f.width, "height": f.height} for f in files]
+        return data
 
     def _messages(self, rows: list) -> tuple[list[str], bool]:
         out, done = [], False
         for r in rows:
             self.after = r.seq
-            out.append(sse_message({"executionId": self.execution_id, "createdAt": r.created_at, **(r.data or {})}, r.event, r.seq))
+            out.append(sse_message(self._data(r), r.event, r.seq))
             if r.event in TERMINAL_EVENTS:
                 done = True
                 break
@@ -160,5 +178,5 @@ async def execution_events_stream(execution_id: str, request: Request):
     else:
         account_id = (await run_in_threadpool(principal, request)).account_id  # may read the database
         await run_in_threadpool(rt.executions.get, account_id, execution_id)  # 404 before the stream starts
-    stream = EventStream(rt, account_id, execution_id, _last_event_id(request))
+    stream = EventStream(rt, account_id, execution_id, _last_event_id(request), lambda f: signed_url(request, f))
     return StreamingResponse(stream.__aiter__(), media_type="text/event-stream", headers=headers)

@@ -17,7 +17,7 @@ from pixelmill.engine.lifecycle import Lifecycle, NodeTask
 from pixelmill.files.storage import FileStorage
 from pixelmill.ids import new_id
 from pixelmill.models.base import DeadlineExceeded, GenerationCancelled, StepControl
-from pixelmill.nodes.base import NodeContext, NodeRegistry, NodeResult
+from pixelmill.nodes.base import NodeContext, NodeRegistry
 from pixelmill.store.db import Database
 from pixelmill.store.tables import executions, files, node_runs
 
@@ -70,10 +70,10 @@ class NodeRunner:
                 return
             parsed = ntype.Params.model_validate(params)
             inputs = self._load_inputs(run)
-            control = self._control(run.id)
+            control = self._control(run)
             result = ntype.run(NodeContext(control=control, seed=run.seed or 0, services=self.services), parsed, inputs)
             control.check()
-            outputs = {"images": self._store_images(run, result)}
+            outputs = {"images": self._store_images(run, result.images, result.output_format, result.metadata)}
             self._finish(run, outputs, cost=run.cost, cached=False)
         except DeadlineExceeded:
             self._fail(run, "deadline_exceeded", f"node {run.node_id} ran longer than {self.node_timeout_s:.0f} s")
@@ -101,7 +101,8 @@ class NodeRunner:
             self.lifecycle.start_node(conn, run, self.worker_name)
             return conn.execute(sa.select(node_runs).where(node_runs.c.id == node_run_id)).first()
 
-    def _control(self, node_run_id: str) -> StepControl:
+    def _control(self, run) -> StepControl:
+        node_run_id = run.id
         control = StepControl(deadline=time.monotonic() + self.node_timeout_s)
         last = [0.0]
 
@@ -114,7 +115,17 @@ class NodeRunner:
                 if self.lifecycle.progress(conn, node_run_id, fraction):
                     control.cancel()
 
+        def on_preview(index: int, images: list[Image.Image]) -> None:
+            try:
+                fmt = run.params.get("output_format") if run.params.get("output_format") in CONTENT_TYPES else "png"
+                with self.db.transaction() as conn:
+                    ids = self._store_images(run, images, fmt, {"preview": str(index)}, conn=conn)
+                    self.lifecycle.event(conn, run.execution_id, "node.preview", {"node": run.node_id, "index": index, "files": ids})
+            except Exception:  # a preview is a courtesy: the run goes on without it
+                log.warning("preview %d of node %s could not be stored", index, run.node_id, exc_info=True)
+
         control.on_progress = on_progress
+        control.on_preview = on_preview
         return control
 
     def _cached_outputs(self, run) -> dict | None:
@@ -154,20 +165,19 @@ class NodeRunner:
                     im.load()
         return inputs
 
-    def _store_images(self, run, result: NodeResult) -> list[str]:
+    def _store_images(self, run, images: list[Image.Image], fmt: str, metadata: dict, conn=None) -> list[str]:
+        """Write ``images`` to storage and their ``files`` rows (in ``conn``'s transaction when given)."""
         from pixelmill.models.imageops import encode_image
 
-        fmt = result.output_format
-        account = None
-        with self.db.engine.connect() as conn:
-            account = conn.execute(sa.select(executions.c.account_id).where(executions.c.id == run.execution_id)).scalar_one()
+        with self.db.engine.connect() as read:
+            account = read.execute(sa.select(executions.c.account_id).where(executions.c.id == run.execution_id)).scalar_one()
         ids = []
         now = time.time()
         rows = []
-        for i, image in enumerate(result.images):
+        for i, image in enumerate(images):
             fid = new_id()
-            meta = dict(result.metadata)
-            if "seed" in meta and len(result.images) > 1:
+            meta = dict(metadata)
+            if "seed" in meta and len(images) > 1:
                 meta["seed"] = str(int(meta["seed"]) + i)
             data = encode_image(image, fmt, quality=92, metadata=meta)
             key = f"{account}/{run.execution_id}/{fid}.{'jpg' if fmt == 'jpeg' else fmt}"
@@ -189,7 +199,9 @@ class NodeRunner:
                 )
             )
             ids.append(fid)
-        if rows:
+        if rows and conn is not None:
+            conn.execute(sa.insert(files), rows)
+        elif rows:
             with self.db.transaction() as conn:
                 conn.execute(sa.insert(files), rows)
         return ids

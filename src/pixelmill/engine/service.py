@@ -17,7 +17,7 @@ from pixelmill.domain.status import ExecutionStatus, NodeStatus
 from pixelmill.engine.estimates import estimate_start_at
 from pixelmill.engine.graph import PreparedGraph, cache_key, prepare
 from pixelmill.engine.lifecycle import Lifecycle, NodeTask
-from pixelmill.engine.views import ExecutionView, load_execution
+from pixelmill.engine.views import ExecutionView, PreviewView, load_execution, load_previews
 from pixelmill.errors import InsufficientCredits, NotFound, ServiceUnavailable
 from pixelmill.ids import new_id
 from pixelmill.nodes.base import NodeRegistry
@@ -185,6 +185,16 @@ class ExecutionService:
                 view.queue_position = self._queue_position(conn, view)
                 view.estimated_start_at = estimate_start_at(conn, view)
             return view
+
+    def previews(self, account_id: str | None, execution_id: str, after_seq: int = 0) -> list[PreviewView]:
+        """Intermediate images the execution's nodes published after ``after_seq`` (NotFound as ``get``)."""
+        with self.db.engine.connect() as conn:
+            owner = sa.select(executions.c.id).where(executions.c.id == execution_id, executions.c.expires_at >= time.time())
+            if account_id is not None:
+                owner = owner.where(executions.c.account_id == account_id)
+            if conn.execute(owner).first() is None:
+                raise NotFound("Task not found", code="execution_not_found")
+            return load_previews(conn, execution_id, after_seq)
 
     def _queue_position(self, conn, view: ExecutionView) -> int | None:
         queued = [n for n in view.nodes if n.status == NodeStatus.QUEUED]

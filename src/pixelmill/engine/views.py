@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from pixelmill.domain.status import ExecutionStatus, NodeStatus
-from pixelmill.store.tables import executions, files, node_runs
+from pixelmill.store.tables import execution_events, executions, files, node_runs
 
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
@@ -91,6 +91,44 @@ class ExecutionView:
 
     def result_files(self) -> list[FileView]:
         return [f for n in self.sink_nodes() for f in n.files]
+
+
+@dataclass
+class PreviewView:
+    """One intermediate image set a node published while it ran (a ``node.preview`` event)."""
+
+    seq: int  # the event's position in the execution's log
+    node_id: str
+    index: int  # 0-based, per node
+    files: list[FileView]
+
+
+def load_previews(conn: Connection, execution_id: str, after_seq: int = 0) -> list[PreviewView]:
+    """The execution's previews logged after ``after_seq``, oldest first."""
+    rows = conn.execute(
+        sa.select(execution_events.c.seq, execution_events.c.data)
+        .where(
+            execution_events.c.execution_id == execution_id,
+            execution_events.c.event == "node.preview",
+            execution_events.c.seq > after_seq,
+        )
+        .order_by(execution_events.c.seq)
+    ).all()
+    wanted = [fid for r in rows for fid in (r.data or {}).get("files", [])]
+    by_id = {f.id: f for f in conn.execute(sa.select(files).where(files.c.id.in_(wanted)))} if wanted else {}
+    return [
+        PreviewView(
+            seq=r.seq,
+            node_id=r.data.get("node", ""),
+            index=int(r.data.get("index", 0)),
+            files=[
+                FileView(f.id, f.content_type, f.width, f.height, f.size, f.meta or {})
+                for f in (by_id.get(fid) for fid in r.data.get("files", []))
+                if f is not None
+            ],
+        )
+        for r in rows
+    ]
 
 
 def load_execution(conn: Connection, execution_id: str, account_id: str | None = None) -> ExecutionView | None:

@@ -28,15 +28,34 @@ class StepControl:
 
     ``report(fraction)`` is called by the backend after every step (0..1).
     ``check()`` raises GenerationCancelled once ``cancel()`` was called.
+    With ``previews`` > 0, a backend that can decode its intermediate state
+    calls ``preview(index, images)`` up to that many times, after the steps
+    :meth:`preview_steps` picks (a backend that cannot simply never calls it).
     """
 
     on_progress: Callable[[float], None] | None = None
     cancel_event: threading.Event = field(default_factory=threading.Event)
     deadline: float | None = None  # time.monotonic() value
+    previews: int = 0
+    on_preview: Callable[[int, list[Image.Image]], None] | None = None
 
     def report(self, fraction: float) -> None:
         if self.on_progress is not None:
             self.on_progress(max(0.0, min(1.0, float(fraction))))
+
+    def preview_steps(self, total: int) -> list[int]:
+        """The 0-based steps (of ``total``) after which to make previews: spread evenly, never the last step.
+
+        Fewer than ``previews`` when there are too few steps to spread them over.
+        """
+        if self.previews <= 0 or total < 2:
+            return []
+        n = self.previews
+        return sorted({min(total - 2, max(0, round(total * k / (n + 1)) - 1)) for k in range(1, n + 1)})
+
+    def preview(self, index: int, images: list[Image.Image]) -> None:
+        if self.on_preview is not None:
+            self.on_preview(index, images)
 
     def cancel(self) -> None:
         self.cancel_event.set()

@@ -5,6 +5,7 @@ declares in its ``model_index.json`` (FLUX.1 dev/schnell, FLUX.2, Stable
 Diffusion 1.x/2.x, SDXL, SD3 ...) and runs it with the request's size, steps,
 guidance and seed.  Per-step progress and cancellation go through
 ``callback_on_step_end``; a cancelled run stops at the next step boundary.
+Previews (partial images) are the sampler's latents decoded after chosen steps.
 
 Seeds are drawn from CPU generators, one per image (``seed + i``), so the same
 request gives the same starting noise on any device.
@@ -212,7 +213,7 @@ class DiffusersBackend:
             images = target(**kwargs).images
         if "callback_on_step_end" not in kwargs:  # pipeline without step callbacks
             control.report(1.0)
-        images = [self._fit(image, request) for image in images]
+        images = [_fit(image, request.width, request.height) for image in images]
         if request.mask_image is not None:
             # outside the mask the result is the input, pixel for pixel (the VAE round trip
             # of latent-space inpainting would otherwise soften it); edges blend with the mask
@@ -244,7 +245,7 @@ class DiffusersBackend:
             "num_images_per_prompt": request.num_images,
             "generator": generators,
             "output_type": "pil",
-            "callback_on_step_end": _step_callback(control, steps),
+            "callback_on_step_end": _step_callback(control, steps, request.width, request.height),
         }
         if request.negative_prompt:
             kwargs["negative_prompt"] = request.negative_prompt
@@ -272,23 +273,73 @@ class DiffusersBackend:
             kwargs = {key: value for key, value in kwargs.items() if key in params}
         return kwargs
 
-    @staticmethod
-    def _fit(image: Image.Image, request: TextToImageRequest) -> Image.Image:
-        """RGB at exactly the requested size (pipelines round sizes to their latent grid)."""
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        if image.size != (request.width, request.height):
-            image = image.resize((request.width, request.height), Image.Resampling.LANCZOS)
-        return image
 
 
-def _step_callback(control: StepControl, steps: int) -> Callable[..., dict]:
-    """A ``callback_on_step_end`` that reports progress and raises on cancel."""
+def _fit(image: Image.Image, width: int, height: int) -> Image.Image:
+    """RGB at exactly the requested size (pipelines round sizes to their latent grid)."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.LANCZOS)
+    return image
+
+
+def _step_callback(control: StepControl, steps: int, width: int, height: int) -> Callable[..., dict]:
+    """A ``callback_on_step_end`` that reports progress, makes the previews asked for and raises on cancel."""
+    state: dict[str, Any] = {"made": 0, "failed": False, "previous": None}
 
     def on_step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
         total = getattr(pipe, "_num_timesteps", None) or steps
         control.report((step + 1) / total)
         control.check()
+        if not control.previews or state["failed"]:
+            return callback_kwargs
+        wanted = control.preview_steps(total)
+        latents = callback_kwargs["latents"]
+        if step in wanted:
+            try:
+                images = decode_preview(pipe, latents, width, height, state["previous"])
+            except Exception:  # a preview is a courtesy: never fail the generation for one
+                log.warning("%s: no preview (latents could not be decoded)", type(pipe).__name__, exc_info=True)
+                state["failed"] = True
+                return callback_kwargs
+            control.preview(state["made"], images)
+            state["made"] += 1
+        # a flow-matching preview extrapolates from the step before it: keep that one's latents
+        state["previous"] = latents.clone() if step + 1 in wanted else None
         return callback_kwargs
 
     return on_step_end
+
+
+def decode_preview(
+    pipe: Any, latents: torch.Tensor, width: int, height: int, previous: torch.Tensor | None = None
+) -> list[Image.Image]:
+    """Decode a pipeline's intermediate latents (what it holds after a step) into RGB images.
+
+    With a flow-matching scheduler (FLUX, SD3) and the latents of the step
+    before, the preview is the sampler's estimate of the finished image: the
+    last Euler step's velocity ``v = (x - x_prev) / (sigma - sigma_prev)`` gives
+    ``x0 = x - sigma * v``.  Otherwise the current (still noisy) latents are
+    decoded as they are.  FLUX pipelines hold packed 2x2 patch sequences,
+    unpacked first; every VAE is undone with its own ``scaling_factor`` /
+    ``shift_factor``.
+    """
+    scheduler = pipe.scheduler
+    index = getattr(scheduler, "step_index", None)
+    if previous is not None and type(scheduler).__name__.startswith("FlowMatch") and index is not None and index >= 1:
+        sigma, sigma_prev = float(scheduler.sigmas[index]), float(scheduler.sigmas[index - 1])
+        if sigma_prev != sigma:
+            velocity = (latents - previous) / (sigma - sigma_prev)
+            latents = latents - sigma * velocity
+    if latents.ndim == 3 and hasattr(pipe, "_unpack_latents"):
+        latents = pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
+    vae = pipe.vae
+    config = vae.config
+    latents = latents / getattr(config, "scaling_factor", 1.0)
+    shift = getattr(config, "shift_factor", None)
+    if shift:
+        latents = latents + shift
+    decoded = vae.decode(latents.to(device=vae.device, dtype=vae.dtype), return_dict=False)[0]
+    images = pipe.image_processor.postprocess(decoded.float(), output_type="pil")
+    return [_fit(image, width, height) for image in images]

@@ -26,6 +26,8 @@ class TextToImageParams(NodeParams):
     num_images: int = Field(default=1, ge=1, le=10)
     strength: float = Field(default=0.6, ge=0.0, le=1.0)
     output_format: Literal["jpeg", "png", "webp"] = "png"
+    #: intermediate images to publish while it runs (``node.preview`` events); 0: none
+    previews: int = Field(default=0, ge=0, le=3)
 
     @model_validator(mode="after")
     def _multiple_of_16(self):
@@ -92,6 +94,7 @@ class TextToImage(NodeType):
             strength=params.strength,
             mask_image=mask,
         )
+        ctx.control.previews = params.previews
         images = backend.generate(request, ctx.control)
         return NodeResult(
             images=images,

@@ -25,6 +25,7 @@ re-sending the request (a re-sent request would start and bill a new generation)
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any, Callable
 
 from pixelmill.engine.views import ExecutionView, FileView
@@ -116,3 +117,19 @@ def completed_events(rendered: dict[str, Any], event_type: str) -> list[dict[str
         {"type": event_type, "b64_json": item["b64_json"], "created_at": rendered["created"], **shared}
         for item in rendered["data"]
     ]
+
+
+def partial_event(
+    data: bytes, index: int, event_type: str, *, size: str, quality: str, background: str, output_format: str, **_: Any
+) -> dict[str, Any]:
+    """One ``<stream>.partial_image`` event (``image_generation.partial_image``...) for a preview's bytes."""
+    return {
+        "type": event_type,
+        "b64_json": base64.b64encode(data).decode("ascii"),
+        "created_at": int(time.time()),
+        "size": size,
+        "quality": quality,
+        "background": background,
+        "output_format": output_format,
+        "partial_image_index": index,
+    }

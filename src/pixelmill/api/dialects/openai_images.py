@@ -33,12 +33,15 @@ within 256-2048.  ``n`` is 1-10 for every model (OpenAI allows only 1 for
 dall-e-3).
 
 Accepted and validated but without effect on the pixels: ``quality``, ``style``,
-``user``, ``safety_identifier``, ``moderation``, ``output_compression``, ``partial_images``.
+``user``, ``safety_identifier``, ``moderation``, ``output_compression``.
 ``background="transparent"`` is refused (400): the models here make opaque
 images.  ``stream=true`` answers Server-Sent Events: keep-alive comments while
-the image is made, then one ``image_generation.completed`` (``image_edit.completed``)
-event per image; no partial images are sent (OpenAI allows the final image to
-come before the requested partials).  Extensions beyond OpenAI's API:
+the image is made, ``partial_images`` (0-3) ``image_generation.partial_image``
+(``image_edit.partial_image``) events with the sampler's state decoded after
+evenly spread steps (of the first image when ``n`` > 1; fewer when the model
+runs too few steps, as OpenAI allows), then one
+``image_generation.completed`` (``image_edit.completed``) event per image.
+Extensions beyond OpenAI's API:
 ``seed``, ``negative_prompt``, ``steps`` and ``guidance``.
 
 The wait is bounded by the ``sync_timeout_s`` setting (``PIXELMILL_SYNC_TIMEOUT_S``,
@@ -77,7 +80,7 @@ from pixelmill.engine.views import ExecutionView, FileView
 from pixelmill.errors import BadRequest, NotFound, PixelmillError
 from pixelmill.models.imageops import BadImageInput, ImageDecodeError, decode_base64_image, decode_image, fit_size, has_alpha, is_url
 from pixelmill.nodes.load_image import image_source
-from pixelmill.presenters.openai_images import completed_events, error_body, render_error, render_images
+from pixelmill.presenters.openai_images import completed_events, error_body, partial_event, render_error, render_images
 from pixelmill.store.tables import files
 
 log = logging.getLogger("pixelmill.api.openai")
@@ -232,6 +235,7 @@ async def create_image(request: Request, who: Principal = Depends(principal)):
             "seed": req.seed,
             "num_images": req.n or 1,
             "output_format": output_format,
+            "previews": _previews(req),
         },
     }
     return await _run(
@@ -250,8 +254,8 @@ async def _run(
 
     With ``stream`` (``image_generation`` or ``image_edit``) the answer is an SSE
     stream instead: keep-alive comments while the execution runs, then one
-    ``<stream>.completed`` event per image (no partial images are made), or an
-    ``error`` event.
+    ``<stream>.partial_image`` event per preview the generation publishes, then one
+    ``<stream>.completed`` event per image, or an ``error`` event.
     """
     rt = request.app.state.runtime
     submission = Submission(principal=who, graph={"nodes": nodes}, dialect="openai", label=model, request=logged)
@@ -298,8 +302,12 @@ async def _stream_events(request: Request, account_id: str, execution_id: str, t
         deadline = time.monotonic() + timeout
         last_sent = time.monotonic()
         delay = 0.05
+        partials = _Partials(rt, account_id, execution_id, f"{kind}.partial_image", render)
         while True:
             view = await run_in_threadpool(rt.executions.get, account_id, execution_id)
+            for event in await run_in_threadpool(partials.new):
+                yield _sse(event["type"], event)
+                last_sent = time.monotonic()
             if view.status.is_terminal():
                 break
             now = time.monotonic()
@@ -330,6 +338,31 @@ async def _stream_events(request: Request, account_id: str, execution_id: str, t
             with anyio.CancelScope(shield=True):
                 log.info("stream closed early; cancelling execution %s", execution_id)
                 await run_in_threadpool(rt.executions.cancel, account_id, execution_id)
+
+
+def _previews(req: "_ImageRequest") -> int:
+    """How many intermediate images the generation node publishes: the partials a stream asked for."""
+    return (req.partial_images or 0) if req.stream else 0
+
+
+class _Partials:
+    """The ``partial_image`` events of a streamed request, read from the execution's previews."""
+
+    def __init__(self, rt, account_id: str, execution_id: str, event_type: str, render: dict):
+        self.rt, self.account_id, self.execution_id = rt, account_id, execution_id
+        self.event_type, self.render = event_type, render
+        self.after = 0
+        self.sent = 0
+
+    def new(self) -> list[dict]:
+        out = []
+        for preview in self.rt.executions.previews(self.account_id, self.execution_id, self.after):
+            self.after = preview.seq
+            if preview.files:
+                data = _file_bytes(self.rt, preview.files[0])
+                out.append(partial_event(data, self.sent, self.event_type, **self.render))
+                self.sent += 1
+        return out
 
 
 def _sse(event: str, data: dict) -> bytes:
@@ -418,6 +451,7 @@ async def edit_image(request: Request, who: Principal = Depends(principal)):
             "model": model, "prompt": req.prompt, "negative_prompt": req.negative_prompt, "width": width,
             "height": height, "steps": req.steps, "guidance": req.guidance, "seed": req.seed,
             "num_images": req.n or 1, "output_format": output_format, "strength": strength,
+            "previews": _previews(req),
         },
         "inputs": links,
     }
