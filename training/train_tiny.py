@@ -67,6 +67,7 @@ from pixelmill.models.tiny.scenes import (  # noqa: E402
     render_scene,
     sample_scene,
     scene_prompt,
+    shape_polygon,
     vocabulary,
 )
 
@@ -232,13 +233,44 @@ BUCKETS = [  # (width, height, samples relative to --pool, batch, probability)
 ]
 
 
+def shape_tokens(scene, width: int, height: int) -> torch.Tensor:
+    """Per packed token (32x32 pixels): how much its object coverage would change with another shape.
+
+    For each object the same box is drawn as every other shape; a token's value
+    is the largest difference in covered area.  It is high exactly on the
+    tokens that tell the named shape apart (a square's corners, a triangle's
+    slopes, a cross's notches) and zero on background and object interiors.
+    """
+    from PIL import Image, ImageDraw
+
+    unit = min(width, height)
+    out = torch.zeros(height // 32, width // 32)
+    for o in scene.objects:
+        half = o.size * unit / 2
+        cx, cy = o.cx * width, o.cy * height
+        box = (cx - half, cy - half, cx + half, cy + half)
+        covers = {}
+        for shape in SHAPES:
+            m = Image.new("L", (width, height), 0)
+            poly = shape_polygon(shape, box)
+            if poly is None:
+                ImageDraw.Draw(m).ellipse(box, fill=255)
+            else:
+                ImageDraw.Draw(m).polygon(poly, fill=255)
+            a = torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0)
+            covers[shape] = a.view(height // 32, 32, width // 32, 32).mean((1, 3))
+        diff = torch.stack([(covers[o.shape] - c).abs() for s, c in covers.items() if s != o.shape]).amax(0)
+        out = torch.maximum(out, diff)
+    return out.flatten()
+
+
 @torch.no_grad()
 def build_latent_pool(vae, args, rng: random.Random, device) -> list[dict]:
     """Stage 2: render + encode training scenes per size bucket."""
     pool = []
     for w, h, frac, batch, prob in BUCKETS:
         n = max(batch, int(args.pool * frac))
-        lat, cover, prompts = [], [], []
+        lat, cover, edge, prompts = [], [], [], []
         for i in range(0, n, 16):
             scenes = [sample_scene(rng, two_objects=0.25) for _ in range(min(16, n - i))]
             imgs = [render_scene(s, w, h) for s in scenes]
@@ -247,9 +279,11 @@ def build_latent_pool(vae, args, rng: random.Random, device) -> list[dict]:
             # object coverage per packed transformer token (2x2 latent cells = 32x32 pixels)
             m = torch.stack([object_mask(s, im) for s, im in zip(scenes, imgs)])
             cover.append(F.avg_pool2d(m, 32).flatten(1).half())
+            edge.append(torch.stack([shape_tokens(s, w, h) for s in scenes]).half())
             prompts += [scene_prompt(s) for s in scenes]
         pool.append({
-            "size": (w, h), "latents": torch.cat(lat), "cover": torch.cat(cover), "prompts": prompts,
+            "size": (w, h), "latents": torch.cat(lat), "cover": torch.cat(cover), "edge": torch.cat(edge),
+            "prompts": prompts,
             "batch": batch, "prob": prob,
         })
         log(f"pool {w}x{h}: {n} scenes")
@@ -397,7 +431,11 @@ def train_flow(vae, clip, t5, transformer, clip_tok, t5_tok, pool, args, rng, de
         target = FluxPipeline._pack_latents(noise - x0, B, C, h, w)
         ids = FluxPipeline._prepare_latent_image_ids(B, h // 2, w // 2, device, xt.dtype)
         pred = transformer_forward(transformer, clip, t5, texter(prompts, device), packed, ids, t)
-        w_tok = 1.0 + (args.object_weight_flow - 1.0) * b["cover"][idx].to(device).float()
+        w_tok = (
+            1.0
+            + (args.object_weight_flow - 1.0) * b["cover"][idx].to(device).float()
+            + args.shape_weight_flow * b["edge"][idx].to(device).float()
+        )
         loss = (((pred - target) ** 2).mean(-1) * w_tok).mean() / w_tok.mean()
         warm = min(1.0, (step + 1) / args.warmup)
         decay = 0.5 * (1 + math.cos(math.pi * min(1.0, (time.time() - t0) / budget)))
@@ -446,6 +484,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--object-weight", type=float, default=6.0, help="VAE loss weight of object pixels (background: 1)")
     ap.add_argument(
         "--object-weight-flow", type=float, default=3.0, help="flow loss weight of tokens covered by objects (background: 1)"
+    )
+    ap.add_argument(
+        "--shape-weight-flow", type=float, default=0.0,
+        help="extra flow loss weight on the tokens that tell the named shape from the others (see shape_tokens)",
     )
     ap.add_argument("--vae-from", type=Path, default=None, help="reuse the VAE of an earlier run's folder")
     ap.add_argument("--resume", type=Path, default=None, help="continue training the networks of a saved folder")
