@@ -150,14 +150,18 @@ def build_transformer(sizes: TinySizes) -> FluxTransformer2DModel:
     )
 
 
-def build_scheduler() -> FlowMatchEulerDiscreteScheduler:
-    """The FLUX flow-matching Euler scheduler with resolution-dependent time shift."""
+def build_scheduler(base_image_seq_len: int = 64) -> FlowMatchEulerDiscreteScheduler:
+    """The FLUX flow-matching Euler scheduler with resolution-dependent time shift.
+
+    ``base_image_seq_len`` is the token count of a 256x256 image (the trained
+    size), where the shift is smallest.
+    """
     return FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=1000,
         shift=1.0,
         use_dynamic_shifting=True,
         base_shift=0.5,
         max_shift=1.15,
-        base_image_seq_len=64,  # 256x256 with the 16x VAE and 2x2 packing
-        max_image_seq_len=2048,
+        base_image_seq_len=base_image_seq_len,
+        max_image_seq_len=base_image_seq_len * 32,
     )

@@ -86,6 +86,10 @@ def to_tensor(img) -> torch.Tensor:
 # --------------------------------------------------------------------------- VAE
 
 
+#: Residual blocks per VAE level for each downsampling factor (levels - 1 halvings).
+VAE_BLOCKS = {8: (0, 1, 2, 2), 16: (0, 1, 1, 2, 2)}
+
+
 #: Whole scenes the VAE trains on: (width, height, batch, probability).  Whole
 #: images, not crops: GroupNorm statistics of a crop differ from those of a full
 #: scene, and a VAE trained on crops shifts colours on full images.
@@ -233,8 +237,13 @@ BUCKETS = [  # (width, height, samples relative to --pool, batch, probability)
 ]
 
 
-def shape_tokens(scene, width: int, height: int) -> torch.Tensor:
-    """Per packed token (32x32 pixels): how much its object coverage would change with another shape.
+def token_pixels(vae) -> int:
+    """Side in pixels of one transformer token: FLUX packs 2x2 latent cells into a token."""
+    return 2 * 2 ** (len(vae.config.encoder_block_out_channels) - 1)
+
+
+def shape_tokens(scene, width: int, height: int, px: int = 32) -> torch.Tensor:
+    """Per packed token (``px`` x ``px`` pixels): how much its object coverage would change with another shape.
 
     For each object the same box is drawn as every other shape; a token's value
     is the largest difference in covered area.  It is high exactly on the
@@ -244,7 +253,7 @@ def shape_tokens(scene, width: int, height: int) -> torch.Tensor:
     from PIL import Image, ImageDraw
 
     unit = min(width, height)
-    out = torch.zeros(height // 32, width // 32)
+    out = torch.zeros(height // px, width // px)
     for o in scene.objects:
         half = o.size * unit / 2
         cx, cy = o.cx * width, o.cy * height
@@ -258,7 +267,7 @@ def shape_tokens(scene, width: int, height: int) -> torch.Tensor:
             else:
                 ImageDraw.Draw(m).polygon(poly, fill=255)
             a = torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0)
-            covers[shape] = a.view(height // 32, 32, width // 32, 32).mean((1, 3))
+            covers[shape] = a.view(height // px, px, width // px, px).mean((1, 3))
         diff = torch.stack([(covers[o.shape] - c).abs() for s, c in covers.items() if s != o.shape]).amax(0)
         out = torch.maximum(out, diff)
     return out.flatten()
@@ -268,7 +277,9 @@ def shape_tokens(scene, width: int, height: int) -> torch.Tensor:
 def build_latent_pool(vae, args, rng: random.Random, device) -> list[dict]:
     """Stage 2: render + encode training scenes per size bucket."""
     pool = []
+    px = token_pixels(vae)
     for w, h, frac, batch, prob in BUCKETS:
+        batch = max(1, batch * px * px // (32 * 32))  # the same number of tokens per step whatever the VAE
         n = max(batch, int(args.pool * frac))
         lat, cover, edge, prompts = [], [], [], []
         for i in range(0, n, 16):
@@ -276,10 +287,10 @@ def build_latent_pool(vae, args, rng: random.Random, device) -> list[dict]:
             imgs = [render_scene(s, w, h) for s in scenes]
             x = torch.stack([to_tensor(im) for im in imgs]).to(device)
             lat.append(vae.encode(x).latents.cpu())
-            # object coverage per packed transformer token (2x2 latent cells = 32x32 pixels)
+            # object coverage per packed transformer token (2x2 latent cells)
             m = torch.stack([object_mask(s, im) for s, im in zip(scenes, imgs)])
-            cover.append(F.avg_pool2d(m, 32).flatten(1).half())
-            edge.append(torch.stack([shape_tokens(s, w, h) for s in scenes]).half())
+            cover.append(F.avg_pool2d(m, px).flatten(1).half())
+            edge.append(torch.stack([shape_tokens(s, w, h, px) for s in scenes]).half())
             prompts += [scene_prompt(s) for s in scenes]
         pool.append({
             "size": (w, h), "latents": torch.cat(lat), "cover": torch.cat(cover), "edge": torch.cat(edge),
@@ -339,16 +350,16 @@ def transformer_forward(transformer, clip, t5, text, latents_packed, img_ids, t)
 # --------------------------------------------------------------------------- flow matching
 
 
-def sample_t(n: int, device, uniform: float = 0.3) -> torch.Tensor:
-    """Training times: logit-normal (FLUX/SD3 style) mixed with a share of uniform."""
-    t = torch.sigmoid(torch.randn(n, device=device))
+def sample_t(n: int, device, uniform: float = 0.3, mean: float = 0.0) -> torch.Tensor:
+    """Training times: logit-normal (FLUX/SD3 style, location ``mean``) mixed with a share of uniform."""
+    t = torch.sigmoid(mean + torch.randn(n, device=device))
     u = torch.rand(n, device=device)
     return torch.where(torch.rand(n, device=device) < uniform, u, t).clamp(1e-4, 1 - 1e-4)
 
 
 def save_pipeline(out: Path, vae, clip, t5, transformer, clip_tok, t5_tok, args, extra: dict) -> None:
     pipe = FluxPipeline(
-        scheduler=build_scheduler(),
+        scheduler=build_scheduler((256 // token_pixels(vae)) ** 2),
         vae=vae,
         text_encoder=clip,
         tokenizer=clip_tok,
@@ -424,7 +435,7 @@ def train_flow(vae, clip, t5, transformer, clip_tok, t5_tok, pool, args, rng, de
         prompts = [b["prompts"][i] if rng.random() > args.cond_drop else "" for i in idx]
         B, C, h, w = x0.shape
         noise = torch.randn_like(x0)
-        t = sample_t(B, device, args.t_uniform)
+        t = sample_t(B, device, args.t_uniform, args.t_mean)
         tt = t.view(B, 1, 1, 1)
         xt = (1 - tt) * x0 + tt * noise
         packed = FluxPipeline._pack_latents(xt, B, C, h, w)
@@ -474,6 +485,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--width-mult", type=int, default=1, help="scale transformer heads (GPU: 2-4)")
+    ap.add_argument(
+        "--vae-factor", type=int, default=16, choices=sorted(VAE_BLOCKS),
+        help="VAE downsampling; a transformer token covers twice that many pixels on a side",
+    )
     ap.add_argument("--vae-steps", type=int, default=100000)
     ap.add_argument("--vae-minutes", type=float, default=7.0)
     ap.add_argument("--vae-batch-mult", type=int, default=1, help="multiply the VAE batch sizes (GPU: 4-8)")
@@ -498,6 +513,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--t-uniform", type=float, default=0.3, help="share of uniformly sampled training times")
+    ap.add_argument(
+        "--t-mean", type=float, default=0.0,
+        help="location of the logit-normal training times (> 0 trains more at high noise, where layout and shape are decided)",
+    )
     ap.add_argument("--ema", type=float, default=0.998)
     ap.add_argument("--cond-drop", type=float, default=0.1)
     ap.add_argument("--ckpt-minutes", type=float, default=6.0)
@@ -516,7 +535,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     device = torch.device(args.device)
-    sizes = TinySizes(heads=4 * args.width_mult)
+    sizes = TinySizes(heads=4 * args.width_mult, vae_blocks=VAE_BLOCKS[args.vae_factor])
     clip_tok, t5_tok = build_clip_tokenizer(), build_t5_tokenizer()
     clip, t5 = build_text_encoders(sizes, clip_tok, t5_tok)
     transformer = build_transformer(sizes)
