@@ -14,7 +14,6 @@ pipeline call.
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import time
 from pathlib import Path
@@ -22,23 +21,9 @@ from pathlib import Path
 import torch
 
 from pixelmill.models.tiny import WEIGHTS_DIR, model_defaults
-from pixelmill.models.tiny.scenes import HELD_OUT, analyse_image, sample_scene, scene_prompt
+from pixelmill.models.tiny.scenes import analyse_image, held_out_prompts
 
 TARGETS = {"colour": 0.90, "shape": 0.80, "background": 0.90}
-
-
-def held_out_prompts(limit: int | None = None, seed: int = 7) -> list[tuple[str, tuple[str, str, str]]]:
-    """One prompt per held-out triple (random size word / position), sorted, deterministic."""
-    rng = random.Random(seed)
-    out = []
-    for colour, shape, background in sorted(HELD_OUT):
-        while True:
-            scene = sample_scene(rng, held_out=True)
-            o = scene.objects[0]
-            if (o.colour, o.shape, scene.background) == (colour, shape, background):
-                break
-        out.append((scene_prompt(scene), (colour, shape, background)))
-    return out[:limit] if limit else out
 
 
 def main() -> None:
@@ -78,7 +63,7 @@ def main() -> None:
     generate("a red circle on a blue background", 0)  # warm-up
     hits = {"colour": 0, "shape": 0, "background": 0}
     times = []
-    prompts = held_out_prompts(args.limit)
+    prompts = held_out_prompts()[: args.limit]
     for i, (prompt, (colour, shape, background)) in enumerate(prompts):
         t0 = time.perf_counter()
         img = generate(prompt, seed=i)

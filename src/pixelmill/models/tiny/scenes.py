@@ -189,6 +189,24 @@ def sample_scene(rng: random.Random, *, held_out: bool = False, two_objects: flo
             return scene
 
 
+def held_out_prompts(seed: int = 7) -> list[tuple[str, tuple[str, str, str]]]:
+    """One prompt per held-out triple, with a random size word and position: (prompt, (colour, shape, background)).
+
+    Sorted by triple and deterministic for a seed; ``bench/tiny_adherence.py``
+    scores exactly these (seed 7).
+    """
+    rng = random.Random(seed)
+    out = []
+    for triple in sorted(HELD_OUT):
+        while True:
+            scene = sample_scene(rng, held_out=True)
+            o = scene.objects[0]
+            if (o.colour, o.shape, scene.background) == triple:
+                break
+        out.append((scene_prompt(scene), triple))
+    return out
+
+
 def _single(rng: random.Random, colour: str, shape: str, background: str) -> Scene:
     size_word = rng.choice(list(SIZES))
     position = rng.choice(list(POSITIONS))
