@@ -11,7 +11,8 @@ Stages (all on rendered scenes from ``pixelmill.models.tiny.scenes``, training s
    (CLIP, pooled; T5, per token) are trained jointly with the rectified-flow
    objective ``x_t = (1 - t) x0 + t noise``, target ``noise - x0``, which is
    what ``FlowMatchEulerDiscreteScheduler`` integrates at sampling time; tokens
-   covered by objects weigh more in the loss.
+   covered by objects, and more so those where the named shape differs from
+   the other shapes, weigh more in the loss; training times lean to high noise.
 
 The result is written with ``FluxPipeline.save_pretrained`` (safetensors) plus a
 ``pixelmill.json`` with default steps/guidance, and reloads with
@@ -21,10 +22,11 @@ The T5 prompt is padded to ``T5_MAX_LENGTH`` tokens (not FluxPipeline's default
 512); ``pixelmill.json`` records it as ``max_sequence_length`` and the backend
 passes it to the pipeline, so training and serving see identical inputs.
 
-Usage (CPU, about 90 minutes on 2 cores; the shipped weights' recipe)::
+Usage (CPU, about 85 minutes; the shipped weights' recipe)::
 
-    python training/train_tiny.py --out training/runs/tiny --vae-minutes 16 --pool 4000 \
-        --minutes 58 --lr 1e-3 --warmup 200 --default-steps 16 --default-true-cfg 3 --decoder-minutes 6
+    python training/train_tiny.py --out training/runs/tiny --vae-minutes 16 --vae-pool 1500 --pool 4000 \
+        --minutes 55 --lr 1e-3 --ema 0.998 --warmup 200 --default-steps 16 --default-true-cfg 3 \
+        --shape-weight-flow 8 --t-mean 0.8 --decoder-minutes 6 --eval 28
 
 See training/README.md for GPU flags.
 """
