@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> None:
         "--object-weight-flow", type=float, default=3.0, help="flow loss weight of tokens covered by objects (background: 1)"
     )
     ap.add_argument(
-        "--shape-weight-flow", type=float, default=0.0,
+        "--shape-weight-flow", type=float, default=8.0,
         help="extra flow loss weight on the tokens that tell the named shape from the others (see shape_tokens)",
     )
     ap.add_argument("--vae-from", type=Path, default=None, help="reuse the VAE of an earlier run's folder")
@@ -516,7 +516,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--t-uniform", type=float, default=0.3, help="share of uniformly sampled training times")
     ap.add_argument(
-        "--t-mean", type=float, default=0.0,
+        "--t-mean", type=float, default=0.8,
         help="location of the logit-normal training times (> 0 trains more at high noise, where layout and shape are decided)",
     )
     ap.add_argument("--ema", type=float, default=0.998)
