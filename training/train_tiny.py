@@ -468,9 +468,9 @@ def train_flow(vae, clip, t5, transformer, clip_tok, t5_tok, pool, args, rng, de
         step += 1
         if time.time() - last_ckpt > args.ckpt_minutes * 60:
             last_ckpt = time.time()
-            save_pipeline(out, vae, *_cpu(ema), clip_tok, t5_tok, args, {"train_steps": step})
+            save_pipeline(out, vae, *_cpu(ema), clip_tok, t5_tok, args, {"train_steps": args.prior_steps + step})
             log(f"checkpoint at step {step} -> {out}")
-    save_pipeline(out, vae, *_cpu(ema), clip_tok, t5_tok, args, {"train_steps": step})
+    save_pipeline(out, vae, *_cpu(ema), clip_tok, t5_tok, args, {"train_steps": args.prior_steps + step})
     log(f"flow done: {step} steps in {time.time() - t0:.0f}s")
 
 
@@ -532,6 +532,7 @@ def main(argv: list[str] | None = None) -> None:
         "--refine-only", action="store_true", help="only refine the decoder of the folder at --out and save it back"
     )
     args = ap.parse_args(argv)
+    args.prior_steps = 0  # flow steps already in a --resume folder; pixelmill.json counts them all
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -549,6 +550,7 @@ def main(argv: list[str] | None = None) -> None:
         t5 = T5EncoderModel.from_pretrained(args.resume, subfolder="text_encoder_2")
         transformer = FluxTransformer2DModel.from_pretrained(args.resume, subfolder="transformer")
         args.vae_from = args.vae_from or args.resume
+        args.prior_steps = json.loads((args.resume / "pixelmill.json").read_text()).get("train_steps", 0)
         log(f"continuing from {args.resume}")
     t_start = time.time()
     if args.refine_only:

@@ -48,6 +48,14 @@ def test_every_stage_runs_and_the_folder_serves(tmp_path, factor):
                               StepControl())
     assert isinstance(images[0], Image.Image) and images[0].size == (320, 256)
 
+    if factor == 16:  # --resume continues the flow training of that folder and counts its steps on
+        again = [*cmd[:3], str(tmp_path / "tiny-2"), *cmd[4:], "--resume", str(out), "--decoder-minutes", "0"]
+        done = subprocess.run(again, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert json.loads((tmp_path / "tiny-2" / "pixelmill.json").read_text())["train_steps"] == 6
+        vae = "vae/diffusion_pytorch_model.safetensors"
+        assert (tmp_path / "tiny-2" / vae).read_bytes() == (out / vae).read_bytes()  # the VAE is kept
+
 
 def test_shape_weights_sit_where_the_named_shape_differs_from_the_others():
     from train_tiny import shape_tokens
