@@ -387,14 +387,30 @@ def save_pipeline(out: Path, vae, clip, t5, transformer, clip_tok, t5_tok, args,
         **extra,
     }
     (out / "pixelmill.json").write_text(json.dumps(meta, indent=2) + "\n")
-    _drop_derived_vae_config(out / "vae" / "config.json")
+    _clean_configs(out)
 
 
-def _drop_derived_vae_config(path: Path) -> None:
-    """AutoencoderTiny re-derives ``block_out_channels`` on load; saved, it only makes diffusers warn."""
-    config = json.loads(path.read_text())
-    if config.pop("block_out_channels", None) is not None:
-        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+def _save_vae(vae, out: Path) -> None:
+    """Write a (refined) VAE back into the pipeline folder ``out``."""
+    vae.cpu().save_pretrained(out / "vae", safe_serialization=True)
+    _clean_configs(out)
+
+
+def _clean_configs(out: Path) -> None:
+    """Drop what the saved component configs need not carry.
+
+    ``_name_or_path`` is the folder a component was loaded from (``--resume``,
+    ``--vae-from``): a path on the training machine, meaningless in a shipped
+    folder.  ``block_out_channels`` of the VAE: AutoencoderTiny re-derives it on
+    load, and saved it only makes diffusers warn.
+    """
+    for path in out.glob("*/config.json"):
+        config = json.loads(path.read_text())
+        dropped = config.pop("_name_or_path", None) is not None
+        if path.parent.name == "vae":
+            dropped |= config.pop("block_out_channels", None) is not None
+        if dropped:
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 @torch.no_grad()
@@ -558,8 +574,7 @@ def main(argv: list[str] | None = None) -> None:
 
         vae = AutoencoderTiny.from_pretrained(args.out, subfolder="vae")
         refine_decoder(vae, args, rng, device)
-        vae.cpu().save_pretrained(args.out / "vae", safe_serialization=True)
-        _drop_derived_vae_config(args.out / "vae" / "config.json")
+        _save_vae(vae, args.out)
         log(f"refined decoder saved to {args.out / 'vae'}")
         return
     if args.vae_from is not None:
@@ -575,8 +590,7 @@ def main(argv: list[str] | None = None) -> None:
     train_flow(vae, clip, t5, transformer, clip_tok, t5_tok, pool, args, rng, device, args.out)
     if args.decoder_minutes > 0:
         refine_decoder(vae, args, rng, device)
-        vae.cpu().save_pretrained(args.out / "vae", safe_serialization=True)
-        _drop_derived_vae_config(args.out / "vae" / "config.json")
+        _save_vae(vae, args.out)
     log(f"total training time {(time.time() - t_start) / 60:.1f} min")
     if args.eval:
         scores = quick_eval(args.out, args.eval, args.default_steps, args.default_true_cfg)

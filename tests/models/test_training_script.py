@@ -55,6 +55,8 @@ def test_every_stage_runs_and_the_folder_serves(tmp_path, factor):
         assert json.loads((tmp_path / "tiny-2" / "pixelmill.json").read_text())["train_steps"] == 6
         vae = "vae/diffusion_pytorch_model.safetensors"
         assert (tmp_path / "tiny-2" / vae).read_bytes() == (out / vae).read_bytes()  # the VAE is kept
+        for config in (tmp_path / "tiny-2").glob("*/config.json"):  # no path of the training machine is saved
+            assert "_name_or_path" not in json.loads(config.read_text()), config
 
 
 def test_shape_weights_sit_where_the_named_shape_differs_from_the_others():
