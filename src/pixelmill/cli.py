@@ -85,13 +85,16 @@ def cmd_keys(args) -> int:
     if args.keys_cmd == "create":
         if args.plan and not _known_plan(settings, args.plan):
             return 2
+        from pixelmill.accounts.plans import load_plans, open_account
+
+        plan = load_plans(settings.plans).get(args.plan or settings.default_plan)
         with db.transaction() as conn:
             account_id = keys.find_account_by_name(conn, args.account)
             if account_id is None:
-                account_id = keys.create_account(conn, args.account, args.plan or settings.default_plan)
-                credits = settings.signup_credits if args.credits is None else args.credits
-                if credits:
-                    ledger.grant(conn, account_id, credits, f"signup:{account_id}", note="initial credits")
+                if plan is None:
+                    print(f"unknown default plan {settings.default_plan!r}", file=sys.stderr)
+                    return 2
+                account_id = open_account(conn, args.account, plan, args.credits)
             elif args.credits:
                 import uuid
 
@@ -240,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     kc.add_argument("--account", default="default", help="account name")
     kc.add_argument("--plan", help="plan for a new account")
     kc.add_argument("--name", help="a label for the key")
-    kc.add_argument("--credits", type=float, help="credits to grant")
+    kc.add_argument("--credits", type=float, help="credits to grant (a new account: instead of its plan's initial_credits)")
     kc.add_argument("--json", action="store_true")
     ks.add_parser("list", help="list keys")
     kr = ks.add_parser("revoke", help="revoke a key by id or prefix")
@@ -275,7 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    from pixelmill.config import ConfigError
+
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"pixelmill: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

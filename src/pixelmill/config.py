@@ -6,14 +6,24 @@ place that does; everything else receives a ``Settings`` instance.
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
+import re
 import secrets
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
+
+ENV_PREFIX = "PIXELMILL_"
+
+
+class ConfigError(ValueError):
+    """Settings that cannot be used; the message is one line per bad setting, naming it."""
 
 
 def default_data_dir() -> Path:
@@ -37,7 +47,8 @@ class Settings(BaseSettings):
     public_base_url: str | None = None  # e.g. https://images.example.com; default http://host:port
     max_body_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 40_000_000
-    cors_origins: list[str] = Field(default_factory=list)
+    #: a list setting: JSON (``["https://a.example"]``) or comma-separated (``https://a.example,https://b.example``)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # engine
     queue: Literal["inprocess", "celery"] = "inprocess"
@@ -61,14 +72,14 @@ class Settings(BaseSettings):
     rate_limit_storage: str = "memory://"
     idempotency_ttl_s: int = 24 * 3600
     default_plan: str = "free"
-    signup_credits: float = 100.0
     #: Requests with an unknown or revoked key allowed per client address per minute
     #: (None: unlimited); past it that address gets 429 for every keyed request.
     auth_failures_per_minute: int | None = Field(default=30, ge=1)
     plans: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     # outbound HTTP (webhooks, image URLs)
-    url_allow_networks: list[str] = Field(default_factory=list)
+    #: networks outbound fetches may reach although private; JSON or comma-separated (``127.0.0.0/8,10.0.0.0/8``)
+    url_allow_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # webhooks, live progress, synchronous waits
     webhook_dispatcher: bool = True  # run the delivery thread in this process (several may run: claims are atomic)
@@ -83,6 +94,30 @@ class Settings(BaseSettings):
         if v <= 0:
             raise ValueError("must be positive")
         return v
+
+    @field_validator("cors_origins", "url_allow_networks", mode="before")
+    @classmethod
+    def _list_from_text(cls, value: Any) -> Any:
+        """A list given as text (an environment value): a JSON array, or comma-separated items."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except ValueError as e:
+                raise ValueError(f"not a valid JSON list ({e}); give a JSON array or comma-separated values") from None
+        return [item.strip() for item in text.split(",") if item.strip()]
+
+    @field_validator("url_allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"{cidr!r} is not an IP network (e.g. 127.0.0.0/8 or ::1/128)") from None
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -103,9 +138,17 @@ class Settings(BaseSettings):
         if path:
             with open(path, "rb") as f:
                 file_values = tomllib.load(f)
-        env_only = cls()  # environment (and defaults)
-        merged = {**file_values, **env_only.model_dump(exclude_unset=True), **overrides}
-        return cls(**merged)
+        try:
+            env_only = cls()  # environment (and defaults)
+            merged = {**file_values, **env_only.model_dump(exclude_unset=True), **overrides}
+            return cls(**merged)
+        except ValidationError as e:
+            raise ConfigError(describe_errors(e)) from None
+        except SettingsError as e:  # a complex value (plans ...) that is not JSON
+            match = re.search(r'field "([^"]+)"', str(e))
+            name = match.group(1) if match else "?"
+            raise ConfigError(f"invalid setting {ENV_PREFIX}{name.upper()} ({name}): not valid JSON: {e.__cause__ or e}") from None
+
 
     # derived values -------------------------------------------------------
     def resolved_database_url(self) -> str:
@@ -139,3 +182,15 @@ class Settings(BaseSettings):
     @property
     def files_dir(self) -> Path:
         return self.data_dir / "files"
+
+
+def describe_errors(error: ValidationError) -> str:
+    """One line per invalid setting: ``PIXELMILL_NAME (name): what is wrong``."""
+    lines = []
+    for err in error.errors(include_url=False):
+        loc = [str(part) for part in err["loc"]]
+        name = loc[0] if loc else "settings"
+        where = f"{ENV_PREFIX}{name.upper()} ({'.'.join(loc)})" if loc else "settings"
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"invalid setting {where}: {message}")
+    return "\n".join(lines)

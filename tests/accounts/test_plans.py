@@ -10,18 +10,18 @@ from pixelmill.accounts.plans import DEFAULT_PLANS, Plan, load_plans
 
 def test_default_tiers_match_published_limits() -> None:
     expected = {
-        "free": (10, 50),
-        "starter": (20, 200),
-        "pro": (60, 1000),
-        "enterprise": (200, None),
+        "free": (10, 50, 10),
+        "starter": (20, 200, 20),
+        "pro": (60, 1000, 60),
+        "enterprise": (200, None, 200),
     }
     assert set(DEFAULT_PLANS) == set(expected)
-    for name, (rpm, per_day) in expected.items():
+    for name, (rpm, per_day, per_minute) in expected.items():
         plan = DEFAULT_PLANS[name]
         assert plan.name == name
         assert plan.requests_per_minute == rpm
         assert plan.executions_per_day == per_day
-        assert plan.executions_per_minute == 10
+        assert plan.executions_per_minute == per_minute  # each tier its own execution rate
         assert plan.max_active_tasks == 24
         assert plan.request_window_s == 60
 

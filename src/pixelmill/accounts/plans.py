@@ -3,8 +3,9 @@ active tasks at once, and the credits it is granted.
 
 ``None`` in a limit means *unlimited*.  The built-in plans follow the tiers that
 paid image/workflow APIs publish (Free 10 requests/min and 50 executions/day up to
-Enterprise 200 requests/min and unlimited executions; every tier 10 executions/min;
-24 active tasks).  Operators override or add plans through settings
+Enterprise 200 requests/min and unlimited executions; 24 active tasks).  Each
+tier has its own execution rate (free 10/min, starter 20, pro 60, enterprise 200):
+a larger plan is not held to the smallest plan's pace.  Operators override or add plans through settings
 (``Settings.plans``), merged by :func:`load_plans`.
 """
 
@@ -49,7 +50,7 @@ DEFAULT_PLANS: dict[str, Plan] = {
     "starter": Plan(
         name="starter",
         requests_per_minute=20,
-        executions_per_minute=10,
+        executions_per_minute=20,
         executions_per_day=200,
         monthly_credits=1_000.0,
         initial_credits=100.0,
@@ -57,7 +58,7 @@ DEFAULT_PLANS: dict[str, Plan] = {
     "pro": Plan(
         name="pro",
         requests_per_minute=60,
-        executions_per_minute=10,
+        executions_per_minute=60,
         executions_per_day=1_000,
         monthly_credits=5_000.0,
         initial_credits=100.0,
@@ -65,7 +66,7 @@ DEFAULT_PLANS: dict[str, Plan] = {
     "enterprise": Plan(
         name="enterprise",
         requests_per_minute=200,
-        executions_per_minute=10,
+        executions_per_minute=200,
         executions_per_day=None,
         monthly_credits=50_000.0,
         initial_credits=100.0,
@@ -92,3 +93,16 @@ def load_plans(overrides: Mapping[str, Mapping[str, Any] | Plan] | None = None) 
         fields["name"] = key
         plans[key] = Plan.model_validate(fields)
     return plans
+
+
+def open_account(conn: Any, name: str, plan: Plan, credits: float | None = None) -> str:
+    """Create account ``name`` on ``plan`` and grant its starting credits: the plan's
+    ``initial_credits`` unless ``credits`` says otherwise.  The one sign-up rule, used by
+    the admin API and the command line alike.  Returns the new account's id."""
+    from pixelmill.accounts import keys, ledger
+
+    account_id = keys.create_account(conn, name, plan.name)
+    amount = plan.initial_credits if credits is None else credits
+    if amount:
+        ledger.grant(conn, account_id, amount, f"signup:{account_id}", note="initial credits")
+    return account_id

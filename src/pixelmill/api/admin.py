@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from pixelmill.accounts import keys, ledger
+from pixelmill.accounts.plans import open_account
 from pixelmill.accounts.usage import account_usage
 from pixelmill.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
 from pixelmill.store.tables import accounts
@@ -109,10 +110,7 @@ def create_account(body: AccountCreate, request: Request):
     with rt.db.transaction() as conn:
         if keys.find_account_by_name(conn, body.name) is not None:
             raise Conflict(f"An account named {body.name!r} already exists", code="account_exists")
-        account_id = keys.create_account(conn, body.name, plan)
-        credits = rt.plans[plan].initial_credits if body.credits is None else body.credits
-        if credits:
-            ledger.grant(conn, account_id, credits, f"signup:{account_id}", note="initial credits")
+        account_id = open_account(conn, body.name, rt.plans[plan], body.credits)
         return _account(conn, account_id)
 
 
