@@ -80,7 +80,7 @@ class Runtime:
 
         s = self.settings
         self.outbox = Outbox(self.signer, s.resolved_base_url(), s.webhook_file_url_ttl_s)
-        self.lifecycle.hooks.append(self.outbox)
+        self.lifecycle.add_hook(self.outbox)
         self.http = SafeHttpClient(UrlPolicy(allow_networks=s.url_allow_networks))
         self.dispatcher = Dispatcher(self.db, self.http, retention_s=s.webhook_retention_days * 86400)
         limiter, admission = getattr(self, "limiter", None), getattr(self, "admission", None)

@@ -10,17 +10,16 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from pixelmill.accounts import ledger
 from pixelmill.domain.status import ExecutionStatus, NodeStatus
+from pixelmill.engine.hooks import Hooks, LifecycleEvent, run_after_commit, wants_after_commit
+from pixelmill.store.db import after_commit
 from pixelmill.store.tables import execution_events, executions, node_runs
-
-# (conn, execution_id, event, data) -> None; webhooks subscribe here (outbox rows in the same transaction)
-EventHook = Callable[[Connection, str, str, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -38,17 +37,28 @@ class NodeTask:
 
 
 class Lifecycle:
-    def __init__(self, hooks: list[EventHook] | None = None, progress_event_every_s: float = 1.0):
-        self.hooks: list[EventHook] = hooks or []
+    def __init__(self, hooks: list[Hooks] | None = None, progress_event_every_s: float = 1.0):
+        self.hooks: list[Hooks] = list(hooks or [])
         self.progress_event_every_s = progress_event_every_s
         self._progress_sent: dict[str, float] = {}
         self._progress_lock = threading.Lock()
 
+    def add_hook(self, hook: Hooks) -> None:
+        """Call ``hook`` for every event from now on (after the hooks added before it)."""
+        if not isinstance(hook, Hooks):
+            raise TypeError(f"{type(hook).__name__} is not a pixelmill.engine.hooks.Hooks")
+        self.hooks.append(hook)
+
     def event(self, conn: Connection, execution_id: str, event: str, data: dict[str, Any] | None = None) -> None:
-        data = data or {}
-        conn.execute(sa.insert(execution_events).values(execution_id=execution_id, event=event, data=data, created_at=time.time()))
-        for hook in self.hooks:
-            hook(conn, execution_id, event, data)
+        """Append to the execution's event log and tell the hooks (in this transaction, then after commit)."""
+        ev = LifecycleEvent(execution_id, event, data or {}, time.time())
+        conn.execute(sa.insert(execution_events).values(execution_id=execution_id, event=event, data=ev.data, created_at=ev.created_at))
+        hooks = list(self.hooks)
+        for hook in hooks:
+            hook.on_event(conn, ev)
+        later = [h for h in hooks if wants_after_commit(h)]
+        if later:
+            after_commit(conn, lambda: run_after_commit(later, ev))
 
     # --- node level -------------------------------------------------------
     def start_node(self, conn: Connection, run, worker: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -39,13 +39,37 @@ class Database:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
+        """A write transaction; callbacks registered with :func:`after_commit` run once it committed."""
         with self.engine.connect() as conn:
             conn.execution_options(pixelmill_write=True)
-            with conn.begin():
-                yield conn
+            pending: list[Callable[[], None]] = []
+            setattr(conn, _AFTER_COMMIT, pending)
+            try:
+                with conn.begin():
+                    yield conn
+            finally:
+                setattr(conn, _AFTER_COMMIT, None)
+        for fn in pending:  # reached only when the block committed
+            fn()
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+_AFTER_COMMIT = "_pixelmill_after_commit"
+
+
+def after_commit(conn: Connection, fn: Callable[[], None]) -> None:
+    """Run ``fn`` once ``conn``'s transaction (from :meth:`Database.transaction`) has committed.
+
+    Dropped when the transaction rolls back.  On a connection that did not come
+    from :meth:`Database.transaction`, ``fn`` runs at once.
+    """
+    pending = getattr(conn, _AFTER_COMMIT, None)
+    if pending is None:
+        fn()
+    else:
+        pending.append(fn)
 
 
 def _sqlite_on_connect(dbapi_conn, _record) -> None:

@@ -1,7 +1,7 @@
 """The webhook outbox: execution events become ``webhook_events`` rows in the same transaction.
 
-:class:`Outbox` is an :data:`~pixelmill.engine.lifecycle.EventHook`. The
-lifecycle calls it with the connection of the state change, so a row exists if
+:class:`Outbox` is a lifecycle hook (:class:`~pixelmill.engine.hooks.Hooks`). The
+lifecycle calls its ``on_event`` with the connection of the state change, so a row exists if
 and only if the change committed; the dispatcher sends rows later, from the
 database, so a restart loses nothing.
 
@@ -42,6 +42,7 @@ from typing import Any, Iterable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from pixelmill.engine.hooks import Hooks, LifecycleEvent
 from pixelmill.engine.views import ExecutionView, FileView, load_execution
 from pixelmill.files.signing import UrlSigner
 from pixelmill.ids import new_id
@@ -93,7 +94,7 @@ def utc_iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class Outbox:
+class Outbox(Hooks):
     """Queues webhook deliveries for execution events, inside the event's transaction."""
 
     def __init__(self, signer: UrlSigner, base_url: str, file_url_ttl_s: int = 24 * 3600):
@@ -112,8 +113,9 @@ class Outbox:
             self._last_ts = max(time.time(), self._last_ts + 1e-6)
             return self._last_ts
 
-    def __call__(self, conn: Connection, execution_id: str, event: str, data: dict[str, Any]) -> None:
-        wtype = WEBHOOK_TYPES.get(event)
+    def on_event(self, conn: Connection, event: LifecycleEvent) -> None:
+        execution_id, data = event.execution_id, event.data
+        wtype = WEBHOOK_TYPES.get(event.type)
         if wtype is None:
             return
         row = conn.execute(
