@@ -86,6 +86,12 @@ class Settings(BaseSettings):
     webhook_file_url_ttl_s: int = 24 * 3600  # validity of result URLs inside webhook bodies
     webhook_retention_days: float = Field(default=30.0, gt=0)  # finished webhook events and their attempt logs are kept this long
     max_wait_s: int = 60  # cap of ``Prefer: wait=N`` on submit endpoints
+    #: how waiters (``Prefer: wait``, SSE, OpenAI) learn that an execution changed: ``local`` (one process),
+    #: ``postgres`` (LISTEN/NOTIFY), ``redis`` (pub/sub on ``broker_url``); ``auto`` picks local for the
+    #: embedded queue, else postgres on PostgreSQL, else redis
+    notifier: Literal["auto", "local", "postgres", "redis"] = "auto"
+    #: waiters re-read the store this often even without a notice (the safety net)
+    wait_poll_s: float = Field(default=2.0, gt=0)
     sync_timeout_s: float = Field(default=300.0, gt=0)  # how long synchronous APIs (OpenAI Images) wait for a result
 
     @field_validator("signed_url_ttl_s", "port", "worker_threads")

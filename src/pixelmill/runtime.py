@@ -12,6 +12,7 @@ from pixelmill.accounts.plans import load_plans
 from pixelmill.accounts.ratelimit import RateLimiter
 from pixelmill.config import Settings
 from pixelmill.engine.lifecycle import Lifecycle
+from pixelmill.engine.notify import make_notifier
 from pixelmill.engine.publisher import Publisher
 from pixelmill.engine.runner import NodeRunner
 from pixelmill.engine.service import ExecutionService
@@ -49,7 +50,8 @@ class Runtime:
         self.signer = UrlSigner(settings.resolved_secret_key(), settings.signed_url_ttl_s)
         self.nodes = default_registry()
         self.services = NodeServices(self.catalog, self.models, settings)
-        self.lifecycle = Lifecycle()
+        self.notifier = make_notifier(settings.notifier, settings.queue, url, settings.broker_url)
+        self.lifecycle = Lifecycle(hooks=[self.notifier])
         self.queue = self._make_queue()
         self.publisher = Publisher(self.db, self.queue.enqueue, settings.republish_after_s)
         self.runner = NodeRunner(
@@ -121,4 +123,5 @@ class Runtime:
             self.dispatcher.stop()
             self.queue.stop()
             self.started = False
+        self.notifier.stop()
         self.db.dispose()

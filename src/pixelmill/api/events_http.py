@@ -20,12 +20,13 @@ The stream replays the execution's event log (``execution_events``) after
   ``execution.failed`` or ``execution.cancelled``); resuming after it returns
   an empty stream that closes at once.
 
-Reads run in worker threads; the event loop only sleeps between polls (0.2 s).
+Reads run in worker threads.  Between reads the stream sleeps on the runtime's
+notifier: a logged event wakes it at once; without one it re-reads once a
+second (the snapshot) as a safety net.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Any, AsyncIterator, Callable
@@ -46,7 +47,6 @@ from pixelmill.store.tables import execution_events
 router = APIRouter(prefix="/api/v1", tags=["Executions"])
 
 TERMINAL_EVENTS = frozenset({"execution.succeeded", "execution.failed", "execution.cancelled"})
-POLL_S = 0.2
 SNAPSHOT_S = 1.0
 KEEPALIVE_S = 15.0
 
@@ -124,6 +124,11 @@ class EventStream:
         }
 
     async def __aiter__(self) -> AsyncIterator[str]:
+        with self.rt.notifier.subscribe([self.execution_id]) as sub:
+            async for message in self._follow(sub):
+                yield message
+
+    async def _follow(self, sub) -> AsyncIterator[str]:
         yield "retry: 1000\n\n"
         last_write = time.monotonic()
         last_snapshot: dict | None = None
@@ -157,7 +162,9 @@ class EventStream:
             if now - last_write >= KEEPALIVE_S:
                 last_write = now
                 yield ": keep-alive\n\n"
-            await asyncio.sleep(POLL_S)
+            next_due = min(snapshot_at + SNAPSHOT_S, last_write + KEEPALIVE_S)
+            await sub.wait(max(0.0, next_due - time.monotonic()))
+            sub.drain()
 
 
 @router.get("/executions/{execution_id}/events")

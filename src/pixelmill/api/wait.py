@@ -2,8 +2,9 @@
 
 ``wait`` alone means the server's cap (``settings.max_wait_s``, 60 s by default);
 ``wait=N`` waits at most N seconds (capped).  The request is held without
-blocking the event loop (the store is polled from a worker thread every
-``POLL_S``) until every execution is terminal or the time is up; the route then
+blocking the event loop until every execution is terminal or the time is up:
+it sleeps on the runtime's notifier and re-reads the store (in a worker thread)
+when woken, or every ``settings.wait_poll_s`` as a safety net.  The route then
 answers with the current state and ``Preference-Applied: wait=N``.
 """
 
@@ -15,10 +16,8 @@ import time
 from starlette.concurrency import run_in_threadpool
 
 from pixelmill.engine.estimates import attach_estimate
+from pixelmill.engine.notify import TERMINAL_EVENTS
 from pixelmill.engine.views import ExecutionView
-
-POLL_S = 0.1
-
 
 def requested_wait(prefer: str | None, cap_s: float) -> int | None:
     """Seconds to wait from a ``Prefer`` header; None when it asks for no wait."""
@@ -43,13 +42,23 @@ async def wait_terminal(runtime, account_id: str, views: list[ExecutionView], se
     """The executions' views once all are terminal, or as they are when ``seconds`` have passed."""
     deadline = time.monotonic() + seconds
     current = list(views)
-    while True:
-        if all(v.status.is_terminal() for v in current):
-            return current
-        if time.monotonic() >= deadline:
-            return await run_in_threadpool(lambda: [attach_estimate(runtime.db, v) for v in current])
-        await asyncio.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
-        current = await run_in_threadpool(lambda: [runtime.executions.get(account_id, v.id) for v in current])
+    if all(v.status.is_terminal() for v in current):
+        return current
+    poll_s = runtime.settings.wait_poll_s
+    with runtime.notifier.subscribe([v.id for v in current]) as sub:
+        read_at = time.monotonic()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return await run_in_threadpool(lambda: [attach_estimate(runtime.db, v) for v in current])
+            await sub.wait(min(left, max(0.0, read_at + poll_s - time.monotonic())))
+            ended = any(n.event in TERMINAL_EVENTS for n in sub.drain())
+            if not ended and time.monotonic() < min(deadline, read_at + poll_s):
+                continue  # progress and the like: nothing a waiter answers with
+            read_at = time.monotonic()
+            current = await run_in_threadpool(lambda: [runtime.executions.get(account_id, v.id) for v in current])
+            if all(v.status.is_terminal() for v in current):
+                return current
 
 
 def applied_header(seconds: int) -> dict[str, str]:

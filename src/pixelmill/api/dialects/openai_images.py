@@ -54,6 +54,7 @@ execution is cancelled and its credits released.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 
@@ -75,6 +76,7 @@ from pixelmill.api.deps import json_body, principal, read_body
 from pixelmill.api.files import signed_url
 from pixelmill.domain.status import ExecutionStatus
 from pixelmill.engine.graph import GraphProblems
+from pixelmill.engine.notify import TERMINAL_EVENTS
 from pixelmill.engine.service import Submission
 from pixelmill.engine.views import ExecutionView, FileView
 from pixelmill.errors import BadRequest, NotFound, PixelmillError
@@ -298,11 +300,12 @@ async def _stream_events(request: Request, account_id: str, execution_id: str, t
     """The SSE body of a streamed request.  A client that leaves mid-stream cancels the execution."""
     rt = request.app.state.runtime
     settled = False  # True once leaving no longer cancels (finished, or timed out and left running)
+    stack = contextlib.ExitStack()
     try:
         deadline = time.monotonic() + timeout
         last_sent = time.monotonic()
-        delay = 0.05
         partials = _Partials(rt, account_id, execution_id, f"{kind}.partial_image", render)
+        sub = stack.enter_context(rt.notifier.subscribe([execution_id]))
         while True:
             view = await run_in_threadpool(rt.executions.get, account_id, execution_id)
             for event in await run_in_threadpool(partials.new):
@@ -322,8 +325,9 @@ async def _stream_events(request: Request, account_id: str, execution_id: str, t
             if now - last_sent >= KEEPALIVE_S:
                 yield b": keep-alive\n\n"
                 last_sent = now
-            await asyncio.sleep(min(delay, deadline - now))
-            delay = min(delay * 1.5, 0.5)
+            # woken by the next logged event (a preview, the end); re-read at least every wait_poll_s
+            await sub.wait(min(rt.settings.wait_poll_s, KEEPALIVE_S - (now - last_sent), deadline - now))
+            sub.drain()
         settled = True
         if view.status != ExecutionStatus.SUCCEEDED:
             message = view.error_message or ("The generation was cancelled." if view.status == ExecutionStatus.CANCELLED else "The image generation failed.")
@@ -334,6 +338,7 @@ async def _stream_events(request: Request, account_id: str, execution_id: str, t
         for event in completed_events(rendered, f"{kind}.completed"):
             yield _sse(event["type"], event)
     finally:
+        stack.close()
         if not settled:  # the client went away (or the server stops) while it ran
             with anyio.CancelScope(shield=True):
                 log.info("stream closed early; cancelling execution %s", execution_id)
@@ -607,36 +612,52 @@ def _inspect(raw: bytes, param: str, max_pixels: int) -> InputImage:
 
 
 async def _wait(request: Request, account_id: str, execution_id: str, timeout: float) -> ExecutionView:
-    """Poll until the execution is finished; cancel it when the client goes away; 504 past ``timeout``."""
+    """Wait until the execution is finished (woken by the notifier); cancel it when the client goes away; 504 past ``timeout``."""
     rt = request.app.state.runtime
     deadline = time.monotonic() + timeout
-    delay = 0.05
     gone = asyncio.Event()
     watcher = asyncio.create_task(_watch_disconnect(request, gone))
     try:
-        while True:
-            view = await run_in_threadpool(rt.executions.get, account_id, execution_id)
-            if view.status.is_terminal():
-                return view
-            if gone.is_set():
-                log.info("client went away; cancelling execution %s", execution_id)
-                return await run_in_threadpool(rt.executions.cancel, account_id, execution_id)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise PixelmillError(
-                    f"The image generation did not finish within {timeout:g} s. It continues as execution {execution_id}; "
-                    f"read it at GET /api/v1/executions/{execution_id}.",
-                    code="timeout",
-                    status=504,
-                    execution_id=execution_id,
-                )
+        with rt.notifier.subscribe([execution_id]) as sub:
+            gone_wait = asyncio.ensure_future(gone.wait())
             try:
-                await asyncio.wait_for(gone.wait(), min(delay, left))
-            except asyncio.TimeoutError:
-                pass
-            delay = min(delay * 1.5, 0.5)
+                while True:
+                    view = await run_in_threadpool(rt.executions.get, account_id, execution_id)
+                    if view.status.is_terminal():
+                        return view
+                    if gone.is_set():
+                        log.info("client went away; cancelling execution %s", execution_id)
+                        return await run_in_threadpool(rt.executions.cancel, account_id, execution_id)
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise PixelmillError(
+                            f"The image generation did not finish within {timeout:g} s. It continues as execution {execution_id}; "
+                            f"read it at GET /api/v1/executions/{execution_id}.",
+                            code="timeout",
+                            status=504,
+                            execution_id=execution_id,
+                        )
+                    await _until_notice(sub, gone_wait, min(rt.settings.wait_poll_s, left))
+            finally:
+                gone_wait.cancel()
     finally:
         watcher.cancel()
+
+
+async def _until_notice(sub, gone_wait: "asyncio.Future", timeout: float) -> None:
+    """Until the execution ends (a notice), the client leaves, or ``timeout`` (the safety-net re-read)."""
+    end = time.monotonic() + timeout
+    while True:
+        left = end - time.monotonic()
+        if left <= 0 or gone_wait.done():
+            return
+        waiter = asyncio.ensure_future(sub.wait(left))
+        done, _ = await asyncio.wait({waiter, gone_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if waiter not in done:
+            waiter.cancel()
+            return
+        if any(n.event in TERMINAL_EVENTS for n in sub.drain()):
+            return
 
 
 async def _watch_disconnect(request: Request, gone: asyncio.Event) -> None:
