@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from pixelmill.accounts.admission import Admission
@@ -20,20 +19,13 @@ from pixelmill.files.signing import UrlSigner
 from pixelmill.files.storage import LocalStorage
 from pixelmill.models.catalog import ModelCatalog
 from pixelmill.models.registry import ModelRegistry
+from pixelmill.net.safe_http import SafeHttpClient, UrlPolicy
 from pixelmill.nodes.registry import default_registry
+from pixelmill.nodes.services import NodeServices
 from pixelmill.store import migrate
 from pixelmill.store.db import Database
 
 log = logging.getLogger("pixelmill")
-
-
-@dataclass
-class NodeServices:
-    """What node types may use at run time."""
-
-    catalog: ModelCatalog
-    models: ModelRegistry
-    settings: Settings
 
 
 class Runtime:
@@ -49,7 +41,8 @@ class Runtime:
         self.storage = LocalStorage(settings.files_dir)
         self.signer = UrlSigner(settings.resolved_secret_key(), settings.signed_url_ttl_s)
         self.nodes = default_registry()
-        self.services = NodeServices(self.catalog, self.models, settings)
+        self.http = SafeHttpClient(UrlPolicy(allow_networks=settings.url_allow_networks))  # one guarded client, shared
+        self.services = NodeServices(self.catalog, self.models, settings, self.http)
         self.notifier = make_notifier(settings.notifier, settings.queue, url, settings.broker_url)
         self.lifecycle = Lifecycle(hooks=[self.notifier])
         self.queue = self._make_queue()
@@ -75,7 +68,6 @@ class Runtime:
 
     def _init_webhooks(self) -> None:
         """Outbox rows with every state change; a dispatcher that delivers them (started by ``start``)."""
-        from pixelmill.net.safe_http import SafeHttpClient, UrlPolicy
         from pixelmill.webhooks.dispatcher import Dispatcher
         from pixelmill.webhooks.outbox import Outbox
         from pixelmill.webhooks.triggers import TriggerService, plan_request_limit
@@ -83,7 +75,6 @@ class Runtime:
         s = self.settings
         self.outbox = Outbox(self.signer, s.resolved_base_url(), s.webhook_file_url_ttl_s)
         self.lifecycle.add_hook(self.outbox)
-        self.http = SafeHttpClient(UrlPolicy(allow_networks=s.url_allow_networks))
         self.dispatcher = Dispatcher(self.db, self.http, retention_s=s.webhook_retention_days * 86400)
         limiter, admission = getattr(self, "limiter", None), getattr(self, "admission", None)
         check = plan_request_limit(admission, limiter) if limiter is not None and admission is not None else None

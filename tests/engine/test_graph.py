@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from pixelmill.config import Settings
 from pixelmill.engine.graph import GraphProblems, prepare
 from pixelmill.models.catalog import ModelCatalog
 from pixelmill.nodes.registry import default_registry
+from pixelmill.nodes.services import NodeServices
 from tests.conftest import FAKE_CATALOG
 
 
-class Services:
-    catalog = ModelCatalog.from_toml(FAKE_CATALOG)
-    settings = None
+def Services(catalog: ModelCatalog | None = None) -> NodeServices:
+    return NodeServices.build(Settings(), catalog or ModelCatalog.from_toml(FAKE_CATALOG))
 
 
 def problems(graph):
@@ -109,7 +110,7 @@ def test_an_image_linked_into_a_text_only_model_is_refused_before_anything_runs(
     ]
     # the same link into a model that takes images is fine
     image_model = ModelCatalog.from_toml(FAKE_CATALOG.replace('default_steps = 4', 'default_steps = 4\nsupports_image_input = true'))
-    services = type("S", (), {"catalog": image_model, "settings": None})()
+    services = Services(image_model)
     graph = {
         "nodes": {
             "in": {"type": "load_image", "params": {"url": "https://example.com/x.png"}},

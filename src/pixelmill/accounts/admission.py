@@ -1,7 +1,7 @@
 """Admission: whether an account may start one more execution right now.
 
-:class:`Admission` is the hook :class:`~pixelmill.engine.service.ExecutionService`
-calls inside its submit transaction, so every dialect gets the same limits.  The
+:class:`Admission` is the :class:`AdmissionPolicy` that
+:class:`~pixelmill.engine.service.ExecutionService` asks inside its submit transaction, so every dialect gets the same limits.  The
 order of checks in a submit is:
 
 1. validation and pricing of the graph (422 / 400) — before any limit is touched;
@@ -12,8 +12,8 @@ order of checks in a submit is:
    429 ``rate_limited`` naming the window) — consumed only here, so a request
    refused with 402 (or 422, or for the active-task cap) uses up no execution quota.
 
-Step 4 runs through the callable that step 2 returns, which the service calls
-after its credit check.  If the transaction fails after step 4 (a database error)
+Step 2 is :meth:`AdmissionPolicy.check`, step 4 :meth:`AdmissionPolicy.consume`,
+which the service calls after its credit check.  If the transaction fails after step 4 (a database error)
 the slot stays consumed until its window passes: over-counting briefly is the safe
 direction.  When the rate-limit store is unreachable the execution windows are
 not enforced (logged), rather than refusing all work.
@@ -26,7 +26,7 @@ caller (the HTTP middleware) has set it, so the response can carry them in its
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from contextvars import ContextVar
 
 import sqlalchemy as sa
@@ -73,7 +73,22 @@ def active_task_error(limit: int, active: int) -> RateLimited:
     return err
 
 
-class Admission:
+class AdmissionPolicy:
+    """Whether a submit may go ahead; admits everything unless a subclass overrides a step.
+
+    The execution service calls both steps inside its submit transaction, with the
+    account row locked: :meth:`check` before its credit check, :meth:`consume` once
+    that passed.  Either refuses by raising (e.g. :class:`~pixelmill.errors.RateLimited`).
+    """
+
+    def check(self, conn: Connection, principal: Principal) -> None:
+        """Checks that consume nothing (e.g. a cap on active tasks)."""
+
+    def consume(self, conn: Connection, principal: Principal) -> None:
+        """Checks that use up quota; reached only by a submit that will be accepted otherwise."""
+
+
+class Admission(AdmissionPolicy):
     """Per-plan admission of new executions: active-task cap, then execution windows.
 
     ``plans`` maps plan names to plans; an account whose plan is not (or no longer)
@@ -94,12 +109,8 @@ class Admission:
             plan = self.plans[self.default_plan]
         return plan
 
-    def __call__(self, conn: Connection, principal: Principal, prepared: object) -> Callable[[], None]:
-        """Check the active-task cap now; return the step that consumes the execution windows.
-
-        Raises :class:`RateLimited` (``active_task_limit``) at the cap.  The returned
-        callable raises :class:`RateLimited` (``rate_limited``) when a window is full.
-        """
+    def check(self, conn: Connection, principal: Principal) -> None:
+        """Grant due plan credits, then the active-task cap: :class:`RateLimited` (``active_task_limit``)."""
         plan = self.plan_for(principal)
         ledger.grant_monthly(conn, principal.account_id, plan.monthly_credits)
         active = conn.execute(
@@ -109,7 +120,10 @@ class Admission:
         ).scalar_one()
         if active >= plan.max_active_tasks:
             raise active_task_error(plan.max_active_tasks, int(active))
-        return lambda: self.take_execution(principal, plan)
+
+    def consume(self, conn: Connection, principal: Principal) -> None:
+        """One execution from the plan's windows: :class:`RateLimited` (``rate_limited``) when one is full."""
+        self.take_execution(principal, self.plan_for(principal))
 
     def balance(self, db, principal: Principal) -> float:
         """The account's credits, after granting this month's plan credits if they are due."""

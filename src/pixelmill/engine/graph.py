@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from pixelmill.errors import InvalidInput
+from pixelmill.nodes.services import NodeServices
 from pixelmill.nodes.base import NodeParams, NodeRegistry, NodeType
 
 
@@ -57,7 +58,7 @@ class GraphProblems(InvalidInput):
     message = "The graph is invalid"
 
 
-def prepare(graph: dict[str, Any], registry: NodeRegistry, services: Any) -> PreparedGraph:
+def prepare(graph: dict[str, Any], registry: NodeRegistry, services: NodeServices) -> PreparedGraph:
     """Validate every node and link; raise GraphProblems listing every problem per node."""
     problems: list[dict[str, Any]] = []
 

@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import sqlalchemy as sa
 from PIL import Image
@@ -18,6 +18,7 @@ from pixelmill.files.storage import FileStorage
 from pixelmill.ids import new_id
 from pixelmill.models.base import DeadlineExceeded, GenerationCancelled, StepControl
 from pixelmill.nodes.base import NodeContext, NodeRegistry
+from pixelmill.nodes.services import NodeServices
 from pixelmill.store.db import Database
 from pixelmill.store.tables import executions, files, node_runs
 
@@ -40,7 +41,7 @@ class NodeRunner:
         self,
         db: Database,
         nodes: NodeRegistry,
-        services: Any,
+        services: NodeServices,
         storage: FileStorage,
         lifecycle: Lifecycle,
         enqueue: Callable[[NodeTask], None],

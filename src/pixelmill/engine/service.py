@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
 from pixelmill.accounts import ledger
+from pixelmill.accounts.admission import AdmissionPolicy
 from pixelmill.accounts.keys import Principal
 from pixelmill.domain.status import ExecutionStatus, NodeStatus
 from pixelmill.engine.estimates import estimate_start_at
@@ -21,6 +21,7 @@ from pixelmill.engine.views import ExecutionView, PreviewView, load_execution, l
 from pixelmill.errors import InsufficientCredits, NotFound, ServiceUnavailable
 from pixelmill.ids import new_id
 from pixelmill.nodes.base import NodeRegistry
+from pixelmill.nodes.services import NodeServices
 from pixelmill.store.db import Database
 from pixelmill.store.tables import executions, node_runs
 
@@ -43,23 +44,16 @@ class Submission:
     batch_id: str | None = None
 
 
-AdmissionHook = Callable[[Connection, Principal, PreparedGraph], Callable[[], None] | None]
-"""Called inside the submit transaction before the credit check (account row locked):
-raises to refuse (e.g. an active-task cap) and may return a callable that the
-service calls after the credit check passed, still inside the transaction, for
-checks that consume quota (see ``pixelmill.accounts.admission``)."""
-
-
 class ExecutionService:
     def __init__(
         self,
         db: Database,
         nodes: NodeRegistry,
-        services: Any,
+        services: NodeServices,
         enqueue: Callable[[NodeTask], None],
         lifecycle: Lifecycle,
         result_ttl_s: int = 24 * 3600,
-        admission: AdmissionHook | None = None,
+        admission: AdmissionPolicy | None = None,
     ):
         self.db = db
         self.nodes = nodes
@@ -67,7 +61,7 @@ class ExecutionService:
         self.enqueue = enqueue
         self.lifecycle = lifecycle
         self.result_ttl_s = result_ttl_s
-        self.admission = admission
+        self.admission = admission or AdmissionPolicy()
 
     def prepare(self, graph: dict[str, Any]) -> PreparedGraph:
         return prepare(graph, self.nodes, self.services)
@@ -82,7 +76,7 @@ class ExecutionService:
             ledger.lock_account(conn, account)
             # admission: checks that consume nothing run now; what consumes quota
             # (execution windows) runs only once the credit check has passed
-            admit = self.admission(conn, sub.principal, prepared) if self.admission else None
+            self.admission.check(conn, sub.principal)
             cost = prepared.cost
             available = ledger.balance(conn, account)
             if cost > available + 1e-9:
@@ -93,8 +87,7 @@ class ExecutionService:
                     availableCredits=available,
                     breakdown=prepared.breakdown(),
                 )
-            if admit is not None:
-                admit()
+            self.admission.consume(conn, sub.principal)
             graph_json = dict(prepared.raw)
             graph_json["order"] = list(prepared.nodes)
             conn.execute(

@@ -45,6 +45,8 @@ class NodeRunView:
     cost: float
     cached: bool
     files: list[FileView] = field(default_factory=list)
+    links: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Input name -> (upstream node id, output name)."""
 
 
 @dataclass
@@ -85,7 +87,7 @@ class ExecutionView:
         """Nodes nothing else consumes: the execution's results."""
         consumed = set()
         for n in self.nodes:
-            for src, _out in (n.params.get("__links__") or {}).values():
+            for src, _out in n.links.values():
                 consumed.add(src)
         return [n for n in self.nodes if n.node_id not in consumed]
 
@@ -151,8 +153,7 @@ def load_execution(conn: Connection, execution_id: str, account_id: str | None =
         r = runs_by_node.get(node_id)
         if r is None:
             continue
-        params = dict(r.params)
-        params["__links__"] = r.links
+        params = {k: v for k, v in r.params.items() if not k.startswith("__")}
         file_ids = (r.outputs or {}).get("images", [])
         nodes.append(
             NodeRunView(
@@ -170,6 +171,7 @@ def load_execution(conn: Connection, execution_id: str, account_id: str | None =
                 seed=r.seed,
                 cost=r.cost or 0.0,
                 cached=bool(r.cached),
+                links={name: (src, out) for name, (src, out) in (r.links or {}).items()},
                 files=[
                     FileView(f.id, f.content_type, f.width, f.height, f.size, f.meta or {})
                     for f in (by_id.get(fid) for fid in file_ids)

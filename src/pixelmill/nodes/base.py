@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from pixelmill.models.base import StepControl
+
+if TYPE_CHECKING:
+    from pixelmill.nodes.services import NodeServices
 
 IMAGE = "image"  # the one value type that flows along links: a list of images
 
@@ -26,7 +29,7 @@ class NodeContext:
 
     control: StepControl
     seed: int
-    services: Any  # models registry, catalog, settings: see engine.runtime.NodeServices
+    services: NodeServices
 
 
 @dataclass
@@ -46,18 +49,18 @@ class NodeType(ABC):
     uses_seed: ClassVar[bool] = False
 
     @abstractmethod
-    def cost(self, params: NodeParams, services: Any, input_sizes: dict[str, list[tuple[int, int]]]) -> float:
+    def cost(self, params: NodeParams, services: NodeServices, input_sizes: dict[str, list[tuple[int, int]]]) -> float:
         """Credits this node will cost.  ``input_sizes`` holds estimated sizes of linked images."""
 
     @abstractmethod
     def output_sizes(self, params: NodeParams, input_sizes: dict[str, list[tuple[int, int]]]) -> list[tuple[int, int]]:
         """Estimated (width, height) of each output image, used for pricing downstream."""
 
-    def check(self, params: NodeParams, services: Any) -> list[str]:
+    def check(self, params: NodeParams, services: NodeServices) -> list[str]:
         """Problems that depend on configuration (e.g. an unknown model).  Empty when fine."""
         return []
 
-    def check_inputs(self, params: NodeParams, services: Any, connected: set[str]) -> dict[str, str]:
+    def check_inputs(self, params: NodeParams, services: NodeServices, connected: set[str]) -> dict[str, str]:
         """Problems with the inputs that are linked (input name -> message).  Empty when fine."""
         return {}
 

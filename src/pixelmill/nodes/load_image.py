@@ -10,15 +10,11 @@ operator allow-lists them; size and decompression-bomb limits).
 
 from __future__ import annotations
 
-from typing import Any
-
 from PIL import Image, ImageOps
 from pydantic import Field, model_validator
 
 from pixelmill.models.imageops import BadImageInput, decode_base64_image, decode_image, has_alpha, is_url
 from pixelmill.nodes.base import NodeContext, NodeParams, NodeResult, NodeType
-
-MAX_INPUT_PIXELS = 40_000_000
 
 
 def image_source(value: str) -> dict[str, str]:
@@ -59,11 +55,11 @@ class LoadImage(NodeType):
         return [(1024, 1024)]  # unknown until loaded; used only for downstream estimates
 
     def run(self, ctx: NodeContext, params: LoadImageParams, inputs) -> NodeResult:
-        max_pixels = getattr(getattr(ctx.services, "settings", None), "max_image_pixels", MAX_INPUT_PIXELS)
+        max_pixels = ctx.services.settings.max_image_pixels
         if params.data is not None:
             image = decode_image(decode_base64_image(params.data, "data", 30_000_000), max_pixels=max_pixels)
         else:
-            image = _client(ctx.services).fetch_image(params.url, max_pixels=max_pixels)
+            image = ctx.services.http.fetch_image(params.url, max_pixels=max_pixels)
         if params.mask_from_alpha:
             image = alpha_mask(image)
         ctx.control.report(1.0)
@@ -76,12 +72,3 @@ def alpha_mask(image: Image.Image) -> Image.Image:
         raise BadImageInput("mask", "the mask has no alpha channel; transparent pixels mark the area to edit")
     return ImageOps.invert(image.convert("RGBA").getchannel("A"))
 
-
-def _client(services: Any):
-    from pixelmill.net.safe_http import SafeHttpClient, UrlPolicy
-
-    http = getattr(services, "http", None)
-    if http is not None:
-        return http
-    settings = getattr(services, "settings", None)
-    return SafeHttpClient(UrlPolicy(allow_networks=list(getattr(settings, "url_allow_networks", []) or [])))

@@ -6,12 +6,15 @@ Prices are per output megapixel (``PRICES``), so a client sees the cost before i
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
 from pixelmill.models import imageops
 from pixelmill.nodes.base import IMAGE, NodeContext, NodeParams, NodeResult, NodeType, megapixels
+
+if TYPE_CHECKING:
+    from pixelmill.nodes.services import NodeServices
 
 Format = Literal["png", "jpeg", "webp"]
 
@@ -97,8 +100,8 @@ class RemoveBackground(_ImageNode):
     description = "Cut out the subject: PNG with a transparent background (selfie model for people; a local ONNX saliency model for objects)."
     Params = RemoveBackgroundParams
 
-    def check(self, params: RemoveBackgroundParams, services: Any) -> list[str]:
-        if params.model == "onnx" and not _onnx_path(services):
+    def check(self, params: RemoveBackgroundParams, services: NodeServices) -> list[str]:
+        if params.model == "onnx" and not services.settings.background_onnx_path:
             return ["the 'onnx' background model needs background_onnx_path in the server settings"]
         return []
 
@@ -108,13 +111,8 @@ class RemoveBackground(_ImageNode):
     def run(self, ctx: NodeContext, params: RemoveBackgroundParams, inputs) -> NodeResult:
         from pixelmill.models.background import BackgroundRemover
 
-        remover = BackgroundRemover(params.model, onnx_path=_onnx_path(ctx.services), threshold=params.threshold)
+        remover = BackgroundRemover(params.model, onnx_path=ctx.services.settings.background_onnx_path, threshold=params.threshold)
         return NodeResult(images=self._each(ctx, inputs["image"], remover.remove), output_format="png")
-
-
-def _onnx_path(services: Any) -> str | None:
-    settings = getattr(services, "settings", None)
-    return getattr(settings, "background_onnx_path", None) if settings else None
 
 
 class ResizeParams(NodeParams):

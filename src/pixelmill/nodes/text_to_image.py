@@ -6,12 +6,15 @@ Inputs: ``image`` (optional) makes it image-to-image; ``mask`` (optional, with
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
 from pixelmill.models.base import TextToImageRequest
 from pixelmill.nodes.base import IMAGE, NodeContext, NodeParams, NodeResult, NodeType
+
+if TYPE_CHECKING:
+    from pixelmill.nodes.services import NodeServices
 
 
 class TextToImageParams(NodeParams):
@@ -48,7 +51,7 @@ class TextToImage(NodeType):
     deterministic = True  # same seed + params -> same pixels
     uses_seed = True
 
-    def check(self, params: TextToImageParams, services: Any) -> list[str]:
+    def check(self, params: TextToImageParams, services: NodeServices) -> list[str]:
         try:
             spec = services.catalog.get(params.model)
         except KeyError:
@@ -58,7 +61,7 @@ class TextToImage(NodeType):
             problems.append(f"steps must be at most {spec.max_steps} for {spec.name}")
         return problems
 
-    def check_inputs(self, params: TextToImageParams, services: Any, connected: set[str]) -> dict[str, str]:
+    def check_inputs(self, params: TextToImageParams, services: NodeServices, connected: set[str]) -> dict[str, str]:
         if "mask" in connected and "image" not in connected:
             return {"mask": "a mask needs an input image to edit: link one to 'image'"}
         if "image" not in connected or params.model not in services.catalog.names():
@@ -70,7 +73,7 @@ class TextToImage(NodeType):
     def output_sizes(self, params, input_sizes):
         return [(params.width, params.height)] * params.num_images
 
-    def cost(self, params: TextToImageParams, services: Any, input_sizes) -> float:
+    def cost(self, params: TextToImageParams, services: NodeServices, input_sizes) -> float:
         spec = services.catalog.get(params.model)
         return spec.price(params.width, params.height, params.num_images)
 

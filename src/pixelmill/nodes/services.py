@@ -1,0 +1,32 @@
+"""What node types may use while they are checked, priced and run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pixelmill.config import Settings
+from pixelmill.models.catalog import ModelCatalog
+from pixelmill.models.registry import ModelRegistry
+from pixelmill.net.safe_http import SafeHttpClient, UrlPolicy
+
+
+@dataclass(frozen=True)
+class NodeServices:
+    """Built once per process (see :class:`pixelmill.runtime.Runtime`) and shared by every node run."""
+
+    catalog: ModelCatalog
+    models: ModelRegistry
+    settings: Settings
+    http: SafeHttpClient
+    """The guarded client for untrusted URLs (image inputs); the same one delivers webhooks."""
+
+    @classmethod
+    def build(
+        cls, settings: Settings, catalog: ModelCatalog, models: ModelRegistry | None = None, http: SafeHttpClient | None = None
+    ) -> "NodeServices":
+        return cls(
+            catalog=catalog,
+            models=models or ModelRegistry(catalog),
+            settings=settings,
+            http=http or SafeHttpClient(UrlPolicy(allow_networks=list(settings.url_allow_networks))),
+        )
