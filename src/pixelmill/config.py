@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir)
     database_url: str | None = None  # default: sqlite:///<data_dir>/pixelmill.db (WAL)
     models_catalog: Path | None = None  # TOML model catalog; default: the built-in catalog
+    #: how long a write waits for a database lock (SQLite busy timeout, PostgreSQL lock_timeout)
+    #: before the request answers 503 ``database_busy`` with Retry-After
+    db_busy_timeout_s: float = Field(default=15.0, gt=0)
 
     # HTTP
     host: str = "127.0.0.1"

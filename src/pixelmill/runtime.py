@@ -35,7 +35,7 @@ class Runtime:
         url = settings.resolved_database_url()
         if migrate_db:
             migrate.upgrade(url)
-        self.db = Database(url)
+        self.db = Database(url, busy_timeout_s=settings.db_busy_timeout_s)
         self.catalog = catalog or ModelCatalog.load(settings.models_catalog)
         self.models = models or ModelRegistry(self.catalog)
         self.storage = LocalStorage(settings.files_dir)

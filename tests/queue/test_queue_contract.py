@@ -36,7 +36,7 @@ def finished(engine, principal, execution_id: str, timeout: float = 30.0):
 def settle_entries(engine, execution_id: str) -> list:
     with engine.rt.db.engine.connect() as conn:
         return conn.execute(
-            sa.select(credit_ledger.c.kind, credit_ledger.c.amount).where(
+            sa.select(credit_ledger.c.kind, credit_ledger.c.amount_micro).where(
                 credit_ledger.c.execution_id == execution_id, credit_ledger.c.kind.in_(["capture", "release"])
             )
         ).all()

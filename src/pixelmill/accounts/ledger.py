@@ -1,17 +1,27 @@
-"""The append-only credit ledger.
+"""The append-only credit ledger, in exact integer micro-credits, with a stored balance.
 
-Available credits = the sum of an account's entries.  Submitting an execution
-*holds* its estimate (a negative entry); when it ends, one *settle* entry gives
-back the difference between hold and actual cost (the whole hold on failure,
-moderation or cancel).  Every entry has a unique ``entry_key`` so retries and
-re-run nodes can never bill twice.  A plan's ``monthly_credits`` are granted once
-per calendar month (UTC), from the month after the account was created, when
-the account first submits or reads its balance in that month.
+Money is kept as integers: one credit is :data:`MICRO` (1 000 000) micro-credits,
+so sums never drift.  The public functions take and return credits (what the
+APIs show); :func:`to_micro` rounds a credit amount to the nearest micro-credit.
+
+Every entry changes ``accounts.credit_balance_micro`` by its amount in the same
+transaction (and savepoint) that appends it, so reading a balance is one row
+(:func:`balance`) however long the ledger grows.  The ledger stays the record:
+:func:`reconcile` compares the stored balance with the sum of the entries.
+
+Submitting an execution *holds* its estimate (a negative entry); when it ends,
+one *settle* entry gives back the difference between hold and actual cost (the
+whole hold on failure, moderation or cancel).  Every entry has a unique
+``entry_key`` so retries and re-run nodes can never bill twice.  A plan's
+``monthly_credits`` are granted once per calendar month (UTC), from the month
+after the account was created, when the account first submits or reads its
+balance in that month.
 """
 
 from __future__ import annotations
 
 import time
+from decimal import ROUND_HALF_EVEN, Decimal
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -19,14 +29,54 @@ from sqlalchemy.exc import IntegrityError
 
 from pixelmill.store.tables import accounts, credit_ledger
 
+MICRO = 1_000_000
+
+
+def to_micro(credits: float | int | str | Decimal) -> int:
+    """Credits -> integer micro-credits (exact for decimal input; floats by their shortest repr)."""
+    value = credits if isinstance(credits, Decimal) else Decimal(str(credits))
+    return int((value * MICRO).to_integral_value(rounding=ROUND_HALF_EVEN))
+
+
+def from_micro(micro: int) -> float:
+    """Integer micro-credits -> credits, for JSON (exact to the micro-credit for any realistic balance)."""
+    return int(micro) / MICRO
+
+
+def balance_micro(conn: Connection, account_id: str) -> int:
+    """The stored balance: one indexed row, kept in step with the ledger by :func:`add_entry`."""
+    value = conn.execute(sa.select(accounts.c.credit_balance_micro).where(accounts.c.id == account_id)).scalar()
+    return int(value or 0)
+
 
 def balance(conn: Connection, account_id: str) -> float:
+    return from_micro(balance_micro(conn, account_id))
+
+
+def ledger_sum_micro(conn: Connection, account_id: str) -> int:
     total = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(credit_ledger.c.amount), 0.0)).where(
-            credit_ledger.c.account_id == account_id
-        )
+        sa.select(sa.func.coalesce(sa.func.sum(credit_ledger.c.amount_micro), 0)).where(credit_ledger.c.account_id == account_id)
     ).scalar()
-    return round(float(total or 0.0), 4)
+    return int(total or 0)
+
+
+def reconcile(conn: Connection, account_id: str | None = None) -> list[dict]:
+    """Accounts whose stored balance differs from the sum of their ledger entries (empty when all agree)."""
+    sums = (
+        sa.select(credit_ledger.c.account_id, sa.func.sum(credit_ledger.c.amount_micro).label("total"))
+        .group_by(credit_ledger.c.account_id)
+        .subquery()
+    )
+    q = sa.select(accounts.c.id, accounts.c.credit_balance_micro, sa.func.coalesce(sums.c.total, 0).label("total")).select_from(
+        accounts.outerjoin(sums, sums.c.account_id == accounts.c.id)
+    )
+    if account_id is not None:
+        q = q.where(accounts.c.id == account_id)
+    return [
+        {"account_id": r.id, "stored_micro": int(r.credit_balance_micro), "ledger_micro": int(r.total)}
+        for r in conn.execute(q)
+        if int(r.credit_balance_micro) != int(r.total)
+    ]
 
 
 def lock_account(conn: Connection, account_id: str) -> None:
@@ -36,9 +86,11 @@ def lock_account(conn: Connection, account_id: str) -> None:
 
 
 def add_entry(
-    conn: Connection, account_id: str, kind: str, amount: float, entry_key: str, execution_id: str | None = None, note: str | None = None
+    conn: Connection, account_id: str, kind: str, amount: float | Decimal, entry_key: str, execution_id: str | None = None,
+    note: str | None = None, *, micro: int | None = None,
 ) -> bool:
-    """Append one entry; False (and nothing written) if ``entry_key`` was already used."""
+    """Append one entry and move the stored balance by it; False (nothing written) if ``entry_key`` was used."""
+    change = to_micro(amount) if micro is None else int(micro)
     exists = conn.execute(sa.select(credit_ledger.c.id).where(credit_ledger.c.entry_key == entry_key)).first()
     if exists:
         return False
@@ -49,11 +101,16 @@ def add_entry(
                     account_id=account_id,
                     execution_id=execution_id,
                     kind=kind,
-                    amount=round(float(amount), 4),
+                    amount_micro=change,
                     entry_key=entry_key,
                     note=note,
                     created_at=time.time(),
                 )
+            )
+            conn.execute(
+                sa.update(accounts)
+                .where(accounts.c.id == account_id)
+                .values(credit_balance_micro=accounts.c.credit_balance_micro + change)
             )
     except IntegrityError:
         return False
@@ -95,14 +152,14 @@ def grant_monthly(conn: Connection, account_id: str, amount: float, now: float |
 
 
 def hold(conn: Connection, account_id: str, execution_id: str, amount: float) -> bool:
-    return add_entry(conn, account_id, "hold", -amount, f"hold:{execution_id}", execution_id)
+    return add_entry(conn, account_id, "hold", 0, f"hold:{execution_id}", execution_id, micro=-to_micro(amount))
 
 
 def settle(conn: Connection, account_id: str, execution_id: str, held: float, actual: float) -> bool:
     """Give back ``held - actual`` (all of it when actual is 0).  Exactly once per execution."""
-    refund = max(0.0, held - actual)
+    refund = max(0, to_micro(held) - to_micro(actual))
     kind = "capture" if actual > 0 else "release"
-    return add_entry(conn, account_id, kind, refund, f"settle:{execution_id}", execution_id, note=f"actual={actual}")
+    return add_entry(conn, account_id, kind, 0, f"settle:{execution_id}", execution_id, note=f"actual={actual}", micro=refund)
 
 
 def entries(conn: Connection, account_id: str, limit: int = 100) -> list[dict]:
@@ -112,4 +169,4 @@ def entries(conn: Connection, account_id: str, limit: int = 100) -> list[dict]:
         .order_by(credit_ledger.c.id.desc())
         .limit(limit)
     )
-    return [dict(r._mapping) for r in rows]
+    return [{**dict(r._mapping), "amount": from_micro(r.amount_micro)} for r in rows]

@@ -6,12 +6,14 @@ is the stable machine-readable code.
 
 from __future__ import annotations
 
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pixelmill.errors import PixelmillError
+from pixelmill.store.db import database_busy
 
 
 def error_response(err: PixelmillError) -> JSONResponse:
@@ -45,8 +47,19 @@ def install_error_handlers(app: FastAPI) -> None:
             errors.append(e)
         return JSONResponse({"detail": errors, "error": {"code": "validation_error", "message": "Request validation failed"}}, status_code=422)
 
+    @app.exception_handler(sqlalchemy.exc.OperationalError)
+    @app.exception_handler(sqlalchemy.exc.TimeoutError)
+    async def _database_error(_request: Request, err: Exception):
+        busy = database_busy(err)
+        if busy is not None:
+            return error_response(busy)
+        return await _unexpected(_request, err)
+
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, err: Exception):
+        busy = database_busy(err)
+        if busy is not None:
+            return error_response(busy)
         return JSONResponse(
             {"detail": "Internal server error", "error": {"code": "internal_error", "message": "Internal server error"}},
             status_code=500,

@@ -52,6 +52,7 @@ from pixelmill.accounts.keys import Principal, authenticate
 from pixelmill.accounts.ratelimit import LimitState, RateDecision, RateLimitStorageError, rate_limit_headers, rate_limited_error
 from pixelmill.api.errors import error_response
 from pixelmill.errors import BadRequest, Conflict, InvalidInput, PixelmillError
+from pixelmill.store.db import database_busy
 
 log = logging.getLogger("pixelmill.api")
 
@@ -127,7 +128,14 @@ class AccountsMiddleware:
         fp = idem.fingerprint(method, _path_with_query(scope), body, headers.get("content-type", "")) if idem_key is not None and body is not None else None
 
         client = (scope.get("client") or ("unknown", 0))[0]
-        admitted = await run_in_threadpool(self._admit, runtime, key, method not in READ_METHODS, idem_key, fp, client)
+        try:
+            admitted = await run_in_threadpool(self._admit, runtime, key, method not in READ_METHODS, idem_key, fp, client)
+        except Exception as exc:
+            busy = database_busy(exc)
+            if busy is None:
+                raise
+            await error_response(busy)(scope, receive, send)
+            return
         if admitted.refused is not None and admitted.principal is None:  # too many bad keys from this address
             await error_response(rate_limited_error(admitted.refused))(scope, receive, send)
             return

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+
+if TYPE_CHECKING:
+    from pixelmill.errors import ServiceUnavailable
 
 
 class Database:
@@ -19,23 +22,29 @@ class Database:
     writers (WAL readers see a snapshot).
     """
 
-    def __init__(self, url: str, echo: bool = False):
+    def __init__(self, url: str, echo: bool = False, busy_timeout_s: float = 15.0):
         self.url = url
+        self.busy_timeout_s = busy_timeout_s
+        wait_ms = max(1, int(busy_timeout_s * 1000))
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             self.engine: Engine = sa.create_engine(
-                url, echo=echo, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20, max_overflow=20
+                url, echo=echo, connect_args={"check_same_thread": False, "timeout": busy_timeout_s}, pool_size=20, max_overflow=20
             )
-            sa.event.listen(self.engine, "connect", _sqlite_on_connect)
+            sa.event.listen(self.engine, "connect", lambda dbapi_conn, _record: _sqlite_on_connect(dbapi_conn, wait_ms))
             sa.event.listen(self.engine, "begin", _sqlite_begin_immediate)
         else:
             if url.startswith("postgresql://"):
                 url = "postgresql+psycopg://" + url[len("postgresql://") :]
                 self.url = url
-            self.engine = sa.create_engine(url, echo=echo, pool_size=20, max_overflow=20, pool_pre_ping=True)
+            # a row or table lock that is not granted in time fails (as SQLite's busy timeout does)
+            self.engine = sa.create_engine(
+                url, echo=echo, pool_size=20, max_overflow=20, pool_pre_ping=True,
+                connect_args={"options": f"-c lock_timeout={wait_ms}"},
+            )
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -72,16 +81,46 @@ def after_commit(conn: Connection, fn: Callable[[], None]) -> None:
         pending.append(fn)
 
 
-def _sqlite_on_connect(dbapi_conn, _record) -> None:
+def _sqlite_on_connect(dbapi_conn, busy_timeout_ms: int = 30000) -> None:
     dbapi_conn.isolation_level = None  # let SQLAlchemy's "begin" event emit BEGIN
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     cur.close()
 
 
 def _sqlite_begin_immediate(conn) -> None:
     write = conn.get_execution_options().get("pixelmill_write", False)
     conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+BUSY_RETRY_AFTER_S = 2
+_PG_BUSY_STATES = {"55P03", "57014", "40P01", "40001"}  # lock not available, statement timeout, deadlock, serialization
+
+
+def database_busy(exc: BaseException) -> "ServiceUnavailable | None":
+    """The 503 to answer when ``exc`` means the database stayed locked (or its pool stayed full); else None.
+
+    Such a failure is the server's momentary state, not the client's request: it is
+    retryable, and says when to retry.
+    """
+    from sqlalchemy.exc import OperationalError, TimeoutError as PoolTimeout
+
+    from pixelmill.errors import ServiceUnavailable
+
+    busy = False
+    if isinstance(exc, PoolTimeout):
+        busy = True
+    elif isinstance(exc, OperationalError):
+        orig = exc.orig
+        text = str(orig).lower()
+        busy = "database is locked" in text or "database table is locked" in text or getattr(orig, "sqlstate", None) in _PG_BUSY_STATES
+    if not busy:
+        return None
+    err = ServiceUnavailable(
+        "The database is busy; nothing was changed, retry shortly", code="database_busy", retry_after=BUSY_RETRY_AFTER_S
+    )
+    err.headers["Retry-After"] = str(BUSY_RETRY_AFTER_S)
+    return err

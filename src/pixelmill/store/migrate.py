@@ -28,3 +28,14 @@ def current_heads(url: str) -> list[str]:
     engine = create_engine(url)
     with engine.connect() as conn:
         return list(MigrationContext.configure(conn).get_current_heads())
+
+
+def head_revision() -> str:
+    """The newest revision the code ships."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def downgrade(url: str, revision: str) -> None:
+    command.downgrade(alembic_config(url), revision)

@@ -27,6 +27,8 @@ accounts = sa.Table(
     sa.Column("disabled_at", TS),
     sa.Column("webhook_url", sa.String(2083)),
     sa.Column("webhook_secrets", sa.JSON, nullable=False, default=list),  # newest first; two during rotation
+    # the sum of the account's credit_ledger entries, moved in the same transaction as each entry
+    sa.Column("credit_balance_micro", sa.BigInteger, nullable=False, default=0, server_default="0"),
 )
 
 api_keys = sa.Table(
@@ -125,7 +127,7 @@ credit_ledger = sa.Table(
     sa.Column("account_id", ID, sa.ForeignKey("accounts.id"), nullable=False, index=True),
     sa.Column("execution_id", ID),
     sa.Column("kind", sa.String(20), nullable=False),  # grant | hold | capture | release | adjust
-    sa.Column("amount", sa.Float, nullable=False),  # signed change of available credits
+    sa.Column("amount_micro", sa.BigInteger, nullable=False),  # signed change of available credits, in micro-credits
     sa.Column("entry_key", sa.String(200), nullable=False, unique=True),  # exactly-once key
     sa.Column("note", sa.String(500)),
     sa.Column("created_at", TS, nullable=False),

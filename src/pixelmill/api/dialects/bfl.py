@@ -130,7 +130,8 @@ async def submit(endpoint: str, request: Request, who: Principal = Depends(princ
             node["inputs"] = {"image": ["padded", "images"], "mask": ["margins", "images"]}
             node["params"]["strength"] = 1.0
             nodes["generate"] = nodes.pop("generate")  # listed last
-    view = rt.executions.submit(
+    view = await run_in_threadpool(
+        rt.executions.submit,
         Submission(
             principal=who,
             graph={"nodes": nodes},
@@ -139,7 +140,7 @@ async def submit(endpoint: str, request: Request, who: Principal = Depends(princ
             request=req.model_dump(mode="json", exclude={"webhook_secret"}),
             webhook_url=params.webhook_url,
             webhook_secret=params.webhook_secret,
-        )
+        ),
     )
     wait_s = requested_wait(request.headers.get("prefer"), rt.settings.max_wait_s)
     if wait_s is not None:  # Prefer: wait[=N]: hold until done or N s, answer like get_result

@@ -84,6 +84,7 @@ from pixelmill.models.imageops import BadImageInput, ImageDecodeError, decode_ba
 from pixelmill.nodes.load_image import image_source
 from pixelmill.presenters.openai_images import completed_events, error_body, partial_event, render_error, render_images
 from pixelmill.store.tables import files
+from pixelmill.store.db import database_busy
 
 log = logging.getLogger("pixelmill.api.openai")
 
@@ -104,7 +105,11 @@ class OpenAIRoute(APIRoute):
             except PixelmillError as err:
                 status, body, headers = render_error(err)
                 return JSONResponse(body, status_code=status, headers=headers or None)
-            except Exception:
+            except Exception as exc:
+                busy = database_busy(exc)
+                if busy is not None:
+                    status, body, headers = render_error(busy)
+                    return JSONResponse(body, status_code=status, headers=headers or None)
                 log.exception("unexpected error in %s", request.url.path)
                 return JSONResponse(error_body("The server had an error while processing your request.", "server_error"), status_code=500)
 

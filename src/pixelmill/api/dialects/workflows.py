@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from pixelmill.accounts.keys import Principal
@@ -44,15 +45,21 @@ def node_types(request: Request, who: Principal = Depends(principal)):
 
 @router.post("/workflows", status_code=201)
 async def create_workflow(request: Request, who: Principal = Depends(principal)):
-    wf = request.app.state.runtime.workflows.create(who, await json_body(request))
+    body = await json_body(request)
+    wf = await run_in_threadpool(request.app.state.runtime.workflows.create, who, body)
     return JSONResponse(wf, status_code=201, headers={"Location": f"/api/v1/workflows/{wf['id']}"})
 
 
 @router.post("/workflows/validate")
 async def validate_workflow(request: Request, who: Principal = Depends(principal)):
     svc = request.app.state.runtime.workflows
-    prepared = svc.validate(svc.parse(await json_body(request)))
-    return {"valid": True, "estimatedCredits": prepared.cost, "breakdown": prepared.breakdown()}
+    body = await json_body(request)
+
+    def check() -> dict:
+        prepared = svc.validate(svc.parse(body))
+        return {"valid": True, "estimatedCredits": prepared.cost, "breakdown": prepared.breakdown()}
+
+    return await run_in_threadpool(check)
 
 
 @router.get("/workflows")
@@ -69,7 +76,8 @@ def get_workflow(workflow_id: str, request: Request, who: Principal = Depends(pr
 
 @router.put("/workflows/{workflow_id}")
 async def update_workflow(workflow_id: str, request: Request, who: Principal = Depends(principal)):
-    return request.app.state.runtime.workflows.update(who, workflow_id, await json_body(request))
+    body = await json_body(request)
+    return await run_in_threadpool(request.app.state.runtime.workflows.update, who, workflow_id, body)
 
 
 @router.delete("/workflows/{workflow_id}", status_code=204)
@@ -95,13 +103,15 @@ async def execute_workflow(workflow_id: str, request: Request, who: Principal = 
             raise InvalidInput("'inputs' must be an object", code="invalid_inputs")
         sets = [inputs]
     if request.query_params.get("dry_run") in ("1", "true") or body.get("dry_run") is True:
-        estimates = [svc.estimate(who, workflow_id, s) for s in sets]
+        estimates = await run_in_threadpool(lambda: [svc.estimate(who, workflow_id, s) for s in sets])
         return {
             "dryRun": True,
             "estimatedCredits": round(sum(p.cost for p in estimates), 4),
             "runs": [{"estimatedCredits": p.cost, "breakdown": p.breakdown()} for p in estimates],
         }
-    batch_id, views = svc.execute(who, workflow_id, sets, webhook_url=body.get("webhook_url"), webhook_events=body.get("webhook_events"))
+    batch_id, views = await run_in_threadpool(
+        lambda: svc.execute(who, workflow_id, sets, webhook_url=body.get("webhook_url"), webhook_events=body.get("webhook_events"))
+    )
     wait_s = requested_wait(request.headers.get("prefer"), request.app.state.runtime.settings.max_wait_s)
     if wait_s is not None:  # Prefer: wait[=N]: hold until done or N s, answer with the execution
         return await wait.workflow_response(request, who.account_id, workflow_id, batch_id, views, wait_s)
