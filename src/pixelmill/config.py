@@ -63,6 +63,15 @@ class Settings(BaseSettings):
     republish_after_s: float = 30.0
     result_ttl_s: int = 24 * 3600  # how long get_result knows an execution
     preload_models: bool = False
+    #: "fair": the scheduler picks the next node run (plan priority, weighted fair share
+    #: between accounts, request priority, deadlines); "fifo": in order of arrival
+    scheduler: Literal["fair", "fifo"] = "fair"
+    #: memory a worker may fill with models (MiB; None: no limit): host RAM for models on the
+    #: CPU, VRAM for models on a CUDA device; least recently used idle models make room
+    model_ram_budget_mb: float | None = Field(default=None, gt=0)
+    model_vram_budget_mb: float | None = Field(default=None, gt=0)
+    model_idle_unload_s: float | None = Field(default=None, gt=0)  # unload a model unused this long
+    fair_window_s: float = Field(default=300.0, gt=0)  # how far back an account's used run time counts
     background_onnx_path: str | None = None  # a general-object saliency model (U2-Net / IS-Net / BiRefNet) for remove_background
 
     # files

@@ -14,12 +14,14 @@ from pixelmill.engine.lifecycle import Lifecycle
 from pixelmill.engine.notify import make_notifier
 from pixelmill.engine.publisher import Publisher
 from pixelmill.engine.runner import NodeRunner
+from pixelmill.engine.scheduler import FairDispatch, Scheduler
 from pixelmill.engine.service import ExecutionService
 from pixelmill.files.signing import UrlSigner
 from pixelmill.files.storage import LocalStorage
 from pixelmill.models.catalog import ModelCatalog
 from pixelmill.models.registry import ModelRegistry
 from pixelmill.net.safe_http import SafeHttpClient, UrlPolicy
+from pixelmill.models.residency import MemoryBudget
 from pixelmill.nodes.registry import default_registry
 from pixelmill.nodes.services import NodeServices
 from pixelmill.store import migrate
@@ -37,7 +39,11 @@ class Runtime:
             migrate.upgrade(url)
         self.db = Database(url, busy_timeout_s=settings.db_busy_timeout_s)
         self.catalog = catalog or ModelCatalog.load(settings.models_catalog)
-        self.models = models or ModelRegistry(self.catalog)
+        self.models = models or ModelRegistry(
+            self.catalog,
+            budget=MemoryBudget.from_megabytes(settings.model_ram_budget_mb, settings.model_vram_budget_mb),
+            idle_unload_s=settings.model_idle_unload_s,
+        )
         self.storage = LocalStorage(settings.files_dir)
         self.signer = UrlSigner(settings.resolved_secret_key(), settings.signed_url_ttl_s)
         self.nodes = default_registry()
@@ -51,14 +57,15 @@ class Runtime:
             self.db, self.nodes, self.services, self.storage, self.lifecycle, self.publisher,
             node_timeout_s=settings.node_timeout_s, file_retention_s=settings.file_retention_s,
         )
-        self.queue.handler = self.runner.run
         self.plans = load_plans(settings.plans)
+        self.scheduler = Scheduler(self.db, self.lifecycle, self.plans, settings.default_plan, window_s=settings.fair_window_s)
+        self.queue.handler = FairDispatch(self.scheduler, self.runner.run) if settings.scheduler == "fair" else self.runner.run
         self.limiter = RateLimiter(settings.rate_limit_storage)
         self.admission = Admission(self.plans, self.limiter, settings.default_plan)
         self.idempotency = IdempotencyStore(self.db, ttl_s=settings.idempotency_ttl_s)
         self.executions = ExecutionService(
             self.db, self.nodes, self.services, self.publisher, self.lifecycle, result_ttl_s=settings.result_ttl_s,
-            admission=self.admission,
+            admission=self.admission, scheduler=self.scheduler,
         )
         from pixelmill.workflows.service import WorkflowService
 
@@ -95,6 +102,7 @@ class Runtime:
             return
         self.started = True
         self.queue.start()
+        self.models.start()  # idle models unload after model_idle_unload_s
         if self.settings.webhook_dispatcher:
             self.dispatcher.start()
         if self.settings.queue == "inprocess":
@@ -113,6 +121,7 @@ class Runtime:
             self.publisher.stop()
             self.dispatcher.stop()
             self.queue.stop()
+            self.models.stop()
             self.started = False
         self.notifier.stop()
         self.db.dispose()

@@ -81,14 +81,21 @@ def run_worker(
                 f"queue for unknown model(s) {', '.join(unknown)}; the catalog has {', '.join(runtime.catalog.names())}"
             )
         runtime.start()
+        from pixelmill.engine.placement import Advertiser
+
+        advertiser = Advertiser(runtime.db, runtime.models, runtime.runner.worker_name)
+        advertiser.start()  # API nodes show what this worker holds (GET /api/v1/models)
         if preload:
             for name in models_of(queues):
                 log.info("loading model %s", name)
                 runtime.models.backend(name)
         hostname = hostname or f"pixelmill-{os.getpid()}@{socket.gethostname()}"  # unique per process: one worker per GPU
         log.info("worker %s consuming %s (pool=%s, concurrency=%d)", hostname, ", ".join(queues), pool, concurrency)
-        return runtime.queue.worker(
-            queues, concurrency=concurrency, pool=pool, hostname=hostname, loglevel=loglevel, visibility_timeout_s=visibility_timeout_s
-        )
+        try:
+            return runtime.queue.worker(
+                queues, concurrency=concurrency, pool=pool, hostname=hostname, loglevel=loglevel, visibility_timeout_s=visibility_timeout_s
+            )
+        finally:
+            advertiser.stop()
     finally:
         runtime.stop()

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Plan(BaseModel):
@@ -36,6 +36,22 @@ class Plan(BaseModel):
     """Credits granted at the start of every billing month."""
     initial_credits: float = Field(default=0.0, ge=0)
     """Credits granted once when an account is created on this plan."""
+    weight: float = Field(default=1.0, gt=0)
+    """Share of the GPUs when several accounts wait: an account on weight 2 gets
+    twice the run time of one on weight 1 (weighted fair queueing)."""
+    priority: int = 0
+    """Plan-level priority: waiting work of a higher-priority plan runs before any
+    of a lower one (fairness applies within one priority)."""
+    min_request_priority: int = -10
+    max_request_priority: int = 10
+    """The range of ``priority`` a request may ask for; it orders the account's own
+    waiting work (higher first), never another account's."""
+
+    @model_validator(mode="after")
+    def _check_priority_range(self) -> "Plan":
+        if self.min_request_priority > self.max_request_priority:
+            raise ValueError("min_request_priority must not exceed max_request_priority")
+        return self
 
 
 DEFAULT_PLANS: dict[str, Plan] = {
@@ -46,6 +62,8 @@ DEFAULT_PLANS: dict[str, Plan] = {
         executions_per_day=50,
         monthly_credits=100.0,
         initial_credits=100.0,
+        weight=1.0,
+        max_request_priority=0,
     ),
     "starter": Plan(
         name="starter",
@@ -54,6 +72,8 @@ DEFAULT_PLANS: dict[str, Plan] = {
         executions_per_day=200,
         monthly_credits=1_000.0,
         initial_credits=100.0,
+        weight=2.0,
+        max_request_priority=5,
     ),
     "pro": Plan(
         name="pro",
@@ -62,6 +82,8 @@ DEFAULT_PLANS: dict[str, Plan] = {
         executions_per_day=1_000,
         monthly_credits=5_000.0,
         initial_credits=100.0,
+        weight=4.0,
+        max_request_priority=10,
     ),
     "enterprise": Plan(
         name="enterprise",
@@ -70,6 +92,8 @@ DEFAULT_PLANS: dict[str, Plan] = {
         executions_per_day=None,
         monthly_credits=50_000.0,
         initial_credits=100.0,
+        weight=8.0,
+        max_request_priority=10,
     ),
 }
 

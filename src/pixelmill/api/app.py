@@ -13,7 +13,9 @@ from pixelmill.api.admin import router as admin_router
 from pixelmill.api.errors import install_error_handlers
 from pixelmill.api.events_http import router as events_router
 from pixelmill.api.middleware import AccountsMiddleware
+from pixelmill.api.scheduling import SchedulingHeadersMiddleware
 from pixelmill.api.files import router as files_router
+from pixelmill.api.models_http import router as models_router
 from pixelmill.api.webhooks_http import router as webhooks_router
 
 
@@ -32,6 +34,7 @@ def create_app(runtime, manage_runtime: bool = True) -> FastAPI:
     app.state.runtime = runtime
     install_error_handlers(app)
     # added before request_id, so it sits inside it: its own answers get an X-Request-Id too
+    app.add_middleware(SchedulingHeadersMiddleware)  # innermost: its context reaches the routes
     app.add_middleware(AccountsMiddleware)
 
     @app.middleware("http")
@@ -48,6 +51,7 @@ def create_app(runtime, manage_runtime: bool = True) -> FastAPI:
     app.include_router(files_router)
     app.include_router(admin_router)
     app.include_router(workflows.router)
+    app.include_router(models_router)
     app.include_router(webhooks_router)  # webhook settings and logs, trigger URLs (with CORS on /api/v1/hooks)
     app.include_router(events_router)
     app.include_router(openai_images.router)  # before bfl: POST /v1/{endpoint} would match

@@ -64,6 +64,7 @@ class NodeRunner:
             return
         ntype = self.nodes.get(run.node_type)
         params = {k: v for k, v in run.params.items() if not k.startswith("__")}
+        control = None
         try:
             cached = self._cached_outputs(run)
             if cached is not None:
@@ -77,7 +78,10 @@ class NodeRunner:
             outputs = {"images": self._store_images(run, result.images, result.output_format, result.metadata)}
             self._finish(run, outputs, cost=run.cost, cached=False)
         except DeadlineExceeded:
-            self._fail(run, "deadline_exceeded", f"node {run.node_id} ran longer than {self.node_timeout_s:.0f} s")
+            if control is not None and control.client_deadline:
+                self._fail(run, "deadline_exceeded", "The task did not finish before its run deadline; nothing was charged")
+            else:
+                self._fail(run, "deadline_exceeded", f"node {run.node_id} ran longer than {self.node_timeout_s:.0f} s")
         except GenerationCancelled:
             self._fail(run, "cancelled", "Cancelled by the client", cancelled=True)
         except Exception as e:  # a node's failure is recorded, never lost
@@ -105,6 +109,11 @@ class NodeRunner:
     def _control(self, run) -> StepControl:
         node_run_id = run.id
         control = StepControl(deadline=time.monotonic() + self.node_timeout_s)
+        with self.db.engine.connect() as conn:  # the client's run deadline (Cancel-After), when sooner
+            deadline_at = conn.execute(sa.select(executions.c.deadline_at).where(executions.c.id == run.execution_id)).scalar()
+        if deadline_at is not None and time.monotonic() + (deadline_at - time.time()) < control.deadline:
+            control.deadline = time.monotonic() + (deadline_at - time.time())
+            control.client_deadline = True
         last = [0.0]
 
         def on_progress(fraction: float) -> None:

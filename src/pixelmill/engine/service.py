@@ -17,6 +17,7 @@ from pixelmill.domain.status import ExecutionStatus, NodeStatus
 from pixelmill.engine.estimates import estimate_start_at
 from pixelmill.engine.graph import PreparedGraph, cache_key, prepare
 from pixelmill.engine.lifecycle import Lifecycle, NodeTask
+from pixelmill.engine.scheduler import RequestScheduling, Scheduler, requested_scheduling
 from pixelmill.engine.views import ExecutionView, PreviewView, load_execution, load_previews
 from pixelmill.errors import InsufficientCredits, NotFound, ServiceUnavailable
 from pixelmill.ids import new_id
@@ -42,6 +43,8 @@ class Submission:
     webhook_events: list[str] | None = None
     workflow_id: str | None = None
     batch_id: str | None = None
+    #: scheduling the client asked for; None: what the request's headers said (``request_scheduling``)
+    scheduling: RequestScheduling | None = None
 
 
 class ExecutionService:
@@ -54,6 +57,7 @@ class ExecutionService:
         lifecycle: Lifecycle,
         result_ttl_s: int = 24 * 3600,
         admission: AdmissionPolicy | None = None,
+        scheduler: Scheduler | None = None,
     ):
         self.db = db
         self.nodes = nodes
@@ -62,6 +66,7 @@ class ExecutionService:
         self.lifecycle = lifecycle
         self.result_ttl_s = result_ttl_s
         self.admission = admission or AdmissionPolicy()
+        self.scheduler = scheduler
 
     def prepare(self, graph: dict[str, Any]) -> PreparedGraph:
         return prepare(graph, self.nodes, self.services)
@@ -71,6 +76,12 @@ class ExecutionService:
         account = sub.principal.account_id
         eid = new_id()
         now = time.time()
+        wanted = sub.scheduling or requested_scheduling() or RequestScheduling()
+        priority = wanted.priority or 0
+        if wanted.priority is not None and self.scheduler is not None:
+            priority = self.scheduler.check_priority(sub.principal.plan, wanted.priority)
+        start_by = now + wanted.start_within_s if wanted.start_within_s else None
+        deadline_at = now + wanted.cancel_after_s if wanted.cancel_after_s else None
         tasks: list[NodeTask] = []
         with self.db.transaction() as conn:
             ledger.lock_account(conn, account)
@@ -108,7 +119,9 @@ class ExecutionService:
                     webhook_events=sub.webhook_events,
                     workflow_id=sub.workflow_id,
                     batch_id=sub.batch_id,
-                    priority=0,
+                    priority=priority,
+                    start_by=start_by,
+                    deadline_at=deadline_at,
                 )
             )
             keys: dict[str, str] = {}
@@ -135,6 +148,7 @@ class ExecutionService:
                         node_type=node.type.name,
                         status=NodeStatus.QUEUED if runnable else NodeStatus.WAITING,
                         params=params,
+                        queue=params["__queue__"],
                         links={k: list(v) for k, v in node.links.items()},
                         queued_at=now if runnable else None,
                         progress=0.0,
@@ -193,6 +207,8 @@ class ExecutionService:
         queued = [n for n in view.nodes if n.status == NodeStatus.QUEUED]
         if not queued:
             return 0 if view.status == ExecutionStatus.RUNNING else None
+        if self.scheduler is not None:  # the scheduler's order, not arrival order
+            return self.scheduler.position(conn, view.id)
         first = min(n.queued_at or 0 for n in queued)
         ahead = conn.execute(
             sa.select(sa.func.count()).select_from(node_runs).where(node_runs.c.status == NodeStatus.QUEUED, node_runs.c.queued_at < first)
@@ -237,7 +253,9 @@ class ExecutionService:
             ).all()
             for r in rows:
                 if r.status == NodeStatus.RUNNING:
-                    conn.execute(sa.update(node_runs).where(node_runs.c.id == r.id).values(status=NodeStatus.QUEUED, progress=0.0))
+                    conn.execute(sa.update(node_runs).where(node_runs.c.id == r.id).values(status=NodeStatus.QUEUED, progress=0.0, picked_at=None))
+                else:  # a pick lease of the stopped process is void
+                    conn.execute(sa.update(node_runs).where(node_runs.c.id == r.id).values(picked_at=None))
                 tasks.append(NodeTask.of(r))
         for t in tasks:
             self.enqueue(t)

@@ -36,6 +36,7 @@ class StepControl:
     on_progress: Callable[[float], None] | None = None
     cancel_event: threading.Event = field(default_factory=threading.Event)
     deadline: float | None = None  # time.monotonic() value
+    client_deadline: bool = False  # ``deadline`` is the client's run deadline (not the server's node timeout)
     previews: int = 0
     on_preview: Callable[[int, list[Image.Image]], None] | None = None
 

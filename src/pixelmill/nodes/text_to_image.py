@@ -83,7 +83,6 @@ class TextToImage(NodeType):
     def run(self, ctx: NodeContext, params: TextToImageParams, inputs) -> NodeResult:
         init = (inputs.get("image") or [None])[0]
         mask = (inputs.get("mask") or [None])[0]
-        backend = ctx.services.models.backend(params.model)
         request = TextToImageRequest(
             prompt=params.prompt,
             width=params.width,
@@ -98,7 +97,8 @@ class TextToImage(NodeType):
             mask_image=mask,
         )
         ctx.control.previews = params.previews
-        images = backend.generate(request, ctx.control)
+        with ctx.services.models.use(params.model) as backend:  # never unloaded while it generates
+            images = backend.generate(request, ctx.control)
         return NodeResult(
             images=images,
             output_format=params.output_format,

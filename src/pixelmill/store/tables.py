@@ -68,7 +68,9 @@ executions = sa.Table(
     sa.Column("webhook_events", sa.JSON),  # filter; None = all
     sa.Column("workflow_id", ID),
     sa.Column("batch_id", ID),
-    sa.Column("priority", sa.Integer, nullable=False, default=0),
+    sa.Column("priority", sa.Integer, nullable=False, default=0),  # within the plan's range; orders the account's own work
+    sa.Column("start_by", TS),  # not started by then: failed as ``expired`` (refunded)
+    sa.Column("deadline_at", TS),  # not finished by then: stopped at the next step, failed as ``deadline_exceeded``
     sa.Index("ix_executions_account_created", "account_id", "created_at"),
     sa.Index("ix_executions_status", "status"),
     sa.Index("ix_executions_batch", "batch_id"),
@@ -86,6 +88,8 @@ node_runs = sa.Table(
     sa.Column("links", sa.JSON, nullable=False),  # input name -> [node_id, output]
     sa.Column("queued_at", TS),
     sa.Column("published_at", TS),  # when its task reached the queue; NULL while queued = not yet (re-published)
+    sa.Column("queue", sa.String(100)),  # model.<name> | default: which workers may run it
+    sa.Column("picked_at", TS),  # the scheduler chose it for a worker (a short lease until that worker claims it)
     sa.Column("started_at", TS),
     sa.Column("finished_at", TS),
     sa.Column("progress", sa.Float, nullable=False, default=0.0),
@@ -100,6 +104,8 @@ node_runs = sa.Table(
     sa.Column("worker", sa.String(200)),
     sa.UniqueConstraint("execution_id", "node_id", name="uq_node_runs_execution_node"),
     sa.Index("ix_node_runs_status", "status"),
+    sa.Index("ix_node_runs_queue_status", "queue", "status"),
+    sa.Index("ix_node_runs_started_at", "started_at"),
     sa.Index("ix_node_runs_cache_key", "cache_key"),
 )
 
@@ -213,4 +219,17 @@ execution_events = sa.Table(
     sa.Column("event", sa.String(50), nullable=False),
     sa.Column("data", sa.JSON, nullable=False),
     sa.Column("created_at", TS, nullable=False),
+)
+
+worker_models = sa.Table(
+    "worker_models",
+    metadata,
+    sa.Column("worker", sa.String(200), primary_key=True),  # host:pid of a `pixelmill worker`
+    sa.Column("model", sa.String(100), primary_key=True),
+    sa.Column("state", sa.String(20), nullable=False),  # cold | loading | resident
+    sa.Column("device", sa.String(20)),
+    sa.Column("memory_bytes", sa.BigInteger, nullable=False, default=0),
+    sa.Column("load_seconds", sa.Float),
+    sa.Column("last_used_at", TS),
+    sa.Column("updated_at", TS, nullable=False),  # the worker's last report; stale rows are ignored
 )

@@ -1,0 +1,130 @@
+"""Where models are: each worker's residency, advertised in the database, and the models report.
+
+A scale-out worker writes what its registry holds (``worker_models``: state,
+device, memory, last load time) every ``ADVERTISE_EVERY_S`` seconds and when
+it stops; API nodes, which hold no models, read those rows for
+``GET /api/v1/models``.  A row not refreshed for ``STALE_AFTER_S`` belongs to a
+worker that is gone and is ignored.  The embedded server reports its own registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import sqlalchemy as sa
+
+from pixelmill.models.registry import ModelRegistry
+from pixelmill.store.db import Database
+from pixelmill.store.tables import worker_models
+
+log = logging.getLogger("pixelmill.placement")
+
+ADVERTISE_EVERY_S = 10.0
+STALE_AFTER_S = 3 * ADVERTISE_EVERY_S
+
+
+class Advertiser:
+    """Writes one worker's model residency to ``worker_models`` periodically."""
+
+    def __init__(self, db: Database, models: ModelRegistry, worker: str, every_s: float = ADVERTISE_EVERY_S):
+        self.db = db
+        self.models = models
+        self.worker = worker
+        self.every_s = every_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def advertise(self) -> None:
+        now = time.time()
+        rows = [
+            dict(
+                worker=self.worker, model=name, state=s["state"], device=s["device"], memory_bytes=s["memory_bytes"],
+                load_seconds=s["load_seconds"], last_used_at=s["last_used_at"], updated_at=now,
+            )
+            for name, s in self.models.states().items()
+        ]
+        with self.db.transaction() as conn:
+            conn.execute(sa.delete(worker_models).where(worker_models.c.worker == self.worker))
+            if rows:
+                conn.execute(sa.insert(worker_models), rows)
+
+    def withdraw(self) -> None:
+        with self.db.transaction() as conn:
+            conn.execute(sa.delete(worker_models).where(worker_models.c.worker == self.worker))
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+
+        def loop() -> None:
+            while True:
+                try:
+                    self.advertise()
+                except Exception:  # the database is briefly away: report next time
+                    log.warning("could not advertise the models of %s", self.worker, exc_info=True)
+                if self._stop.wait(self.every_s):
+                    return
+
+        self._thread = threading.Thread(target=loop, name="pixelmill-advertise", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        try:
+            self.withdraw()
+        except Exception:
+            log.warning("could not withdraw the models of %s", self.worker, exc_info=True)
+
+
+def residency_report(runtime: Any) -> dict[str, Any]:
+    """The catalog with each model's residency: this process's own, or (scale-out API) the workers'."""
+    catalog = runtime.catalog
+    local = runtime.settings.queue != "celery"
+    where: dict[str, list[dict]] = {name: [] for name in catalog.names()}
+    if local:
+        for name, state in runtime.models.states().items():
+            if name in where:
+                where[name].append({"worker": "embedded", **state})
+        usage = runtime.models.usage()
+    else:
+        usage = None
+        with runtime.db.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(worker_models).where(worker_models.c.updated_at >= time.time() - STALE_AFTER_S).order_by(worker_models.c.worker)
+            ).all()
+        for r in rows:
+            if r.model in where and r.state != "cold":
+                where[r.model].append(
+                    {"worker": r.worker, "state": r.state, "device": r.device, "memory_bytes": r.memory_bytes,
+                     "load_seconds": r.load_seconds, "last_used_at": r.last_used_at}
+                )
+    data = []
+    for spec in catalog.models:
+        places = where[spec.name]
+        states = {p["state"] for p in places}
+        state = "resident" if "resident" in states else "loading" if "loading" in states else "cold"
+        data.append(
+            {
+                "name": spec.name,
+                "task": spec.task,
+                "bfl_endpoints": spec.bfl_endpoints,
+                "default_steps": spec.default_steps,
+                "max_steps": spec.max_steps,
+                "supports_image_input": spec.supports_image_input,
+                "state": state,
+                "workers": [p for p in places if p["state"] != "cold"],
+                "load_seconds": max((p["load_seconds"] for p in places if p.get("load_seconds") is not None), default=None),
+                "memory_bytes": max((p["memory_bytes"] for p in places if p["state"] != "cold"), default=0),
+            }
+        )
+    out: dict[str, Any] = {"data": data}
+    if usage is not None:
+        out["memory"] = usage
+    return out

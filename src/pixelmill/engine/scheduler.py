@@ -1,0 +1,404 @@
+"""The scheduler: which runnable node run a free worker runs next.
+
+The queues (embedded threads, Celery over Redis) only carry wake-ups: one
+message per runnable node run.  Whoever receives a message does not run *that*
+node run; it asks :meth:`Scheduler.pick` for the next one of the same queue
+(``model.<name>`` or ``default``) and runs that.  The decision is made in the
+database, so it is the same in one process and across many workers:
+
+1. **Expired work goes first, out.**  A queued run of an execution whose
+   start-by time passed (and that never started) fails as ``expired``; one
+   whose run deadline passed fails as ``deadline_exceeded``.  Both release
+   the credit hold (a refund).
+2. **Plan priority** (``Plan.priority``): work of a higher-priority plan runs
+   before any of a lower one.
+3. **Weighted fair share between accounts** (``Plan.weight``): among accounts
+   of one plan priority, the one that used the least run time over the last
+   ``window_s`` seconds, divided by its weight, goes next (least attained
+   service, the practical form of weighted fair queueing for work whose size
+   is only known once it ran).  A running node counts at least the typical
+   node run time, so several workers do not all pick the same account.
+4. **Request priority, then age, inside an account**: an account's own work
+   runs in ``executions.priority`` order (higher first), then oldest first.
+
+Picking marks the run ``picked_at`` with a compare-and-set, a lease of
+``pick_lease_s`` until the worker's runner claims it, so two workers never
+pick the same run; a picker that dies before claiming loses its lease.
+
+A message therefore never pins a node run: the number of messages equals the
+number of runnable runs (plus harmless duplicates), and each delivery runs at
+most one.  When the pick finds nothing (every run is taken), the delivery
+falls back to its own node run, which keeps at-least-once redelivery intact:
+a duplicate of a finished run is a no-op, a run still running elsewhere is
+retried later (``NodeBusy``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from pixelmill.accounts.plans import Plan
+from pixelmill.domain.status import ExecutionStatus, NodeStatus
+from pixelmill.engine.lifecycle import Lifecycle, NodeTask
+from pixelmill.errors import InvalidInput
+from pixelmill.store.db import Database
+from pixelmill.store.tables import accounts, executions, node_runs
+
+log = logging.getLogger("pixelmill.scheduler")
+
+ACTIVE = [ExecutionStatus.QUEUED.value, ExecutionStatus.RUNNING.value]
+DEFAULT_TYPICAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class RequestScheduling:
+    """What a client may ask of the scheduler for one request."""
+
+    priority: int | None = None
+    start_within_s: float | None = None  # not started within this many seconds: expired
+    cancel_after_s: float | None = None  # not finished within this many seconds: stopped
+
+
+PRIORITY_HEADER = "pixelmill-priority"
+START_WITHIN_HEADER = "pixelmill-start-within"
+CANCEL_AFTER_HEADER = "pixelmill-cancel-after"
+SCHEDULING_HEADERS = (PRIORITY_HEADER, START_WITHIN_HEADER, CANCEL_AFTER_HEADER)
+
+request_scheduling: ContextVar[dict[str, str] | None] = ContextVar("pixelmill_request_scheduling", default=None)
+"""The scheduling headers of the HTTP request being served (set by the HTTP layer,
+parsed by the submit path so a bad value is a 422 in the dialect's own shape)."""
+
+
+def requested_scheduling() -> RequestScheduling | None:
+    """What the current request's headers ask for (:data:`request_scheduling`); None without any."""
+    raw = request_scheduling.get()
+    return parse_scheduling_headers(raw.get) if raw else None
+MAX_DEADLINE_S = 7 * 24 * 3600
+
+
+def parse_scheduling_headers(get: Callable[[str], str | None]) -> RequestScheduling | None:
+    """The scheduling a request's headers ask for (``get`` reads one header); None if none.
+
+    Raises :class:`InvalidInput` (422) naming the header for a malformed value.
+    """
+    raw = {name: get(name) for name in SCHEDULING_HEADERS}
+    if not any(v is not None for v in raw.values()):
+        return None
+    values: dict[str, float | int | None] = {}
+    for name, value in raw.items():
+        if value is None:
+            values[name] = None
+            continue
+        try:
+            number = int(value) if name == PRIORITY_HEADER else float(value)
+        except ValueError:
+            kind = "an integer" if name == PRIORITY_HEADER else "a number of seconds"
+            raise InvalidInput(f"header {name} must be {kind}; got {value!r}", code="invalid_scheduling_header", header=name) from None
+        if name != PRIORITY_HEADER and not (0 < number <= MAX_DEADLINE_S and math.isfinite(number)):
+            raise InvalidInput(
+                f"header {name} must be between 0 and {MAX_DEADLINE_S} seconds; got {value!r}", code="invalid_scheduling_header", header=name
+            )
+        values[name] = number
+    return RequestScheduling(values[PRIORITY_HEADER], values[START_WITHIN_HEADER], values[CANCEL_AFTER_HEADER])  # type: ignore[arg-type]
+
+
+@dataclass
+class _Head:
+    run_id: str
+    execution_id: str
+    account_id: str
+    plan: str
+    queued_at: float
+    params: dict
+
+
+@dataclass
+class _Usage:
+    seconds: float = 0.0
+    running: int = 0
+
+
+class Scheduler:
+    """Fair, priority- and deadline-aware choice of the next node run of a queue."""
+
+    def __init__(
+        self,
+        db: Database,
+        lifecycle: Lifecycle,
+        plans: Mapping[str, Plan],
+        default_plan: str = "free",
+        window_s: float = 300.0,
+        pick_lease_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.db = db
+        self.lifecycle = lifecycle
+        self.plans = plans
+        self.default_plan = default_plan
+        self.window_s = window_s
+        self.pick_lease_s = pick_lease_s
+        self.clock = clock
+        self._typical: tuple[float, float] | None = None  # (measured at, seconds)
+        self._typical_lock = threading.Lock()
+
+    # --- policy -----------------------------------------------------------
+    def plan(self, name: str | None) -> Plan:
+        return self.plans.get(name or "") or self.plans.get(self.default_plan) or Plan(name=self.default_plan)
+
+    def check_priority(self, plan_name: str, priority: int) -> int:
+        """``priority`` if the plan allows it; else a 422 naming the allowed range."""
+        plan = self.plan(plan_name)
+        if not plan.min_request_priority <= priority <= plan.max_request_priority:
+            raise InvalidInput(
+                f"priority {priority} is outside the {plan.name} plan's range "
+                f"{plan.min_request_priority}..{plan.max_request_priority}",
+                code="priority_out_of_range",
+                min_priority=plan.min_request_priority,
+                max_priority=plan.max_request_priority,
+            )
+        return priority
+
+    # --- picking ----------------------------------------------------------
+    def pick(self, queue: str) -> NodeTask | None:
+        """Choose and lease the next node run of ``queue``; None when nothing is waiting."""
+        now = self.clock()
+        self.expire(queue, now)
+        with self.db.engine.connect() as conn:
+            heads = self._heads(conn, queue, now)
+            if not heads:
+                return None
+            usage = self._usage(conn, {h.account_id for h in heads}, now)
+            typical = self.typical_seconds(conn)
+        order = sorted(heads, key=lambda h: self._key(h, usage.get(h.account_id), typical))
+        for head in order:
+            if self._lease(head.run_id, now):
+                return NodeTask(head.run_id, head.execution_id, queue)
+        return None  # every head was leased by another worker meanwhile
+
+    def _key(self, head: _Head, usage: _Usage | None, typical: float) -> tuple:
+        plan = self.plan(head.plan)
+        return (-plan.priority, self._normalised(usage, typical) / plan.weight, head.queued_at, head.run_id)
+
+    @staticmethod
+    def _normalised(usage: _Usage | None, typical: float) -> float:
+        if usage is None:
+            return 0.0
+        return max(usage.seconds, 0.0) + usage.running * typical
+
+    def _waiting(self, queue: str, now: float):
+        lease_cutoff = now - self.pick_lease_s
+        return (
+            sa.select(
+                node_runs.c.id,
+                node_runs.c.execution_id,
+                node_runs.c.queued_at,
+                node_runs.c.params,
+                executions.c.account_id,
+                executions.c.priority,
+                accounts.c.plan,
+            )
+            .join(executions, executions.c.id == node_runs.c.execution_id)
+            .join(accounts, accounts.c.id == executions.c.account_id)
+            .where(
+                node_runs.c.queue == queue,
+                node_runs.c.status == NodeStatus.QUEUED,
+                sa.or_(node_runs.c.picked_at.is_(None), node_runs.c.picked_at < lease_cutoff),
+                executions.c.status.in_(ACTIVE),
+                executions.c.cancel_requested.is_(False),
+            )
+        )
+
+    def _heads(self, conn: Connection, queue: str, now: float) -> list[_Head]:
+        """The first waiting run of each account (request priority, then age)."""
+        waiting = self._waiting(queue, now).add_columns(
+            sa.func.row_number()
+            .over(
+                partition_by=executions.c.account_id,
+                order_by=(executions.c.priority.desc(), node_runs.c.queued_at, node_runs.c.id),
+            )
+            .label("rank")
+        ).subquery()
+        rows = conn.execute(sa.select(waiting).where(waiting.c.rank == 1)).all()
+        return [_Head(r.id, r.execution_id, r.account_id, r.plan, r.queued_at or 0.0, r.params or {}) for r in rows]
+
+    def _usage(self, conn: Connection, account_ids: set[str], now: float) -> dict[str, _Usage]:
+        """Run time each account used in the window (running runs count their time so far) and its running runs."""
+        since = now - self.window_s
+        running = sa.case((node_runs.c.status == NodeStatus.RUNNING, 1), else_=0)
+        rows = conn.execute(
+            sa.select(
+                executions.c.account_id,
+                sa.func.sum(sa.func.coalesce(node_runs.c.finished_at, now) - sa.func.max(node_runs.c.started_at, since)).label("seconds")
+                if self.db.engine.dialect.name == "sqlite"
+                else sa.func.sum(sa.func.coalesce(node_runs.c.finished_at, now) - sa.func.greatest(node_runs.c.started_at, since)).label("seconds"),
+                sa.func.sum(running).label("running"),
+            )
+            .join(executions, executions.c.id == node_runs.c.execution_id)
+            .where(
+                executions.c.account_id.in_(sorted(account_ids)),
+                sa.or_(node_runs.c.started_at >= since, node_runs.c.status == NodeStatus.RUNNING),
+                node_runs.c.started_at.is_not(None),
+                node_runs.c.cached.is_(False),
+            )
+            .group_by(executions.c.account_id)
+        ).all()
+        return {r.account_id: _Usage(float(r.seconds or 0.0), int(r.running or 0)) for r in rows}
+
+    def typical_seconds(self, conn: Connection) -> float:
+        """The recent mean node run time (cached for a few seconds); 1 s before anything ran."""
+        now = time.monotonic()
+        with self._typical_lock:
+            if self._typical is not None and now - self._typical[0] < 5.0:
+                return self._typical[1]
+        from pixelmill.engine.estimates import recent_node_seconds
+
+        value = recent_node_seconds(conn) or DEFAULT_TYPICAL_S
+        with self._typical_lock:
+            self._typical = (now, max(value, 1e-3))
+        return self._typical[1]
+
+    def _lease(self, run_id: str, now: float) -> bool:
+        with self.db.transaction() as conn:
+            result = conn.execute(
+                sa.update(node_runs)
+                .where(
+                    node_runs.c.id == run_id,
+                    node_runs.c.status == NodeStatus.QUEUED,
+                    sa.or_(node_runs.c.picked_at.is_(None), node_runs.c.picked_at < now - self.pick_lease_s),
+                )
+                .values(picked_at=now)
+            )
+            return result.rowcount == 1
+
+    def leased_elsewhere(self, run_id: str) -> bool:
+        """True while ``run_id`` waits under another worker's pick lease (that worker will run it)."""
+        with self.db.engine.connect() as conn:
+            row = conn.execute(sa.select(node_runs.c.status, node_runs.c.picked_at).where(node_runs.c.id == run_id)).first()
+        return bool(
+            row is not None and row.status == NodeStatus.QUEUED and row.picked_at is not None and row.picked_at >= self.clock() - self.pick_lease_s
+        )
+
+    # --- deadlines --------------------------------------------------------
+    def expire(self, queue: str | None = None, now: float | None = None) -> int:
+        """Fail queued work past its start-by or run deadline (refunding it); returns how many executions."""
+        now = self.clock() if now is None else now
+        late = sa.or_(
+            sa.and_(executions.c.start_by.is_not(None), executions.c.start_by < now, executions.c.status == ExecutionStatus.QUEUED),
+            sa.and_(executions.c.deadline_at.is_not(None), executions.c.deadline_at < now),
+        )
+        q = (
+            sa.select(executions.c.id, executions.c.status, executions.c.start_by, executions.c.deadline_at)
+            .join(node_runs, node_runs.c.execution_id == executions.c.id)
+            .where(node_runs.c.status == NodeStatus.QUEUED, executions.c.status.in_(ACTIVE), late)
+            .distinct()
+        )
+        if queue is not None:
+            q = q.where(node_runs.c.queue == queue)
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(q).all()
+        done = 0
+        for row in rows:
+            started = row.status != ExecutionStatus.QUEUED
+            expired = not started and row.start_by is not None and row.start_by < now
+            with self.db.transaction() as conn:
+                if expired:
+                    ok = self.lifecycle.finish_execution(
+                        conn, row.id, ExecutionStatus.FAILED, "expired", "The task did not start before its start-by time; nothing was charged"
+                    )
+                else:
+                    ok = self.lifecycle.finish_execution(
+                        conn, row.id, ExecutionStatus.FAILED, "deadline_exceeded", "The task did not finish before its run deadline; nothing was charged"
+                    )
+            done += int(ok)
+        return done
+
+    # --- queue position ---------------------------------------------------
+    def position(self, conn: Connection, execution_id: str) -> int | None:
+        """How many waiting node runs the scheduler will start before this execution's next one.
+
+        Follows :meth:`pick`'s order: every waiting run of a higher plan
+        priority, the account's own runs ahead of it, and of each other
+        account of the same plan priority as many runs as it gets before this
+        account's turn comes, given both accounts' recent use and weights (each
+        pick adds the typical run time to the picked account's use).  It moves
+        with the queue, not with the clock.  None when nothing of it waits.
+        """
+        now = self.clock()
+        mine = conn.execute(
+            sa.select(node_runs.c.id, node_runs.c.queue, node_runs.c.queued_at, executions.c.account_id, executions.c.priority, accounts.c.plan)
+            .join(executions, executions.c.id == node_runs.c.execution_id)
+            .join(accounts, accounts.c.id == executions.c.account_id)
+            .where(node_runs.c.execution_id == execution_id, node_runs.c.status == NodeStatus.QUEUED)
+            .order_by(node_runs.c.queued_at)
+            .limit(1)
+        ).first()
+        if mine is None:
+            return None
+        waiting = self._waiting(mine.queue, now).subquery()
+        per_account = conn.execute(
+            sa.select(waiting.c.account_id, waiting.c.plan, sa.func.count().label("n"), sa.func.min(waiting.c.queued_at).label("oldest"))
+            .group_by(waiting.c.account_id, waiting.c.plan)
+        ).all()
+        own_ahead = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(waiting)
+            .where(
+                waiting.c.account_id == mine.account_id,
+                sa.or_(
+                    waiting.c.priority > mine.priority,
+                    sa.and_(
+                        waiting.c.priority == mine.priority,
+                        sa.or_(waiting.c.queued_at < mine.queued_at, sa.and_(waiting.c.queued_at == mine.queued_at, waiting.c.id < mine.id)),
+                    ),
+                ),
+            )
+        ).scalar_one()
+        usage = self._usage(conn, {r.account_id for r in per_account} | {mine.account_id}, now)
+        typical = self.typical_seconds(conn)
+        my_plan = self.plan(mine.plan)
+        my_turn = (self._normalised(usage.get(mine.account_id), typical) + own_ahead * typical) / my_plan.weight
+        ahead = int(own_ahead)
+        for r in per_account:
+            if r.account_id == mine.account_id:
+                continue
+            plan = self.plan(r.plan)
+            if plan.priority != my_plan.priority:
+                ahead += int(r.n) if plan.priority > my_plan.priority else 0
+                continue
+            # picks j = 0, 1, ... of this account come first while (u + j*typical) / w < my_turn;
+            # on a tie the older waiting run goes first
+            used = self._normalised(usage.get(r.account_id), typical)
+            x = (my_turn * plan.weight - used) / typical
+            picks = math.ceil(x) if x > 0 else 0
+            if x > -1e-9 and abs(x - round(x)) < 1e-9 and (r.oldest or 0.0) < (mine.queued_at or 0.0):
+                picks = round(x) + 1
+            ahead += max(0, min(int(r.n), picks))
+        return ahead
+
+
+class FairDispatch:
+    """The queue handler: a delivered task wakes a worker, the scheduler says what it runs."""
+
+    def __init__(self, scheduler: Scheduler, run: Callable[[NodeTask], None]):
+        self.scheduler = scheduler
+        self.run = run
+
+    def __call__(self, task: NodeTask) -> None:
+        try:
+            chosen = self.scheduler.pick(task.queue or "default")
+        except Exception:  # the pick failed (database hiccup): run the delivered task as it is
+            log.warning("fair pick failed for queue %s; running the delivered node run", task.queue, exc_info=True)
+            chosen = None
+        if chosen is None and self.scheduler.leased_elsewhere(task.node_run_id):
+            return  # another worker picked the delivered run and is about to claim it
+        self.run(chosen or task)
