@@ -68,7 +68,7 @@ _NOT_REPLAYED = frozenset(
         "x-ratelimit-reset", "idempotent-replayed",
     }
 )
-_INTERNAL_ERROR_BODY = b'{"detail":"Internal server error","error":{"code":"internal_error","message":"Internal server error"}}'
+_INTERNAL_ERROR_BODY = b'{"detail":"Internal server error","message":"Internal server error","error":{"code":"internal_error","message":"Internal server error"}}'
 
 
 def presented_key(headers: Headers) -> str | None:

@@ -87,8 +87,9 @@ def prepare(graph: dict[str, Any], registry: NodeRegistry, services: NodeService
             for err in e.errors():
                 problem(node_id, err["msg"], ["params", *err["loc"]])
         if params is not None:
-            for msg in ntype.check(params, services):
-                problem(node_id, msg, ["params"])
+            for found in ntype.check(params, services):
+                field, msg = found if isinstance(found, tuple) else (None, found)
+                problem(node_id, msg, ["params", field] if field else ["params"])
         links: dict[str, tuple[str, str]] = {}
         for name, link in (spec.get("inputs") or {}).items():
             if name not in ntype.inputs:

@@ -17,16 +17,28 @@ Weights are found in one of three places:
 
 A local weights folder may hold a ``pixelmill.json`` with recommended
 ``default_steps``, ``default_guidance``, ``max_steps``, ``default_true_cfg`` and
-``max_sequence_length``; they are used for every such field the catalog entry
-leaves out.
+``max_sequence_length``, and the sizes the model can make: ``max_megapixels``,
+``min_size``/``max_size`` (shortest and longest side) and ``size_multiple``;
+they are used for every such field the catalog entry leaves out.
+
+Sizes belong to the model: every dialect asks :meth:`ModelSpec.size_limits` what
+a model can make.  Aspect-ratio requests (FLUX1.1 [pro] Ultra, Kontext) get the
+vendor's size when the model can make it, else the largest size of that shape
+it can; an explicit size the model cannot make is refused naming the field.
+
+``aliases`` lets vendor model ids (``flux-1.1-pro``, ``gpt-image-1`` ...) name a
+catalog model: :meth:`ModelCatalog.resolve` looks a name up by model name first,
+then by alias.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tomllib
+from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 from importlib import resources
 from pathlib import Path
@@ -37,7 +49,71 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 BUILTIN_PREFIX = "builtin:"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SIDECAR_FILE = "pixelmill.json"
-_SIDECAR_KEYS = ("default_steps", "default_guidance", "max_steps", "default_true_cfg", "max_sequence_length")
+_SIDECAR_KEYS = (
+    "default_steps", "default_guidance", "max_steps", "default_true_cfg", "max_sequence_length",
+    "max_megapixels", "min_side", "max_side", "size_multiple",
+)
+#: other names a weights folder's pixelmill.json may use for a key
+_SIDECAR_ALIASES = {"min_side": "min_size", "max_side": "max_size"}
+MEGAPIXEL = 1 << 20
+"""Pixels in one megapixel as used for size limits (4 MP = 2048x2048), as BFL counts them."""
+
+
+AREA_SLACK = 1.02
+"""Sizes whose sides are rounded to the nearest multiple of 64 overshoot their area by
+up to about 1 % (BFL's 4 MP Ultra 16:9 is 2752x1536, 4.03 MP): such a size still counts
+as within a model's ``max_megapixels``."""
+
+
+@dataclass(frozen=True)
+class SizeLimits:
+    """The output sizes a model can make."""
+
+    min_side: int = 64
+    max_side: int = 4096
+    max_pixels: int = 4 * MEGAPIXEL
+    multiple: int = 16
+
+    @property
+    def max_megapixels(self) -> float:
+        return self.max_pixels / MEGAPIXEL
+
+    def problems(self, width: int, height: int) -> list[tuple[str | None, str]]:
+        """What is wrong with ``width`` x ``height`` for this model: ``(field, message)``
+        pairs, field ``"width"``/``"height"`` or None for the area; empty when it can be made."""
+        out: list[tuple[str | None, str]] = []
+        for name, value in (("width", width), ("height", height)):
+            if value < self.min_side:
+                out.append((name, f"{name} {value} is less than {self.min_side}, the smallest side this model makes"))
+            elif value > self.max_side:
+                out.append((name, f"{name} {value} is more than {self.max_side}, the largest side this model makes"))
+            elif value % self.multiple:
+                out.append((name, f"{name} {value} must be a multiple of {self.multiple} for this model"))
+        if width * height > self.max_pixels * AREA_SLACK:
+            out.append((None, f"width x height {width}x{height} is {width * height / MEGAPIXEL:.2f} megapixels, more than "
+                              f"the {self.max_megapixels:g} megapixels this model makes"))
+        return out
+
+    def fits(self, width: int, height: int) -> bool:
+        return not self.problems(width, height)
+
+    def fit(self, width: int, height: int) -> tuple[int, int]:
+        """The largest size with ``width:height``'s shape that this model makes (sides
+        multiples of ``multiple``, rounded down; ``width`` x ``height`` itself if it fits)."""
+        if self.fits(width, height):
+            return width, height
+        scale = min(1.0, self.max_side / max(width, height), math.sqrt(self.max_pixels / (width * height)))
+        if min(width, height) * scale < self.min_side:  # too small (or a sliver): the short side at its minimum
+            scale = self.min_side / min(width, height)
+        m = self.multiple
+        w, h = (max(self.min_side, int(v * scale) // m * m) for v in (width, height))
+        w, h = min(w, self.max_side // m * m), min(h, self.max_side // m * m)
+        while w * h > self.max_pixels and max(w, h) > self.min_side:  # rounding kept it a little over
+            if w >= h:
+                w -= m
+            else:
+                h -= m
+        return w, h
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -69,6 +145,15 @@ class ModelSpec(BaseModel):
     max_sequence_length: int | None = Field(default=None, ge=1, le=512)
     supports_image_input: bool = False
     bfl_endpoints: list[str] = []
+    #: other names clients may use for this model (vendor ids: "flux-1.1-pro", "gpt-image-1" ...)
+    aliases: list[str] = []
+    #: largest output, in megapixels of 2**20 pixels (4 = 2048x2048)
+    max_megapixels: float = Field(default=4.0, gt=0, le=64)
+    #: shortest and longest side, in pixels
+    min_side: int = Field(default=64, ge=16)
+    max_side: int = Field(default=4096, ge=64, le=16384)
+    #: every side a multiple of this
+    size_multiple: int = Field(default=16, ge=1, le=256)
 
     @field_validator("name")
     @classmethod
@@ -80,15 +165,16 @@ class ModelSpec(BaseModel):
             )
         return value
 
-    @field_validator("bfl_endpoints")
+    @field_validator("bfl_endpoints", "aliases")
     @classmethod
-    def _check_endpoints(cls, value: list[str]) -> list[str]:
+    def _check_endpoints(cls, value: list[str], info) -> list[str]:
+        what = "BFL endpoint" if info.field_name == "bfl_endpoints" else "alias"
         seen: set[str] = set()
         for endpoint in value:
             if not _NAME_RE.match(endpoint):
-                raise ValueError(f"invalid BFL endpoint name {endpoint!r}")
+                raise ValueError(f"invalid {what} name {endpoint!r}")
             if endpoint in seen:
-                raise ValueError(f"BFL endpoint {endpoint!r} listed twice")
+                raise ValueError(f"{what} {endpoint!r} listed twice")
             seen.add(endpoint)
         return value
 
@@ -112,6 +198,8 @@ class ModelSpec(BaseModel):
             raise ValueError(
                 f"model {self.name!r}: default_steps ({self.default_steps}) exceeds max_steps ({self.max_steps})"
             )
+        if self.min_side > self.max_side:
+            raise ValueError(f"model {self.name!r}: min_side ({self.min_side}) exceeds max_side ({self.max_side})")
         if self.task == "image-to-image" and not self.supports_image_input:
             raise ValueError(f"model {self.name!r}: an image-to-image model must set supports_image_input = true")
         return self
@@ -127,6 +215,15 @@ class ModelSpec(BaseModel):
             return str(_local_folder(self.path))
         assert self.repo_id is not None
         return self.repo_id
+
+    def size_limits(self) -> SizeLimits:
+        """The output sizes this model makes (catalog entry, else its folder's pixelmill.json, else defaults)."""
+        return SizeLimits(
+            min_side=self.min_side,
+            max_side=self.max_side,
+            max_pixels=int(self.max_megapixels * MEGAPIXEL),
+            multiple=self.size_multiple,
+        )
 
     def megapixels(self, width: int, height: int, num_images: int = 1) -> float:
         """Output megapixels (10^6 pixels) of a request."""
@@ -151,16 +248,24 @@ class ModelCatalog(BaseModel):
     def _check_unique(self) -> "ModelCatalog":
         names: set[str] = set()
         endpoints: dict[str, str] = {}
+        aliases: dict[str, str] = {}
         for spec in self.models:
             if spec.name in names:
                 raise ValueError(f"model name {spec.name!r} is used twice")
             names.add(spec.name)
+            for alias in spec.aliases:
+                if alias in aliases:
+                    raise ValueError(f"alias {alias!r} is given to both {aliases[alias]!r} and {spec.name!r}")
+                aliases[alias] = spec.name
             for endpoint in spec.bfl_endpoints:
                 if endpoint in endpoints:
                     raise ValueError(
                         f"BFL endpoint {endpoint!r} is mapped to both {endpoints[endpoint]!r} and {spec.name!r}"
                     )
                 endpoints[endpoint] = spec.name
+        clash = sorted(set(aliases) & names)
+        if clash:
+            raise ValueError(f"alias {clash[0]!r} is also a model's name; an alias must name no other model")
         return self
 
     def get(self, name: str) -> ModelSpec:
@@ -169,6 +274,21 @@ class ModelCatalog(BaseModel):
             if spec.name == name:
                 return spec
         raise KeyError(f"unknown model {name!r}; this catalog has: {', '.join(self.names()) or '(none)'}")
+
+    def resolve(self, name: str) -> ModelSpec | None:
+        """The model a client means by ``name``: a model name, else an alias, else the
+        model serving the BFL endpoint of that name; None if none."""
+        for spec in self.models:
+            if spec.name == name:
+                return spec
+        for spec in self.models:
+            if name in spec.aliases:
+                return spec
+        return self.for_bfl_endpoint(name)
+
+    def aliases(self) -> dict[str, str]:
+        """Every alias, mapped to its model's name."""
+        return {alias: spec.name for spec in self.models for alias in spec.aliases}
 
     def __contains__(self, name: object) -> bool:
         return any(spec.name == name for spec in self.models)
@@ -259,7 +379,7 @@ def _read_sidecar(file: Path) -> dict[str, Any]:
         return {}
     out: dict[str, Any] = {}
     for key in _SIDECAR_KEYS:
-        short = key.removeprefix("default_")
+        short = _SIDECAR_ALIASES.get(key, key.removeprefix("default_"))
         value = data.get(key, data.get(short))
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             out[key] = value

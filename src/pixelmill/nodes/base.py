@@ -56,8 +56,9 @@ class NodeType(ABC):
     def output_sizes(self, params: NodeParams, input_sizes: dict[str, list[tuple[int, int]]]) -> list[tuple[int, int]]:
         """Estimated (width, height) of each output image, used for pricing downstream."""
 
-    def check(self, params: NodeParams, services: NodeServices) -> list[str]:
-        """Problems that depend on configuration (e.g. an unknown model).  Empty when fine."""
+    def check(self, params: NodeParams, services: NodeServices) -> list[str | tuple[str, str]]:
+        """Problems that depend on configuration (e.g. an unknown model): messages, or
+        ``(param name, message)`` pairs for a problem with one parameter.  Empty when fine."""
         return []
 
     def check_inputs(self, params: NodeParams, services: NodeServices, connected: set[str]) -> dict[str, str]:

@@ -21,8 +21,9 @@ class TextToImageParams(NodeParams):
     model: str
     prompt: str = Field(default="", max_length=4000)
     negative_prompt: str | None = Field(default=None, max_length=4000)
-    width: int = Field(default=1024, ge=64, le=2048)
-    height: int = Field(default=768, ge=64, le=2048)
+    #: the model decides the sizes it makes (its catalog entry / weights folder); these are outer bounds
+    width: int = Field(default=1024, ge=16, le=8192)
+    height: int = Field(default=768, ge=16, le=8192)
     steps: int | None = Field(default=None, ge=1, le=100)
     guidance: float | None = Field(default=None, ge=0.0, le=100.0)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
@@ -56,9 +57,10 @@ class TextToImage(NodeType):
             spec = services.catalog.get(params.model)
         except KeyError:
             return [f"unknown model {params.model!r}; configured: {', '.join(services.catalog.names())}"]
-        problems = []
+        problems: list = []
         if params.steps is not None and params.steps > spec.max_steps:
-            problems.append(f"steps must be at most {spec.max_steps} for {spec.name}")
+            problems.append(("steps", f"steps must be at most {spec.max_steps} for {spec.name}"))
+        problems += [(field or "width", msg) for field, msg in spec.size_limits().problems(params.width, params.height)]
         return problems
 
     def check_inputs(self, params: TextToImageParams, services: NodeServices, connected: set[str]) -> dict[str, str]:

@@ -6,8 +6,12 @@ in a generic ``params`` object; the keys are the same whichever name is used.
 A submission answers 202 ``{jobId, status: "QUEUED"}`` with a ``Location``
 header; the job is polled (or delivered to ``webhook_url``) in the shape of
 :mod:`pixelmill.presenters.apiframe`.  Errors use the service's common body
-``{"detail", "error": {"code", "message", ...}}``; validation errors are 422 and
-name the offending field in ``error.param``.
+``{"detail", "message", "error": {"code", "message", ...}}``; validation errors are
+422, list every problem at once in ``error.problems`` (``{param, message}``) and
+name the first offending field in ``error.param``.  ``model`` is a catalog model
+name, an alias (``flux-1.1-pro`` ...) or a BFL endpoint name.  ``Prefer: wait[=N]``
+holds the request until the job is finished (or N seconds) and answers with the
+job as ``GET /v2/jobs/{id}`` shows it (200 when finished, 202 otherwise).
 
 ``image_prompt`` (an http(s) URL, data URL or base64 image) makes the job
 image-to-image on models that take input images; ``image_prompt_strength``
@@ -26,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pixelmill.accounts.keys import Principal
 from pixelmill.api.deps import json_body, principal
 from pixelmill.api.files import signed_url
+from pixelmill.api.wait import applied_header, requested_wait, wait_terminal
 from pixelmill.engine.graph import GraphProblems
 from pixelmill.engine.service import Submission
 from pixelmill.errors import InvalidInput, NotFound
@@ -54,8 +59,9 @@ class ModelParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    width: int | None = Field(default=None, ge=64, le=2048, multiple_of=16)
-    height: int | None = Field(default=None, ge=64, le=2048, multiple_of=16)
+    #: the model decides which sizes it makes (catalog / weights folder); these are outer bounds
+    width: int | None = Field(default=None, ge=16, le=8192, multiple_of=16)
+    height: int | None = Field(default=None, ge=16, le=8192, multiple_of=16)
     aspect_ratio: Literal[tuple(ASPECT_RATIOS)] | None = None  # type: ignore[valid-type]
     steps: int | None = Field(default=None, ge=1, le=100)
     guidance: float | None = Field(default=None, ge=0.0, le=100.0)
@@ -145,17 +151,37 @@ def _invalid(message: str, param: str | None, code: str = "invalid_request", **d
     return InvalidInput(message, code=code, param=param, **details)
 
 
-def _from_validation_error(e: ValidationError) -> InvalidInput:
-    errors = e.errors()
-    first = errors[0]
-    param = ".".join(str(p) for p in first["loc"]) or None
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "missing":
+def _problem(err: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic error as ``{"param", "message"}`` (``param`` dotted: ``params.width``)."""
+    param = ".".join(str(p) for p in err["loc"]) or None
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
         msg = "this field is required"
-    elif first["type"] == "extra_forbidden":
+    elif err["type"] == "extra_forbidden":
         msg = "unknown field"
-    problems = [{"param": ".".join(str(p) for p in err["loc"]) or None, "message": err["msg"].removeprefix("Value error, ")} for err in errors]
-    return _invalid(f"{param}: {msg}" if param else msg, param, problems=problems)
+    return {"param": param, "message": msg}
+
+
+def _all_problems(problems: list[dict[str, Any]], code: str = "invalid_request", **details: Any) -> InvalidInput:
+    """One 422 listing every problem: ``message`` names each (``params.width: ...; model: ...``),
+    ``param`` is the first one's, ``problems`` holds them all."""
+    message = "; ".join(f"{p['param']}: {p['message']}" if p["param"] else p["message"] for p in problems)
+    return _invalid(message, problems[0]["param"], code=code, problems=problems, **details)
+
+
+def _from_validation_error(e: ValidationError) -> InvalidInput:
+    return _all_problems([_problem(err) for err in e.errors()])
+
+
+def _unknown_model(rt, name: Any) -> dict[str, Any] | None:
+    if not isinstance(name, str) or not name or rt.catalog.resolve(name) is not None:
+        return None
+    aliases = sorted(rt.catalog.aliases())
+    return {
+        "param": "model",
+        "message": f"Unknown model {name!r}; models on this server: {', '.join(rt.catalog.names())}"
+        + (f" (also known as: {', '.join(aliases)})" if aliases else ""),
+    }
 
 
 @router.post("/images/generate", status_code=202)
@@ -166,30 +192,41 @@ async def generate(request: Request, who: Principal = Depends(principal)):
         raise _invalid("The body must be a JSON object", None)
     try:
         req = GenerateRequest.model_validate(body)
-    except ValidationError as e:
-        raise _from_validation_error(e) from None
-    if req.model not in rt.catalog:
-        raise _invalid(
-            f"Unknown model {req.model!r}; models on this server: {', '.join(rt.catalog.names())}",
-            "model",
-            code="unknown_model",
-            models=rt.catalog.names(),
-        )
+    except ValidationError as e:  # every problem at once, the model name among them
+        problems = [_problem(err) for err in e.errors()]
+        unknown = _unknown_model(rt, body.get("model"))
+        if unknown is not None and not any(p["param"] == "model" for p in problems):
+            problems.append(unknown)
+        raise _all_problems(problems) from None
+    problems = []
+    unknown = _unknown_model(rt, req.model)
+    spec = rt.catalog.resolve(req.model)
+    if unknown is not None:
+        problems.append(unknown)
     width, height = req.params.size()
     output_format = "jpeg" if req.params.output_format == "jpg" else req.params.output_format
     reference = req.params.image_prompt
-    if reference is not None and not rt.catalog.get(req.model).supports_image_input:
-        takes = [n for n in rt.catalog.names() if rt.catalog.get(n).supports_image_input]
-        raise _invalid(
-            f"params.image_prompt: model {req.model!r} does not take reference images"
-            + (f"; models that do: {', '.join(takes)}" if takes else ""),
-            "params.image_prompt",
-            code="image_input_not_supported",
-        )
+    if spec is not None:
+        if req.params.width is None:  # an aspect ratio: the largest of that shape the model makes, up to about 1 MP
+            width, height = spec.size_limits().fit(width, height)
+        for field, msg in spec.size_limits().problems(width, height):
+            problems.append({"param": f"params.{field}" if field else "params", "message": msg})
+        if req.params.steps is not None and req.params.steps > spec.max_steps:
+            problems.append({"param": "params.steps", "message": f"steps must be at most {spec.max_steps} for {spec.name}"})
+        if reference is not None and not spec.supports_image_input:
+            takes = [n for n in rt.catalog.names() if rt.catalog.get(n).supports_image_input]
+            problems.append({
+                "param": "params.image_prompt",
+                "message": f"model {req.model!r} does not take reference images" + (f"; models that do: {', '.join(takes)}" if takes else ""),
+            })
+    if problems:
+        code = "unknown_model" if unknown is not None and len(problems) == 1 else "image_input_not_supported" if problems[0]["param"] == "params.image_prompt" and len(problems) == 1 else "invalid_request"
+        extra = {"models": rt.catalog.names()} if unknown is not None else {}
+        raise _all_problems(problems, code=code, **extra)
     node = {
         "type": "text_to_image",
         "params": {
-            "model": req.model,
+            "model": spec.name,
             "prompt": req.prompt,
             "negative_prompt": req.params.negative_prompt,
             "width": width,
@@ -219,13 +256,20 @@ async def generate(request: Request, who: Principal = Depends(principal)):
     try:
         view = await run_in_threadpool(rt.executions.submit, submission)
     except GraphProblems as e:
-        problem = (e.details.get("problems") or [{}])[0]
-        loc = [str(p) for p in problem.get("loc", []) if p != "params"]
-        first_word = str(problem.get("msg", "")).split(" ", 1)[0]
-        if not loc and first_word in ModelParams.model_fields:  # a model-level check names its field first
-            loc = [first_word]
-        param = "params." + ".".join(loc) if loc else None
-        raise _invalid(f"{param}: {problem.get('msg')}" if param else str(problem.get("msg")), param) from None
+        found = []
+        for problem in e.details.get("problems") or [{}]:
+            loc = [str(p) for p in problem.get("loc", []) if p != "params"]
+            first_word = str(problem.get("msg", "")).split(" ", 1)[0]
+            if not loc and first_word in ModelParams.model_fields:  # a model-level check names its field first
+                loc = [first_word]
+            found.append({"param": "params." + ".".join(loc) if loc else None, "message": str(problem.get("msg"))})
+        raise _all_problems(found) from None
+    wait_s = requested_wait(request.headers.get("prefer"), rt.settings.max_wait_s)
+    if wait_s is not None:  # Prefer: wait[=N]: hold until done or N s, answer with the job as polling would
+        (view,) = await wait_terminal(rt, who.account_id, [view], wait_s)
+        status = 200 if view.status.is_terminal() else 202
+        return JSONResponse(render_job(view, lambda f: signed_url(request, f)), status_code=status,
+                            headers={"Location": f"/v2/jobs/{view.id}", **applied_header(wait_s)})
     return JSONResponse(render_submitted(view), status_code=202, headers={"Location": f"/v2/jobs/{view.id}"})
 
 

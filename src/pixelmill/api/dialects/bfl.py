@@ -25,10 +25,12 @@ from pydantic import ValidationError
 
 from pixelmill.accounts.keys import Principal
 from pixelmill.api.deps import json_body, principal
+from pixelmill.api.errors import validation_message
 from pixelmill.api.dialects import bfl_schemas as schemas
 from pixelmill.api import wait
 from pixelmill.api.files import signed_url
 from pixelmill.api.wait import requested_wait
+from pixelmill.engine.graph import GraphProblems
 from pixelmill.engine.service import Submission
 from pixelmill.engine.views import ExecutionView
 from pixelmill.presenters.bfl import render_result as _render_result
@@ -39,7 +41,9 @@ from pixelmill.nodes.load_image import image_source
 router = APIRouter(tags=["BFL"])
 
 def _validation_error(err) -> JSONResponse:
-    return JSONResponse(schemas.validation_error_body(err), status_code=422)
+    """BFL's 422 (FastAPI's ``detail`` list) plus the top-level ``message`` BFL's SDK reads."""
+    body = schemas.validation_error_body(err)
+    return JSONResponse({**body, "message": validation_message(body["detail"])}, status_code=422)
 
 
 @router.get("/v1/get_result")
@@ -63,7 +67,7 @@ async def submit(endpoint: str, request: Request, who: Principal = Depends(princ
     rt = request.app.state.runtime
     if endpoint not in schemas.BFL_ENDPOINTS:
         raise NotFound(f"Unknown endpoint /v1/{endpoint}", code="unknown_endpoint")
-    spec = rt.catalog.for_bfl_endpoint(endpoint)
+    spec = rt.catalog.for_bfl_endpoint(endpoint) or rt.catalog.resolve(endpoint)
     if spec is None:
         raise NotFound(
             f"No model is configured for /v1/{endpoint} on this server; configured endpoints: "
@@ -75,7 +79,8 @@ async def submit(endpoint: str, request: Request, who: Principal = Depends(princ
         return _validation_error([{"type": "model_attributes_type", "loc": (), "msg": "Input should be a valid dictionary or object", "input": body}])
     try:
         req = schemas.validate_request(endpoint, body)
-        params = schemas.to_generation_params(endpoint, req)
+        limits = spec.size_limits()
+        params = schemas.to_generation_params(endpoint, req, limits=limits)
         decoded = {f: schemas.decode_base64_image(v, f, rt.settings.max_body_bytes) for f, v in _image_fields(req) if not schemas.is_url(v)}
         pictures = await run_in_threadpool(_inspect_images, decoded, rt.settings.max_image_pixels)
     except ValidationError as e:
@@ -98,9 +103,9 @@ async def submit(endpoint: str, request: Request, who: Principal = Depends(princ
         w, h = pictures[first_field].size
         if expand:
             w, h = w + margins["left"] + margins["right"], h + margins["top"] + margins["bottom"]
-        width, height = fit_size(w, h, multiple=32)
+        width, height = limits.fit(*fit_size(w, h, multiple=max(32, limits.multiple), max_side=limits.max_side))
     else:
-        width, height = 1024, 1024
+        width, height = limits.fit(1024, 1024)
     node = {
         "type": "text_to_image",
         "params": {
@@ -130,9 +135,8 @@ async def submit(endpoint: str, request: Request, who: Principal = Depends(princ
             node["inputs"] = {"image": ["padded", "images"], "mask": ["margins", "images"]}
             node["params"]["strength"] = 1.0
             nodes["generate"] = nodes.pop("generate")  # listed last
-    view = await run_in_threadpool(
-        rt.executions.submit,
-        Submission(
+    try:
+        view = await run_in_threadpool(rt.executions.submit, Submission(
             principal=who,
             graph={"nodes": nodes},
             dialect="bfl",
@@ -140,12 +144,26 @@ async def submit(endpoint: str, request: Request, who: Principal = Depends(princ
             request=req.model_dump(mode="json", exclude={"webhook_secret"}),
             webhook_url=params.webhook_url,
             webhook_secret=params.webhook_secret,
-        ),
-    )
+        ))
+    except GraphProblems as e:  # what the model cannot do, said about the request's own fields
+        return _validation_error(_request_problems(e, req))
     wait_s = requested_wait(request.headers.get("prefer"), rt.settings.max_wait_s)
     if wait_s is not None:  # Prefer: wait[=N]: hold until done or N s, answer like get_result
         return await wait.bfl_response(request, who.account_id, view, wait_s)
-    return render_submit(request, view, width * height / 1_000_000)
+    input_mp = sum(im.size[0] * im.size[1] for f, im in pictures.items() if f != "mask") / 1_000_000
+    return render_submit(request, view, width * height / 1_000_000, input_mp)
+
+
+def _request_problems(e: GraphProblems, req) -> list[dict[str, Any]]:
+    """Graph problems as BFL 422 items: ``loc`` is the request field they are about
+    (``["body", "width"]``), or the body; no internal node names."""
+    fields = type(req).model_fields
+    out = []
+    for problem in e.details.get("problems") or [{"msg": e.message}]:
+        loc = [str(p) for p in problem.get("loc") or []]
+        field = loc[-1] if len(loc) >= 2 and loc[0] == "params" and loc[-1] in fields else None
+        out.append({"type": "value_error", "loc": (field,) if field else (), "msg": str(problem.get("msg", "")), "input": getattr(req, field, None) if field else None})
+    return out
 
 
 def _inspect_images(decoded: dict[str, bytes], max_pixels: int) -> dict[str, Image.Image]:
@@ -185,13 +203,13 @@ def _image_fields(req) -> list[tuple[str, str]]:
     return [(n, getattr(req, n)) for n in names if isinstance(getattr(req, n, None), str) and getattr(req, n)]
 
 
-def render_submit(request: Request, view: ExecutionView, output_mp: float) -> dict[str, Any]:
+def render_submit(request: Request, view: ExecutionView, output_mp: float, input_mp: float = 0.0) -> dict[str, Any]:
     base = (request.app.state.runtime.settings.public_base_url or str(request.base_url)).rstrip("/")
     body = {
         "id": view.id,
         "polling_url": f"{base}/v1/get_result?id={view.id}",
         "cost": view.cost_estimate,
-        "input_mp": 0.0,
+        "input_mp": round(input_mp, 4),
         "output_mp": round(output_mp, 4),
     }
     if view.webhook_url:

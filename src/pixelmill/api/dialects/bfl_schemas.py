@@ -49,6 +49,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, Field, HttpUrl, ValidationError, field_validator, model_validator
 
+from pixelmill.models.catalog import SizeLimits
 from pixelmill.models.imageops import BadImageInput, decode_base64_image, is_url
 
 __all__ = [
@@ -972,13 +973,16 @@ def _value(req: BaseModel, name: str) -> Any:
 
 
 def to_generation_params(
-    endpoint: str, req: BaseModel | dict[str, Any], max_megapixels: float = 4.0
+    endpoint: str, req: BaseModel | dict[str, Any], max_megapixels: float = 4.0, *, limits: SizeLimits | None = None
 ) -> BflGenerationParams:
     """Normalise a validated request of ``endpoint`` (a model, or a raw dict that
     is validated here) into :class:`BflGenerationParams`.
 
-    ``max_megapixels`` is this server's output cap: aspect-ratio endpoints are
-    scaled down to it, explicit sizes above it raise :class:`BflRequestError`.
+    ``limits`` are the sizes the serving model makes: aspect-ratio endpoints get
+    BFL's size when the model makes it, else the largest size of that shape it
+    does; an explicit size it cannot make raises :class:`BflRequestError` naming
+    ``width``/``height``.  Without ``limits``, ``max_megapixels`` is the only cap
+    (aspect-ratio endpoints scaled down to it, larger explicit sizes refused).
     """
     model_cls = BFL_ENDPOINTS[endpoint]
     if not isinstance(req, model_cls):
@@ -1008,6 +1012,8 @@ def to_generation_params(
             if value is not None:
                 params.extras[name] = value
 
+    if limits is not None:
+        return _sized_by_model(req, params, limits)
     explicit_size = False
     if isinstance(req, (FluxUltraInput, FinetuneFluxUltraInput)):
         params.width, params.height = ultra_dimensions(req.aspect_ratio, max_megapixels)
@@ -1031,4 +1037,36 @@ def to_generation_params(
             f"{max_megapixels:g} megapixels",
             {"width": params.width, "height": params.height},
         )
+    return params
+
+
+def _sized_by_model(req: BaseModel, params: BflGenerationParams, limits: SizeLimits) -> BflGenerationParams:
+    """Set ``params``' size from the request, within what the serving model makes."""
+    fields = type(req).model_fields
+    if isinstance(req, (FluxUltraInput, FinetuneFluxUltraInput)):
+        # BFL's own size (16:9 -> 2752x1536, a little over 4 MP as BFL rounds), else the largest the model makes
+        params.width, params.height = limits.fit(*aspect_ratio_dimensions(req.aspect_ratio, 4.0, 64, round_down=False))
+        return params
+    if isinstance(req, FluxKontextProInputs):
+        if req.aspect_ratio is not None or not params.input_images:
+            params.width, params.height = limits.fit(*aspect_ratio_dimensions(req.aspect_ratio or "1:1", 1.0, 32, round_down=False))
+        return params
+    if isinstance(req, (Flux2Inputs, Flux2KleinInputs, Flux2FlexInputs)):
+        width, height = flux2_dimensions(req.width, req.height)
+        m = limits.multiple
+        if m > 16:  # BFL rounds FLUX.2 sizes down to multiples of 16; a coarser model, to its own
+            width, height = max(m, width // m * m), max(m, height // m * m)
+    elif "width" in fields:
+        width, height = req.width, req.height
+    else:  # fill: the size of `image`; expand: image plus margins -> sized by the route
+        return params
+    problems = limits.problems(width, height)
+    if problems:
+        raise BflRequestError(
+            [
+                {"type": "value_error", "loc": (field,) if field else (), "msg": msg, "input": width if field == "width" else height if field == "height" else {"width": width, "height": height}}
+                for field, msg in problems
+            ]
+        )
+    params.width, params.height = width, height
     return params

@@ -22,9 +22,9 @@ route waits (polling the execution service from a worker thread, never blocking
 the event loop) until it is finished, then answers in OpenAI's shape.  Every
 error of these routes is rendered in OpenAI's ``{"error": {...}}`` shape.
 
-Models: ``model`` is a catalog model name.  OpenAI's own names (``dall-e-2``,
+Models: ``model`` is a catalog model name or alias.  OpenAI's own names (``dall-e-2``,
 ``dall-e-3``, ``gpt-image-1`` ...) are accepted too: they run the catalog model
-of that name if there is one, otherwise the first model of the catalog; the
+of that name or alias if there is one, otherwise the first model of the catalog; the
 same happens when ``model`` is left out.  The name only picks OpenAI's defaults:
 ``response_format`` is ``b64_json`` for ``gpt-image-*`` names and ``url``
 otherwise (as OpenAI's default model, ``dall-e-2``); dall-e names take the
@@ -177,8 +177,9 @@ def _from_validation_error(e: ValidationError) -> BadRequest:
 def resolve_model(name: str | None, catalog) -> tuple[str, str]:
     """(catalog model name, family) for a requested model; family is dall-e, gpt-image or catalog."""
     family = "dall-e" if name is None or name.startswith("dall-e") else "gpt-image" if name.startswith(("gpt-image", "chatgpt-image")) else "catalog"
-    if name is not None and name in catalog:
-        return name, family
+    spec = catalog.resolve(name) if name is not None else None
+    if spec is not None:  # a model name, or an alias the operator gave a model ("dall-e-3" ...)
+        return spec.name, family
     if name is None or name in OPENAI_MODELS:
         return catalog.names()[0], family
     raise NotFound(
@@ -507,8 +508,9 @@ async def image_variation(request: Request, who: Principal = Depends(principal))
 def resolve_edit_model(name: str | None, catalog) -> tuple[str, str]:
     """Like :func:`resolve_model`, for a model that must take an input image."""
     editing = [n for n in catalog.names() if catalog.get(n).supports_image_input]
-    if name is not None and name in catalog:
-        if name not in editing:
+    spec = catalog.resolve(name) if name is not None else None
+    if spec is not None and (name in catalog or spec.name in editing):
+        if spec.name not in editing:
             raise _invalid(
                 f"The model '{name}' does not take input images. Models that do: {', '.join(editing) or 'none on this server'}.",
                 "model",
