@@ -214,3 +214,84 @@ def test_bad_configuration_is_refused(tmp_path):
         BackgroundRemover(threshold=1.5)
     assert "onnx" in available_background_models()
     assert "onnx" not in available_background_models(onnx_path=str(tmp_path / "missing.onnx"))
+
+
+# ---------------------------------------------------------------- objects (the default)
+
+
+def test_default_is_the_subject_cutout_and_keeps_a_generated_object():
+    """generate -> upscale -> remove_background on the shipped model keeps the object (it used to vanish)."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from pixelmill.models.tiny import WEIGHTS_DIR, model_defaults
+    from pixelmill.models.upscale import upscale_to_factor
+
+    torch.set_num_threads(2)
+    pipe = DiffusionPipeline.from_pretrained(WEIGHTS_DIR, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    d = model_defaults()
+    image = pipe(
+        "a red circle on a white background", width=256, height=256, num_inference_steps=d["default_steps"],
+        guidance_scale=d["default_guidance"], generator=torch.Generator().manual_seed(3),
+        negative_prompt="", true_cfg_scale=d.get("default_true_cfg", 1.0), max_sequence_length=d.get("max_sequence_length", 512),
+    ).images[0]
+    image = upscale_to_factor(image, 2)
+    rgb = np.asarray(image.convert("RGB")).astype(int)
+    red = (rgb[..., 0] > 150) & (rgb[..., 1] < 110) & (rgb[..., 2] < 110)
+    assert red.mean() > 0.03  # the model drew a red object
+
+    alpha = np.asarray(BackgroundRemover().remove(image).getchannel("A"))
+
+    assert alpha[red].mean() > 230
+    assert corner_alpha(alpha, 48) < 10
+    assert (alpha > 127).mean() < red.mean() * 1.6
+
+
+def test_objects_on_plain_backdrops_are_cut_out_with_iou_above_0_9():
+    from pixelmill.models.background_eval import cutout_set, iou
+
+    cases = cutout_set()[::3]
+    by_kind: dict[str, list[float]] = {}
+    remover = BackgroundRemover("auto")
+    for case in cases:
+        alpha = np.asarray(remover.remove(case.image).getchannel("A"))
+        by_kind.setdefault(case.kind, []).append(iou(alpha, case.mask))
+    assert set(by_kind) == {"scene", "product", "photo"}
+    for kind, scores in by_kind.items():
+        assert np.mean(scores) >= 0.9, (kind, scores)
+        assert min(scores) >= 0.75, (kind, scores)
+
+
+@needs_selfie
+def test_auto_cuts_out_a_person_on_a_busy_photo():
+    matplotlib = pytest.importorskip("matplotlib")
+    path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    if not path.is_file():
+        pytest.skip("matplotlib sample photo not installed")
+    with Image.open(path) as photo:
+        image = photo.convert("RGB")
+
+    alpha = np.asarray(BackgroundRemover("auto", threshold=0.5).remove(image).getchannel("A"))
+
+    assert corner_alpha(alpha, 48) < 10
+    assert alpha[250:400, 180:330].mean() > 240  # face
+    assert 0.3 < (alpha > 0).mean() < 0.8
+
+
+def test_subject_keeps_an_object_touching_the_edge_and_drops_its_shadow():
+    image = Image.new("RGB", (320, 240), (240, 240, 240))
+    draw = ImageDraw.Draw(image)
+    shadow = Image.new("L", image.size, 0)
+    ImageDraw.Draw(shadow).ellipse((150, 80, 290, 220), fill=255)
+    shade = np.asarray(shadow.filter(ImageFilter.GaussianBlur(8)), np.float32)[..., None] / 255
+    image = Image.fromarray((np.asarray(image, np.float32) * (1 - 0.25 * shade)).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((140, 70, 270, 200), fill=(30, 120, 200))
+    draw.rectangle((0, 60, 60, 140), fill=(200, 40, 40))  # touches the left edge
+
+    alpha = np.asarray(BackgroundRemover("subject", threshold=0.5).remove(image).getchannel("A"))
+
+    assert alpha[135, 205] == 255 and alpha[100, 5] == 255  # both objects
+    assert alpha[215, 280] == 0  # the cast shadow, below-right of the disc
+    assert alpha[10, 310] == 0 and alpha[230, 10] == 0

@@ -1,6 +1,17 @@
-"""Background removal: a person segmenter (MediaPipe) and any saliency ONNX model.
+"""Background removal: object cut-outs, a person segmenter (MediaPipe) and any saliency ONNX model.
 
-Two backends, both real models running on the CPU:
+Four backends, all running offline on the CPU with nothing to download:
+
+* ``"auto"`` (the default) — the main subject of product and object shots
+  (``"subject"`` below) where the backdrop is plain; the person segmenter
+  where it is not and a person is in the picture; otherwise OpenCV's
+  fine-grained saliency refined the same way.
+* ``"subject"`` — cut-outs against a plain or gradient backdrop: a quadratic
+  colour surface is fitted to the image border (robustly, so objects that
+  touch the border do not bend it), each pixel's CIELAB distance from it (soft
+  shadows discounted) seeds OpenCV's GrabCut, and a guided filter on the full
+  image gives the edges.  It knows no classes: anything that stands out from
+  the backdrop is kept, people included.
 
 * ``"selfie"`` — MediaPipe's selfie segmentation model (Apache-2.0, 250 KB,
   256x256 input) through the MediaPipe Tasks ``ImageSegmenter``.  Fast (tens
@@ -36,6 +47,7 @@ from PIL import Image
 
 from pixelmill.models.base import StepControl
 
+BACKGROUND_MODELS = ("auto", "subject", "selfie", "onnx")
 SELFIE_MODEL_NAMES = ("selfie_segmentation.tflite", "selfie_segmenter.tflite", "selfie_multiclass_256x256.tflite")
 BUNDLED_SELFIE_MODEL = Path(__file__).parent / "assets" / "selfie_segmentation.tflite"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -60,7 +72,7 @@ def available_background_models(onnx_path: str | None = None) -> list[str]:
     """Backends usable right now: ``"selfie"`` when mediapipe and its model are
     present, ``"onnx"`` when onnxruntime is installed (and ``onnx_path``, if
     given, is an existing file)."""
-    models = []
+    models = ["auto", "subject"] if importlib.util.find_spec("cv2") is not None else []
     if importlib.util.find_spec("mediapipe") is not None and find_selfie_model() is not None:
         models.append("selfie")
     if importlib.util.find_spec("onnxruntime") is not None and (onnx_path is None or Path(onnx_path).is_file()):
@@ -71,8 +83,10 @@ def available_background_models(onnx_path: str | None = None) -> list[str]:
 class BackgroundRemover:
     """Cut the subject out of an image: returns RGBA with the background at alpha 0.
 
-    ``model``: ``"selfie"`` (people, MediaPipe) or ``"onnx"`` (general objects,
-    needs ``onnx_path``).  ``threshold``: None for a soft edge, or a confidence
+    ``model``: ``"auto"`` (objects on plain backdrops, people elsewhere),
+    ``"subject"`` (objects and people on a plain or gradient backdrop),
+    ``"selfie"`` (people, MediaPipe) or ``"onnx"`` (a saliency model, needs
+    ``onnx_path``).  ``threshold``: None for a soft edge, or a confidence
     in (0, 1) for a hard one.  ``selfie_model_path`` overrides where the selfie
     ``.tflite`` comes from.  ``input_size``/``mean``/``std`` describe the ONNX
     model's input (see the module docstring).
@@ -80,7 +94,7 @@ class BackgroundRemover:
 
     def __init__(
         self,
-        model: str = "selfie",
+        model: str = "auto",
         onnx_path: str | None = None,
         threshold: float | None = None,
         *,
@@ -93,7 +107,9 @@ class BackgroundRemover:
             raise ValueError(f"threshold must be between 0 and 1 (exclusive), got {threshold}")
         self.model = model
         self.threshold = threshold
-        if model == "selfie":
+        if model in ("auto", "subject"):
+            self._segment = _SubjectSegmenter(people=model == "auto", selfie_model_path=selfie_model_path)
+        elif model == "selfie":
             path = Path(selfie_model_path) if selfie_model_path else find_selfie_model()
             if path is None or not path.is_file():
                 raise ValueError("selfie segmentation model not found (mediapipe package or bundled asset)")
@@ -105,7 +121,7 @@ class BackgroundRemover:
                 raise ValueError(f"ONNX model file not found: {onnx_path}")
             self._segment = _OnnxSaliency.for_path(Path(onnx_path), input_size, tuple(mean), tuple(std))
         else:
-            raise ValueError(f"unknown background model {model!r}; use 'selfie' or 'onnx'")
+            raise ValueError(f"unknown background model {model!r}; use one of {', '.join(BACKGROUND_MODELS)}")
 
     def mask(self, image: Image.Image, control: StepControl | None = None) -> np.ndarray:
         """Foreground confidence in [0, 1], float32, shape (height, width)."""
@@ -235,3 +251,199 @@ class _OnnxSaliency:
         if saliency.min() < 0.0 or saliency.max() > 1.0:
             saliency = 1.0 / (1.0 + np.exp(-np.clip(saliency, -60.0, 60.0)))
         return saliency
+
+
+class _SubjectSegmenter:
+    """The main subject against its backdrop: border colour model -> GrabCut -> guided filter.
+
+    Works on a copy whose longer side is at most ``work_side`` pixels; the
+    result is brought back to full size by a guided filter steered by the full
+    image, so edges follow the picture, not the working grid.
+    """
+
+    work_side = 384
+    plain_fraction = 0.6  # of border pixels close to the fitted backdrop: "a plain backdrop"
+
+    def __init__(self, people: bool = True, selfie_model_path: str | None = None) -> None:
+        self.people = people
+        self._selfie_path = selfie_model_path
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        import cv2
+
+        height, width = rgb.shape[:2]
+        scale = min(1.0, self.work_side / max(height, width))
+        small = rgb if scale == 1.0 else cv2.resize(rgb, (max(8, round(width * scale)), max(8, round(height * scale))), interpolation=cv2.INTER_AREA)
+        distance, shadow, plain, noise = _backdrop_distance(small)
+        if plain >= self.plain_fraction or not self.people:
+            seed, hulls = _threshold(distance, shadow, noise)
+        else:
+            person = self._person(rgb)
+            if person is not None:
+                return person
+            seed = _saliency_seed(small)
+            hulls = None
+        hard = _grabcut(small, seed, hulls)
+        if hulls is not None:
+            hard = _half_coverage_edges(hard, distance)
+        return _guided_upsample(rgb, hard)
+
+    def _person(self, rgb: np.ndarray) -> np.ndarray | None:
+        path = Path(self._selfie_path) if self._selfie_path else find_selfie_model()
+        if path is None or importlib.util.find_spec("mediapipe") is None:
+            return None
+        confidence = _SelfieSegmenter.for_path(path)(rgb)
+        return confidence if (confidence > 0.5).mean() > 0.03 else None
+
+
+def _backdrop_distance(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """How far each pixel is from a backdrop fitted to the border (CIELAB), which pixels
+    look like shadow on it, and how plain the border is (0..1).
+
+    The backdrop is a quadratic colour surface (plain colours, gradients and
+    vignettes).  It is fitted by least squares to the border pixels near the
+    border's dominant colour, then refitted without those it explains worst,
+    so objects that touch the edge do not bend it.  A pixel darker than the
+    backdrop with the backdrop's hue is shadow-like.  The last value is the
+    border's typical distance from the fit: the picture's noise.
+    """
+    import cv2
+
+    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
+    lab[..., 0] *= 100.0 / 255.0  # L in 0..100; a, b stay offset by 128 (distances are unaffected)
+    height, width = lab.shape[:2]
+    band = max(2, round(0.03 * min(height, width)))
+    border = np.zeros((height, width), bool)
+    border[:band], border[-band:], border[:, :band], border[:, -band:] = True, True, True, True
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    u, v = xs / max(1, width - 1) - 0.5, ys / max(1, height - 1) - 0.5
+    features = np.stack([np.ones_like(u), u, v, u * u, v * v, u * v], -1)
+    f_border, c_border = features[border], lab[border]
+    # the dominant border colour: the fullest cell of a coarse Lab histogram
+    cells = np.floor(c_border / 12.0).astype(np.int64)
+    codes = (cells[:, 0] * 64 + cells[:, 1]) * 64 + cells[:, 2]
+    values, counts = np.unique(codes, return_counts=True)
+    dominant = c_border[codes == values[counts.argmax()]].mean(0)
+    keep = np.linalg.norm(c_border - dominant, axis=1) < 25.0
+    for _ in range(3):
+        coef, *_ = np.linalg.lstsq(f_border[keep], c_border[keep], rcond=None)
+        residual = np.linalg.norm(f_border @ coef - c_border, axis=1)
+        keep = residual <= max(4.0, 2.5 * float(np.median(residual[keep])))
+    backdrop = features @ coef
+    diff = lab - backdrop
+    chroma = np.hypot(diff[..., 1], diff[..., 2])
+    distance = np.sqrt(chroma**2 + diff[..., 0] ** 2)
+    shadow = (diff[..., 0] < 0) & (chroma < 6.0) & (lab[..., 0] > 0.45 * backdrop[..., 0])
+    plain = float((residual < 6.0).mean())
+    noise = float(np.median(residual[keep])) if keep.any() else 0.0
+    return distance, shadow, plain, noise
+
+
+def _threshold(distance: np.ndarray, shadow: np.ndarray | None = None, noise: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
+    """Foreground seed: clearly off the backdrop (8 CIELAB units, more in noisy pictures),
+    and the convex hull of each of its objects (where GrabCut may still find more of it).
+
+    Shadow-like pixels count only inside the hull of the rest of their object
+    (a grey ribbon on a box stays; the box's cast shadow goes).
+    """
+    import cv2
+
+    seed = distance > max(8.0, 4.0 * noise)
+    solid = (seed & ~shadow) if shadow is not None else seed
+    solid = cv2.morphologyEx(solid.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    hulls = np.zeros_like(solid)
+    contours, _ = cv2.findContours(solid, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    for contour in contours:
+        if cv2.contourArea(contour) >= 0.001 * solid.size:
+            cv2.fillPoly(hulls, [cv2.convexHull(contour)], 1)
+    hulls = hulls > 0
+    return (solid > 0) | (seed & hulls), hulls
+
+
+def _saliency_seed(rgb: np.ndarray) -> np.ndarray:
+    """A seed for busy backdrops without a person: OpenCV's fine-grained static saliency,
+    Otsu-thresholded (the central two thirds where OpenCV is built without it)."""
+    import cv2
+
+    if not hasattr(cv2, "saliency"):
+        seed = np.zeros(rgb.shape[:2], bool)
+        h, w = seed.shape
+        seed[h // 6 : h - h // 6, w // 6 : w - w // 6] = True
+        return seed
+    saliency = cv2.saliency.StaticSaliencyFineGrained.create()
+    ok, smap = saliency.computeSaliency(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    smap = cv2.GaussianBlur(np.asarray(smap, np.float32), (0, 0), 3)
+    smap = np.clip(255 * smap / max(1e-6, float(smap.max())), 0, 255).astype(np.uint8)
+    _, seed = cv2.threshold(smap, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return seed > 0
+
+
+def _grabcut(rgb: np.ndarray, seed: np.ndarray, hulls: np.ndarray | None = None) -> np.ndarray:
+    """GrabCut from the seed: its core is sure foreground, far away sure backdrop, the rest
+    (the seed, a ring around it and the objects' hulls) to decide."""
+    import cv2
+
+    height, width = seed.shape
+    side = min(height, width)
+    seed8 = seed.astype(np.uint8)
+    seed8 = cv2.morphologyEx(seed8, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(seed8, 8)
+    if count <= 1:
+        return np.zeros_like(seed, dtype=np.float32)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = np.flatnonzero(areas >= max(0.002 * height * width, 0.02 * areas.max())) + 1
+    seed8 = np.isin(labels, keep).astype(np.uint8)
+    near = max(3, side // 40)
+    core = cv2.erode(seed8, np.ones((near, near), np.uint8))
+    reach = cv2.dilate(seed8, np.ones((2 * near + 1, 2 * near + 1), np.uint8))
+    mask = np.full((height, width), cv2.GC_BGD, np.uint8)
+    mask[reach > 0] = cv2.GC_PR_BGD
+    if hulls is not None:
+        mask[hulls] = cv2.GC_PR_FGD
+    mask[seed8 > 0] = cv2.GC_PR_FGD
+    mask[core > 0] = cv2.GC_FGD
+    if not (mask == cv2.GC_FGD).any() or not (mask == cv2.GC_BGD).any():
+        return seed8.astype(np.float32)
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.grabCut(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), mask, None, bgd, fgd, 4, cv2.GC_INIT_WITH_MASK)
+    found = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
+    if hulls is not None and found.any():
+        # narrow gaps inside an object's outline (a ribbon as light as the backdrop) close up
+        k = max(3, round(0.2 * np.sqrt(found.sum())))
+        closed = cv2.morphologyEx(found, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+        found = found | (closed & hulls.astype(np.uint8))
+    return found.astype(np.float32)
+
+
+def _half_coverage_edges(found: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    """Trim the outline to the pixels that are at least half object.
+
+    An outline pixel that mixes object and backdrop is as far from the backdrop
+    as the share of object in it; it stays when that is at least half the
+    distance of the object just inside (its nearest interior pixels).
+    """
+    import cv2
+
+    found8 = found.astype(np.uint8)
+    kernel = np.ones((3, 3), np.uint8)
+    interior = cv2.erode(found8, kernel, iterations=2)
+    band = (found8 > 0) & (interior == 0)
+    reference = cv2.dilate((distance * interior).astype(np.float32), np.ones((7, 7), np.uint8))
+    weak = band & (reference > 0) & (distance < 0.5 * reference)
+    out = found.copy()
+    out[weak] = 0.0
+    return out
+
+
+def _guided_upsample(rgb: np.ndarray, hard: np.ndarray) -> np.ndarray:
+    """The working-size mask at full size, its edges steered by the full image (guided filter)."""
+    import cv2
+
+    height, width = rgb.shape[:2]
+    up = cv2.resize(hard, (width, height), interpolation=cv2.INTER_LINEAR)
+    if not hasattr(cv2, "ximgproc"):
+        return np.clip(up, 0.0, 1.0)
+    radius = max(2, round(min(height, width) / 160))
+    guide = rgb.astype(np.float32) / 255.0
+    soft = cv2.ximgproc.guidedFilter(guide, up.astype(np.float32), radius, 1e-3)
+    return np.clip(soft, 0.0, 1.0)

@@ -91,13 +91,18 @@ class _SubControl:
 
 
 class RemoveBackgroundParams(NodeParams):
-    model: Literal["selfie", "onnx"] = "selfie"
+    #: auto: the main subject on a plain backdrop, people elsewhere; subject: anything off the backdrop;
+    #: selfie: people only; onnx: the operator's saliency model (background_onnx_path)
+    model: Literal["auto", "subject", "selfie", "onnx"] = "auto"
     threshold: float | None = Field(default=None, gt=0.0, lt=1.0)
 
 
 class RemoveBackground(_ImageNode):
     name = "remove_background"
-    description = "Cut out the subject: PNG with a transparent background (selfie model for people; a local ONNX saliency model for objects)."
+    description = (
+        "Cut out the main subject: PNG with a transparent background (objects and products on plain backdrops, "
+        "people anywhere; or a local ONNX saliency model)."
+    )
     Params = RemoveBackgroundParams
 
     def check(self, params: RemoveBackgroundParams, services: NodeServices) -> list[str]:
