@@ -172,3 +172,45 @@ def test_node_types_are_described(api):
     types = {t["type"]: t for t in client.get("/api/v1/nodes").json()["data"]}
     assert {"text_to_image", "upscale", "remove_background", "resize", "crop", "convert"} <= set(types)
     assert types["upscale"]["params"]["properties"]["factor"]["maximum"] == 4
+
+
+ONE_NODE = {
+    "name": "one",
+    "inputs": {"prompt": {"type": "string", "default": "x"}},
+    "nodes": {"gen": {"type": "text_to_image", "params": {"model": "fake", "prompt": {"$input": "prompt"}, "width": 256, "height": 256}}},
+}
+
+
+@pytest.mark.parametrize("shortfall", ["credits", "active_tasks"])
+def test_a_batch_is_all_or_nothing(make_runtime, db_url, shortfall):
+    """A 3-run batch the account can afford (or hold active) only once: refused whole, nothing created or charged."""
+    from pixelmill.accounts import ledger
+    from pixelmill.accounts.keys import authenticate
+
+    plans = {"free": {"max_active_tasks": 2}} if shortfall == "active_tasks" else {}
+    rt = make_runtime(db_url, start=False, plans=plans)  # not started: nothing runs, so active runs stay active
+    key = create_key(rt, credits=0)
+    client = TestClient(create_app(rt, manage_runtime=False))
+    client.headers["x-key"] = key
+    wid = client.post("/api/v1/workflows", json=ONE_NODE).json()["id"]
+    one_run = client.post(f"/api/v1/workflows/{wid}/execute?dry_run=true", json={"inputs": {}}).json()["estimatedCredits"]
+    with rt.db.transaction() as conn:
+        account = authenticate(conn, key).account_id
+        ledger.grant(conn, account, one_run * 1.5 if shortfall == "credits" else 1000, "top-up")
+        before = ledger.balance_micro(conn, account)
+    r = client.post(f"/api/v1/workflows/{wid}/execute", json={"batch": [{"prompt": "a"}, {"prompt": "b"}, {"prompt": "c"}]})
+    if shortfall == "credits":
+        assert r.status_code == 402, r.text
+        body = r.json()
+        assert body["error"]["requiredCredits"] == pytest.approx(3 * one_run)
+        assert [run["batchIndex"] for run in body["error"]["runs"]] == [0, 1, 2]
+    else:
+        assert r.status_code == 429, r.text
+        assert r.json()["error"]["code"] == "active_task_limit"
+    assert rt.executions.list(account) == []
+    with rt.db.engine.connect() as conn:
+        assert ledger.balance_micro(conn, account) == before
+        assert [e for e in ledger.entries(conn, account) if e["kind"] == "hold"] == []
+    # one run fits: it goes through
+    r = client.post(f"/api/v1/workflows/{wid}/execute", json={"inputs": {"prompt": "a"}})
+    assert r.status_code == 201, r.text

@@ -72,115 +72,147 @@ class ExecutionService:
         return prepare(graph, self.nodes, self.services)
 
     def submit(self, sub: Submission, prepared: PreparedGraph | None = None) -> ExecutionView:
-        prepared = prepared or self.prepare(sub.graph)
+        return self.submit_many([(sub, prepared)])[0]
+
+    def submit_many(self, items: list[tuple[Submission, PreparedGraph | None]]) -> list[ExecutionView]:
+        """Create several executions of one account all or nothing (a workflow batch).
+
+        One transaction: the credit check is for the sum of their estimates (402 naming
+        each run's cost when short), the active-task cap counts the runs already added,
+        and any refusal leaves nothing created, held or queued.
+        """
+        if not items:
+            return []
+        prepared_items = [(sub, prepared or self.prepare(sub.graph)) for sub, prepared in items]
+        principal = prepared_items[0][0].principal
+        account = principal.account_id
+        if any(sub.principal.account_id != account for sub, _ in prepared_items):
+            raise ValueError("submit_many takes the executions of one account")
+        tasks: list[NodeTask] = []
+        ids: list[str] = []
+        with self.db.transaction() as conn:
+            ledger.lock_account(conn, account)
+            # admission: checks that consume nothing run now; what consumes quota
+            # (execution windows) runs only once the credit check has passed
+            self.admission.check(conn, principal)
+            needed = sum(ledger.to_micro(prepared.cost) for _, prepared in prepared_items)
+            available = ledger.balance_micro(conn, account)
+            if needed > available:
+                cost, have = ledger.from_micro(needed), ledger.from_micro(available)
+                details: dict[str, Any] = dict(insufficientCredits=True, requiredCredits=cost, availableCredits=have)
+                if len(prepared_items) == 1:
+                    details["breakdown"] = prepared_items[0][1].breakdown()
+                    message = f"This request needs {cost} credits; {have} are available"
+                else:
+                    details["runs"] = [
+                        {"batchIndex": i, "requiredCredits": p.cost, "breakdown": p.breakdown()} for i, (_, p) in enumerate(prepared_items)
+                    ]
+                    message = f"These {len(prepared_items)} runs need {cost} credits together; {have} are available"
+                raise InsufficientCredits(message, **details)
+            for i, (sub, prepared) in enumerate(prepared_items):
+                if i:
+                    self.admission.check(conn, principal)  # the cap counts the runs added above
+                self.admission.consume(conn, principal)
+                eid = new_id()
+                ids.append(eid)
+                tasks.extend(self._insert(conn, eid, sub, prepared))
+        try:
+            for task in tasks:  # after commit: a worker never sees an uncommitted row
+                self.enqueue(task)
+        except Exception as exc:  # broker unreachable: fail them whole, release the holds, tell the client
+            log.error("could not queue executions %s: %s", ", ".join(ids), exc)
+            message = "The job queue could not be reached; nothing was run and no credits were charged"
+            with self.db.transaction() as conn:
+                for eid in ids:
+                    self.lifecycle.finish_execution(conn, eid, ExecutionStatus.FAILED, "queue_unavailable", message)
+            err = ServiceUnavailable(
+                "The job queue is unavailable; nothing was charged, retry shortly",
+                code="queue_unavailable",
+                execution_id=ids[0],
+                retry_after=5,
+            )
+            err.headers["Retry-After"] = "5"
+            raise err from exc
+        return [self.get(account, eid) for eid in ids]
+
+    def _insert(self, conn, eid: str, sub: Submission, prepared: PreparedGraph) -> list[NodeTask]:
+        """Write one execution, its node runs and its hold; the node tasks to queue once committed."""
         account = sub.principal.account_id
-        eid = new_id()
-        now = time.time()
+        cost = prepared.cost
+        now = time.time()  # each execution its own time: list cursors order them
+        tasks: list[NodeTask] = []
         wanted = sub.scheduling or requested_scheduling() or RequestScheduling()
         priority = wanted.priority or 0
         if wanted.priority is not None and self.scheduler is not None:
             priority = self.scheduler.check_priority(sub.principal.plan, wanted.priority)
         start_by = now + wanted.start_within_s if wanted.start_within_s else None
         deadline_at = now + wanted.cancel_after_s if wanted.cancel_after_s else None
-        tasks: list[NodeTask] = []
-        with self.db.transaction() as conn:
-            ledger.lock_account(conn, account)
-            # admission: checks that consume nothing run now; what consumes quota
-            # (execution windows) runs only once the credit check has passed
-            self.admission.check(conn, sub.principal)
-            cost = prepared.cost
-            available = ledger.balance(conn, account)
-            if cost > available + 1e-9:
-                raise InsufficientCredits(
-                    f"This request needs {cost} credits; {available} are available",
-                    insufficientCredits=True,
-                    requiredCredits=cost,
-                    availableCredits=available,
-                    breakdown=prepared.breakdown(),
-                )
-            self.admission.consume(conn, sub.principal)
-            graph_json = dict(prepared.raw)
-            graph_json["order"] = list(prepared.nodes)
+        graph_json = dict(prepared.raw)
+        graph_json["order"] = list(prepared.nodes)
+        conn.execute(
+            sa.insert(executions).values(
+                id=eid,
+                account_id=account,
+                dialect=sub.dialect,
+                label=sub.label,
+                status=ExecutionStatus.QUEUED,
+                graph=graph_json,
+                request=sub.request,
+                created_at=now,
+                expires_at=now + self.result_ttl_s,
+                cost_estimate=cost,
+                cancel_requested=False,
+                webhook_url=sub.webhook_url,
+                webhook_secret=sub.webhook_secret,
+                webhook_events=sub.webhook_events,
+                workflow_id=sub.workflow_id,
+                batch_id=sub.batch_id,
+                priority=priority,
+                start_by=start_by,
+                deadline_at=deadline_at,
+            )
+        )
+        keys: dict[str, str] = {}
+        for node_id, node in prepared.nodes.items():
+            params = node.params.model_dump(mode="json")
+            seed = None
+            if node.type.uses_seed:
+                seed = params.get("seed")
+                if seed is None:
+                    seed = random.SystemRandom().randrange(0, 2**32)
+                    params["seed"] = seed
+            key = None
+            if node.type.deterministic:
+                key = cache_key(node.type.name, params, seed, [keys.get(s, "") for s in sorted(node.depends_on)])
+                keys[node_id] = key
+            params["__queue__"] = node.type.queue_name(node.params)
+            runnable = not node.links
+            run_id = new_id()
             conn.execute(
-                sa.insert(executions).values(
-                    id=eid,
-                    account_id=account,
-                    dialect=sub.dialect,
-                    label=sub.label,
-                    status=ExecutionStatus.QUEUED,
-                    graph=graph_json,
-                    request=sub.request,
-                    created_at=now,
-                    expires_at=now + self.result_ttl_s,
-                    cost_estimate=cost,
-                    cancel_requested=False,
-                    webhook_url=sub.webhook_url,
-                    webhook_secret=sub.webhook_secret,
-                    webhook_events=sub.webhook_events,
-                    workflow_id=sub.workflow_id,
-                    batch_id=sub.batch_id,
-                    priority=priority,
-                    start_by=start_by,
-                    deadline_at=deadline_at,
+                sa.insert(node_runs).values(
+                    id=run_id,
+                    execution_id=eid,
+                    node_id=node_id,
+                    node_type=node.type.name,
+                    status=NodeStatus.QUEUED if runnable else NodeStatus.WAITING,
+                    params=params,
+                    queue=params["__queue__"],
+                    links={k: list(v) for k, v in node.links.items()},
+                    queued_at=now if runnable else None,
+                    progress=0.0,
+                    seed=seed,
+                    cost=node.cost,
+                    attempts=0,
+                    cache_key=key,
+                    cached=False,
                 )
             )
-            keys: dict[str, str] = {}
-            for node_id, node in prepared.nodes.items():
-                params = node.params.model_dump(mode="json")
-                seed = None
-                if node.type.uses_seed:
-                    seed = params.get("seed")
-                    if seed is None:
-                        seed = random.SystemRandom().randrange(0, 2**32)
-                        params["seed"] = seed
-                key = None
-                if node.type.deterministic:
-                    key = cache_key(node.type.name, params, seed, [keys.get(s, "") for s in sorted(node.depends_on)])
-                    keys[node_id] = key
-                params["__queue__"] = node.type.queue_name(node.params)
-                runnable = not node.links
-                run_id = new_id()
-                conn.execute(
-                    sa.insert(node_runs).values(
-                        id=run_id,
-                        execution_id=eid,
-                        node_id=node_id,
-                        node_type=node.type.name,
-                        status=NodeStatus.QUEUED if runnable else NodeStatus.WAITING,
-                        params=params,
-                        queue=params["__queue__"],
-                        links={k: list(v) for k, v in node.links.items()},
-                        queued_at=now if runnable else None,
-                        progress=0.0,
-                        seed=seed,
-                        cost=node.cost,
-                        attempts=0,
-                        cache_key=key,
-                        cached=False,
-                    )
-                )
-                if runnable:
-                    tasks.append(NodeTask(run_id, eid, params["__queue__"]))
-            if cost > 0:
-                ledger.hold(conn, account, eid, cost)
-            self.lifecycle.event(conn, eid, "execution.created", {"cost": cost})
-        try:
-            for task in tasks:  # after commit: a worker never sees an uncommitted row
-                self.enqueue(task)
-        except Exception as exc:  # broker unreachable: fail it whole, release the hold, tell the client
-            log.error("could not queue execution %s: %s", eid, exc)
-            message = "The job queue could not be reached; nothing was run and no credits were charged"
-            with self.db.transaction() as conn:
-                self.lifecycle.finish_execution(conn, eid, ExecutionStatus.FAILED, "queue_unavailable", message)
-            err = ServiceUnavailable(
-                "The job queue is unavailable; nothing was charged, retry shortly",
-                code="queue_unavailable",
-                execution_id=eid,
-                retry_after=5,
-            )
-            err.headers["Retry-After"] = "5"
-            raise err from exc
-        return self.get(account, eid)
+            if runnable:
+                tasks.append(NodeTask(run_id, eid, params["__queue__"]))
+        if cost > 0:
+            ledger.hold(conn, account, eid, cost)
+        self.lifecycle.event(conn, eid, "execution.created", {"cost": cost})
+        return tasks
 
     def get(self, account_id: str | None, execution_id: str) -> ExecutionView:
         """The execution if it exists, belongs to the account and has not expired; else NotFound."""

@@ -181,7 +181,7 @@ class WorkflowService:
         self, principal: Principal, workflow_id: str, input_sets: list[dict[str, Any]], webhook_url: str | None = None,
         webhook_events: list[str] | None = None, dialect: str = "workflow",
     ) -> tuple[str | None, list[ExecutionView]]:
-        """Run the workflow once per input set (validated all first); several sets share a batch id."""
+        """Run the workflow once per input set (validated all first), all or nothing; several sets share a batch id."""
         row = self._row(principal, workflow_id)
         d = self._definition(row)
         prepared = []
@@ -195,10 +195,9 @@ class WorkflowService:
                         p["batchIndex"] = i
                 raise
         batch_id = new_id() if len(input_sets) > 1 else None
-        views = []
-        for (graph, prep), values in zip(prepared, input_sets):
-            views.append(
-                self.executions.submit(
+        views = self.executions.submit_many(
+            [
+                (
                     Submission(
                         principal=principal, graph=graph, dialect=dialect, label=row.name, request={"inputs": values},
                         webhook_url=webhook_url or row.webhook_url, webhook_events=webhook_events,
@@ -206,7 +205,9 @@ class WorkflowService:
                     ),
                     prep,
                 )
-            )
+                for (graph, prep), values in zip(prepared, input_sets)
+            ]
+        )
         return batch_id, views
 
 
