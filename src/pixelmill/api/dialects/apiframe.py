@@ -27,6 +27,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pixelmill import recipes
 from pixelmill.accounts.keys import Principal
 from pixelmill.api.deps import json_body, principal
 from pixelmill.api.files import signed_url
@@ -35,7 +36,6 @@ from pixelmill.engine.graph import GraphProblems
 from pixelmill.engine.service import Submission
 from pixelmill.errors import InvalidInput, NotFound
 from pixelmill.models.imageops import BadImageInput, decode_base64_image, is_url
-from pixelmill.nodes.load_image import image_source
 from pixelmill.presenters.apiframe import render_job, render_submitted
 
 router = APIRouter(prefix="/v2", tags=["Apiframe"])
@@ -223,30 +223,18 @@ async def generate(request: Request, who: Principal = Depends(principal)):
         code = "unknown_model" if unknown is not None and len(problems) == 1 else "image_input_not_supported" if problems[0]["param"] == "params.image_prompt" and len(problems) == 1 else "invalid_request"
         extra = {"models": rt.catalog.names()} if unknown is not None else {}
         raise _all_problems(problems, code=code, **extra)
-    node = {
-        "type": "text_to_image",
-        "params": {
-            "model": spec.name,
-            "prompt": req.prompt,
-            "negative_prompt": req.params.negative_prompt,
-            "width": width,
-            "height": height,
-            "steps": req.params.steps,
-            "guidance": req.params.guidance,
-            "seed": req.params.seed,
-            "num_images": req.num_images,
-            "output_format": output_format,
-        },
-    }
-    nodes = {"generate": node}
+    generation = dict(
+        model=spec.name, prompt=req.prompt, negative_prompt=req.params.negative_prompt, width=width, height=height,
+        steps=req.params.steps, guidance=req.params.guidance, seed=req.params.seed, num_images=req.num_images,
+        output_format=output_format,
+    )
+    recipe: recipes.Generate = recipes.Generate(**generation)
     if reference is not None:  # image-to-image: the closer to follow the reference, the less it is noised
-        follow = req.params.image_prompt_strength if req.params.image_prompt_strength is not None else 0.5
-        node["params"]["strength"] = round(1.0 - follow, 4)
-        node["inputs"] = {"image": ["reference", "images"]}
-        nodes = {"reference": {"type": "load_image", "params": image_source(reference)}, "generate": node}
+        strength = recipes.strength_from_follow(req.params.image_prompt_strength)
+        recipe = recipes.ImageToImage(**generation, image=recipes.ImageRef(reference), strength=strength)
     submission = Submission(
         principal=who,
-        graph={"nodes": nodes},
+        graph=recipe.graph(),
         dialect="apiframe",
         label=req.model,
         request=req.model_dump(mode="json", exclude={"webhook_secret": True, "params": {"image_prompt"}}, exclude_none=True),
@@ -256,13 +244,10 @@ async def generate(request: Request, who: Principal = Depends(principal)):
     try:
         view = await run_in_threadpool(rt.executions.submit, submission)
     except GraphProblems as e:
-        found = []
-        for problem in e.details.get("problems") or [{}]:
-            loc = [str(p) for p in problem.get("loc", []) if p != "params"]
-            first_word = str(problem.get("msg", "")).split(" ", 1)[0]
-            if not loc and first_word in ModelParams.model_fields:  # a model-level check names its field first
-                loc = [first_word]
-            found.append({"param": "params." + ".".join(loc) if loc else None, "message": str(problem.get("msg"))})
+        found = [
+            {"param": "params." + ".".join(p.path) if p.path else None, "message": p.message}
+            for p in recipes.problem_params(e, ModelParams.model_fields)
+        ]
         raise _all_problems(found) from None
     wait_s = requested_wait(request.headers.get("prefer"), rt.settings.max_wait_s)
     if wait_s is not None:  # Prefer: wait[=N]: hold until done or N s, answer with the job as polling would

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 from pydantic import ValidationError
 
+from pixelmill import recipes
 from pixelmill.accounts.keys import Principal
 from pixelmill.api.deps import json_body, principal
 from pixelmill.api.errors import validation_message
@@ -36,7 +37,6 @@ from pixelmill.engine.views import ExecutionView
 from pixelmill.presenters.bfl import render_result as _render_result
 from pixelmill.errors import NotFound, PixelmillError
 from pixelmill.models.imageops import ImageDecodeError, decode_image, fit_size, has_alpha
-from pixelmill.nodes.load_image import image_source
 
 router = APIRouter(tags=["BFL"])
 
@@ -106,39 +106,28 @@ async def submit(endpoint: str, request: Request, who: Principal = Depends(princ
         width, height = limits.fit(*fit_size(w, h, multiple=max(32, limits.multiple), max_side=limits.max_side))
     else:
         width, height = limits.fit(1024, 1024)
-    node = {
-        "type": "text_to_image",
-        "params": {
-            "model": spec.name,
-            "prompt": params.prompt,
-            "width": width,
-            "height": height,
-            "steps": params.steps,
-            "guidance": params.guidance,
-            "seed": params.seed,
-            "output_format": params.output_format,
-        },
-    }
-    nodes = {"generate": node}
-    if takes_image:
-        first = params.input_images[0]
-        source = image_source(first)
-        nodes = {"input": {"type": "load_image", "params": source}, "generate": node}
-        node["inputs"] = {"image": ["input", "images"]}
-        if endpoint.startswith("flux-pro-1.0-fill"):
-            problem = _fill_mask(req, first_field, pictures, source, nodes, node)
-            if problem is not None:
-                return _validation_error(problem)
-        elif expand:  # outpainting: the image with edge-stretched margins, repainted where the margins are
-            nodes["padded"] = {"type": "pad", "params": margins, "inputs": {"image": ["input", "images"]}}
-            nodes["margins"] = {"type": "pad", "params": {**margins, "mask": True}, "inputs": {"image": ["input", "images"]}}
-            node["inputs"] = {"image": ["padded", "images"], "mask": ["margins", "images"]}
-            node["params"]["strength"] = 1.0
-            nodes["generate"] = nodes.pop("generate")  # listed last
+    generation = dict(
+        model=spec.name, prompt=params.prompt, width=width, height=height, steps=params.steps,
+        guidance=params.guidance, seed=params.seed, output_format=params.output_format,
+    )
+    recipe: recipes.Generate
+    if not takes_image:
+        recipe = recipes.Generate(**generation)
+    elif endpoint.startswith("flux-pro-1.0-fill"):  # inpainting: the mask, or else the image's transparency
+        problem = _fill_problem(req, first_field, pictures)
+        if problem is not None:
+            return _validation_error(problem)
+        mask = getattr(req, "mask", None)
+        image = recipes.ImageRef(params.input_images[0])
+        recipe = recipes.Inpaint(**generation, image=image, mask=recipes.ImageRef(mask) if mask else None, strength=recipes.FULL_REPAINT)
+    elif expand:  # outpainting: the image with edge-stretched margins, repainted where the margins are
+        recipe = recipes.Outpaint(**generation, image=recipes.ImageRef(params.input_images[0]), **margins)
+    else:
+        recipe = recipes.ImageToImage(**generation, image=recipes.ImageRef(params.input_images[0]))
     try:
         view = await run_in_threadpool(rt.executions.submit, Submission(
             principal=who,
-            graph={"nodes": nodes},
+            graph=recipe.graph(),
             dialect="bfl",
             label=endpoint,
             request=req.model_dump(mode="json", exclude={"webhook_secret"}),
@@ -159,10 +148,9 @@ def _request_problems(e: GraphProblems, req) -> list[dict[str, Any]]:
     (``["body", "width"]``), or the body; no internal node names."""
     fields = type(req).model_fields
     out = []
-    for problem in e.details.get("problems") or [{"msg": e.message}]:
-        loc = [str(p) for p in problem.get("loc") or []]
-        field = loc[-1] if len(loc) >= 2 and loc[0] == "params" and loc[-1] in fields else None
-        out.append({"type": "value_error", "loc": (field,) if field else (), "msg": str(problem.get("msg", "")), "input": getattr(req, field, None) if field else None})
+    for problem in recipes.problem_params(e):
+        field = problem.path[-1] if problem.about_params and problem.path and problem.path[-1] in fields else None
+        out.append({"type": "value_error", "loc": (field,) if field else (), "msg": problem.message, "input": getattr(req, field, None) if field else None})
     return out
 
 
@@ -177,24 +165,16 @@ def _inspect_images(decoded: dict[str, bytes], max_pixels: int) -> dict[str, Ima
     return out
 
 
-def _fill_mask(req, image_field: str | None, pictures: dict, source: dict, nodes: dict, node: dict):
-    """Make a fill request inpainting: ``mask`` (white = repaint), or else the image's own transparency.
-
-    Returns a ``BadImageInput`` to answer 422 with, or None.
-    """
+def _fill_problem(req, image_field: str | None, pictures: dict) -> schemas.BadImageInput | None:
+    """Why a fill request cannot be inpainted (a mask of another size, or no mask and no transparency), or None."""
     mask = getattr(req, "mask", None)
     image = pictures.get(image_field or "")
     if mask:
         if image is not None and "mask" in pictures and pictures["mask"].size != image.size:
             m, i = pictures["mask"].size, image.size
             return schemas.BadImageInput("mask", f"the mask is {m[0]}x{m[1]} but the image is {i[0]}x{i[1]}; they must match")
-        nodes["mask"] = {"type": "load_image", "params": image_source(mask)}
-    else:
-        if image is not None and not has_alpha(image):
-            return schemas.BadImageInput("mask", "give a mask, or an image whose transparent pixels mark the area to fill")
-        nodes["mask"] = {"type": "load_image", "params": {**source, "mask_from_alpha": True}}
-    node["inputs"]["mask"] = ["mask", "images"]
-    node["params"]["strength"] = 1.0  # the masked area is generated anew
+    elif image is not None and not has_alpha(image):
+        return schemas.BadImageInput("mask", "give a mask, or an image whose transparent pixels mark the area to fill")
     return None
 
 

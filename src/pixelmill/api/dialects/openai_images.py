@@ -71,6 +71,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from pixelmill import recipes
 from pixelmill.accounts.keys import Principal
 from pixelmill.api.deps import json_body, principal, read_body
 from pixelmill.api.files import signed_url
@@ -81,7 +82,6 @@ from pixelmill.engine.service import Submission
 from pixelmill.engine.views import ExecutionView, FileView
 from pixelmill.errors import BadRequest, NotFound, PixelmillError
 from pixelmill.models.imageops import BadImageInput, ImageDecodeError, decode_base64_image, decode_image, fit_size, has_alpha, is_url
-from pixelmill.nodes.load_image import image_source
 from pixelmill.presenters.openai_images import completed_events, error_body, partial_event, render_error, render_images
 from pixelmill.store.tables import files
 from pixelmill.store.db import database_busy
@@ -230,24 +230,12 @@ async def create_image(request: Request, who: Principal = Depends(principal)):
     model, family = resolve_model(req.model, rt.catalog)
     width, height = parse_size(req.size, family)
     output_format = req.output_format or "png"
-    node = {
-        "type": "text_to_image",
-        "params": {
-            "model": model,
-            "prompt": req.prompt,
-            "negative_prompt": req.negative_prompt,
-            "width": width,
-            "height": height,
-            "steps": req.steps,
-            "guidance": req.guidance,
-            "seed": req.seed,
-            "num_images": req.n or 1,
-            "output_format": output_format,
-            "previews": _previews(req),
-        },
-    }
+    recipe = recipes.Generate(
+        model=model, prompt=req.prompt, negative_prompt=req.negative_prompt, width=width, height=height, steps=req.steps,
+        guidance=req.guidance, seed=req.seed, num_images=req.n or 1, output_format=output_format, previews=_previews(req),
+    )
     return await _run(
-        request, who, {"generate": node}, model, req.model_dump(mode="json", exclude_none=True),
+        request, who, recipe, model, req.model_dump(mode="json", exclude_none=True),
         response_format=req.response_format or ("b64_json" if family == "gpt-image" else "url"),
         size=(width, height), quality=req.quality, output_format=output_format,
         stream="image_generation" if req.stream else None,
@@ -255,10 +243,10 @@ async def create_image(request: Request, who: Principal = Depends(principal)):
 
 
 async def _run(
-    request: Request, who: Principal, nodes: dict, model: str, logged: dict, *,
+    request: Request, who: Principal, recipe: recipes.Recipe, model: str, logged: dict, *,
     response_format: str, size: tuple[int, int], quality: str | None, output_format: str, stream: str | None = None,
 ) -> Response:
-    """Submit ``nodes`` (the last one is the generation), wait for it and answer in OpenAI's shape.
+    """Submit ``recipe``, wait for it and answer in OpenAI's shape.
 
     With ``stream`` (``image_generation`` or ``image_edit``) the answer is an SSE
     stream instead: keep-alive comments while the execution runs, then one
@@ -266,16 +254,13 @@ async def _run(
     ``<stream>.completed`` event per image, or an ``error`` event.
     """
     rt = request.app.state.runtime
-    submission = Submission(principal=who, graph={"nodes": nodes}, dialect="openai", label=model, request=logged)
+    submission = Submission(principal=who, graph=recipe.graph(), dialect="openai", label=model, request=logged)
     try:
         view = await run_in_threadpool(rt.executions.submit, submission)
     except GraphProblems as e:
-        problem = (e.details.get("problems") or [{}])[0]
-        loc = [p for p in problem.get("loc", []) if p != "params"]
-        first_word = str(problem.get("msg", "")).split(" ", 1)[0]
-        known = set(ImageGenerationRequest.model_fields) | set(ImageEditRequest.model_fields)
-        param = str(loc[-1]) if loc else first_word if first_word in known else None
-        raise _invalid(f"Invalid value for '{param}': {problem.get('msg')}." if param else str(problem.get("msg")), param) from None
+        problem = recipes.first_problem(e, set(ImageGenerationRequest.model_fields) | set(ImageEditRequest.model_fields))
+        param = problem.path[-1] if problem.path else None
+        raise _invalid(f"Invalid value for '{param}': {problem.message}." if param else problem.message, param) from None
     width, height = size
     render = dict(
         url_for=lambda f: signed_url(request, f),
@@ -423,8 +408,8 @@ class InputImage(BaseModel):
     size: tuple[int, int] | None = None  # unknown for URLs until fetched
     alpha: bool | None = None
 
-    def node(self, **params) -> dict:
-        return {"type": "load_image", "params": {**image_source(self.url or self.data), **params}}
+    def ref(self) -> recipes.ImageRef:
+        return recipes.ImageRef(self.url or self.data or "")
 
 
 @router.post("/v1/images/edits")
@@ -450,24 +435,17 @@ async def edit_image(request: Request, who: Principal = Depends(principal)):
     model, family = resolve_edit_model(req.model, rt.catalog)
     width, height = _edit_size(req.size, family, image)
     output_format = req.output_format or "png"
-    strength = req.strength if req.strength is not None else 0.95 if mask is not None else 0.6
-    nodes = {"image": image.node()}
-    links = {"image": ["image", "images"]}
-    if mask is not None:
-        nodes["mask"] = mask.node(mask_from_alpha=True)
-        links["mask"] = ["mask", "images"]
-    nodes["generate"] = {
-        "type": "text_to_image",
-        "params": {
-            "model": model, "prompt": req.prompt, "negative_prompt": req.negative_prompt, "width": width,
-            "height": height, "steps": req.steps, "guidance": req.guidance, "seed": req.seed,
-            "num_images": req.n or 1, "output_format": output_format, "strength": strength,
-            "previews": _previews(req),
-        },
-        "inputs": links,
-    }
+    generation = dict(
+        model=model, prompt=req.prompt, negative_prompt=req.negative_prompt, width=width, height=height, steps=req.steps,
+        guidance=req.guidance, seed=req.seed, num_images=req.n or 1, output_format=output_format, previews=_previews(req),
+    )
+    recipe: recipes.Generate
+    if mask is not None:  # OpenAI masks: fully transparent pixels mark the area to edit
+        recipe = recipes.Inpaint(**generation, image=image.ref(), mask=mask.ref(), mask_from_alpha=True, strength=req.strength)
+    else:
+        recipe = recipes.ImageToImage(**generation, image=image.ref(), strength=req.strength)
     return await _run(
-        request, who, nodes, model, {**req.model_dump(mode="json", exclude_none=True), "masked": mask is not None},
+        request, who, recipe, model, {**req.model_dump(mode="json", exclude_none=True), "masked": mask is not None},
         response_format=req.response_format or ("b64_json" if family == "gpt-image" else "url"),
         size=(width, height), quality=req.quality, output_format=output_format,
         stream="image_edit" if req.stream else None,
@@ -487,20 +465,12 @@ async def image_variation(request: Request, who: Principal = Depends(principal))
     image = _one_image(images)
     model, family = resolve_edit_model(req.model, rt.catalog)
     width, height = _edit_size(req.size, family, image)
-    nodes = {
-        "image": image.node(),
-        "generate": {
-            "type": "text_to_image",
-            "params": {
-                "model": model, "prompt": "", "width": width, "height": height, "steps": req.steps,
-                "guidance": req.guidance, "seed": req.seed, "num_images": req.n or 1, "output_format": "png",
-                "strength": req.strength if req.strength is not None else 0.6,
-            },
-            "inputs": {"image": ["image", "images"]},
-        },
-    }
+    recipe = recipes.Variation(
+        model=model, width=width, height=height, steps=req.steps, guidance=req.guidance, seed=req.seed,
+        num_images=req.n or 1, output_format="png", image=image.ref(), strength=req.strength,
+    )
     return await _run(
-        request, who, nodes, model, req.model_dump(mode="json", exclude_none=True),
+        request, who, recipe, model, req.model_dump(mode="json", exclude_none=True),
         response_format=req.response_format or "url", size=(width, height), quality=None, output_format="png",
     )
 
