@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -33,18 +31,36 @@ def recent_node_seconds(conn: Connection, limit: int = RECENT_RUNS) -> float | N
 
 
 def estimate_start_at(conn: Connection, view: ExecutionView, now: float | None = None) -> float | None:
-    """When a queued execution should start (UNIX seconds); its start time once running; None when unknown."""
+    """When a queued execution should start (UNIX seconds); its start time once running; None when unknown.
+
+    The estimate depends on the queue's state, never on the clock alone, so polling
+    the same queue twice gives the same answer: the work now running started at
+    ``busy_since`` and should end one mean run time later, then each of the
+    ``queue_position`` runs ahead takes one mean run time.  With nothing running,
+    the count starts from when the execution was queued.  It moves when the
+    queue moves (a run ends early or late, one ahead is cancelled).
+    """
     if view.status == ExecutionStatus.RUNNING:
         return view.started_at
     if view.status != ExecutionStatus.QUEUED or view.queue_position is None:
         return None
-    now = time.time() if now is None else now
-    if view.queue_position == 0:
-        return now
+    busy_since = conn.execute(
+        sa.select(sa.func.min(node_runs.c.started_at)).where(node_runs.c.status == NodeStatus.RUNNING)
+    ).scalar()
     mean = recent_node_seconds(conn)
+    if busy_since is None and view.queue_position == 0:
+        return _queued_at(view)
     if mean is None:
         return None
-    return round(now + view.queue_position * mean, 3)
+    if busy_since is not None:
+        return round(float(busy_since) + (view.queue_position + 1) * mean, 3)
+    return round(_queued_at(view) + view.queue_position * mean, 3)
+
+
+def _queued_at(view: ExecutionView) -> float:
+    """When the execution's first still-queued node run was queued (its creation time if unknown)."""
+    times = [n.queued_at for n in view.nodes if n.status == NodeStatus.QUEUED and n.queued_at]
+    return round(min(times) if times else view.created_at, 3)
 
 
 def attach_estimate(db, view: ExecutionView) -> ExecutionView:

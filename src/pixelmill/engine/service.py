@@ -220,10 +220,14 @@ class ExecutionService:
             view = load_execution(conn, execution_id, account_id)
             if view is None or view.expires_at < time.time():
                 raise NotFound("Task not found", code="execution_not_found")
-            if not view.status.is_terminal():
-                view.queue_position = self._queue_position(conn, view)
-                view.estimated_start_at = estimate_start_at(conn, view)
-            return view
+            return self._with_queue_state(conn, view)
+
+    def _with_queue_state(self, conn, view: ExecutionView) -> ExecutionView:
+        """Set an unfinished execution's queue position and estimated start (as every view shows them)."""
+        if not view.status.is_terminal():
+            view.queue_position = self._queue_position(conn, view)
+            view.estimated_start_at = estimate_start_at(conn, view)
+        return view
 
     def previews(self, account_id: str | None, execution_id: str, after_seq: int = 0) -> list[PreviewView]:
         """Intermediate images the execution's nodes published after ``after_seq`` (NotFound as ``get``)."""
@@ -257,7 +261,7 @@ class ExecutionService:
             if batch_id:
                 q = q.where(executions.c.batch_id == batch_id)
             ids = conn.execute(q.order_by(executions.c.created_at.desc()).limit(limit)).scalars().all()
-            return [v for v in (load_execution(conn, i) for i in ids) if v is not None]
+            return [self._with_queue_state(conn, v) for v in (load_execution(conn, i) for i in ids) if v is not None]
 
     def cancel(self, account_id: str, execution_id: str) -> ExecutionView:
         """Cancel a queued or running execution.  Running diffusion stops at its next step."""
