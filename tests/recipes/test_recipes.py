@@ -91,12 +91,15 @@ def test_reference_follow_becomes_noise_strength():
     assert recipes.strength_from_follow(0.8) == pytest.approx(0.2)
 
 
-def test_first_problem_names_the_parameter(services):
-    with pytest.raises(GraphProblems) as bad_width:
-        prepare(recipes.Generate(**{**BASE, "width": 250}).graph(), default_registry(), services)
-    assert recipes.first_problem(bad_width.value).path == ()  # a model validator: no field location
+def test_problems_name_the_parameter(services):
     with pytest.raises(GraphProblems) as too_many:
         prepare(recipes.Generate(**BASE, steps=99).graph(), default_registry(), services)
-    found = recipes.first_problem(too_many.value, {"steps", "seed"})
-    assert found.path == ("steps",) and found.message.startswith("steps must be at most")
-    assert recipes.first_problem(too_many.value).path == ()
+    found = recipes.first_problem(too_many.value)
+    assert found.path == ("steps",) and found.about_params and found.message.startswith("steps must be at most")
+    # a model-level check without a location names its field first
+    bare = GraphProblems(problems=[{"node": "generate", "loc": [], "msg": "seed is not allowed"}, {"node": "image", "loc": ["inputs", "image"], "msg": "x"}])
+    first, second = recipes.problem_params(bare, {"steps", "seed"})
+    assert first.path == ("seed",) and not first.about_params
+    assert second.path == ("inputs", "image") and not second.about_params
+    assert recipes.first_problem(bare).path == ()
+    assert recipes.problem_params(GraphProblems("nothing to run")) == [recipes.ProblemParam((), "nothing to run")]
