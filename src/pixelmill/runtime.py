@@ -58,7 +58,10 @@ class Runtime:
             node_timeout_s=settings.node_timeout_s, file_retention_s=settings.file_retention_s,
         )
         self.plans = load_plans(settings.plans)
-        self.scheduler = Scheduler(self.db, self.lifecycle, self.plans, settings.default_plan, window_s=settings.fair_window_s)
+        self.scheduler = Scheduler(
+            self.db, self.lifecycle, self.plans, settings.default_plan, window_s=settings.fair_window_s,
+            local_leases=settings.queue == "inprocess", fair=settings.scheduler == "fair",
+        )
         self.queue.handler = FairDispatch(self.scheduler, self.runner.run) if settings.scheduler == "fair" else self.runner.run
         self.limiter = RateLimiter(settings.rate_limit_storage)
         self.admission = Admission(self.plans, self.limiter, settings.default_plan)

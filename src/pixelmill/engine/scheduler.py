@@ -35,6 +35,7 @@ retried later (``NodeBusy``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -119,7 +120,6 @@ class _Head:
     account_id: str
     plan: str
     queued_at: float
-    params: dict
 
 
 @dataclass
@@ -140,6 +140,9 @@ class Scheduler:
         window_s: float = 300.0,
         pick_lease_s: float = 60.0,
         clock: Callable[[], float] = time.time,
+        local_leases: bool = False,
+        fair: bool = True,
+        expire_every_s: float = 1.0,
     ):
         self.db = db
         self.lifecycle = lifecycle
@@ -150,6 +153,14 @@ class Scheduler:
         self.clock = clock
         self._typical: tuple[float, float] | None = None  # (measured at, seconds)
         self._typical_lock = threading.Lock()
+        #: one process owns the database (embedded): leases live in memory, saving a write per pick
+        self.local_leases = local_leases
+        self._leases: dict[str, float] = {}
+        self._lease_lock = threading.Lock()
+        #: False ("fifo" setting): queue positions in arrival order, as the queue runs them
+        self.fair = fair
+        self.expire_every_s = expire_every_s
+        self._expired_at: dict[str, float] = {}
 
     # --- policy -----------------------------------------------------------
     def plan(self, name: str | None) -> Plan:
@@ -172,7 +183,9 @@ class Scheduler:
     def pick(self, queue: str) -> NodeTask | None:
         """Choose and lease the next node run of ``queue``; None when nothing is waiting."""
         now = self.clock()
-        self.expire(queue, now)
+        if now - self._expired_at.get(queue, 0.0) >= self.expire_every_s:  # late work is also never picked (below)
+            self._expired_at[queue] = now
+            self.expire(queue, now)
         with self.db.engine.connect() as conn:
             heads = self._heads(conn, queue, now)
             if not heads:
@@ -195,14 +208,18 @@ class Scheduler:
             return 0.0
         return max(usage.seconds, 0.0) + usage.running * typical
 
-    def _waiting(self, queue: str, now: float):
-        lease_cutoff = now - self.pick_lease_s
+    def _waiting(self):
+        """Waiting, pickable runs of ``:queue`` (statement built once; bound: queue, now, lease_cutoff, taken)."""
+        if self.local_leases:
+            leased = node_runs.c.id.not_in(sa.bindparam("taken", expanding=True))
+        else:
+            leased = sa.or_(node_runs.c.picked_at.is_(None), node_runs.c.picked_at < sa.bindparam("lease_cutoff"))
+        now = sa.bindparam("now")
         return (
             sa.select(
                 node_runs.c.id,
                 node_runs.c.execution_id,
                 node_runs.c.queued_at,
-                node_runs.c.params,
                 executions.c.account_id,
                 executions.c.priority,
                 accounts.c.plan,
@@ -210,17 +227,28 @@ class Scheduler:
             .join(executions, executions.c.id == node_runs.c.execution_id)
             .join(accounts, accounts.c.id == executions.c.account_id)
             .where(
-                node_runs.c.queue == queue,
+                node_runs.c.queue == sa.bindparam("queue"),
                 node_runs.c.status == NodeStatus.QUEUED,
-                sa.or_(node_runs.c.picked_at.is_(None), node_runs.c.picked_at < lease_cutoff),
+                leased,
                 executions.c.status.in_(ACTIVE),
                 executions.c.cancel_requested.is_(False),
+                sa.or_(executions.c.start_by.is_(None), executions.c.start_by >= now, executions.c.status != ExecutionStatus.QUEUED),
+                sa.or_(executions.c.deadline_at.is_(None), executions.c.deadline_at >= now),
             )
         )
 
-    def _heads(self, conn: Connection, queue: str, now: float) -> list[_Head]:
-        """The first waiting run of each account (request priority, then age)."""
-        waiting = self._waiting(queue, now).add_columns(
+    def _waiting_params(self, queue: str, now: float) -> dict:
+        params = {"queue": queue, "now": now}
+        if self.local_leases:
+            with self._lease_lock:
+                params["taken"] = list(self._leases)
+        else:
+            params["lease_cutoff"] = now - self.pick_lease_s
+        return params
+
+    @functools.cached_property
+    def _heads_statement(self):
+        waiting = self._waiting().add_columns(
             sa.func.row_number()
             .over(
                 partition_by=executions.c.account_id,
@@ -228,30 +256,37 @@ class Scheduler:
             )
             .label("rank")
         ).subquery()
-        rows = conn.execute(sa.select(waiting).where(waiting.c.rank == 1)).all()
-        return [_Head(r.id, r.execution_id, r.account_id, r.plan, r.queued_at or 0.0, r.params or {}) for r in rows]
+        return sa.select(waiting).where(waiting.c.rank == 1)
 
-    def _usage(self, conn: Connection, account_ids: set[str], now: float) -> dict[str, _Usage]:
-        """Run time each account used in the window (running runs count their time so far) and its running runs."""
-        since = now - self.window_s
+    def _heads(self, conn: Connection, queue: str, now: float) -> list[_Head]:
+        """The first waiting run of each account (request priority, then age)."""
+        rows = conn.execute(self._heads_statement, self._waiting_params(queue, now)).all()
+        return [_Head(r.id, r.execution_id, r.account_id, r.plan, r.queued_at or 0.0) for r in rows]
+
+    @functools.cached_property
+    def _usage_statement(self):
+        now, since = sa.bindparam("now"), sa.bindparam("since")
+        greatest = sa.func.max if self.db.engine.dialect.name == "sqlite" else sa.func.greatest  # SQLite's 2-argument max()
         running = sa.case((node_runs.c.status == NodeStatus.RUNNING, 1), else_=0)
-        rows = conn.execute(
+        return (
             sa.select(
                 executions.c.account_id,
-                sa.func.sum(sa.func.coalesce(node_runs.c.finished_at, now) - sa.func.max(node_runs.c.started_at, since)).label("seconds")
-                if self.db.engine.dialect.name == "sqlite"
-                else sa.func.sum(sa.func.coalesce(node_runs.c.finished_at, now) - sa.func.greatest(node_runs.c.started_at, since)).label("seconds"),
+                sa.func.sum(sa.func.coalesce(node_runs.c.finished_at, now) - greatest(node_runs.c.started_at, since)).label("seconds"),
                 sa.func.sum(running).label("running"),
             )
             .join(executions, executions.c.id == node_runs.c.execution_id)
             .where(
-                executions.c.account_id.in_(sorted(account_ids)),
+                executions.c.account_id.in_(sa.bindparam("accounts", expanding=True)),
                 sa.or_(node_runs.c.started_at >= since, node_runs.c.status == NodeStatus.RUNNING),
                 node_runs.c.started_at.is_not(None),
                 node_runs.c.cached.is_(False),
             )
             .group_by(executions.c.account_id)
-        ).all()
+        )
+
+    def _usage(self, conn: Connection, account_ids: set[str], now: float) -> dict[str, _Usage]:
+        """Run time each account used in the window (running runs count their time so far) and its running runs."""
+        rows = conn.execute(self._usage_statement, {"now": now, "since": now - self.window_s, "accounts": sorted(account_ids)}).all()
         return {r.account_id: _Usage(float(r.seconds or 0.0), int(r.running or 0)) for r in rows}
 
     def typical_seconds(self, conn: Connection) -> float:
@@ -268,6 +303,12 @@ class Scheduler:
         return self._typical[1]
 
     def _lease(self, run_id: str, now: float) -> bool:
+        if self.local_leases:
+            with self._lease_lock:
+                if run_id in self._leases:
+                    return False
+                self._leases[run_id] = now
+                return True
         with self.db.transaction() as conn:
             result = conn.execute(
                 sa.update(node_runs)
@@ -280,8 +321,17 @@ class Scheduler:
             )
             return result.rowcount == 1
 
+    def release(self, run_id: str) -> None:
+        """The picker is done with ``run_id`` (claimed and ran it, or gave up): drop its local lease."""
+        if self.local_leases:
+            with self._lease_lock:
+                self._leases.pop(run_id, None)
+
     def leased_elsewhere(self, run_id: str) -> bool:
         """True while ``run_id`` waits under another worker's pick lease (that worker will run it)."""
+        if self.local_leases:
+            with self._lease_lock:
+                return run_id in self._leases
         with self.db.engine.connect() as conn:
             row = conn.execute(sa.select(node_runs.c.status, node_runs.c.picked_at).where(node_runs.c.id == run_id)).first()
         return bool(
@@ -344,10 +394,12 @@ class Scheduler:
         ).first()
         if mine is None:
             return None
-        waiting = self._waiting(mine.queue, now).subquery()
+        waiting = self._waiting().subquery()
+        bound = self._waiting_params(mine.queue, now)
         per_account = conn.execute(
             sa.select(waiting.c.account_id, waiting.c.plan, sa.func.count().label("n"), sa.func.min(waiting.c.queued_at).label("oldest"))
-            .group_by(waiting.c.account_id, waiting.c.plan)
+            .group_by(waiting.c.account_id, waiting.c.plan),
+            bound,
         ).all()
         own_ahead = conn.execute(
             sa.select(sa.func.count())
@@ -361,7 +413,8 @@ class Scheduler:
                         sa.or_(waiting.c.queued_at < mine.queued_at, sa.and_(waiting.c.queued_at == mine.queued_at, waiting.c.id < mine.id)),
                     ),
                 ),
-            )
+            ),
+            bound,
         ).scalar_one()
         usage = self._usage(conn, {r.account_id for r in per_account} | {mine.account_id}, now)
         typical = self.typical_seconds(conn)
@@ -401,4 +454,8 @@ class FairDispatch:
             chosen = None
         if chosen is None and self.scheduler.leased_elsewhere(task.node_run_id):
             return  # another worker picked the delivered run and is about to claim it
-        self.run(chosen or task)
+        try:
+            self.run(chosen or task)
+        finally:
+            if chosen is not None:
+                self.scheduler.release(chosen.node_run_id)

@@ -243,7 +243,7 @@ class ExecutionService:
         queued = [n for n in view.nodes if n.status == NodeStatus.QUEUED]
         if not queued:
             return 0 if view.status == ExecutionStatus.RUNNING else None
-        if self.scheduler is not None:  # the scheduler's order, not arrival order
+        if self.scheduler is not None and self.scheduler.fair:  # the scheduler's order, not arrival order
             return self.scheduler.position(conn, view.id)
         first = min(n.queued_at or 0 for n in queued)
         ahead = conn.execute(
