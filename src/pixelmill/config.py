@@ -89,6 +89,16 @@ class Settings(BaseSettings):
     auth_failures_per_minute: int | None = Field(default=30, ge=1)
     plans: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
+    # moderation (safety_tolerance 0 strict .. 6 permissive)
+    #: a TOML file of prompt rules added to the shipped ones (``replace = true`` in it replaces them)
+    moderation_policy_path: Path | None = None
+    #: the output image classifier: ``auto`` (open_nsfw where installed), ``open_nsfw``, ``none``
+    moderation_image_classifier: Literal["auto", "open_nsfw", "none"] = "auto"
+    #: classifier score that withholds an image, per tolerance 0..6; JSON or comma-separated
+    moderation_image_thresholds: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [0.15, 0.3, 0.5, 0.7, 0.85, 0.95, 1.01], min_length=7, max_length=7
+    )
+
     # outbound HTTP (webhooks, image URLs)
     #: networks outbound fetches may reach although private; JSON or comma-separated (``127.0.0.0/8,10.0.0.0/8``)
     url_allow_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -113,7 +123,7 @@ class Settings(BaseSettings):
             raise ValueError("must be positive")
         return v
 
-    @field_validator("cors_origins", "url_allow_networks", mode="before")
+    @field_validator("cors_origins", "url_allow_networks", "moderation_image_thresholds", mode="before")
     @classmethod
     def _list_from_text(cls, value: Any) -> Any:
         """A list given as text (an environment value): a JSON array, or comma-separated items."""

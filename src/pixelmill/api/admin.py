@@ -26,6 +26,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from pixelmill import moderation
 from pixelmill.accounts import keys, ledger
 from pixelmill.accounts.plans import open_account
 from pixelmill.accounts.usage import account_usage
@@ -64,6 +65,13 @@ class PlanChange(BaseModel):
     plan: str
 
 
+class ModerationChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    safety_tolerance: int | None = Field(ge=0, le=6)
+    """Pinned for every request of the account (0 strict .. 6 permissive); null: each request's own."""
+
+
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -100,6 +108,7 @@ def _account(conn, account_id: str) -> dict[str, Any]:
         "created_at": row.created_at,
         "disabled_at": row.disabled_at,
         "credits": ledger.balance(conn, row.id),
+        "safety_tolerance": row.safety_tolerance,
     }
 
 
@@ -137,6 +146,16 @@ def set_plan(account_id: str, body: PlanChange, request: Request):
     with rt.db.transaction() as conn:
         _account(conn, account_id)
         conn.execute(sa.update(accounts).where(accounts.c.id == account_id).values(plan=plan))
+        return _account(conn, account_id)
+
+
+@router.put("/accounts/{account_id}/moderation")
+def set_moderation(account_id: str, body: ModerationChange, request: Request):
+    """Pin the account's moderation tolerance (or give it back to each request with null)."""
+    rt = _rt(request)
+    with rt.db.transaction() as conn:
+        _account(conn, account_id)
+        moderation.set_account_override(conn, account_id, body.safety_tolerance)
         return _account(conn, account_id)
 
 

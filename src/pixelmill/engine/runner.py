@@ -16,6 +16,7 @@ from pixelmill.domain.status import ExecutionStatus, NodeStatus
 from pixelmill.engine.lifecycle import Lifecycle, NodeTask
 from pixelmill.files.storage import FileStorage
 from pixelmill.ids import new_id
+from pixelmill.moderation import ContentModerated
 from pixelmill.models.base import DeadlineExceeded, GenerationCancelled, StepControl
 from pixelmill.nodes.base import NodeContext, NodeRegistry
 from pixelmill.nodes.services import NodeServices
@@ -84,6 +85,8 @@ class NodeRunner:
                 self._fail(run, "deadline_exceeded", f"node {run.node_id} ran longer than {self.node_timeout_s:.0f} s")
         except GenerationCancelled:
             self._fail(run, "cancelled", "Cancelled by the client", cancelled=True)
+        except ContentModerated as e:  # the output was withheld: nothing stored, the hold is released
+            self._fail(run, e.code, str(e))
         except Exception as e:  # a node's failure is recorded, never lost
             log.exception("node %s of execution %s failed", run.node_id, run.execution_id)
             self._fail(run, getattr(e, "code", "node_failed"), f"{type(e).__name__}: {e}")

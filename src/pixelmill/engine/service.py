@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 import sqlalchemy as sa
 
+from pixelmill import moderation
 from pixelmill.accounts import ledger
 from pixelmill.accounts.admission import AdmissionPolicy
 from pixelmill.accounts.keys import Principal
@@ -95,7 +96,9 @@ class ExecutionService:
             # admission: checks that consume nothing run now; what consumes quota
             # (execution windows) runs only once the credit check has passed
             self.admission.check(conn, principal)
-            needed = sum(ledger.to_micro(prepared.cost) for _, prepared in prepared_items)
+            override = moderation.account_override(conn, account)
+            verdicts = [self._moderate(prepared, override) for _, prepared in prepared_items]
+            needed = sum(ledger.to_micro(prepared.cost) for (_, prepared), v in zip(prepared_items, verdicts) if v is None)
             available = ledger.balance_micro(conn, account)
             if needed > available:
                 cost, have = ledger.from_micro(needed), ledger.from_micro(available)
@@ -115,7 +118,7 @@ class ExecutionService:
                 self.admission.consume(conn, principal)
                 eid = new_id()
                 ids.append(eid)
-                tasks.extend(self._insert(conn, eid, sub, prepared))
+                tasks.extend(self._insert(conn, eid, sub, prepared, safety_override=override, moderated=verdicts[i]))
         try:
             for task in tasks:  # after commit: a worker never sees an uncommitted row
                 self.enqueue(task)
@@ -135,10 +138,36 @@ class ExecutionService:
             raise err from exc
         return [self.get(account, eid) for eid in ids]
 
-    def _insert(self, conn, eid: str, sub: Submission, prepared: PreparedGraph) -> list[NodeTask]:
-        """Write one execution, its node runs and its hold; the node tasks to queue once committed."""
+    def _moderate(self, prepared: PreparedGraph, override: int | None) -> moderation.Verdict | None:
+        """The prompt policy's refusal of any node's prompt at its tolerance (the account's pinned one if set)."""
+        moderator = getattr(self.services, "moderator", None)
+        if moderator is None:
+            return None
+        for node in prepared.nodes.values():
+            tolerance = getattr(node.params, "safety_tolerance", None)
+            prompt = getattr(node.params, "prompt", None)
+            if tolerance is None or not isinstance(prompt, str):
+                continue
+            verdict = moderator.check_prompt(prompt, moderation.effective_tolerance(tolerance, override))
+            if verdict is not None:
+                return verdict
+        return None
+
+    def _insert(
+        self,
+        conn,
+        eid: str,
+        sub: Submission,
+        prepared: PreparedGraph,
+        safety_override: int | None = None,
+        moderated: moderation.Verdict | None = None,
+    ) -> list[NodeTask]:
+        """Write one execution, its node runs and its hold; the node tasks to queue once committed.
+
+        A request the prompt policy refused (``moderated``) is written already
+        failed, with nothing held and nothing to queue."""
         account = sub.principal.account_id
-        cost = prepared.cost
+        cost = 0.0 if moderated else prepared.cost
         now = time.time()  # each execution its own time: list cursors order them
         tasks: list[NodeTask] = []
         wanted = sub.scheduling or requested_scheduling() or RequestScheduling()
@@ -175,6 +204,8 @@ class ExecutionService:
         keys: dict[str, str] = {}
         for node_id, node in prepared.nodes.items():
             params = node.params.model_dump(mode="json")
+            if safety_override is not None and "safety_tolerance" in params:
+                params["safety_tolerance"] = safety_override
             seed = None
             if node.type.uses_seed:
                 seed = params.get("seed")
@@ -209,6 +240,10 @@ class ExecutionService:
             )
             if runnable:
                 tasks.append(NodeTask(run_id, eid, params["__queue__"]))
+        if moderated is not None:
+            self.lifecycle.event(conn, eid, "execution.created", {"cost": 0.0})
+            self.lifecycle.finish_execution(conn, eid, ExecutionStatus.FAILED, moderated.code, moderated.reason)
+            return []
         if cost > 0:
             ledger.hold(conn, account, eid, cost)
         self.lifecycle.event(conn, eid, "execution.created", {"cost": cost})

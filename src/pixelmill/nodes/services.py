@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pixelmill.config import Settings
 from pixelmill.models.catalog import ModelCatalog
 from pixelmill.models.registry import ModelRegistry
+from pixelmill.moderation import Moderator
 from pixelmill.net.safe_http import SafeHttpClient, UrlPolicy
 
 
@@ -19,6 +20,12 @@ class NodeServices:
     settings: Settings
     http: SafeHttpClient
     """The guarded client for untrusted URLs (image inputs); the same one delivers webhooks."""
+    moderator: Moderator | None = field(default=None)
+    """Prompt policy and output classifier (built from the settings when not given)."""
+
+    def __post_init__(self) -> None:
+        if self.moderator is None:
+            object.__setattr__(self, "moderator", Moderator.from_settings(self.settings))
 
     @classmethod
     def build(

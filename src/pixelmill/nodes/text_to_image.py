@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, model_validator
 
 from pixelmill.models.base import TextToImageRequest
+from pixelmill.moderation import ContentModerated
 from pixelmill.nodes.base import IMAGE, NodeContext, NodeParams, NodeResult, NodeType
 
 if TYPE_CHECKING:
@@ -32,6 +33,8 @@ class TextToImageParams(NodeParams):
     output_format: Literal["jpeg", "png", "webp"] = "png"
     #: intermediate images to publish while it runs (``node.preview`` events); 0: none
     previews: int = Field(default=0, ge=0, le=3)
+    #: moderation of the prompt and the output: 0 strict .. 6 permissive (BFL's scale)
+    safety_tolerance: int = Field(default=2, ge=0, le=6)
 
     @model_validator(mode="after")
     def _multiple_of_16(self):
@@ -101,6 +104,9 @@ class TextToImage(NodeType):
         ctx.control.previews = params.previews
         with ctx.services.models.use(params.model) as backend:  # never unloaded while it generates
             images = backend.generate(request, ctx.control)
+        verdict = ctx.services.moderator.check_images(images, params.safety_tolerance)
+        if verdict is not None:
+            raise ContentModerated(verdict.reason)
         return NodeResult(
             images=images,
             output_format=params.output_format,

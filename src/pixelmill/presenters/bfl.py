@@ -16,9 +16,15 @@ STATUS = {
 }
 
 
+#: failures that BFL reports as their own statuses
+MODERATED = {"request_moderated": "Request Moderated", "content_moderated": "Content Moderated"}
+
+
 def render_result(view: ExecutionView, url_for: Callable[[FileView], str]) -> dict[str, Any]:
     """BFL's get_result shape (also the body of BFL webhooks)."""
     status = STATUS[view.status]
+    if view.status == ExecutionStatus.FAILED and view.error_code in MODERATED:
+        status = MODERATED[view.error_code]
     result = None
     details = None
     sinks = view.sink_nodes()

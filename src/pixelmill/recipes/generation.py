@@ -58,6 +58,8 @@ class Generate:
     num_images: int | None = None
     output_format: str | None = None
     previews: int | None = None
+    safety_tolerance: int | None = None
+    """Moderation of the prompt and the output, 0 strict .. 6 permissive (the node's default: 2)."""
 
     def generation_params(self, **extra: Any) -> dict[str, Any]:
         base = {f.name: getattr(self, f.name) for f in fields(Generate)}

@@ -29,6 +29,7 @@ accounts = sa.Table(
     sa.Column("webhook_secrets", sa.JSON, nullable=False, default=list),  # newest first; two during rotation
     # the sum of the account's credit_ledger entries, moved in the same transaction as each entry
     sa.Column("credit_balance_micro", sa.BigInteger, nullable=False, default=0, server_default="0"),
+    sa.Column("safety_tolerance", sa.Integer),  # pinned by the operator: replaces the requests' (None: theirs)
 )
 
 api_keys = sa.Table(

@@ -109,6 +109,7 @@ async def submit(endpoint: str, request: Request, who: Principal = Depends(princ
     generation = dict(
         model=spec.name, prompt=params.prompt, width=width, height=height, steps=params.steps,
         guidance=params.guidance, seed=params.seed, output_format=params.output_format,
+        safety_tolerance=params.safety_tolerance,
     )
     recipe: recipes.Generate
     if not takes_image:

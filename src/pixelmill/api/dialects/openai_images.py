@@ -233,6 +233,7 @@ async def create_image(request: Request, who: Principal = Depends(principal)):
     recipe = recipes.Generate(
         model=model, prompt=req.prompt, negative_prompt=req.negative_prompt, width=width, height=height, steps=req.steps,
         guidance=req.guidance, seed=req.seed, num_images=req.n or 1, output_format=output_format, previews=_previews(req),
+        safety_tolerance=moderation_tolerance(req.moderation),
     )
     return await _run(
         request, who, recipe, model, req.model_dump(mode="json", exclude_none=True),
@@ -240,6 +241,14 @@ async def create_image(request: Request, who: Principal = Depends(principal)):
         size=(width, height), quality=req.quality, output_format=output_format,
         stream="image_generation" if req.stream else None,
     )
+
+
+MODERATED_CODES = ("request_moderated", "content_moderated")
+
+
+def moderation_tolerance(moderation: str | None) -> int:
+    """OpenAI's ``moderation``: ``auto`` (the default) is BFL's default tolerance 2; ``low`` is 4."""
+    return 4 if moderation == "low" else 2
 
 
 async def _run(
@@ -278,6 +287,8 @@ async def _run(
     view = await _wait(request, who.account_id, view.id, _sync_timeout(request))
     if view.status == ExecutionStatus.CANCELLED:
         raise PixelmillError(f"The generation (execution {view.id}) was cancelled before it finished.", code="cancelled", status=500)
+    if view.error_code in MODERATED_CODES:  # OpenAI's answer to a refused prompt or a withheld image
+        raise PixelmillError(f"Your request was rejected by the safety system: {view.error_message}", code="moderation_blocked", status=400)
     if view.status != ExecutionStatus.SUCCEEDED:
         raise PixelmillError(view.error_message or "The image generation failed.", code=view.error_code or "generation_failed", status=500)
     rendered = await run_in_threadpool(render_images, view, response_format=response_format, **render)
@@ -323,7 +334,10 @@ async def _stream_events(request: Request, account_id: str, execution_id: str, t
         if view.status != ExecutionStatus.SUCCEEDED:
             message = view.error_message or ("The generation was cancelled." if view.status == ExecutionStatus.CANCELLED else "The image generation failed.")
             code = view.error_code or "generation_failed"
-            yield _sse("error", {"type": "error", "error": error_body(message, "server_error", code=code)["error"]})
+            kind_ = "server_error"
+            if code in MODERATED_CODES:
+                code, kind_ = "moderation_blocked", "invalid_request_error"
+            yield _sse("error", {"type": "error", "error": error_body(message, kind_, code=code)["error"]})
             return
         rendered = await run_in_threadpool(render_images, view, response_format="b64_json", **render)
         for event in completed_events(rendered, f"{kind}.completed"):
@@ -438,6 +452,7 @@ async def edit_image(request: Request, who: Principal = Depends(principal)):
     generation = dict(
         model=model, prompt=req.prompt, negative_prompt=req.negative_prompt, width=width, height=height, steps=req.steps,
         guidance=req.guidance, seed=req.seed, num_images=req.n or 1, output_format=output_format, previews=_previews(req),
+        safety_tolerance=moderation_tolerance(req.moderation),
     )
     recipe: recipes.Generate
     if mask is not None:  # OpenAI masks: fully transparent pixels mark the area to edit

