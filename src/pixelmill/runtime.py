@@ -16,6 +16,7 @@ from pixelmill.engine.publisher import Publisher
 from pixelmill.engine.runner import NodeRunner
 from pixelmill.engine.scheduler import FairDispatch, Scheduler
 from pixelmill.engine.service import ExecutionService
+from pixelmill.files.service import FileService
 from pixelmill.files.signing import UrlSigner
 from pixelmill.files.storage import LocalStorage
 from pixelmill.models.catalog import ModelCatalog
@@ -45,6 +46,7 @@ class Runtime:
             idle_unload_s=settings.model_idle_unload_s,
         )
         self.storage = LocalStorage(settings.files_dir)
+        self.files = FileService(self.db, self.storage)
         self.signer = UrlSigner(settings.resolved_secret_key(), settings.signed_url_ttl_s)
         self.nodes = default_registry()
         self.http = SafeHttpClient(UrlPolicy(allow_networks=settings.url_allow_networks))  # one guarded client, shared
@@ -80,10 +82,12 @@ class Runtime:
         """Outbox rows with every state change; a dispatcher that delivers them (started by ``start``)."""
         from pixelmill.webhooks.dispatcher import Dispatcher
         from pixelmill.webhooks.outbox import Outbox
+        from pixelmill.webhooks.settings import WebhookSettings
         from pixelmill.webhooks.triggers import TriggerService, plan_request_limit
 
         s = self.settings
         self.outbox = Outbox(self.signer, s.resolved_base_url(), s.webhook_file_url_ttl_s)
+        self.webhook_settings = WebhookSettings(self.db)
         self.lifecycle.add_hook(self.outbox)
         self.dispatcher = Dispatcher(self.db, self.http, retention_s=s.webhook_retention_days * 86400)
         limiter, admission = getattr(self, "limiter", None), getattr(self, "admission", None)

@@ -31,7 +31,6 @@ import json
 import time
 from typing import Any, AsyncIterator, Callable
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -39,10 +38,9 @@ from starlette.concurrency import run_in_threadpool
 from pixelmill.api.deps import presented_key, principal
 from pixelmill.api.files import signed_url
 from pixelmill.engine.estimates import attach_estimate
-from pixelmill.engine.views import FileView, PreviewView, load_previews
+from pixelmill.engine.views import EventView, FileView
 from pixelmill.errors import Forbidden, NotFound
 from pixelmill.presenters.workflow import EXECUTION_STATUS
-from pixelmill.store.tables import execution_events
 
 router = APIRouter(prefix="/api/v1", tags=["Executions"])
 
@@ -78,25 +76,14 @@ class EventStream:
         self.execution_id = execution_id
         self.after = after_seq
         self.url_for = url_for
-        self._previews: dict[int, PreviewView] = {}  # node.preview events of the last fetch, by seq
 
-    def _fetch(self) -> list:
-        with self.rt.db.engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(execution_events)
-                .where(execution_events.c.execution_id == self.execution_id, execution_events.c.seq > self.after)
-                .order_by(execution_events.c.seq)
-                .limit(500)
-            ).all()
-            if any(r.event == "node.preview" for r in rows):
-                self._previews = {p.seq: p for p in load_previews(conn, self.execution_id, self.after)}
-            return rows
+    def _fetch(self) -> list[EventView]:
+        return self.rt.executions.events(self.execution_id, self.after, limit=500)
 
-    def _data(self, r) -> dict[str, Any]:
-        data = {"executionId": self.execution_id, "createdAt": r.created_at, **(r.data or {})}
+    def _data(self, r: EventView) -> dict[str, Any]:
+        data = {"executionId": self.execution_id, "createdAt": r.created_at, **r.data}
         if r.event == "node.preview":
-            preview = self._previews.get(r.seq)
-            files = preview.files if preview is not None else []
+            files = r.preview.files if r.preview is not None else []
             data["images"] = [{"id": f.id, "url": self.url_for(f), "width": f.width, "height": f.height} for f in files]
         return data
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from pixelmill.errors import Forbidden, NotFound
-from pixelmill.store.tables import files
+from pixelmill.errors import Forbidden
 
 router = APIRouter()
 
@@ -20,14 +18,10 @@ def get_file(file_id: str, filename: str, request: Request, exp: str = "", sig: 
         raise Forbidden("This URL has expired; fetch a fresh one from the result", code="url_expired")
     if problem:
         raise Forbidden("Invalid URL signature", code="bad_signature")
-    with rt.db.engine.connect() as conn:
-        row = conn.execute(sa.select(files).where(files.c.id == file_id)).first()
-    if row is None or not rt.storage.exists(row.storage_key):
-        raise NotFound("File not found", code="file_not_found")
-    data = rt.storage.get(row.storage_key)
+    stored = rt.files.read(file_id)
     return Response(
-        data,
-        media_type=row.content_type,
+        stored.data,
+        media_type=stored.content_type,
         headers={"Cache-Control": "private, max-age=600", "Content-Disposition": f'inline; filename="{filename}"'},
     )
 

@@ -13,43 +13,38 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from pixelmill.accounts.keys import Principal
 from pixelmill.api.deps import json_body, principal
-from pixelmill.errors import InvalidInput, NotFound, PixelmillError
+from pixelmill.errors import InvalidInput, PixelmillError
 from pixelmill.net.safe_http import SafeHttpError
 from pixelmill.presenters.workflow import EXECUTION_STATUS
-from pixelmill.store.tables import accounts, webhook_attempts, webhook_events
-from pixelmill.webhooks.dispatcher import account_secrets, payload_json
-from pixelmill.webhooks.signing import new_secret
+from pixelmill.webhooks.dispatcher import payload_json
+from pixelmill.webhooks.settings import DeliveryView
 
 router = APIRouter(prefix="/api/v1", tags=["Webhooks"])
 
-MAX_SECRETS = 2  # the current one and, during rotation, the previous one
-
 
 # --- delivery log ------------------------------------------------------------
-def _render_event(row, attempts: list) -> dict[str, Any]:
+def _render_event(d: DeliveryView) -> dict[str, Any]:
     return {
-        "id": row.id,
-        "executionId": row.execution_id,
-        "type": row.event_type,
-        "url": row.url,
-        "state": row.state,
-        "attempts": row.attempts,
-        "nextAttemptAt": row.next_attempt_at if row.state == "pending" else None,
-        "createdAt": row.created_at,
-        "deliveredAt": row.delivered_at,
+        "id": d.id,
+        "executionId": d.execution_id,
+        "type": d.event_type,
+        "url": d.url,
+        "state": d.state,
+        "attempts": d.attempts,
+        "nextAttemptAt": d.next_attempt_at if d.state == "pending" else None,
+        "createdAt": d.created_at,
+        "deliveredAt": d.delivered_at,
         "deliveries": [
             {"attemptedAt": a.attempted_at, "statusCode": a.status_code, "latencyMs": a.latency_ms, "error": a.error}
-            for a in attempts
+            for a in d.tries
         ],
     }
 
@@ -64,24 +59,11 @@ def list_events(request: Request, who: Principal = Depends(principal)):
     if not 1 <= limit <= 200:
         raise InvalidInput("limit must be 1–200", code="invalid_pagination")
     rt = request.app.state.runtime
-    sel = sa.select(webhook_events).where(webhook_events.c.account_id == who.account_id)
-    if q.get("execution_id"):
-        sel = sel.where(webhook_events.c.execution_id == q["execution_id"])
-    if q.get("state"):
-        sel = sel.where(webhook_events.c.state == q["state"])
-    with rt.db.engine.connect() as conn:
-        rows = conn.execute(sel.order_by(webhook_events.c.created_at.desc()).limit(limit)).all()
-        ids = [r.id for r in rows]
-        tries: dict[str, list] = {i: [] for i in ids}
-        if ids:
-            for a in conn.execute(
-                sa.select(webhook_attempts).where(webhook_attempts.c.event_id.in_(ids)).order_by(webhook_attempts.c.id)
-            ):
-                tries[a.event_id].append(a)
-    data = [_render_event(r, tries[r.id]) for r in rows]
+    found = rt.webhook_settings.deliveries(who.account_id, q.get("execution_id") or None, q.get("state") or None, limit)
+    data = [_render_event(d) for d in found]
     if q.get("include_payload") in ("1", "true"):
-        for item, r in zip(data, rows):
-            item["payload"] = payload_json(r.payload)
+        for item, d in zip(data, found):
+            item["payload"] = payload_json(d.payload)
     return {"data": data}
 
 
@@ -89,28 +71,15 @@ def list_events(request: Request, who: Principal = Depends(principal)):
 def redeliver(event_id: str, request: Request, who: Principal = Depends(principal)):
     """Queue the event again now, with a fresh retry schedule; the webhook-id stays the same."""
     rt = request.app.state.runtime
-    now = time.time()
-    with rt.db.transaction() as conn:
-        row = conn.execute(
-            sa.select(webhook_events).where(webhook_events.c.id == event_id, webhook_events.c.account_id == who.account_id)
-        ).first()
-        if row is None:
-            raise NotFound("Webhook event not found", code="webhook_event_not_found")
-        conn.execute(
-            sa.update(webhook_events).where(webhook_events.c.id == event_id).values(state="pending", attempts=0, next_attempt_at=now)
-        )
-        row = conn.execute(sa.select(webhook_events).where(webhook_events.c.id == event_id)).first()
+    delivery = rt.webhook_settings.redeliver(who.account_id, event_id)
     rt.dispatcher.wake()
-    return JSONResponse(_render_event(row, []), status_code=202)
+    return JSONResponse(_render_event(delivery), status_code=202)
 
 
 # --- endpoint and secret -------------------------------------------------------
 @router.get("/webhooks/config")
 def get_config(request: Request, who: Principal = Depends(principal)):
-    rt = request.app.state.runtime
-    with rt.db.engine.connect() as conn:
-        url = conn.execute(sa.select(accounts.c.webhook_url).where(accounts.c.id == who.account_id)).scalar()
-    return {"url": url}
+    return {"url": request.app.state.runtime.webhook_settings.endpoint(who.account_id)}
 
 
 @router.put("/webhooks/config")
@@ -128,30 +97,18 @@ async def put_config(request: Request, who: Principal = Depends(principal)):
             await run_in_threadpool(rt.http.resolve, url)  # the same policy deliveries use
         except SafeHttpError as e:
             raise InvalidInput(f"This webhook URL cannot be used: {e.message}", code="invalid_webhook_url", reason=e.code) from None
-
-    def save() -> None:
-        with rt.db.transaction() as conn:
-            conn.execute(sa.update(accounts).where(accounts.c.id == who.account_id).values(webhook_url=url))
-            account_secrets(conn, who.account_id)
-
-    await run_in_threadpool(save)
+    await run_in_threadpool(rt.webhook_settings.set_endpoint, who.account_id, url)
     return {"url": url}
 
 
 @router.get("/webhooks/secret")
 def get_secret(request: Request, who: Principal = Depends(principal)):
-    rt = request.app.state.runtime
-    with rt.db.transaction() as conn:
-        return {"key": account_secrets(conn, who.account_id)[0]}
+    return {"key": request.app.state.runtime.webhook_settings.secret(who.account_id)}
 
 
 @router.post("/webhooks/secret/rotate")
 def rotate_secret(request: Request, who: Principal = Depends(principal)):
-    rt = request.app.state.runtime
-    with rt.db.transaction() as conn:
-        current = account_secrets(conn, who.account_id, create=False)
-        secrets = ([new_secret()] + current)[:MAX_SECRETS]
-        conn.execute(sa.update(accounts).where(accounts.c.id == who.account_id).values(webhook_secrets=secrets))
+    secrets = request.app.state.runtime.webhook_settings.rotate_secret(who.account_id)
     return {"key": secrets[0], "previousKeyActive": len(secrets) > 1}
 
 

@@ -19,7 +19,7 @@ from pixelmill.engine.estimates import estimate_start_at
 from pixelmill.engine.graph import PreparedGraph, cache_key, prepare
 from pixelmill.engine.lifecycle import Lifecycle, NodeTask
 from pixelmill.engine.scheduler import RequestScheduling, Scheduler, requested_scheduling
-from pixelmill.engine.views import ExecutionView, PreviewView, load_execution, load_previews
+from pixelmill.engine.views import EventView, ExecutionView, PreviewView, load_events, load_execution, load_previews
 from pixelmill.errors import InsufficientCredits, NotFound, ServiceUnavailable
 from pixelmill.ids import new_id
 from pixelmill.nodes.base import NodeRegistry
@@ -273,6 +273,11 @@ class ExecutionService:
             if conn.execute(owner).first() is None:
                 raise NotFound("Task not found", code="execution_not_found")
             return load_previews(conn, execution_id, after_seq)
+
+    def events(self, execution_id: str, after_seq: int = 0, limit: int = 500) -> list[EventView]:
+        """The execution's log after ``after_seq`` (the caller checked it may see the execution)."""
+        with self.db.engine.connect() as conn:
+            return load_events(conn, execution_id, after_seq, limit)
 
     def _queue_position(self, conn, view: ExecutionView) -> int | None:
         queued = [n for n in view.nodes if n.status == NodeStatus.QUEUED]

@@ -105,6 +105,33 @@ class PreviewView:
     files: list[FileView]
 
 
+@dataclass
+class EventView:
+    """One entry of an execution's event log; ``preview`` is set on ``node.preview`` events."""
+
+    seq: int
+    event: str
+    data: dict[str, Any]
+    created_at: float
+    preview: PreviewView | None = None
+
+
+def load_events(conn: Connection, execution_id: str, after_seq: int = 0, limit: int = 500) -> list[EventView]:
+    """Up to ``limit`` events logged after ``after_seq``, oldest first, previews with their files."""
+    rows = conn.execute(
+        sa.select(execution_events)
+        .where(execution_events.c.execution_id == execution_id, execution_events.c.seq > after_seq)
+        .order_by(execution_events.c.seq)
+        .limit(limit)
+    ).all()
+    events = [EventView(r.seq, r.event, r.data or {}, r.created_at) for r in rows]
+    if any(e.event == "node.preview" for e in events):
+        previews = {p.seq: p for p in load_previews(conn, execution_id, after_seq)}
+        for e in events:
+            e.preview = previews.get(e.seq)
+    return events
+
+
 def load_previews(conn: Connection, execution_id: str, after_seq: int = 0) -> list[PreviewView]:
     """The execution's previews logged after ``after_seq``, oldest first."""
     rows = conn.execute(

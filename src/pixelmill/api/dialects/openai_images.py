@@ -63,7 +63,6 @@ import re
 import time
 from typing import Callable, Literal
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request
 from starlette.datastructures import UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -83,7 +82,6 @@ from pixelmill.engine.views import ExecutionView, FileView
 from pixelmill.errors import BadRequest, NotFound, PixelmillError
 from pixelmill.models.imageops import BadImageInput, ImageDecodeError, decode_base64_image, decode_image, fit_size, has_alpha, is_url
 from pixelmill.presenters.openai_images import completed_events, error_body, partial_event, render_error, render_images
-from pixelmill.store.tables import files
 from pixelmill.store.db import database_busy
 
 log = logging.getLogger("pixelmill.api.openai")
@@ -665,6 +663,4 @@ async def _watch_disconnect(request: Request, gone: asyncio.Event) -> None:
 
 
 def _file_bytes(rt, f: FileView) -> bytes:
-    with rt.db.engine.connect() as conn:
-        key = conn.execute(sa.select(files.c.storage_key).where(files.c.id == f.id)).scalar_one()
-    return rt.storage.get(key)
+    return rt.files.read(f.id).data
