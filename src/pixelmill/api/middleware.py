@@ -56,7 +56,7 @@ from pixelmill.store.db import database_busy
 
 log = logging.getLogger("pixelmill.api")
 
-API_PREFIXES = ("/v1/", "/v2/", "/api/")
+API_PREFIXES = ("/v1/", "/v2/", "/api/", "/sync/")
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 READ_ONLY_POST_SUFFIXES = ("/validate",)
 REPLAY_HEADER = "Idempotent-Replayed"

@@ -15,6 +15,7 @@ URL is not read before the task runs, so these answer 1024x1024).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -62,9 +63,48 @@ def credits(request: Request, who: Principal = Depends(principal)):
     return {"credits": rt.admission.balance(rt.db, who)}
 
 
-@router.post("/v1/{endpoint}")
-async def submit(endpoint: str, request: Request, who: Principal = Depends(principal)):
+FINETUNE_ENDPOINTS = ("flux-pro-1.1-ultra-finetuned", "flux-pro-1.0-fill-finetuned", "flux-pro-finetuned", "flux-pro-1.0-canny-finetuned", "flux-pro-1.0-depth-finetuned")
+
+
+def _finetuning_not_offered() -> JSONResponse:
+    message = (
+        "Finetuning is not offered on this server: there are no finetunes to create, list or run. "
+        "Use the endpoint without -finetuned, or ask the operator for a catalog model trained for your subject."
+    )
+    return JSONResponse({"detail": message, "message": message, "error": {"code": "finetuning_not_offered", "message": message}}, status_code=501)
+
+
+@router.get("/v1/my_finetunes")
+@router.get("/v1/finetune_details")
+def finetunes(who: Principal = Depends(principal)):
+    """BFL's finetune reads: not offered here (501, in BFL's error shape)."""
+    return _finetuning_not_offered()
+
+
+@dataclass
+class _Built:
+    """A BFL request checked and turned into a recipe, ready to price or to submit."""
+
+    endpoint: str
+    req: Any
+    params: Any
+    recipe: Any
+    width: int
+    height: int
+    input_mp: float
+
+
+async def _build(endpoint: str, request: Request, *, sized_by_model: bool = False, body: Any = None) -> _Built | JSONResponse:
+    """Validate ``request``'s body for ``endpoint`` as BFL does and make its recipe;
+    a JSONResponse (422 in BFL's shape) when the request cannot be served.
+
+    ``sized_by_model``: explicit ``width``/``height`` are the serving model's to judge
+    (the largest size of that shape it makes), not BFL's per-endpoint range (the
+    synchronous mount, whose clients were written for other services' sizes).
+    """
     rt = request.app.state.runtime
+    if endpoint in FINETUNE_ENDPOINTS or endpoint in ("finetune", "delete_finetune"):
+        return _finetuning_not_offered()
     if endpoint not in schemas.BFL_ENDPOINTS:
         raise NotFound(f"Unknown endpoint /v1/{endpoint}", code="unknown_endpoint")
     spec = rt.catalog.for_bfl_endpoint(endpoint) or rt.catalog.resolve(endpoint)
@@ -74,12 +114,19 @@ async def submit(endpoint: str, request: Request, who: Principal = Depends(princ
             + ", ".join(sorted(e for m in rt.catalog.models for e in m.bfl_endpoints)),
             code="endpoint_not_configured",
         )
-    body = await json_body(request)
+    if body is None:
+        body = await json_body(request)
     if not isinstance(body, dict):
         return _validation_error([{"type": "model_attributes_type", "loc": (), "msg": "Input should be a valid dictionary or object", "input": body}])
+    limits = spec.size_limits()
+    asked: tuple[int, int] | None = None
+    if sized_by_model and "width" in schemas.BFL_ENDPOINTS[endpoint].model_fields:
+        w, h = body.get("width"), body.get("height")
+        if isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0 and not isinstance(w, bool) and not isinstance(h, bool):
+            asked = (w, h)
+            body = {k: v for k, v in body.items() if k not in ("width", "height")}
     try:
         req = schemas.validate_request(endpoint, body)
-        limits = spec.size_limits()
         params = schemas.to_generation_params(endpoint, req, limits=limits)
         decoded = {f: schemas.decode_base64_image(v, f, rt.settings.max_body_bytes) for f, v in _image_fields(req) if not schemas.is_url(v)}
         pictures = await run_in_threadpool(_inspect_images, decoded, rt.settings.max_image_pixels)
@@ -87,6 +134,9 @@ async def submit(endpoint: str, request: Request, who: Principal = Depends(princ
         return _validation_error(e)
     except (schemas.BflParamError, schemas.BadImageInput) as e:
         return _validation_error(e)
+    if asked is not None:
+        m = limits.multiple
+        params.width, params.height = limits.fit(max(m, asked[0] // m * m), max(m, asked[1] // m * m))
     if params.input_images and params.width is None and not spec.supports_image_input:
         raise PixelmillError(
             f"/v1/{endpoint} is served by {spec.name}, which does not take input images",
@@ -125,23 +175,113 @@ async def submit(endpoint: str, request: Request, who: Principal = Depends(princ
         recipe = recipes.Outpaint(**generation, image=recipes.ImageRef(params.input_images[0]), **margins)
     else:
         recipe = recipes.ImageToImage(**generation, image=recipes.ImageRef(params.input_images[0]))
+    input_mp = sum(im.size[0] * im.size[1] for f, im in pictures.items() if f != "mask") / 1_000_000
+    return _Built(endpoint, req, params, recipe, width, height, input_mp)
+
+
+async def _submit(built: _Built, request: Request, who: Principal) -> ExecutionView | JSONResponse:
+    rt = request.app.state.runtime
     try:
-        view = await run_in_threadpool(rt.executions.submit, Submission(
+        return await run_in_threadpool(rt.executions.submit, Submission(
             principal=who,
-            graph=recipe.graph(),
+            graph=built.recipe.graph(),
             dialect="bfl",
-            label=endpoint,
-            request=req.model_dump(mode="json", exclude={"webhook_secret"}),
-            webhook_url=params.webhook_url,
-            webhook_secret=params.webhook_secret,
+            label=built.endpoint,
+            request=built.req.model_dump(mode="json", exclude={"webhook_secret"}),
+            webhook_url=built.params.webhook_url,
+            webhook_secret=built.params.webhook_secret,
         ))
     except GraphProblems as e:  # what the model cannot do, said about the request's own fields
-        return _validation_error(_request_problems(e, req))
+        return _validation_error(_request_problems(e, built.req))
+
+
+@router.post("/v1/pricing")
+async def pricing(request: Request, who: Principal = Depends(principal)):
+    """A price quote before submitting: ``{"endpoint": "flux-pro-1.1", ...the endpoint's own fields}``
+    (or the fields under ``"inputs"``) answers what that submit would hold, in credits."""
+    rt = request.app.state.runtime
+    body = await json_body(request)
+    if not isinstance(body, dict) or not isinstance(body.get("endpoint") or body.get("model"), str):
+        return _validation_error([{"type": "missing", "loc": ("endpoint",), "msg": "Field required: the endpoint to price, e.g. \"flux-pro-1.1\"", "input": body}])
+    endpoint = body.get("endpoint") or body.get("model")
+    inputs = body.get("inputs") if isinstance(body.get("inputs"), dict) else {k: v for k, v in body.items() if k not in ("endpoint", "model")}
+    built = await _build(endpoint, request, body=inputs)
+    if isinstance(built, JSONResponse):
+        return built
+    try:
+        prepared = await run_in_threadpool(rt.executions.prepare, built.recipe.graph())
+    except GraphProblems as e:
+        return _validation_error(_request_problems(e, built.req))
+    return {
+        "endpoint": endpoint,
+        "cost": prepared.cost,
+        "currency": "credits",
+        "input_mp": round(built.input_mp, 4),
+        "output_mp": round(built.width * built.height / 1_000_000, 4),
+        "width": built.width,
+        "height": built.height,
+        "credits": rt.admission.balance(rt.db, who),
+    }
+
+
+@router.post("/v1/{endpoint}")
+async def submit(endpoint: str, request: Request, who: Principal = Depends(principal)):
+    rt = request.app.state.runtime
+    built = await _build(endpoint, request)
+    if isinstance(built, JSONResponse):
+        return built
+    view = await _submit(built, request, who)
+    if isinstance(view, JSONResponse):
+        return view
     wait_s = requested_wait(request.headers.get("prefer"), rt.settings.max_wait_s)
     if wait_s is not None:  # Prefer: wait[=N]: hold until done or N s, answer like get_result
         return await wait.bfl_response(request, who.account_id, view, wait_s)
-    input_mp = sum(im.size[0] * im.size[1] for f, im in pictures.items() if f != "mask") / 1_000_000
-    return render_submit(request, view, width * height / 1_000_000, input_mp)
+    return render_submit(request, view, built.width * built.height / 1_000_000, built.input_mp)
+
+
+@router.post("/sync/v1/{endpoint}")
+async def submit_sync(endpoint: str, request: Request, who: Principal = Depends(principal)):
+    """The synchronous mount: the same endpoints, answered once the image is made.
+
+    200 with the ``get_result`` body plus ``images: [{"url", "width", "height"}]``;
+    a failure answers its HTTP status with ``error: {code, message}``, a top-level
+    ``message`` and BFL's ``detail``; past ``sync_timeout_s`` 504 with the task's
+    ``id`` and ``polling_url``.  Sizes the model cannot make are made at the
+    largest size of that shape it can (the answer says which).
+    """
+    rt = request.app.state.runtime
+    built = await _build(endpoint, request, sized_by_model=True)
+    if isinstance(built, JSONResponse):
+        return _with_error(built)
+    view = await _submit(built, request, who)
+    if isinstance(view, JSONResponse):
+        return _with_error(view)
+    (view,) = await wait.wait_terminal(rt, who.account_id, [view], rt.settings.sync_timeout_s)
+    base = (rt.settings.public_base_url or str(request.base_url)).rstrip("/")
+    body = _render_result(view, lambda f: signed_url(request, f))
+    body["polling_url"] = f"{base}/v1/get_result?id={view.id}"
+    if body["status"] == "Ready":
+        body["images"] = [{"url": body["result"]["sample"], "width": built.width, "height": built.height}]
+        body["width"], body["height"] = built.width, built.height
+        return body
+    if body["status"] == "Pending":
+        message = f"The image is not ready after {rt.settings.sync_timeout_s:g} s; poll polling_url for it"
+        code, status = "sync_timeout", 504
+    else:
+        details = body.get("details") or {}
+        message = details.get("message") or f"The task ended with status {body['status']}"
+        code, status = details.get("code") or "generation_failed", 500 if body["status"] == "Error" else 400
+    return JSONResponse({**body, "detail": message, "message": message, "error": {"code": code, "message": message}}, status_code=status)
+
+
+def _with_error(response: JSONResponse) -> JSONResponse:
+    """Add ``error: {code, message}`` to a 422 body (clients of the synchronous mount read ``error.message``)."""
+    import json
+
+    body = json.loads(response.body)
+    if isinstance(body, dict) and "error" not in body:
+        body["error"] = {"code": "invalid_request" if response.status_code == 422 else "error", "message": body.get("message") or str(body.get("detail"))}
+    return JSONResponse(body, status_code=response.status_code, headers={k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")})
 
 
 def _request_problems(e: GraphProblems, req) -> list[dict[str, Any]]:

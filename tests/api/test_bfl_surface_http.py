@@ -1,0 +1,106 @@
+"""The rest of BFL's current surface: price quotes, FLUX.2 with eight reference images,
+finetune endpoints that say plainly they are not offered, the synchronous mount."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from pixelmill.api.app import create_app
+from tests.conftest import FakeBackend, create_key
+
+REFS = 'path = "/nonexistent"\nsupports_image_input = true\nprice_per_megapixel = 3.0\nbfl_endpoints = ["flux-2-pro", "flux-2-klein-9b"]'
+
+
+@pytest.fixture
+def client(make_runtime, sqlite_url):
+    rt = make_runtime(sqlite_url, extra_models={"refs": (REFS, FakeBackend())})
+    c = TestClient(create_app(rt, manage_runtime=False))
+    c.headers["x-key"] = create_key(rt, credits=500)
+    return rt, c
+
+
+def _png_b64(w: int, h: int, colour=(10, 200, 10)) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), colour).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_pricing_quotes_what_the_submit_holds(client):
+    _, c = client
+    body = {"prompt": "x", "width": 1024, "height": 768}
+    quote = c.post("/v1/pricing", json={"endpoint": "flux-pro-1.1", **body})
+    assert quote.status_code == 200, quote.text
+    q = quote.json()
+    assert (q["width"], q["height"]) == (1024, 768) and q["currency"] == "credits"
+    before = c.get("/v1/credits").json()["credits"]
+    submitted = c.post("/v1/flux-pro-1.1", json=body).json()
+    assert submitted["cost"] == q["cost"] == pytest.approx(2.0 * 1024 * 768 / 1e6, abs=0.01)
+    assert q["credits"] == before
+    # the endpoint's fields may also come under "inputs"; a quote runs nothing and charges nothing
+    again = c.post("/v1/pricing", json={"endpoint": "flux-2-pro", "inputs": {"prompt": "x", "width": 2048, "height": 2048}}).json()
+    assert again["cost"] == pytest.approx(3.0 * 2048 * 2048 / 1e6, abs=0.01)
+    bad = c.post("/v1/pricing", json={"endpoint": "flux-pro-1.1", "prompt": "x", "width": 250})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "width"]
+    assert c.post("/v1/pricing", json={"prompt": "x"}).status_code == 422
+
+
+def test_flux2_takes_eight_reference_images(client):
+    rt, c = client
+    refs = {("input_image" if i == 1 else f"input_image_{i}"): _png_b64(64 * i, 64, (30 * i, 0, 0)) for i in range(1, 9)}
+    r = c.post("/v1/flux-2-pro", json={"prompt": "x", "width": 1008, "height": 1008, **refs})
+    assert r.status_code == 200, r.text
+    assert r.json()["input_mp"] == pytest.approx(sum(64 * i * 64 for i in range(1, 9)) / 1e6, abs=1e-3)
+    assert r.json()["output_mp"] == pytest.approx(1008 * 1008 / 1e6, abs=1e-3)
+    bad = dict(refs, input_image_5="not an image")
+    r = c.post("/v1/flux-2-pro", json={"prompt": "x", **bad})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "input_image_5"]
+    # sizes: multiples of 16 (rounded down, as BFL does), at most 4 MP
+    r = c.post("/v1/flux-2-pro", json={"prompt": "x", "width": 1000, "height": 1000})
+    assert r.status_code == 200 and r.json()["output_mp"] == pytest.approx(992 * 992 / 1e6, abs=1e-3)
+    r = c.post("/v1/flux-2-pro", json={"prompt": "x", "width": 2064, "height": 2048})
+    assert r.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "method,path,body",
+    [
+        ("POST", "/v1/flux-pro-1.1-ultra-finetuned", {"finetune_id": "ft-1", "prompt": "x"}),
+        ("POST", "/v1/flux-pro-1.0-fill-finetuned", {"finetune_id": "ft-1", "image": "aGk="}),
+        ("POST", "/v1/finetune", {"file_data": "..."}),
+        ("POST", "/v1/delete_finetune", {"finetune_id": "ft-1"}),
+        ("GET", "/v1/my_finetunes", None),
+        ("GET", "/v1/finetune_details?finetune_id=ft-1", None),
+    ],
+)
+def test_finetune_endpoints_say_they_are_not_offered(client, method, path, body):
+    _, c = client
+    r = c.request(method, path, json=body)
+    assert r.status_code == 501, r.text
+    b = r.json()
+    assert b["error"]["code"] == "finetuning_not_offered"
+    assert "not offered" in b["message"] and b["detail"] == b["message"]
+
+
+def test_sync_mount_answers_the_image(client):
+    _, c = client
+    r = c.post("/sync/v1/flux-pro-1.1", json={"prompt": "x", "width": 512, "height": 256, "seed": 3}, headers={"Authorization": f"Bearer {c.headers['x-key']}"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "Ready" and body["images"][0]["url"] == body["result"]["sample"]
+    assert (body["images"][0]["width"], body["images"][0]["height"]) == (512, 256)
+    assert c.get(body["images"][0]["url"]).status_code == 200
+
+
+def test_sync_mount_reports_failures_in_error_message(make_runtime, sqlite_url):
+    rt = make_runtime(sqlite_url, backend=FakeBackend(fail_with=RuntimeError("the GPU caught fire")))
+    c = TestClient(create_app(rt, manage_runtime=False))
+    c.headers["x-key"] = create_key(rt)
+    r = c.post("/sync/v1/flux-pro-1.1", json={"prompt": "x", "width": 256, "height": 256})
+    assert r.status_code == 500
+    body = r.json()
+    assert body["status"] == "Error" and body["error"]["message"] and body["message"] == body["error"]["message"]
