@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from pixelmill.accounts.admission import Admission
+from pixelmill.accounts.directory import AccountDirectory
 from pixelmill.accounts.idempotency import IdempotencyStore
 from pixelmill.accounts.plans import load_plans
 from pixelmill.accounts.ratelimit import RateLimiter
@@ -67,6 +68,7 @@ class Runtime:
         self.queue.handler = FairDispatch(self.scheduler, self.runner.run) if settings.scheduler == "fair" else self.runner.run
         self.limiter = RateLimiter(settings.rate_limit_storage)
         self.admission = Admission(self.plans, self.limiter, settings.default_plan)
+        self.accounts = AccountDirectory(self.db, self.plans, settings.default_plan)
         self.idempotency = IdempotencyStore(self.db, ttl_s=settings.idempotency_ttl_s)
         self.executions = ExecutionService(
             self.db, self.nodes, self.services, self.publisher, self.lifecycle, result_ttl_s=settings.result_ttl_s,

@@ -18,20 +18,13 @@ configured the whole API is absent (404); a missing key is 401, a wrong one 403.
 from __future__ import annotations
 
 import hmac
-import uuid
-from typing import Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from pixelmill import moderation
-from pixelmill.accounts import keys, ledger
-from pixelmill.accounts.plans import open_account
-from pixelmill.accounts.usage import account_usage
-from pixelmill.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthorized
-from pixelmill.store.tables import accounts
+from pixelmill.accounts.directory import AccountDirectory
+from pixelmill.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 
 
 def require_admin(request: Request) -> None:
@@ -87,111 +80,59 @@ class CreditGrant(BaseModel):
     note: str | None = Field(default=None, max_length=500)
 
 
-def _rt(request: Request):
-    return request.app.state.runtime
-
-
-def _check_plan(rt, plan: str) -> str:
-    if plan not in rt.plans:
-        raise InvalidInput(f"Unknown plan {plan!r}; plans: {', '.join(sorted(rt.plans))}", code="unknown_plan", plans=sorted(rt.plans))
-    return plan
-
-
-def _account(conn, account_id: str) -> dict[str, Any]:
-    row = conn.execute(sa.select(accounts).where(accounts.c.id == account_id)).first()
-    if row is None:
-        raise NotFound(f"Account {account_id} not found", code="account_not_found")
-    return {
-        "id": row.id,
-        "name": row.name,
-        "plan": row.plan,
-        "created_at": row.created_at,
-        "disabled_at": row.disabled_at,
-        "credits": ledger.balance(conn, row.id),
-        "safety_tolerance": row.safety_tolerance,
-    }
+def _accounts(request: Request) -> AccountDirectory:
+    return request.app.state.runtime.accounts
 
 
 @router.post("/accounts", status_code=201)
 def create_account(body: AccountCreate, request: Request):
-    rt = _rt(request)
-    plan = _check_plan(rt, body.plan or rt.settings.default_plan)
-    with rt.db.transaction() as conn:
-        if keys.find_account_by_name(conn, body.name) is not None:
-            raise Conflict(f"An account named {body.name!r} already exists", code="account_exists")
-        account_id = open_account(conn, body.name, rt.plans[plan], body.credits)
-        return _account(conn, account_id)
+    return _accounts(request).open(body.name, body.plan, body.credits).to_dict()
 
 
 @router.get("/accounts")
 def list_accounts(request: Request, limit: int = 100, offset: int = 0):
-    rt = _rt(request)
     if not (1 <= limit <= 1000) or offset < 0:
         raise InvalidInput("limit must be 1–1000 and offset ≥ 0", code="invalid_pagination")
-    with rt.db.engine.connect() as conn:
-        rows = conn.execute(sa.select(accounts.c.id).order_by(accounts.c.created_at, accounts.c.id).limit(limit).offset(offset)).scalars().all()
-        return {"data": [_account(conn, aid) for aid in rows]}
+    return {"data": [a.to_dict() for a in _accounts(request).list(limit, offset)]}
 
 
 @router.get("/accounts/{account_id}")
 def get_account(account_id: str, request: Request):
-    with _rt(request).db.engine.connect() as conn:
-        return _account(conn, account_id)
+    return _accounts(request).get(account_id).to_dict()
 
 
 @router.put("/accounts/{account_id}/plan")
 def set_plan(account_id: str, body: PlanChange, request: Request):
-    rt = _rt(request)
-    plan = _check_plan(rt, body.plan)
-    with rt.db.transaction() as conn:
-        _account(conn, account_id)
-        conn.execute(sa.update(accounts).where(accounts.c.id == account_id).values(plan=plan))
-        return _account(conn, account_id)
+    return _accounts(request).set_plan(account_id, body.plan).to_dict()
 
 
 @router.put("/accounts/{account_id}/moderation")
 def set_moderation(account_id: str, body: ModerationChange, request: Request):
     """Pin the account's moderation tolerance (or give it back to each request with null)."""
-    rt = _rt(request)
-    with rt.db.transaction() as conn:
-        _account(conn, account_id)
-        moderation.set_account_override(conn, account_id, body.safety_tolerance)
-        return _account(conn, account_id)
+    return _accounts(request).set_moderation(account_id, body.safety_tolerance).to_dict()
 
 
 @router.post("/accounts/{account_id}/keys", status_code=201)
 def create_key(account_id: str, request: Request, body: KeyCreate | None = None):
-    rt = _rt(request)
-    with rt.db.transaction() as conn:
-        created = keys.create_key(conn, account_id, (body.name if body else "") or "")
+    created = _accounts(request).create_key(account_id, (body.name if body else "") or "")
     return {"id": created.id, "key": created.key, "prefix": created.prefix, "account_id": created.account_id}
 
 
 @router.get("/accounts/{account_id}/keys")
 def list_keys(account_id: str, request: Request):
-    with _rt(request).db.engine.connect() as conn:
-        _account(conn, account_id)
-        return {"data": keys.list_keys(conn, account_id)}
+    return {"data": _accounts(request).keys(account_id)}
 
 
 @router.delete("/keys/{key_id}")
 def revoke_key(key_id: str, request: Request):
-    with _rt(request).db.transaction() as conn:
-        if not keys.revoke_key(conn, key_id):
-            raise NotFound(f"No active key {key_id}", code="key_not_found")
+    _accounts(request).revoke_key(key_id)
     return {"id": key_id, "revoked": True}
 
 
 @router.post("/accounts/{account_id}/credits")
 def grant_credits(account_id: str, body: CreditGrant, request: Request):
-    rt = _rt(request)
-    entry_key = body.entry_key or f"admin-grant:{uuid.uuid4()}"
-    with rt.db.transaction() as conn:
-        _account(conn, account_id)
-        granted = ledger.grant(conn, account_id, body.amount, f"admin:{account_id}:{entry_key}", note=body.note or "granted by an administrator")
-        credits = ledger.balance(conn, account_id)
-    result = {"account_id": account_id, "entry_key": entry_key, "amount": body.amount, "granted": granted, "credits": credits}
-    return JSONResponse(result, status_code=201 if granted else 200)
+    result = _accounts(request).grant(account_id, body.amount, body.entry_key, body.note)
+    return JSONResponse(result.to_dict(), status_code=201 if result.granted else 200)
 
 
 @router.get("/accounts/{account_id}/usage")
@@ -199,8 +140,4 @@ def usage(account_id: str, request: Request, since: float | None = None, entries
     """Executions by status, credits spent (settled) and held (in flight), recent ledger entries."""
     if not (0 <= entries <= 1000):
         raise InvalidInput("entries must be 0–1000", code="invalid_pagination")
-    with _rt(request).db.engine.connect() as conn:
-        result = account_usage(conn, account_id, since=since, entries=entries)
-    if result is None:
-        raise NotFound(f"Account {account_id} not found", code="account_not_found")
-    return result
+    return _accounts(request).usage(account_id, since=since, entries=entries)

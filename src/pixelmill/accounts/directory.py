@@ -1,0 +1,144 @@
+"""Accounts as an operator manages them: open, list, plan changes, keys, grants, usage.
+
+The admin API and the command line both use :class:`AccountDirectory`; each
+method is one transaction and answers with typed views.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from pixelmill.accounts import keys, ledger
+from pixelmill.accounts.plans import Plan, open_account
+from pixelmill.accounts.usage import account_usage
+from pixelmill.errors import Conflict, InvalidInput, NotFound
+from pixelmill.store.db import Database
+from pixelmill.store.tables import accounts
+
+
+@dataclass(frozen=True)
+class AccountView:
+    id: str
+    name: str
+    plan: str
+    created_at: float
+    disabled_at: float | None
+    credits: float
+    safety_tolerance: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GrantResult:
+    account_id: str
+    entry_key: str
+    amount: float
+    granted: bool
+    """False when a grant with this ``entry_key`` was made before (nothing was added)."""
+    credits: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class AccountDirectory:
+    def __init__(self, db: Database, plans: Mapping[str, Plan], default_plan: str):
+        self.db = db
+        self.plans = plans
+        self.default_plan = default_plan
+
+    def check_plan(self, plan: str) -> str:
+        if plan not in self.plans:
+            raise InvalidInput(
+                f"Unknown plan {plan!r}; plans: {', '.join(sorted(self.plans))}", code="unknown_plan", plans=sorted(self.plans)
+            )
+        return plan
+
+    def _view(self, conn: Connection, account_id: str) -> AccountView:
+        row = conn.execute(sa.select(accounts).where(accounts.c.id == account_id)).first()
+        if row is None:
+            raise NotFound(f"Account {account_id} not found", code="account_not_found")
+        return AccountView(
+            id=row.id,
+            name=row.name,
+            plan=row.plan,
+            created_at=row.created_at,
+            disabled_at=row.disabled_at,
+            credits=ledger.balance(conn, row.id),
+            safety_tolerance=getattr(row, "safety_tolerance", None),
+        )
+
+    def open(self, name: str, plan: str | None = None, credits: float | None = None) -> AccountView:
+        """A new account on ``plan`` (default plan if None), granted ``credits`` or the plan's initial credits."""
+        plan = self.check_plan(plan or self.default_plan)
+        with self.db.transaction() as conn:
+            if keys.find_account_by_name(conn, name) is not None:
+                raise Conflict(f"An account named {name!r} already exists", code="account_exists")
+            return self._view(conn, open_account(conn, name, self.plans[plan], credits))
+
+    def get(self, account_id: str) -> AccountView:
+        with self.db.engine.connect() as conn:
+            return self._view(conn, account_id)
+
+    def list(self, limit: int = 100, offset: int = 0) -> list[AccountView]:
+        """Oldest first."""
+        with self.db.engine.connect() as conn:
+            ids = conn.execute(
+                sa.select(accounts.c.id).order_by(accounts.c.created_at, accounts.c.id).limit(limit).offset(offset)
+            ).scalars().all()
+            return [self._view(conn, i) for i in ids]
+
+    def set_plan(self, account_id: str, plan: str) -> AccountView:
+        plan = self.check_plan(plan)
+        with self.db.transaction() as conn:
+            self._view(conn, account_id)
+            conn.execute(sa.update(accounts).where(accounts.c.id == account_id).values(plan=plan))
+            return self._view(conn, account_id)
+
+    def set_moderation(self, account_id: str, tolerance: int | None) -> AccountView:
+        """Pin the account's moderation tolerance (None: each request's own)."""
+        from pixelmill import moderation
+
+        with self.db.transaction() as conn:
+            self._view(conn, account_id)
+            moderation.set_account_override(conn, account_id, tolerance)
+            return self._view(conn, account_id)
+
+    def create_key(self, account_id: str, name: str = "") -> keys.CreatedKey:
+        """A new API key; its secret is in this answer only."""
+        with self.db.transaction() as conn:
+            return keys.create_key(conn, account_id, name)
+
+    def keys(self, account_id: str) -> list[dict]:
+        with self.db.engine.connect() as conn:
+            self._view(conn, account_id)
+            return keys.list_keys(conn, account_id)
+
+    def revoke_key(self, key_id: str) -> None:
+        with self.db.transaction() as conn:
+            if not keys.revoke_key(conn, key_id):
+                raise NotFound(f"No active key {key_id}", code="key_not_found")
+
+    def grant(self, account_id: str, amount: float, entry_key: str | None = None, note: str | None = None) -> GrantResult:
+        """Add credits exactly once per ``entry_key`` (one is made when not given)."""
+        entry_key = entry_key or f"admin-grant:{uuid.uuid4()}"
+        with self.db.transaction() as conn:
+            self._view(conn, account_id)
+            granted = ledger.grant(conn, account_id, amount, f"admin:{account_id}:{entry_key}", note=note or "granted by an administrator")
+            return GrantResult(account_id, entry_key, amount, granted, ledger.balance(conn, account_id))
+
+    def usage(self, account_id: str, since: float | None = None, entries: int = 50) -> dict[str, Any]:
+        """Executions by status, credits spent and held, recent ledger entries."""
+        with self.db.engine.connect() as conn:
+            result = account_usage(conn, account_id, since=since, entries=entries)
+        if result is None:
+            raise NotFound(f"Account {account_id} not found", code="account_not_found")
+        return result
