@@ -99,6 +99,15 @@ class Settings(BaseSettings):
         default_factory=lambda: [0.15, 0.3, 0.5, 0.7, 0.85, 0.95, 1.01], min_length=7, max_length=7
     )
 
+    # provenance of stored outputs (pixelmill[provenance])
+    #: PEM certificate chain (leaf first) and private key: every stored image gets a signed C2PA manifest
+    c2pa_sign_cert_path: Path | None = None
+    c2pa_private_key_path: Path | None = None
+    c2pa_alg: Literal["es256", "es384", "es512", "ps256", "ps384", "ps512", "ed25519"] = "es256"
+    c2pa_tsa_url: str | None = None  # an RFC 3161 time-stamp authority for the signatures
+    #: an invisible DWT-DCT watermark (1-16 bytes of UTF-8) in every stored image of at least 256 px a side
+    watermark_text: str | None = None
+
     # outbound HTTP (webhooks, image URLs)
     #: networks outbound fetches may reach although private; JSON or comma-separated (``127.0.0.0/8,10.0.0.0/8``)
     url_allow_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)

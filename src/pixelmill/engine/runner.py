@@ -192,7 +192,11 @@ class NodeRunner:
             meta = dict(metadata)
             if "seed" in meta and len(images) > 1:
                 meta["seed"] = str(int(meta["seed"]) + i)
-            data = encode_image(image, fmt, quality=92, metadata=meta)
+            provenance = getattr(self.services, "provenance", None)
+            if provenance is not None:  # watermark and C2PA manifest where the operator turned them on
+                data = provenance.encode(image, fmt, meta, quality=92, node=run.node_type)
+            else:
+                data = encode_image(image, fmt, quality=92, metadata=meta)
             key = f"{account}/{run.execution_id}/{fid}.{'jpg' if fmt == 'jpeg' else fmt}"
             self.storage.put(key, data)
             rows.append(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pixelmill.config import Settings
+from pixelmill.files.provenance import Provenance
 from pixelmill.models.catalog import ModelCatalog
 from pixelmill.models.registry import ModelRegistry
 from pixelmill.moderation import Moderator
@@ -22,10 +23,14 @@ class NodeServices:
     """The guarded client for untrusted URLs (image inputs); the same one delivers webhooks."""
     moderator: Moderator | None = field(default=None)
     """Prompt policy and output classifier (built from the settings when not given)."""
+    provenance: Provenance | None = field(default=None)
+    """C2PA signing and watermarking of stored outputs (built from the settings when not given)."""
 
     def __post_init__(self) -> None:
         if self.moderator is None:
             object.__setattr__(self, "moderator", Moderator.from_settings(self.settings))
+        if self.provenance is None:
+            object.__setattr__(self, "provenance", Provenance.from_settings(self.settings))
 
     @classmethod
     def build(
