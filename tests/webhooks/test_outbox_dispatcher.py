@@ -200,6 +200,7 @@ def test_rotation_sends_two_signatures_each_verifying(make_runtime, db_url, rece
     assert len(got.headers["webhook-signature"].split(" ")) == 2
     verify(new, got)
     verify(old, got)
+    assert "x-webhook-secret" not in got.headers  # only a BFL request's own secret is ever echoed
 
 
 def test_bfl_webhook_is_get_result_shape_with_bfl_signature(make_runtime, db_url, receiver):
@@ -227,6 +228,7 @@ def test_bfl_webhook_is_get_result_shape_with_bfl_signature(make_runtime, db_url
     assert body["result"]["seed"] == 9 and body["result"]["prompt"] == "a fox"
     assert client.get(body["result"]["sample"]).status_code == 200
     assert verify_bfl_signature("my-bfl-secret", got.body, got.headers["x-bfl-signature"])
+    assert got.headers["x-webhook-secret"] == "my-bfl-secret"  # the official SDK's form, beside the signatures
     from standardwebhooks import Webhook
 
     Webhook(__import__("pixelmill.webhooks.signing", fromlist=["x"]).standard_secret("my-bfl-secret")).verify(

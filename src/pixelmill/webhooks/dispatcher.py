@@ -44,7 +44,7 @@ from pixelmill.store.db import Database
 from pixelmill.store.tables import accounts, executions, webhook_attempts, webhook_events
 from pixelmill.webhooks.schedule import next_attempt_delay
 from pixelmill.webhooks.sender import DEFAULT_TIMEOUT_S, DeliveryAttempt, deliver
-from pixelmill.webhooks.signing import BFL_SIGNATURE_HEADER, bfl_signature, new_secret, sign_headers
+from pixelmill.webhooks.signing import BFL_SECRET_HEADER, BFL_SIGNATURE_HEADER, bfl_signature, new_secret, sign_headers
 
 log = logging.getLogger("pixelmill.webhooks")
 
@@ -190,6 +190,7 @@ class Dispatcher:
             headers = sign_headers(c.id, body, signing)
             if c.bfl_secret:
                 headers[BFL_SIGNATURE_HEADER] = bfl_signature(c.bfl_secret, body)
+                headers[BFL_SECRET_HEADER] = c.bfl_secret  # the official SDK's form: the secret itself
             attempt = deliver(self.client, c.url, body, headers, timeout=self.timeout_s)
         except Exception as exc:  # never lose the row to a bug: record and retry on the schedule
             log.exception("webhook %s could not be sent", c.id)

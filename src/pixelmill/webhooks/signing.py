@@ -18,6 +18,9 @@ Secrets:
 
 BFL's own scheme (as its integration guide describes): header
 ``X-BFL-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>``, no timestamp.
+The form BFL's official SDK examples check: ``X-Webhook-Secret: <secret>``, the
+request's own ``webhook_secret`` sent back as it was given (receivers compare it
+with ``hmac.compare_digest``; it is only sent where the request gave one).
 
 Sign at each delivery attempt (same ``webhook-id``, fresh timestamp): receivers
 refuse timestamps older than their tolerance (5 minutes in the reference library).
@@ -36,6 +39,7 @@ from standardwebhooks import Webhook
 
 SECRET_PREFIX = "whsec_"
 BFL_SIGNATURE_HEADER = "X-BFL-Signature"
+BFL_SECRET_HEADER = "X-Webhook-Secret"
 
 
 def new_secret(num_bytes: int = 32) -> str:
