@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from pixelmill import wirejson
 from pixelmill.store.db import Database
 from pixelmill.store.tables import idempotency_keys
 
@@ -59,7 +60,7 @@ def fingerprint(method: str, path: str, body: bytes, content_type: str = "") -> 
         canonical = body.replace(boundary.encode("latin-1"), b"<boundary>")
     elif body.strip():
         try:
-            canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+            canonical = json.dumps(wirejson.loads(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
         except (ValueError, UnicodeDecodeError):
             canonical = body
     h = hashlib.sha256()

@@ -14,6 +14,7 @@ from pixelmill import __version__
 from pixelmill.api.dialects import apiframe, bfl, openai_images, workflows
 from pixelmill.api.admin import router as admin_router
 from pixelmill.api.errors import install_error_handlers
+from pixelmill.api.guard import RequestGuard, ScopedCors
 from pixelmill.api.events_http import router as events_router
 from pixelmill.api.middleware import AccountsMiddleware
 from pixelmill.api.scheduling import SchedulingHeadersMiddleware
@@ -43,6 +44,7 @@ def create_app(runtime, manage_runtime: bool = True) -> FastAPI:
     # added before request_id, so it sits inside it: its own answers get an X-Request-Id too
     app.add_middleware(SchedulingHeadersMiddleware)  # innermost: its context reaches the routes
     app.add_middleware(AccountsMiddleware)
+    app.add_middleware(RequestGuard)  # outside the accounts step: refused before any key lookup
 
     @app.middleware("http")
     async def request_id(request: Request, call_next):
@@ -63,6 +65,9 @@ def create_app(runtime, manage_runtime: bool = True) -> FastAPI:
         access_log.log(level, "%s %s %d %.1fms request_id=%s", request.method, request.url.path, response.status_code,
                        (time.perf_counter() - started) * 1000, rid)
         return response
+
+    if runtime.settings.cors_origins:  # off by default; outermost, so preflights need no key
+        app.add_middleware(ScopedCors, origins=runtime.settings.cors_origins)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz():  # on the loop, touching nothing: answers even when every worker thread waits

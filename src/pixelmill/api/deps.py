@@ -6,9 +6,11 @@ import json
 from typing import Any
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
+from pixelmill import wirejson
 from pixelmill.accounts.keys import Principal, authenticate
-from pixelmill.errors import BadRequest, PayloadTooLarge
+from pixelmill.errors import BadRequest, InvalidInput, PayloadTooLarge
 
 
 def runtime(request: Request):
@@ -57,11 +59,39 @@ async def read_body(request: Request) -> bytes:
 
 
 async def json_body(request: Request) -> Any:
-    """The request's JSON.  413 past the size cap; 400 when it is not JSON."""
+    """The request's JSON.  413 past the size cap; 400 when it is not JSON, nests too
+    deep or holds a NUL character (see :mod:`pixelmill.wirejson`)."""
     raw = await read_body(request)
     if not raw.strip():
         raise BadRequest("Request body is empty; send a JSON object", code="empty_body")
     try:
-        return json.loads(raw)
+        return wirejson.loads(raw)
+    except wirejson.UnsafeJson as e:
+        raise BadRequest(e.message, code=e.code) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadRequest(f"Request body is not valid JSON: {e}", code="malformed_json") from None
+
+
+async def webhook_url_refusal(request: Request, url: str | None):
+    """Why a webhook URL given with a request cannot be used, or None.
+
+    The same guard as ``PUT /api/v1/webhooks/config`` and the deliveries: only
+    http(s), never a loopback, private, link-local or metadata address (unless the
+    operator allow-lists its network).  A host name that does not resolve right now
+    is let through: DNS can be briefly down, and deliveries are retried.
+    """
+    if url is None:
+        return None
+    from pixelmill.net.safe_http import BlockedUrl
+
+    try:
+        await run_in_threadpool(request.app.state.runtime.http.resolve, url)
+    except BlockedUrl as e:
+        return e
+    except Exception:  # unresolvable or unreachable now: the delivery's retries decide
+        return None
+    return None
+
+
+def webhook_url_error(refusal, param: str = "webhook_url") -> InvalidInput:
+    return InvalidInput(f"This webhook URL cannot be used: {refusal.message}", code="invalid_webhook_url", param=param, reason=refusal.code)

@@ -39,12 +39,24 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(err)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, err: StarletteHTTPException):
+    async def _http_error(request: Request, err: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code, "http_error")
+        headers = dict(getattr(err, "headers", None) or {})
+        message = str(err.detail)
+        if err.status_code == 405:
+            allow = allowed_methods(request)
+            headers["Allow"] = ", ".join(allow)
+            message = f"{request.method} is not allowed on {request.url.path}; allowed: {', '.join(allow)}"
+        err_body = PixelmillError(message, code=code, status=err.status_code)
+        if request.url.path.startswith(("/v1/images/", "/v1/models")):
+            from pixelmill.presenters.openai_images import render_error
+
+            status, body, extra = render_error(err_body)
+            return JSONResponse(body, status_code=status, headers={**headers, **extra} or None)
         return JSONResponse(
-            {"detail": err.detail, "message": str(err.detail), "error": {"code": code, "message": str(err.detail)}},
+            {"detail": message, "message": message, "error": {"code": code, "message": message}},
             status_code=err.status_code,
-            headers=getattr(err, "headers", None),
+            headers=headers or None,
         )
 
     @app.exception_handler(RequestValidationError)
@@ -76,3 +88,22 @@ def install_error_handlers(app: FastAPI) -> None:
             {"detail": "Internal server error", "message": "Internal server error", "error": {"code": "internal_error", "message": "Internal server error"}},
             status_code=500,
         )
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route answers on this request's path (the ``Allow`` header of a 405)."""
+    path = request.scope.get("path", "")
+    methods: set[str] = set()
+    for route in _flat_routes(request.app.router.routes):
+        regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+        if regex is not None and route_methods and regex.match(path):
+            methods |= set(route_methods)
+    return sorted(methods)
+
+
+def _flat_routes(routes):
+    try:  # FastAPI >= 0.16x keeps included routers nested
+        from fastapi.routing import iter_route_contexts
+    except ImportError:  # older FastAPI: routes are already flat
+        return list(routes)
+    return list(iter_route_contexts(routes))

@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, AsyncIterator, Callable
+from typing import Annotated, Any, AsyncIterator, Callable
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -39,7 +39,7 @@ from pixelmill.api.deps import presented_key, principal
 from pixelmill.api.files import signed_url
 from pixelmill.engine.estimates import attach_estimate
 from pixelmill.engine.views import EventView, FileView
-from pixelmill.errors import Forbidden, NotFound
+from pixelmill.errors import BadRequest, Forbidden, NotFound
 from pixelmill.presenters.workflow import EXECUTION_STATUS
 
 router = APIRouter(prefix="/api/v1", tags=["Executions"])
@@ -59,12 +59,18 @@ def sse_message(data: dict[str, Any], event: str | None = None, id: int | None =
     return "\n".join(lines) + "\n\n"
 
 
-def _last_event_id(request: Request) -> int:
-    raw = request.headers.get("last-event-id") or request.query_params.get("lastEventId") or "0"
-    try:
-        return max(0, int(raw))
-    except ValueError:
-        return 0
+MAX_SEQ = 2**63 - 1
+
+
+def _last_event_id(request: Request, query: int | None) -> int:
+    """Where to resume: the ``Last-Event-ID`` header, else ``?lastEventId=``; a seq of the log."""
+    raw = request.headers.get("last-event-id")
+    if raw is None or not raw.strip():
+        return query or 0
+    raw = raw.strip()
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_SEQ:
+        raise BadRequest("Last-Event-ID must be an event id this stream sent (a non-negative integer)", code="invalid_last_event_id")
+    return int(raw)
 
 
 class EventStream:
@@ -155,11 +161,16 @@ class EventStream:
 
 
 @router.get("/executions/{execution_id}/events")
-async def execution_events_stream(execution_id: str, request: Request):
+async def execution_events_stream(
+    execution_id: str,
+    request: Request,
+    lastEventId: Annotated[int | None, Query(ge=0, le=MAX_SEQ, description="Resume after this event id (as Last-Event-ID)")] = None,
+    exp: str | None = None,
+    sig: str | None = None,
+):
     """The stream, for the key's own execution, or key-less through the signed ``streamUrl``."""
     rt = request.app.state.runtime
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    exp, sig = request.query_params.get("exp"), request.query_params.get("sig")
     if presented_key(request) is None and exp is not None and sig is not None:
         problem = rt.signer.verify_stream(execution_id, exp, sig)
         if problem == "expired":
@@ -172,5 +183,5 @@ async def execution_events_stream(execution_id: str, request: Request):
     else:
         account_id = (await run_in_threadpool(principal, request)).account_id  # may read the database
         await run_in_threadpool(rt.executions.get, account_id, execution_id)  # 404 before the stream starts
-    stream = EventStream(rt, account_id, execution_id, _last_event_id(request), lambda f: signed_url(request, f))
+    stream = EventStream(rt, account_id, execution_id, _last_event_id(request, lastEventId), lambda f: signed_url(request, f))
     return StreamingResponse(stream.__aiter__(), media_type="text/event-stream", headers=headers)

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from pixelmill.errors import Forbidden
+from pixelmill.files.signing import content_disposition
 
 router = APIRouter()
 
@@ -13,7 +14,7 @@ router = APIRouter()
 @router.get("/files/{file_id}/{filename}", include_in_schema=False)
 def get_file(file_id: str, filename: str, request: Request, exp: str = "", sig: str = ""):
     rt = request.app.state.runtime
-    problem = rt.signer.verify(file_id, exp, sig)
+    problem = rt.signer.verify_file(file_id, filename, exp, sig)
     if problem == "expired":
         raise Forbidden("This URL has expired; fetch a fresh one from the result", code="url_expired")
     if problem:
@@ -22,7 +23,7 @@ def get_file(file_id: str, filename: str, request: Request, exp: str = "", sig: 
     return Response(
         stored.data,
         media_type=stored.content_type,
-        headers={"Cache-Control": "private, max-age=600", "Content-Disposition": f'inline; filename="{filename}"'},
+        headers={"Cache-Control": "private, max-age=600", "Content-Disposition": content_disposition(filename)},
     )
 
 

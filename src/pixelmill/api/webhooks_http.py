@@ -13,9 +13,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -50,18 +50,19 @@ def _render_event(d: DeliveryView) -> dict[str, Any]:
 
 
 @router.get("/webhooks/events")
-def list_events(request: Request, who: Principal = Depends(principal)):
-    q = request.query_params
-    try:
-        limit = int(q.get("limit", 50))
-    except ValueError:
-        raise InvalidInput("limit must be an integer", code="invalid_pagination") from None
-    if not 1 <= limit <= 200:
-        raise InvalidInput("limit must be 1–200", code="invalid_pagination")
+def list_events(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    execution_id: str | None = None,
+    state: str | None = None,
+    include_payload: bool = False,
+    who: Principal = Depends(principal),
+):
+    q = {"execution_id": execution_id, "state": state}
     rt = request.app.state.runtime
     found = rt.webhook_settings.deliveries(who.account_id, q.get("execution_id") or None, q.get("state") or None, limit)
     data = [_render_event(d) for d in found]
-    if q.get("include_payload") in ("1", "true"):
+    if include_payload:
         for item, d in zip(data, found):
             item["payload"] = payload_json(d.payload)
     return {"data": data}

@@ -91,7 +91,11 @@ def prepare(graph: dict[str, Any], registry: NodeRegistry, services: NodeService
                 field, msg = found if isinstance(found, tuple) else (None, found)
                 problem(node_id, msg, ["params", field] if field else ["params"])
         links: dict[str, tuple[str, str]] = {}
-        for name, link in (spec.get("inputs") or {}).items():
+        raw_links = spec.get("inputs") or {}
+        if not isinstance(raw_links, dict):
+            problem(node_id, "'inputs' must be an object of {input_name: [node_id, output_name]}", ["inputs"])
+            raw_links = {}
+        for name, link in raw_links.items():
             if name not in ntype.inputs:
                 problem(node_id, f"{ntype.name} has no input {name!r}; inputs: {', '.join(ntype.inputs) or 'none'}", ["inputs", name])
                 continue

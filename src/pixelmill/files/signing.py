@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 
 class UrlSigner:
@@ -18,9 +18,15 @@ class UrlSigner:
         return hmac.new(self._key, f"{file_id}.{expires}".encode(), hashlib.sha256).hexdigest()[:32]
 
     def url(self, base_url: str, file_id: str, filename: str, now: float | None = None, ttl_s: int | None = None) -> str:
+        """A file's URL.  The filename is part of what is signed, so the name a
+        download is saved under cannot be changed without breaking the signature."""
         expires = int((now if now is not None else time.time()) + (ttl_s or self.ttl_s))
-        query = urlencode({"exp": expires, "sig": self._sig(file_id, expires)})
-        return f"{base_url.rstrip('/')}/files/{file_id}/{filename}?{query}"
+        query = urlencode({"exp": expires, "sig": self._sig(_file_subject(file_id, filename), expires)})
+        return f"{base_url.rstrip('/')}/files/{quote(file_id, safe='')}/{quote(filename, safe='')}?{query}"
+
+    def verify_file(self, file_id: str, filename: str, exp: str | int, sig: str, now: float | None = None) -> str | None:
+        """None when a file URL (id, filename, expiry) is valid, else 'expired' or 'bad_signature'."""
+        return self.verify(_file_subject(file_id, filename), exp, sig, now)
 
     def verify(self, file_id: str, exp: str | int, sig: str, now: float | None = None) -> str | None:
         """None when valid, else the reason: 'expired' or 'bad_signature'."""
@@ -48,3 +54,16 @@ class UrlSigner:
 
 
 STREAM_TTL_S = 3600
+
+
+def _file_subject(file_id: str, filename: str) -> str:
+    return f"file:{file_id}/{filename}"
+
+
+def content_disposition(filename: str, disposition: str = "inline") -> str:
+    """A ``Content-Disposition`` value per RFC 6266: an ASCII ``filename`` fallback
+    (quotes, backslashes, control and non-ASCII characters replaced) and the exact
+    name as ``filename*=UTF-8''…`` (RFC 8187 percent-encoding).  No character of the
+    name can end the header or the quoted string."""
+    fallback = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\' else "_" for c in filename) or "file"
+    return f"{disposition}; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"

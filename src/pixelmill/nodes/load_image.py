@@ -16,6 +16,20 @@ from pydantic import Field, model_validator
 from pixelmill.models.imageops import BadImageInput, decode_base64_image, decode_image, has_alpha, is_url
 from pixelmill.nodes.base import NodeContext, NodeParams, NodeResult, NodeType
 
+INPUT_FAULT_CODES = frozenset(
+    {
+        # the URL policy refused the client's URL (pixelmill.net.safe_http.BlockedUrl)
+        "url_invalid", "url_scheme_not_allowed", "url_host_not_allowed", "url_resolves_to_blocked_address",
+        "too_many_redirects", "response_too_large", "image_too_large",
+        # the client's URL could not be fetched (FetchFailed) or is not an image (BadImage)
+        "url_unresolvable", "connect_failed", "tls_error", "timeout", "network_error", "http_status", "image_invalid",
+        # base64 data or a mask that is not usable (BadImageInput)
+        "invalid_image",
+    }
+)
+"""Failure codes of a ``load_image`` run that are the client's fault, not the server's:
+dialects that answer synchronously report them as a bad request."""
+
 
 def image_source(value: str) -> dict[str, str]:
     """``load_image`` params for a client's image: ``{"url": ...}`` for an http(s) URL, else ``{"data": ...}``."""

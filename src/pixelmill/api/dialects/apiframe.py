@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pixelmill import recipes
 from pixelmill.accounts.keys import Principal
-from pixelmill.api.deps import json_body, principal
+from pixelmill.api.deps import json_body, principal, webhook_url_refusal
 from pixelmill.api.files import signed_url
 from pixelmill.api.wait import applied_header, requested_wait, wait_terminal
 from pixelmill.engine.graph import GraphProblems
@@ -219,8 +219,13 @@ async def generate(request: Request, who: Principal = Depends(principal)):
                 "param": "params.image_prompt",
                 "message": f"model {req.model!r} does not take reference images" + (f"; models that do: {', '.join(takes)}" if takes else ""),
             })
+    refusal = await webhook_url_refusal(request, req.webhook_url)
+    if refusal is not None:
+        problems.append({"param": "webhook_url", "message": f"this webhook URL cannot be used: {refusal.message}"})
     if problems:
         code = "unknown_model" if unknown is not None and len(problems) == 1 else "image_input_not_supported" if problems[0]["param"] == "params.image_prompt" and len(problems) == 1 else "invalid_request"
+        if refusal is not None and len(problems) == 1:
+            code = "invalid_webhook_url"
         extra = {"models": rt.catalog.names()} if unknown is not None else {}
         raise _all_problems(problems, code=code, **extra)
     generation = dict(

@@ -26,8 +26,8 @@ from pydantic import ValidationError
 
 from pixelmill import recipes
 from pixelmill.accounts.keys import Principal
-from pixelmill.api.deps import json_body, principal
-from pixelmill.api.errors import validation_message
+from pixelmill.api.deps import json_body, principal, webhook_url_refusal
+from pixelmill.api.errors import allowed_methods, validation_message
 from pixelmill.api.dialects import bfl_schemas as schemas
 from pixelmill.api import wait
 from pixelmill.api.files import signed_url
@@ -106,6 +106,11 @@ async def _build(endpoint: str, request: Request, *, sized_by_model: bool = Fals
     if endpoint in FINETUNE_ENDPOINTS or endpoint in ("finetune", "delete_finetune"):
         return _finetuning_not_offered()
     if endpoint not in schemas.BFL_ENDPOINTS:
+        other = [m for m in allowed_methods(request) if m != request.method]
+        if other:  # a path another route answers with other methods (POST /v1/credits)
+            err = PixelmillError(f"{request.method} is not allowed on {request.url.path}; allowed: {', '.join(other)}", code="method_not_allowed", status=405)
+            err.headers["Allow"] = ", ".join(other)
+            raise err
         raise NotFound(f"Unknown endpoint /v1/{endpoint}", code="unknown_endpoint")
     spec = rt.catalog.for_bfl_endpoint(endpoint) or rt.catalog.resolve(endpoint)
     if spec is None:
@@ -137,6 +142,11 @@ async def _build(endpoint: str, request: Request, *, sized_by_model: bool = Fals
     if asked is not None:
         m = limits.multiple
         params.width, params.height = limits.fit(max(m, asked[0] // m * m), max(m, asked[1] // m * m))
+    refusal = await webhook_url_refusal(request, params.webhook_url)
+    if refusal is not None:
+        return _validation_error(
+            [{"type": "value_error", "loc": ("webhook_url",), "msg": f"Value error, this webhook URL cannot be used: {refusal.message}", "input": params.webhook_url}]
+        )
     if params.input_images and params.width is None and not spec.supports_image_input:
         raise PixelmillError(
             f"/v1/{endpoint} is served by {spec.name}, which does not take input images",

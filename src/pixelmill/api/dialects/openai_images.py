@@ -81,6 +81,7 @@ from pixelmill.engine.service import Submission
 from pixelmill.engine.views import ExecutionView, FileView
 from pixelmill.errors import BadRequest, NotFound, PixelmillError
 from pixelmill.models.imageops import BadImageInput, ImageDecodeError, decode_base64_image, decode_image, fit_size, has_alpha, is_url
+from pixelmill.nodes.load_image import INPUT_FAULT_CODES
 from pixelmill.presenters.openai_images import completed_events, error_body, partial_event, render_error, render_images
 from pixelmill.store.db import database_busy
 
@@ -288,6 +289,8 @@ async def _run(
     if view.error_code in MODERATED_CODES:  # OpenAI's answer to a refused prompt or a withheld image
         raise PixelmillError(f"Your request was rejected by the safety system: {view.error_message}", code="moderation_blocked", status=400)
     if view.status != ExecutionStatus.SUCCEEDED:
+        if view.error_code in INPUT_FAULT_CODES:  # the input image's URL or data: the client's to fix
+            raise _invalid(f"The input image could not be used: {view.error_message}", "image", view.error_code)
         raise PixelmillError(view.error_message or "The image generation failed.", code=view.error_code or "generation_failed", status=500)
     rendered = await run_in_threadpool(render_images, view, response_format=response_format, **render)
     return JSONResponse(rendered, headers={"X-Execution-Id": view.id})
@@ -332,10 +335,13 @@ async def _stream_events(request: Request, account_id: str, execution_id: str, t
         if view.status != ExecutionStatus.SUCCEEDED:
             message = view.error_message or ("The generation was cancelled." if view.status == ExecutionStatus.CANCELLED else "The image generation failed.")
             code = view.error_code or "generation_failed"
-            kind_ = "server_error"
             if code in MODERATED_CODES:
-                code, kind_ = "moderation_blocked", "invalid_request_error"
-            yield _sse("error", {"type": "error", "error": error_body(message, kind_, code=code)["error"]})
+                body = error_body(message, "invalid_request_error", code="moderation_blocked")
+            elif code in INPUT_FAULT_CODES:
+                body = error_body(f"The input image could not be used: {message}", "invalid_request_error", "image", code)
+            else:
+                body = error_body(message, "server_error", code=code)
+            yield _sse("error", {"type": "error", "error": body["error"]})
             return
         rendered = await run_in_threadpool(render_images, view, response_format="b64_json", **render)
         for event in completed_events(rendered, f"{kind}.completed"):
@@ -569,18 +575,34 @@ async def _image_request(request: Request, json_images: bool) -> tuple[dict, lis
     mask_ref = body.pop("mask", None)
     if refs is not None and not isinstance(refs, list):
         raise _invalid("Invalid type for 'images': expected an array of objects with 'image_url'.", "images", "invalid_type")
-    images = [await _json_image(ref, f"images.{i}", max_bytes, max_pixels) for i, ref in enumerate(refs or [])]
-    mask = None if mask_ref is None else await _json_image(mask_ref, "mask", max_bytes, max_pixels)
+    images = [await _json_image(request, ref, f"images.{i}", max_bytes, max_pixels) for i, ref in enumerate(refs or [])]
+    mask = None if mask_ref is None else await _json_image(request, mask_ref, "mask", max_bytes, max_pixels)
     return body, images, mask
 
 
-async def _json_image(ref, param: str, max_bytes: int, max_pixels: int) -> InputImage:
+async def _url_refusal(request: Request, url: str):
+    """The URL policy's refusal of an input image URL (checked again when it is fetched), or None."""
+    from pixelmill.net.safe_http import BlockedUrl
+
+    try:
+        await run_in_threadpool(request.app.state.runtime.http.resolve, url)
+    except BlockedUrl as e:
+        return e
+    except Exception:  # not resolvable now: the fetch reports it
+        return None
+    return None
+
+
+async def _json_image(request: Request, ref, param: str, max_bytes: int, max_pixels: int) -> InputImage:
     if not isinstance(ref, dict) or set(ref) - {"image_url", "file_id"}:
         raise _invalid(f"Invalid value for '{param}': expected an object with 'image_url'.", param, "invalid_type")
     if "file_id" in ref:
         raise _invalid(f"'{param}.file_id' is not supported by this server; send 'image_url' (an http(s) or data URL).", param, "unsupported_value")
     url = ref.get("image_url")
     if is_url(url):
+        refusal = await _url_refusal(request, url.strip())
+        if refusal is not None:
+            raise _invalid(f"Invalid value for '{param}.image_url': this URL cannot be fetched: {refusal.message}.", param, refusal.code)
         return InputImage(url=url.strip())
     try:
         raw = decode_base64_image(url, param, max_bytes)

@@ -5,14 +5,14 @@ Status strings use one casing everywhere: QUEUED, RUNNING, COMPLETED, FAILED, CA
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from pixelmill.accounts.keys import Principal
-from pixelmill.api.deps import json_body, principal
+from pixelmill.api.deps import json_body, principal, webhook_url_error, webhook_url_refusal
 from pixelmill.api import wait
 from pixelmill.api.files import signed_stream_url, signed_url
 from pixelmill.api.wait import requested_wait
@@ -26,15 +26,20 @@ def render_execution(request: Request, view: ExecutionView) -> dict[str, Any]:
     return _render_execution(view, lambda f: signed_url(request, f), signed_stream_url(request, view.id))
 
 
-def _page(request: Request) -> tuple[int, int]:
-    try:
-        limit = int(request.query_params.get("limit", 20))
-        offset = int(request.query_params.get("offset", 0))
-    except ValueError:
-        raise InvalidInput("limit and offset must be integers", code="invalid_pagination") from None
-    if not (1 <= limit <= 100) or offset < 0:
-        raise InvalidInput("limit must be 1–100 and offset ≥ 0", code="invalid_pagination")
-    return limit, offset
+MAX_OFFSET = 2**31 - 1
+Limit = Annotated[int, Query(ge=1, le=100, description="Items per page (1-100)")]
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip")]
+
+
+async def _definition_body(request: Request) -> Any:
+    """A workflow definition's JSON, its ``webhook_url`` checked like any webhook URL."""
+    body = await json_body(request)
+    url = body.get("webhook_url") if isinstance(body, dict) else None
+    if isinstance(url, str):
+        refusal = await webhook_url_refusal(request, url)
+        if refusal is not None:
+            raise webhook_url_error(refusal)
+    return body
 
 
 # --- workflows ---------------------------------------------------------------
@@ -45,7 +50,7 @@ def node_types(request: Request, who: Principal = Depends(principal)):
 
 @router.post("/workflows", status_code=201)
 async def create_workflow(request: Request, who: Principal = Depends(principal)):
-    body = await json_body(request)
+    body = await _definition_body(request)
     wf = await run_in_threadpool(request.app.state.runtime.workflows.create, who, body)
     return JSONResponse(wf, status_code=201, headers={"Location": f"/api/v1/workflows/{wf['id']}"})
 
@@ -63,8 +68,7 @@ async def validate_workflow(request: Request, who: Principal = Depends(principal
 
 
 @router.get("/workflows")
-def list_workflows(request: Request, who: Principal = Depends(principal)):
-    limit, offset = _page(request)
+def list_workflows(request: Request, limit: Limit = 20, offset: Offset = 0, who: Principal = Depends(principal)):
     items, total = request.app.state.runtime.workflows.list(who, limit, offset)
     return {"data": items, "total": total, "limit": limit, "offset": offset}
 
@@ -76,7 +80,7 @@ def get_workflow(workflow_id: str, request: Request, who: Principal = Depends(pr
 
 @router.put("/workflows/{workflow_id}")
 async def update_workflow(workflow_id: str, request: Request, who: Principal = Depends(principal)):
-    body = await json_body(request)
+    body = await _definition_body(request)
     return await run_in_threadpool(request.app.state.runtime.workflows.update, who, workflow_id, body)
 
 
@@ -102,6 +106,12 @@ async def execute_workflow(workflow_id: str, request: Request, who: Principal = 
         if not isinstance(inputs, dict):
             raise InvalidInput("'inputs' must be an object", code="invalid_inputs")
         sets = [inputs]
+    webhook_url = body.get("webhook_url")
+    if webhook_url is not None and not isinstance(webhook_url, str):
+        raise InvalidInput("'webhook_url' must be a string", code="invalid_webhook_url", param="webhook_url")
+    refusal = await webhook_url_refusal(request, webhook_url)
+    if refusal is not None:
+        raise webhook_url_error(refusal)
     if request.query_params.get("dry_run") in ("1", "true") or body.get("dry_run") is True:
         estimates = await run_in_threadpool(lambda: [svc.estimate(who, workflow_id, s) for s in sets])
         return {
@@ -110,7 +120,7 @@ async def execute_workflow(workflow_id: str, request: Request, who: Principal = 
             "runs": [{"estimatedCredits": p.cost, "breakdown": p.breakdown()} for p in estimates],
         }
     batch_id, views = await run_in_threadpool(
-        lambda: svc.execute(who, workflow_id, sets, webhook_url=body.get("webhook_url"), webhook_events=body.get("webhook_events"))
+        lambda: svc.execute(who, workflow_id, sets, webhook_url=webhook_url, webhook_events=body.get("webhook_events"))
     )
     wait_s = requested_wait(request.headers.get("prefer"), request.app.state.runtime.settings.max_wait_s)
     if wait_s is not None:  # Prefer: wait[=N]: hold until done or N s, answer with the execution
@@ -132,14 +142,16 @@ async def execute_workflow(workflow_id: str, request: Request, who: Principal = 
 
 # --- executions ----------------------------------------------------------------
 @router.get("/executions")
-def list_executions(request: Request, who: Principal = Depends(principal)):
-    limit, _ = _page(request)
-    before = request.query_params.get("before")
+def list_executions(
+    request: Request,
+    limit: Limit = 20,
+    before: Annotated[float | None, Query(allow_inf_nan=False, description="The nextCursor of the previous page")] = None,
+    workflow_id: str | None = None,
+    batch_id: str | None = None,
+    who: Principal = Depends(principal),
+):
     rt = request.app.state.runtime
-    views = rt.executions.list(
-        who.account_id, limit=limit + 1, before=float(before) if before else None,
-        workflow_id=request.query_params.get("workflow_id"), batch_id=request.query_params.get("batch_id"),
-    )
+    views = rt.executions.list(who.account_id, limit=limit + 1, before=before, workflow_id=workflow_id or None, batch_id=batch_id or None)
     more = len(views) > limit
     views = views[:limit]
     return {
