@@ -66,7 +66,17 @@ class InsufficientCredits(PixelmillError):
 
 
 class RateLimited(PixelmillError):
+    """A limit refused the request.  ``windows`` are the limits the request touched
+    (``pixelmill.accounts.ratelimit.LimitState``), ``violated`` the full one;
+    ``concurrent`` marks a cap on work in flight rather than a window."""
+
     code, status, message = "rate_limited", 429, "Rate limit exceeded"
+
+    def __init__(self, message: str | None = None, *, windows: Any = (), violated: Any = None, concurrent: bool = False, **kw: Any):
+        super().__init__(message, **kw)
+        self.windows = list(windows)
+        self.violated = violated
+        self.concurrent = concurrent
 
 
 class ServiceUnavailable(PixelmillError):

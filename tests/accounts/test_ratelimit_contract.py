@@ -22,9 +22,9 @@ from pixelmill.accounts.ratelimit import (
     REQUESTS,
     LimitState,
     RateLimiter,
-    rate_limit_headers,
     rate_limited_error,
 )
+from pixelmill.presenters.limit_headers import error_headers, rate_limit_headers
 
 REDIS_URI = "redis://127.0.0.1:6379/15"
 
@@ -290,8 +290,8 @@ def test_refusal_becomes_a_429_error_with_headers(limiter: RateLimiter, account:
     assert error.status == 429
     assert error.to_dict()["violated_policies"] == ["executions-day"]
     assert error.to_dict()["retry_after"] == refused.retry_after  # seconds, not a timestamp
-    assert error.headers["Retry-After"] == str(refused.retry_after)
-    assert error.headers["X-RateLimit-Limit"] == "1"
+    assert error_headers(error)["Retry-After"] == str(refused.retry_after)
+    assert error_headers(error)["X-RateLimit-Limit"] == "1"
     with pytest.raises(ValueError):
         rate_limited_error(limiter.hit_execution(account + "_other", plan))
 

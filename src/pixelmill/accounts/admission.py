@@ -51,26 +51,19 @@ reported_states: ContextVar[list[LimitState] | None] = ContextVar("pixelmill_rep
 
 
 def active_task_error(limit: int, active: int) -> RateLimited:
-    """The 429 for an account at its active-task cap, with ``concurrent-requests`` headers."""
-    err = RateLimited(
+    """The 429 for an account at its active-task cap (reported as a ``concurrent-requests`` limit)."""
+    cap = LimitState(ACTIVE_TASKS, limit, 0, float(ACTIVE_RETRY_AFTER_S), 0)
+    return RateLimited(
         f"Too many active tasks: {active} queued or running, the limit is {limit}; retry when one finishes",
         code="active_task_limit",
         violated_policies=[ACTIVE_TASKS],
         limit=limit,
         active=active,
         retry_after=ACTIVE_RETRY_AFTER_S,
+        windows=[cap],
+        violated=cap,
+        concurrent=True,
     )
-    err.headers.update(
-        {
-            "Retry-After": str(ACTIVE_RETRY_AFTER_S),
-            "X-RateLimit-Limit": str(limit),
-            "X-RateLimit-Remaining": "0",
-            "X-RateLimit-Reset": str(ACTIVE_RETRY_AFTER_S),
-            "RateLimit-Policy": f'"{ACTIVE_TASKS}";q={limit};qu="concurrent-requests"',
-            "RateLimit": f'"{ACTIVE_TASKS}";r=0;t={ACTIVE_RETRY_AFTER_S}',
-        }
-    )
-    return err
 
 
 class AdmissionPolicy:
@@ -144,7 +137,7 @@ class Admission(AdmissionPolicy):
             log.warning("rate-limit store unreachable: execution windows not enforced for %s", principal.account_id)
             return
         if not decision.allowed:
-            raise rate_limited_error(decision)  # carries its own headers
+            raise rate_limited_error(decision)
         sink = reported_states.get()
         if sink is not None:
             sink.extend(decision.states)

@@ -1,4 +1,4 @@
-"""Per-account rate limits over moving windows, and the response headers that report them.
+"""Per-account rate limits over moving windows (``pixelmill.presenters.limit_headers`` reports them in responses).
 
 Three windows per account, each taken from its :class:`~pixelmill.accounts.plans.Plan`
 (a ``None`` limit is unlimited and has no window):
@@ -231,43 +231,8 @@ def _after_taking(state: LimitState, cost: int) -> LimitState:
     return replace(state, remaining=state.remaining - cost, reset_after=reset_after)
 
 
-def _most_restrictive(states: list[LimitState]) -> LimitState:
-    """Fewest remaining; on a tie, the one that takes longest to free."""
-    return min(states, key=lambda s: (s.remaining, -s.reset_after))
-
-
-def rate_limit_headers(states: list[LimitState], violated: LimitState | None = None) -> dict[str, str]:
-    """HTTP headers describing ``states`` (empty when every window is unlimited).
-
-    - ``X-RateLimit-Limit`` / ``-Remaining`` / ``-Reset`` for the violated window,
-      or else the most restrictive one.  ``X-RateLimit-Reset`` is **seconds from
-      now** (rounded up) until that window frees a slot — relative, not a Unix
-      timestamp, matching ``Retry-After``.
-    - ``RateLimit-Policy`` and ``RateLimit`` per the IETF ``ratelimit-headers``
-      draft (structured-field lists), one item per window:
-      ``RateLimit-Policy: "requests";q=10;w=60, "executions-day";q=50;w=86400`` and
-      ``RateLimit: "requests";r=3;t=42`` (``t`` = delta-seconds until reset).
-    - ``Retry-After`` (whole seconds, >= 1 and never earlier than ``t``) when
-      ``violated`` is given.
-    """
-    if not states and violated is None:
-        return {}
-    shown = list(states) if states else [violated]  # type: ignore[list-item]
-    primary = violated or _most_restrictive(shown)
-    headers = {
-        "X-RateLimit-Limit": str(primary.limit),
-        "X-RateLimit-Remaining": str(primary.remaining),
-        "X-RateLimit-Reset": str(math.ceil(primary.reset_after)),
-        "RateLimit-Policy": ", ".join(f'"{s.name}";q={s.limit};w={s.window_s}' for s in shown),
-        "RateLimit": ", ".join(f'"{s.name}";r={s.remaining};t={math.ceil(s.reset_after)}' for s in shown),
-    }
-    if violated is not None:
-        headers["Retry-After"] = str(retry_after_s(violated))
-    return headers
-
-
 def rate_limited_error(decision: RateDecision) -> RateLimited:
-    """The 429 error for a refused ``decision``, carrying its headers.
+    """The 429 error for a refused ``decision``, carrying the windows its headers report (``pixelmill.presenters.limit_headers``).
 
     Details: ``violated_policies`` (the IETF draft's name for the full windows),
     ``limit``, ``window_s`` and ``retry_after`` in seconds from now (like the
@@ -278,7 +243,7 @@ def rate_limited_error(decision: RateDecision) -> RateLimited:
         raise ValueError("the decision was allowed; there is nothing to refuse")
     retry_after = decision.retry_after or retry_after_s(violated)
     if violated.name == AUTH_FAILURES:
-        error = RateLimited(
+        return RateLimited(
             f"Too many requests with invalid API keys from this address: {violated.limit} per "
             f"{violated.window_s} s; retry in {retry_after} s",
             code="too_many_auth_failures",
@@ -286,15 +251,13 @@ def rate_limited_error(decision: RateDecision) -> RateLimited:
             window_s=violated.window_s,
             retry_after=retry_after,
         )
-        error.headers["Retry-After"] = str(retry_after)
-        return error
-    error = RateLimited(
+    return RateLimited(
         f"Rate limit exceeded: {violated.limit} {violated.name} per {violated.window_s} s; "
         f"retry in {retry_after} s",
         violated_policies=[violated.name],
         limit=violated.limit,
         window_s=violated.window_s,
         retry_after=retry_after,
+        windows=decision.states,
+        violated=violated,
     )
-    error.headers.update(rate_limit_headers(decision.states, violated))
-    return error

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pixelmill.presenters.limit_headers import error_headers
 from pixelmill.errors import PixelmillError
 from pixelmill.store.db import database_busy
 
@@ -20,7 +21,7 @@ from pixelmill.store.db import database_busy
 def error_response(err: PixelmillError) -> JSONResponse:
     body = {"detail": err.message, "message": err.message, "error": err.to_dict()}
     body.update({k: v for k, v in err.details.items() if k not in body})
-    return JSONResponse(body, status_code=err.status, headers=err.headers or None)
+    return JSONResponse(body, status_code=err.status, headers=error_headers(err) or None)
 
 
 def validation_message(errors: list[dict]) -> str:

@@ -49,7 +49,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pixelmill.accounts import idempotency as idem
 from pixelmill.accounts.admission import reported_states
 from pixelmill.accounts.keys import Principal, authenticate
-from pixelmill.accounts.ratelimit import LimitState, RateDecision, RateLimitStorageError, rate_limit_headers, rate_limited_error
+from pixelmill.accounts.ratelimit import LimitState, RateDecision, RateLimitStorageError, rate_limited_error
+from pixelmill.presenters.limit_headers import rate_limit_headers
 from pixelmill.api.errors import error_response
 from pixelmill.errors import BadRequest, Conflict, InvalidInput, PixelmillError
 from pixelmill.store.db import database_busy
@@ -206,7 +207,7 @@ class AccountsMiddleware:
 
         outcome = admitted.outcome
         if admitted.refused is not None:
-            await error_response(rate_limited_error(admitted.refused))(scope, receive, send)  # carries its headers
+            await error_response(rate_limited_error(admitted.refused))(scope, receive, send)
             return
         if idem_error is not None:
             await error_response(idem_error)(scope, receive, send_with_limits)

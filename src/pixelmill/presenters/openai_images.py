@@ -29,6 +29,7 @@ import time
 from typing import Any, Callable
 
 from pixelmill.engine.views import ExecutionView, FileView
+from pixelmill.presenters.limit_headers import error_headers
 from pixelmill.errors import PixelmillError
 
 NO_RETRY = {"x-should-retry": "false"}
@@ -42,7 +43,7 @@ def error_body(message: str, type_: str = "invalid_request_error", param: str | 
 
 def render_error(err: PixelmillError) -> tuple[int, dict[str, Any], dict[str, str]]:
     """(HTTP status, OpenAI error body, extra headers) for a pixelmill error."""
-    headers = dict(err.headers)
+    headers = error_headers(err)
     param = err.details.get("param")
     status, code = err.status, err.code
     if code in _AUTH_CODES:
