@@ -152,6 +152,13 @@ def test_an_alias_is_given_to_one_model_only():
         ModelCatalog.from_toml(toml)
 
 
+def test_openai_size_the_model_cannot_make_names_size(app):
+    _, _, client = app
+    r = client.post("/v1/images/generations", json={"model": "gpt-image-1", "prompt": "x", "size": "1536x1024"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "size" and "1440" in r.json()["error"]["message"]
+
+
 def test_openai_alias_runs_the_operators_model(app):
     from pixelmill.api.dialects.openai_images import resolve_model
 

@@ -268,6 +268,8 @@ async def _run(
     except GraphProblems as e:
         problem = recipes.first_problem(e, set(ImageGenerationRequest.model_fields) | set(ImageEditRequest.model_fields))
         param = problem.path[-1] if problem.path else None
+        if param in ("width", "height"):  # the model's size limits: the request's field is `size`
+            param = "size"
         raise _invalid(f"Invalid value for '{param}': {problem.message}." if param else problem.message, param) from None
     width, height = size
     render = dict(
