@@ -13,9 +13,9 @@ import re
 import secrets
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_origin
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
@@ -132,11 +132,13 @@ class Settings(BaseSettings):
             raise ValueError("must be positive")
         return v
 
-    @field_validator("cors_origins", "url_allow_networks", "moderation_image_thresholds", mode="before")
+    @field_validator("*", mode="before")
     @classmethod
-    def _list_from_text(cls, value: Any) -> Any:
-        """A list given as text (an environment value): a JSON array, or comma-separated items."""
-        if not isinstance(value, str):
+    def _list_from_text(cls, value: Any, info: ValidationInfo) -> Any:
+        """A list setting given as text (an environment value): a JSON array, or comma-separated
+        items.  Every list setting is declared ``Annotated[list[...], NoDecode]`` so the text reaches here."""
+        field = cls.model_fields.get(info.field_name or "")
+        if not isinstance(value, str) or field is None or get_origin(field.annotation) is not list:
             return value
         text = value.strip()
         if text.startswith("["):

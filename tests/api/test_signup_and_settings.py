@@ -65,6 +65,19 @@ def test_list_settings_take_plain_or_json_environment_values(monkeypatch, value,
     assert s.cors_origins == ["https://a.example", "https://b.example"]
 
 
+def test_every_list_setting_reads_plain_environment_text():
+    """A list setting added later must be declared the same way (NoDecode), or its plain
+    environment value would be parsed as JSON and fail."""
+    from typing import get_origin
+
+    from pydantic_settings import NoDecode
+
+    lists = [name for name, f in Settings.model_fields.items() if get_origin(f.annotation) is list]
+    assert "url_allow_networks" in lists and "cors_origins" in lists
+    for name in lists:
+        assert any(m is NoDecode for m in Settings.model_fields[name].metadata), f"{name} is not declared NoDecode"
+
+
 def test_keys_create_with_a_plain_network_setting_works(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("PIXELMILL_URL_ALLOW_NETWORKS", "127.0.0.0/8")
     assert _create_key_json(capsys, tmp_path, "--account", "x")["key"].startswith("sk-")
