@@ -32,8 +32,8 @@ class NodeTask:
 
     @classmethod
     def of(cls, run) -> "NodeTask":
-        """The task of a ``node_runs`` row (it needs ``id``, ``execution_id`` and ``params``)."""
-        return cls(run.id, run.execution_id, (run.params or {}).get("__queue__", "default"))
+        """The task of a ``node_runs`` row (it needs ``id``, ``execution_id`` and ``queue``)."""
+        return cls(run.id, run.execution_id, run.queue or "default")
 
 
 class Lifecycle:

@@ -62,7 +62,7 @@ class Publisher:
         cutoff = time.time() - older
         with self.db.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(node_runs.c.id, node_runs.c.execution_id, node_runs.c.queued_at, node_runs.c.params)
+                sa.select(node_runs.c.id, node_runs.c.execution_id, node_runs.c.queued_at, node_runs.c.queue)
                 .join(executions, executions.c.id == node_runs.c.execution_id)
                 .where(
                     node_runs.c.status == NodeStatus.QUEUED,

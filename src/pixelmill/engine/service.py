@@ -216,7 +216,7 @@ class ExecutionService:
             if node.type.deterministic:
                 key = cache_key(node.type.name, params, seed, [keys.get(s, "") for s in sorted(node.depends_on)])
                 keys[node_id] = key
-            params["__queue__"] = node.type.queue_name(node.params)
+            queue = node.type.queue_name(node.params)
             runnable = not node.links
             run_id = new_id()
             conn.execute(
@@ -227,7 +227,7 @@ class ExecutionService:
                     node_type=node.type.name,
                     status=NodeStatus.QUEUED if runnable else NodeStatus.WAITING,
                     params=params,
-                    queue=params["__queue__"],
+                    queue=queue,
                     links={k: list(v) for k, v in node.links.items()},
                     queued_at=now if runnable else None,
                     progress=0.0,
@@ -239,7 +239,7 @@ class ExecutionService:
                 )
             )
             if runnable:
-                tasks.append(NodeTask(run_id, eid, params["__queue__"]))
+                tasks.append(NodeTask(run_id, eid, queue))
         if moderated is not None:
             self.lifecycle.event(conn, eid, "execution.created", {"cost": 0.0})
             self.lifecycle.finish_execution(conn, eid, ExecutionStatus.FAILED, moderated.code, moderated.reason)
@@ -322,7 +322,7 @@ class ExecutionService:
         tasks = []
         with self.db.transaction() as conn:
             rows = conn.execute(
-                sa.select(node_runs.c.id, node_runs.c.execution_id, node_runs.c.status, node_runs.c.params)
+                sa.select(node_runs.c.id, node_runs.c.execution_id, node_runs.c.status, node_runs.c.queue)
                 .join(executions, executions.c.id == node_runs.c.execution_id)
                 .where(executions.c.status.in_(ACTIVE), node_runs.c.status.in_([NodeStatus.QUEUED, NodeStatus.RUNNING]))
                 .order_by(node_runs.c.queued_at)
