@@ -43,7 +43,6 @@ from pixelmill.store.tables import executions
 log = logging.getLogger("pixelmill.accounts")
 
 ACTIVE_TASKS = "active-tasks"
-ACTIVE_STATUSES = [ExecutionStatus.QUEUED.value, ExecutionStatus.RUNNING.value]
 ACTIVE_RETRY_AFTER_S = 1
 
 reported_states: ContextVar[list[LimitState] | None] = ContextVar("pixelmill_reported_rate_states", default=None)
@@ -109,7 +108,7 @@ class Admission(AdmissionPolicy):
         active = conn.execute(
             sa.select(sa.func.count())
             .select_from(executions)
-            .where(executions.c.account_id == principal.account_id, executions.c.status.in_(ACTIVE_STATUSES))
+            .where(executions.c.account_id == principal.account_id, executions.c.status.in_(ExecutionStatus.active()))
         ).scalar_one()
         if active >= plan.max_active_tasks:
             raise active_task_error(plan.max_active_tasks, int(active))

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from pixelmill.accounts import ledger
-from pixelmill.accounts.admission import ACTIVE_STATUSES
+from pixelmill.domain.status import ExecutionStatus
 from pixelmill.store.tables import accounts, executions
 
 
@@ -33,7 +33,7 @@ def account_usage(conn: Connection, account_id: str, since: float | None = None,
     }
     spent = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(executions.c.cost_actual), 0.0)).where(*where)).scalar_one()
     held = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(executions.c.cost_estimate), 0.0)).where(*where, executions.c.status.in_(ACTIVE_STATUSES))
+        sa.select(sa.func.coalesce(sa.func.sum(executions.c.cost_estimate), 0.0)).where(*where, executions.c.status.in_(ExecutionStatus.active()))
     ).scalar_one()
     return {
         "account_id": account_id,

@@ -19,6 +19,11 @@ class ExecutionStatus(StrEnum):
     def is_terminal(self) -> bool:
         return self in (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED)
 
+    @classmethod
+    def active(cls) -> list[str]:
+        """The statuses of executions still in flight (queued or running), for ``status IN (...)`` queries."""
+        return [cls.QUEUED.value, cls.RUNNING.value]
+
     # named transitions: each returns the new status or raises IllegalTransition
     def start(self) -> "ExecutionStatus":
         return _move(self, ExecutionStatus.RUNNING, {ExecutionStatus.QUEUED, ExecutionStatus.RUNNING})

@@ -25,9 +25,8 @@ from typing import Callable
 
 import sqlalchemy as sa
 
-from pixelmill.domain.status import NodeStatus
+from pixelmill.domain.status import ExecutionStatus, NodeStatus
 from pixelmill.engine.lifecycle import NodeTask
-from pixelmill.engine.service import ACTIVE
 from pixelmill.store.db import Database
 from pixelmill.store.tables import executions, node_runs
 
@@ -68,7 +67,7 @@ class Publisher:
                     node_runs.c.status == NodeStatus.QUEUED,
                     node_runs.c.published_at.is_(None),
                     node_runs.c.queued_at <= cutoff,
-                    executions.c.status.in_(ACTIVE),
+                    executions.c.status.in_(ExecutionStatus.active()),
                 )
                 .order_by(node_runs.c.queued_at)
                 .limit(500)

@@ -18,6 +18,7 @@ from pixelmill.files.storage import FileStorage
 from pixelmill.ids import new_id
 from pixelmill.moderation import ContentModerated
 from pixelmill.models.base import DeadlineExceeded, GenerationCancelled, StepControl
+from pixelmill.models.imageops import FILE_EXTENSIONS, MIME_TYPES, encode_image
 from pixelmill.nodes.base import NodeContext, NodeRegistry
 from pixelmill.nodes.services import NodeServices
 from pixelmill.store.db import Database
@@ -25,7 +26,6 @@ from pixelmill.store.tables import executions, files, node_runs
 
 log = logging.getLogger("pixelmill.runner")
 
-CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 PROGRESS_EVERY_S = 0.2
 
 
@@ -130,7 +130,7 @@ class NodeRunner:
 
         def on_preview(index: int, images: list[Image.Image]) -> None:
             try:
-                fmt = run.params.get("output_format") if run.params.get("output_format") in CONTENT_TYPES else "png"
+                fmt = run.params.get("output_format") if run.params.get("output_format") in MIME_TYPES else "png"
                 with self.db.transaction() as conn:
                     ids = self._store_images(run, images, fmt, {"preview": str(index)}, conn=conn)
                     self.lifecycle.event(conn, run.execution_id, "node.preview", {"node": run.node_id, "index": index, "files": ids})
@@ -180,8 +180,6 @@ class NodeRunner:
 
     def _store_images(self, run, images: list[Image.Image], fmt: str, metadata: dict, conn=None) -> list[str]:
         """Write ``images`` to storage and their ``files`` rows (in ``conn``'s transaction when given)."""
-        from pixelmill.models.imageops import encode_image
-
         with self.db.engine.connect() as read:
             account = read.execute(sa.select(executions.c.account_id).where(executions.c.id == run.execution_id)).scalar_one()
         ids = []
@@ -192,12 +190,12 @@ class NodeRunner:
             meta = dict(metadata)
             if "seed" in meta and len(images) > 1:
                 meta["seed"] = str(int(meta["seed"]) + i)
-            provenance = getattr(self.services, "provenance", None)
+            provenance = self.services.provenance
             if provenance is not None:  # watermark and C2PA manifest where the operator turned them on
                 data = provenance.encode(image, fmt, meta, quality=92, node=run.node_type)
             else:
                 data = encode_image(image, fmt, quality=92, metadata=meta)
-            key = f"{account}/{run.execution_id}/{fid}.{'jpg' if fmt == 'jpeg' else fmt}"
+            key = f"{account}/{run.execution_id}/{fid}.{FILE_EXTENSIONS[fmt]}"
             self.storage.put(key, data)
             rows.append(
                 dict(
@@ -206,7 +204,7 @@ class NodeRunner:
                     execution_id=run.execution_id,
                     node_run_id=run.id,
                     storage_key=key,
-                    content_type=CONTENT_TYPES[fmt],
+                    content_type=MIME_TYPES[fmt],
                     size=len(data),
                     width=image.width,
                     height=image.height,

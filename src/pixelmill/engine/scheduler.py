@@ -57,7 +57,6 @@ from pixelmill.store.tables import accounts, executions, node_runs
 
 log = logging.getLogger("pixelmill.scheduler")
 
-ACTIVE = [ExecutionStatus.QUEUED.value, ExecutionStatus.RUNNING.value]
 DEFAULT_TYPICAL_S = 1.0
 
 
@@ -230,7 +229,7 @@ class Scheduler:
                 node_runs.c.queue == sa.bindparam("queue"),
                 node_runs.c.status == NodeStatus.QUEUED,
                 leased,
-                executions.c.status.in_(ACTIVE),
+                executions.c.status.in_(ExecutionStatus.active()),
                 executions.c.cancel_requested.is_(False),
                 sa.or_(executions.c.start_by.is_(None), executions.c.start_by >= now, executions.c.status != ExecutionStatus.QUEUED),
                 sa.or_(executions.c.deadline_at.is_(None), executions.c.deadline_at >= now),
@@ -349,7 +348,7 @@ class Scheduler:
         q = (
             sa.select(executions.c.id, executions.c.status, executions.c.start_by, executions.c.deadline_at)
             .join(node_runs, node_runs.c.execution_id == executions.c.id)
-            .where(node_runs.c.status == NodeStatus.QUEUED, executions.c.status.in_(ACTIVE), late)
+            .where(node_runs.c.status == NodeStatus.QUEUED, executions.c.status.in_(ExecutionStatus.active()), late)
             .distinct()
         )
         if queue is not None:

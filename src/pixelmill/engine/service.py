@@ -29,7 +29,6 @@ from pixelmill.store.tables import executions, node_runs
 
 log = logging.getLogger("pixelmill.engine")
 
-ACTIVE = [ExecutionStatus.QUEUED.value, ExecutionStatus.RUNNING.value]
 
 
 @dataclass
@@ -324,7 +323,7 @@ class ExecutionService:
             rows = conn.execute(
                 sa.select(node_runs.c.id, node_runs.c.execution_id, node_runs.c.status, node_runs.c.queue)
                 .join(executions, executions.c.id == node_runs.c.execution_id)
-                .where(executions.c.status.in_(ACTIVE), node_runs.c.status.in_([NodeStatus.QUEUED, NodeStatus.RUNNING]))
+                .where(executions.c.status.in_(ExecutionStatus.active()), node_runs.c.status.in_([NodeStatus.QUEUED, NodeStatus.RUNNING]))
                 .order_by(node_runs.c.queued_at)
             ).all()
             for r in rows:

@@ -9,9 +9,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from pixelmill.domain.status import ExecutionStatus, NodeStatus
+from pixelmill.models.imageops import extension_for
 from pixelmill.store.tables import execution_events, executions, files, node_runs
 
-EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 
 @dataclass
@@ -25,7 +25,7 @@ class FileView:
 
     @property
     def filename(self) -> str:
-        return f"{self.id}.{EXTENSIONS.get(self.content_type, 'bin')}"
+        return f"{self.id}.{extension_for(self.content_type)}"
 
 
 @dataclass

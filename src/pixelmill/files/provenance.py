@@ -26,9 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pixelmill.models.imageops import encode_image
+from pixelmill.models.imageops import FILE_EXTENSIONS, MIME_TYPES, encode_image
 
-MIME = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 GENERATED = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
 WATERMARK_MAX_BYTES = 16
 
@@ -87,8 +86,8 @@ class C2paSigner:
         action["softwareAgent"] = {"name": self.product, "version": self.version}
         return {
             "claim_generator_info": [{"name": self.product, "version": self.version}],
-            "format": MIME[fmt],
-            "title": f"image.{'jpg' if fmt == 'jpeg' else fmt}",
+            "format": MIME_TYPES[fmt],
+            "title": f"image.{FILE_EXTENSIONS[fmt]}",
             "assertions": [{"label": "c2pa.actions", "data": {"actions": [action]}}],
         }
 
@@ -98,7 +97,7 @@ class C2paSigner:
         signer = self._get()
         out = io.BytesIO()
         with self._lock, c2pa.Builder(self.manifest(fmt, metadata)) as builder:
-            builder.sign(signer, MIME[fmt], io.BytesIO(data), out)
+            builder.sign(signer, MIME_TYPES[fmt], io.BytesIO(data), out)
         return out.getvalue()
 
 

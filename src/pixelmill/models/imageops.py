@@ -43,6 +43,17 @@ MAX_DIMENSION = 16384  # per side, for anything we create
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 DECODE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 MIME_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+"""Output format -> content type: the one map of the formats pixelmill writes."""
+FILE_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+"""Output format -> file name extension."""
+
+
+def extension_for(content_type: str) -> str:
+    """The file name extension of a content type pixelmill writes (``bin`` for any other)."""
+    for fmt, mime in MIME_TYPES.items():
+        if mime == content_type:
+            return FILE_EXTENSIONS[fmt]
+    return "bin"
 
 EXIF_IMAGE_DESCRIPTION = 0x010E
 EXIF_IFD = 0x8769

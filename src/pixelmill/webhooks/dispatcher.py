@@ -48,7 +48,6 @@ from pixelmill.webhooks.signing import BFL_SECRET_HEADER, BFL_SIGNATURE_HEADER, 
 
 log = logging.getLogger("pixelmill.webhooks")
 
-UNFINISHED = [ExecutionStatus.QUEUED.value, ExecutionStatus.RUNNING.value]
 
 
 def account_secrets(conn, account_id: str, create: bool = True) -> list[str]:
@@ -71,7 +70,7 @@ def disable_endpoint(conn, account_id: str, url: str) -> int:
     conn.execute(sa.update(accounts).where(accounts.c.id == account_id, accounts.c.webhook_url == url).values(webhook_url=None))
     conn.execute(
         sa.update(executions)
-        .where(executions.c.account_id == account_id, executions.c.webhook_url == url, executions.c.status.in_(UNFINISHED))
+        .where(executions.c.account_id == account_id, executions.c.webhook_url == url, executions.c.status.in_(ExecutionStatus.active()))
         .values(webhook_url=None)
     )
     return n
