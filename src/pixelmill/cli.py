@@ -145,6 +145,7 @@ def _find_account(conn, name_or_id: str) -> str | None:
 def cmd_accounts(args) -> int:
     import sqlalchemy as sa
 
+    from pixelmill.accounts import keys
     from pixelmill.store.tables import accounts
 
     settings, db = _db(args)
@@ -157,6 +158,7 @@ def cmd_accounts(args) -> int:
                 print(f"no account {args.account}", file=sys.stderr)
                 return 1
             conn.execute(sa.update(accounts).where(accounts.c.id == account_id).values(plan=args.plan))
+            keys.keys_changed(conn)
         print(f"account {args.account} ({account_id}) is now on plan {args.plan}")
     return 0
 

@@ -8,11 +8,12 @@ from typing import Any
 from pixelmill.accounts.admission import Admission
 from pixelmill.accounts.directory import AccountDirectory
 from pixelmill.accounts.idempotency import IdempotencyStore
+from pixelmill.accounts.keys import KeyCache
 from pixelmill.accounts.plans import load_plans
 from pixelmill.accounts.ratelimit import RateLimiter
 from pixelmill.config import Settings
 from pixelmill.engine.lifecycle import Lifecycle
-from pixelmill.engine.notify import make_notifier
+from pixelmill.engine.notify import Notice, PostgresNotifier, make_notifier
 from pixelmill.engine.publisher import Publisher
 from pixelmill.engine.runner import NodeRunner
 from pixelmill.engine.scheduler import FairDispatch, Scheduler
@@ -74,11 +75,28 @@ class Runtime:
             self.db, self.nodes, self.services, self.publisher, self.lifecycle, result_ttl_s=settings.result_ttl_s,
             admission=self.admission, scheduler=self.scheduler,
         )
+        self.keys = KeyCache(self.db, usable=self._key_cache_usable)
+        self.notifier.listen("keys", lambda _notice: self.keys.clear())
+        self.notifier.listen("execution", self._learn_run_time)
         from pixelmill.workflows.service import WorkflowService
 
         self.workflows = WorkflowService(self.db, self.executions)
         self._init_webhooks()
         self.started = False
+
+    def _key_cache_usable(self) -> bool:
+        """Cached keys are safe where every change reaches this process: SQLite (a marker file beside
+        the database) or a notifier that is listening to the other processes."""
+        if self.db.is_sqlite:
+            return True
+        if isinstance(self.notifier, PostgresNotifier):
+            self.notifier.start()
+            return self.notifier.connected.is_set()
+        return False
+
+    def _learn_run_time(self, notice: Notice) -> None:
+        if notice.event == "node.completed" and "seconds" in notice.data:
+            self.executions.run_times.record(notice.data.get("queue") or "default", float(notice.data["seconds"]))
 
     def _init_webhooks(self) -> None:
         """Outbox rows with every state change; a dispatcher that delivers them (started by ``start``)."""

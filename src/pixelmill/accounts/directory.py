@@ -101,6 +101,7 @@ class AccountDirectory:
         with self.db.transaction() as conn:
             self._view(conn, account_id)
             conn.execute(sa.update(accounts).where(accounts.c.id == account_id).values(plan=plan))
+            keys.keys_changed(conn)  # cached principals carry the plan
             return self._view(conn, account_id)
 
     def set_moderation(self, account_id: str, tolerance: int | None) -> AccountView:

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import secrets
+import threading
 import time
+import weakref
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from pixelmill.errors import Forbidden, NotFound, Unauthorized
 from pixelmill.ids import new_id
+from pixelmill.store.db import after_commit
 from pixelmill.store.tables import accounts, api_keys
+
+log = logging.getLogger("pixelmill.accounts")
 
 KEY_PREFIX = "sk-"
 
@@ -73,7 +82,111 @@ def revoke_key(conn: Connection, key_id_or_prefix: str) -> int:
         sa.or_(api_keys.c.id == key_id_or_prefix, api_keys.c.prefix == key_id_or_prefix),
         api_keys.c.revoked_at.is_(None),
     )
-    return conn.execute(q.values(revoked_at=time.time())).rowcount
+    n = conn.execute(q.values(revoked_at=time.time())).rowcount
+    if n:
+        keys_changed(conn)
+    return n
+
+
+def keys_changed(conn: Connection) -> None:
+    """Make every process drop its cached principals once ``conn``'s transaction commits.
+
+    Call it with any change to keys or accounts (revoked, disabled, new plan).
+    In this process the caches are cleared after commit; other processes learn
+    it through PostgreSQL ``NOTIFY`` (in the transaction) or, on SQLite, through
+    a marker file beside the database whose time stamp they check.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": KEYS_NOTICE})
+    marker = _marker_path(conn.engine.url)
+
+    def clear() -> None:
+        if marker is not None:
+            try:
+                marker.touch()
+                os.utime(marker)
+            except OSError as exc:
+                log.warning("could not stamp %s: %s", marker, exc)
+        for cache in list(_CACHES):
+            cache.clear()
+
+    after_commit(conn, clear)
+
+
+NOTIFY_CHANNEL = "pixelmill_events"  # shared with pixelmill.engine.notify
+KEYS_NOTICE = '{"t":"keys","i":""}'
+_CACHES: "weakref.WeakSet[KeyCache]" = weakref.WeakSet()
+
+
+def _marker_path(url) -> Path | None:
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database + "-keys")
+
+
+class KeyCache:
+    """Principals of recently seen keys, so a request needs no database read to authenticate.
+
+    Entries live at most ``ttl_s``.  They are dropped at once when keys or
+    accounts change (:func:`keys_changed`): in this process directly, from other
+    processes through the notifier (``keys`` notices, PostgreSQL) or the SQLite
+    marker file.  Where other processes could change keys unseen (a notifier that
+    is not listening), ``usable()`` says False and every request reads the store.
+    Only valid keys are cached: an unknown or revoked key is looked up every time.
+    """
+
+    def __init__(self, db, ttl_s: float = 60.0, max_size: int = 10_000, usable: Callable[[], bool] | None = None):
+        self.db = db
+        self.ttl_s = ttl_s
+        self.max_size = max_size
+        self.usable = usable or (lambda: True)
+        self._entries: dict[str, tuple[Principal, float]] = {}
+        self._lock = threading.Lock()
+        self._marker = _marker_path(db.engine.url)
+        self._marker_stamp = self._stamp()
+        _CACHES.add(self)
+
+    def _stamp(self) -> int:
+        if self._marker is None:
+            return 0
+        try:
+            return os.stat(self._marker).st_mtime_ns
+        except OSError:
+            return 0
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def cached(self, key: str | None) -> Principal | None:
+        """The principal of ``key`` if it is cached and still valid; None means: ask :meth:`authenticate`."""
+        if not key or self.ttl_s <= 0:
+            return None
+        stamp = self._stamp()
+        if stamp != self._marker_stamp:
+            self._marker_stamp = stamp
+            self.clear()
+            return None
+        if not self.usable():
+            return None
+        hit = self._entries.get(key)
+        if hit is None or hit[1] < time.monotonic():
+            return None
+        return hit[0]
+
+    def authenticate(self, key: str | None) -> Principal:
+        """:func:`authenticate`, answered from the cache when it can be."""
+        hit = self.cached(key)
+        if hit is not None:
+            return hit
+        with self.db.engine.connect() as conn:
+            principal = authenticate(conn, key)
+        if self.ttl_s > 0 and self.usable():
+            with self._lock:
+                if len(self._entries) >= self.max_size:
+                    self._entries.clear()
+                self._entries[key] = (principal, time.monotonic() + self.ttl_s)  # type: ignore[index]
+        return principal
 
 
 def list_keys(conn: Connection, account_id: str | None = None) -> list[dict]:

@@ -121,6 +121,11 @@ class RateLimiter:
         self._connect()
         self._execution_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
 
+    @property
+    def in_memory(self) -> bool:
+        """True for the one-process ``memory://`` store: its checks do no I/O."""
+        return self.storage_uri.startswith("memory://")
+
     def _connect(self) -> None:
         self._storage = storage_from_string(self.storage_uri, **self._options)
         self._strategy = MovingWindowRateLimiter(self._storage)

@@ -9,7 +9,7 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from pixelmill import wirejson
-from pixelmill.accounts.keys import Principal, authenticate
+from pixelmill.accounts.keys import Principal
 from pixelmill.errors import BadRequest, InvalidInput, PayloadTooLarge
 
 
@@ -31,11 +31,17 @@ def principal(request: Request) -> Principal:
     cached = getattr(request.state, "principal", None)
     if cached is not None:
         return cached
-    rt = request.app.state.runtime
-    with rt.db.engine.connect() as conn:
-        p = authenticate(conn, presented_key(request))
+    p = request.app.state.runtime.keys.authenticate(presented_key(request))
     request.state.principal = p
     return p
+
+
+async def current_principal(request: Request) -> Principal:
+    """:func:`principal` for ``async`` routes: no thread-pool hop when the middleware already authenticated."""
+    cached = getattr(request.state, "principal", None)
+    if cached is not None:
+        return cached
+    return await run_in_threadpool(principal, request)
 
 
 async def read_body(request: Request) -> bytes:

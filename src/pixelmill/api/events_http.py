@@ -37,7 +37,6 @@ from starlette.concurrency import run_in_threadpool
 
 from pixelmill.api.deps import presented_key, principal
 from pixelmill.api.files import signed_url
-from pixelmill.engine.estimates import attach_estimate
 from pixelmill.engine.views import EventView, FileView
 from pixelmill.errors import BadRequest, Forbidden, NotFound
 from pixelmill.presenters.workflow import EXECUTION_STATUS
@@ -105,7 +104,7 @@ class EventStream:
 
     def _snapshot(self) -> dict[str, Any] | None:
         try:
-            view = attach_estimate(self.rt.db, self.rt.executions.get(self.account_id, self.execution_id))
+            view = self.rt.executions.get(self.account_id, self.execution_id)
         except NotFound:
             return None
         return {

@@ -48,7 +48,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pixelmill.accounts import idempotency as idem
 from pixelmill.accounts.admission import reported_states
-from pixelmill.accounts.keys import Principal, authenticate
+from pixelmill.accounts.keys import Principal
 from pixelmill.accounts.ratelimit import LimitState, RateDecision, RateLimitStorageError, rate_limited_error
 from pixelmill.presenters.limit_headers import rate_limit_headers
 from pixelmill.api.errors import error_response
@@ -129,8 +129,13 @@ class AccountsMiddleware:
         fp = idem.fingerprint(method, _path_with_query(scope), body, headers.get("content-type", "")) if idem_key is not None and body is not None else None
 
         client = (scope.get("client") or ("unknown", 0))[0]
+        counted = method not in READ_METHODS
         try:
-            admitted = await run_in_threadpool(self._admit, runtime, key, method not in READ_METHODS, idem_key, fp, client)
+            if not counted and runtime.limiter.in_memory and runtime.keys.cached(key) is not None:
+                # a read by a known key on in-memory limits does no I/O: no thread-pool hop
+                admitted = self._admit(runtime, key, counted, idem_key, fp, client)
+            else:
+                admitted = await run_in_threadpool(self._admit, runtime, key, counted, idem_key, fp, client)
         except Exception as exc:
             busy = database_busy(exc)
             if busy is None:
@@ -162,16 +167,15 @@ class AccountsMiddleware:
                 gate = None
             if gate is not None and not gate.allowed:
                 return _Admitted(refused=gate)
-        with runtime.db.engine.connect() as conn:
-            try:
-                principal = authenticate(conn, key)
-            except PixelmillError:
-                if failures is not None:
-                    try:
-                        runtime.limiter.hit_auth_failure(client, failures)
-                    except RateLimitStorageError:
-                        pass
-                return _Admitted()
+        try:
+            principal = runtime.keys.authenticate(key)
+        except PixelmillError:
+            if failures is not None:
+                try:
+                    runtime.limiter.hit_auth_failure(client, failures)
+                except RateLimitStorageError:
+                    pass
+            return _Admitted()
         admitted = _Admitted(principal)
         plan = runtime.admission.plan_for(principal)
         try:

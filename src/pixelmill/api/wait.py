@@ -15,7 +15,6 @@ import time
 
 from starlette.concurrency import run_in_threadpool
 
-from pixelmill.engine.estimates import attach_estimate
 from pixelmill.engine.notify import TERMINAL_EVENTS
 from pixelmill.engine.views import ExecutionView
 
@@ -50,7 +49,7 @@ async def wait_terminal(runtime, account_id: str, views: list[ExecutionView], se
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                return await run_in_threadpool(lambda: [attach_estimate(runtime.db, v) for v in current])
+                return current  # as last read (with queue positions and estimates)
             await sub.wait(min(left, max(0.0, read_at + poll_s - time.monotonic())))
             ended = any(n.event in TERMINAL_EVENTS for n in sub.drain())
             if not ended and time.monotonic() < min(deadline, read_at + poll_s):

@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from pixelmill.accounts.keys import NOTIFY_CHANNEL
 from pixelmill.engine.hooks import Hooks, LifecycleEvent
 from pixelmill.store.db import after_commit
 
@@ -45,7 +46,7 @@ log = logging.getLogger("pixelmill.notify")
 
 ENDED = "execution.ended"  # sent to a subscriber that arrives after the execution ended
 TERMINAL_EVENTS = frozenset({"execution.succeeded", "execution.failed", "execution.cancelled", ENDED})
-CHANNEL = "pixelmill_events"
+CHANNEL = NOTIFY_CHANNEL
 RECENT_TERMINAL = 10_000  # executions whose end is remembered, so a late subscriber is woken at once
 
 
@@ -65,6 +66,14 @@ class Notice:
     def loads(cls, raw: str | bytes) -> "Notice":
         m = json.loads(raw)
         return cls(m["t"], m["i"], m.get("e", ""), m.get("d") or {})
+
+
+def notice_of(event: LifecycleEvent) -> Notice:
+    """The notice of a lifecycle event: its type, plus a finished node's queue and run time (for estimates)."""
+    data = event.data
+    if event.type == "node.completed" and "seconds" in data:
+        return Notice("execution", event.execution_id, event.type, {"queue": data.get("queue"), "seconds": data["seconds"]})
+    return Notice("execution", event.execution_id, event.type)
 
 
 class Subscription:
@@ -198,7 +207,7 @@ class Notifier(Hooks):
 
     # -- publishing --------------------------------------------------------
     def after_commit(self, event: LifecycleEvent) -> None:
-        self._send(Notice("execution", event.execution_id, event.type))
+        self._send(notice_of(event))
 
     def publish(self, conn: Connection | None, notice: Notice) -> None:
         """Send ``notice`` once ``conn``'s transaction commits (at once when ``conn`` is None)."""
@@ -265,6 +274,11 @@ class _ListeningNotifier(Notifier):
                 self._stopping.wait(delay)
                 delay = min(delay * 2, 5.0)
 
+    def _connected(self) -> None:
+        """Listening (again): whatever was missed meanwhile may have changed keys, so caches start afresh."""
+        self.connected.set()
+        self.hub.dispatch(Notice("keys", ""))
+
     def _deliver(self, raw: str | bytes) -> None:
         try:
             notice = Notice.loads(raw)
@@ -310,7 +324,7 @@ class RedisNotifier(_ListeningNotifier):
         self._pubsub = pubsub
         try:
             pubsub.subscribe(self.channel)
-            self.connected.set()
+            self._connected()
             while not self._stopping.is_set():
                 msg = pubsub.get_message(timeout=1.0)
                 if msg is not None and msg.get("type") == "message":
@@ -337,11 +351,10 @@ class PostgresNotifier(_ListeningNotifier):
         self._conn = None
 
     def on_event(self, conn: Connection, event: LifecycleEvent) -> None:
-        notice = Notice("execution", event.execution_id, event.type)
-        conn.execute(sa.text("SELECT pg_notify(:channel, :payload)"), {"channel": self.channel, "payload": notice.dumps()})
+        conn.execute(sa.text("SELECT pg_notify(:channel, :payload)"), {"channel": self.channel, "payload": notice_of(event).dumps()})
 
     def after_commit(self, event: LifecycleEvent) -> None:
-        self.hub.dispatch(Notice("execution", event.execution_id, event.type))  # no round trip for this process
+        self.hub.dispatch(notice_of(event))  # no round trip for this process
 
     def publish(self, conn: Connection | None, notice: Notice) -> None:
         payload = notice.dumps()
@@ -364,7 +377,7 @@ class PostgresNotifier(_ListeningNotifier):
         with psycopg.connect(self.url, autocommit=True) as conn:
             self._conn = conn
             conn.execute(f'LISTEN "{self.channel}"')
-            self.connected.set()
+            self._connected()
             while not self._stopping.is_set():
                 for n in conn.notifies(timeout=1.0):
                     self._deliver(n.payload)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -15,11 +17,11 @@ from pixelmill.accounts import ledger
 from pixelmill.accounts.admission import AdmissionPolicy
 from pixelmill.accounts.keys import Principal
 from pixelmill.domain.status import ExecutionStatus, NodeStatus
-from pixelmill.engine.estimates import estimate_start_at
+from pixelmill.engine.estimates import RunTimes, estimate_start_at
 from pixelmill.engine.graph import PreparedGraph, cache_key, prepare
 from pixelmill.engine.lifecycle import Lifecycle, NodeTask
 from pixelmill.engine.scheduler import RequestScheduling, Scheduler, requested_scheduling
-from pixelmill.engine.views import EventView, ExecutionView, PreviewView, load_events, load_execution, load_previews
+from pixelmill.engine.views import EventView, ExecutionView, NodeRunView, PreviewView, load_events, load_execution, load_previews
 from pixelmill.errors import InsufficientCredits, NotFound, ServiceUnavailable
 from pixelmill.ids import new_id
 from pixelmill.nodes.base import NodeRegistry
@@ -29,6 +31,35 @@ from pixelmill.store.tables import executions, node_runs
 
 log = logging.getLogger("pixelmill.engine")
 
+
+
+# node runs queued before a moment: a queue position in arrival order
+_QUEUED_BEFORE = (
+    sa.select(sa.func.count()).select_from(node_runs)
+    .where(node_runs.c.status == NodeStatus.QUEUED, node_runs.c.queued_at < sa.bindparam("before"))
+)
+
+
+class FinishedViews:
+    """A bounded, thread-safe LRU of finished executions' views (they never change)."""
+
+    def __init__(self, max_size: int = 20_000):
+        self.max_size = max_size
+        self._views: OrderedDict[str, ExecutionView] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, execution_id: str) -> ExecutionView | None:
+        with self._lock:
+            view = self._views.get(execution_id)
+            if view is not None:
+                self._views.move_to_end(execution_id)
+            return view
+
+    def put(self, view: ExecutionView) -> None:
+        with self._lock:
+            self._views[view.id] = view
+            if len(self._views) > self.max_size:
+                self._views.popitem(last=False)
 
 
 @dataclass
@@ -67,6 +98,8 @@ class ExecutionService:
         self.result_ttl_s = result_ttl_s
         self.admission = admission or AdmissionPolicy()
         self.scheduler = scheduler
+        self.run_times = RunTimes(db)
+        self._finished = FinishedViews()
 
     def prepare(self, graph: dict[str, Any]) -> PreparedGraph:
         return prepare(graph, self.nodes, self.services)
@@ -90,6 +123,7 @@ class ExecutionService:
             raise ValueError("submit_many takes the executions of one account")
         tasks: list[NodeTask] = []
         ids: list[str] = []
+        views: list[ExecutionView] = []
         with self.db.transaction() as conn:
             ledger.lock_account(conn, account)
             # admission: checks that consume nothing run now; what consumes quota
@@ -135,7 +169,7 @@ class ExecutionService:
             )
             err.headers["Retry-After"] = "5"
             raise err from exc
-        return [self.get(account, eid) for eid in ids]
+        return views  # what was written: nothing is read back
 
     def _moderate(self, prepared: PreparedGraph, override: int | None) -> moderation.Verdict | None:
         """The prompt policy's refusal of any node's prompt at its tolerance (the account's pinned one if set)."""
@@ -201,6 +235,7 @@ class ExecutionService:
             )
         )
         keys: dict[str, str] = {}
+        written: list[NodeRunView] = []
         for node_id, node in prepared.nodes.items():
             params = node.params.model_dump(mode="json")
             if safety_override is not None and "safety_tolerance" in params:
@@ -250,17 +285,37 @@ class ExecutionService:
 
     def get(self, account_id: str | None, execution_id: str) -> ExecutionView:
         """The execution if it exists, belongs to the account and has not expired; else NotFound."""
+        view = self.finished(account_id, execution_id)
+        if view is not None:
+            return view
         with self.db.engine.connect() as conn:
             view = load_execution(conn, execution_id, account_id)
             if view is None or view.expires_at < time.time():
                 raise NotFound("Task not found", code="execution_not_found")
-            return self._with_queue_state(conn, view)
+            if not view.status.is_terminal():
+                return self._with_queue_state(conn, view)
+        self._finished.put(view)
+        return view
+
+    def finished(self, account_id: str | None, execution_id: str) -> ExecutionView | None:
+        """A finished execution from memory (no I/O); None when not cached: ask :meth:`get`.
+
+        Finished executions never change, so their views are kept (bounded, least
+        recently used dropped); expiry is checked on every read.
+        """
+        view = self._finished.get(execution_id)
+        if view is None:
+            return None
+        if (account_id is not None and view.account_id != account_id) or view.expires_at < time.time():
+            raise NotFound("Task not found", code="execution_not_found")
+        return view
 
     def _with_queue_state(self, conn, view: ExecutionView) -> ExecutionView:
         """Set an unfinished execution's queue position and estimated start (as every view shows them)."""
         if not view.status.is_terminal():
             view.queue_position = self._queue_position(conn, view)
-            view.estimated_start_at = estimate_start_at(conn, view)
+            queued = [n.queue for n in view.nodes if n.status == NodeStatus.QUEUED]
+            view.estimated_start_at = estimate_start_at(conn, view, mean_s=lambda: self.run_times.mean(queued[0] if queued else None))
         return view
 
     def previews(self, account_id: str | None, execution_id: str, after_seq: int = 0) -> list[PreviewView]:
@@ -285,10 +340,7 @@ class ExecutionService:
         if self.scheduler is not None and self.scheduler.fair:  # the scheduler's order, not arrival order
             return self.scheduler.position(conn, view.id)
         first = min(n.queued_at or 0 for n in queued)
-        ahead = conn.execute(
-            sa.select(sa.func.count()).select_from(node_runs).where(node_runs.c.status == NodeStatus.QUEUED, node_runs.c.queued_at < first)
-        ).scalar()
-        return int(ahead)
+        return int(conn.execute(_QUEUED_BEFORE, {"before": first}).scalar())
 
     def list(self, account_id: str, limit: int = 20, before: float | None = None, workflow_id: str | None = None, batch_id: str | None = None) -> list[ExecutionView]:
         with self.db.engine.connect() as conn:

@@ -46,6 +46,7 @@ class NodeRunView:
     cached: bool
     files: list[FileView] = field(default_factory=list)
     links: dict[str, tuple[str, str]] = field(default_factory=dict)
+    queue: str = "default"  # the job queue it runs from (one per model)
     """Input name -> (upstream node id, output name)."""
 
 
@@ -160,18 +161,21 @@ def load_previews(conn: Connection, execution_id: str, after_seq: int = 0) -> li
     ]
 
 
+# built once: a read binds parameters to these instead of building statements per request
+_EXECUTION_BY_ID = sa.select(executions).where(executions.c.id == sa.bindparam("eid"))
+_RUNS_OF_EXECUTION = (
+    sa.select(node_runs).where(node_runs.c.execution_id == sa.bindparam("eid")).order_by(node_runs.c.queued_at.nulls_last(), node_runs.c.id)
+)
+_FILES_BY_ID = sa.select(files).where(files.c.id.in_(sa.bindparam("ids", expanding=True)))
+
+
 def load_execution(conn: Connection, execution_id: str, account_id: str | None = None) -> ExecutionView | None:
-    q = sa.select(executions).where(executions.c.id == execution_id)
-    if account_id is not None:
-        q = q.where(executions.c.account_id == account_id)
-    row = conn.execute(q).first()
-    if row is None:
+    row = conn.execute(_EXECUTION_BY_ID, {"eid": execution_id}).first()
+    if row is None or (account_id is not None and row.account_id != account_id):
         return None
-    runs = conn.execute(
-        sa.select(node_runs).where(node_runs.c.execution_id == execution_id).order_by(node_runs.c.queued_at.nulls_last(), node_runs.c.id)
-    ).all()
+    runs = conn.execute(_RUNS_OF_EXECUTION, {"eid": execution_id}).all()
     wanted = [fid for r in runs for fid in (r.outputs or {}).get("images", [])]
-    file_rows = conn.execute(sa.select(files).where(files.c.id.in_(wanted))).all() if wanted else []
+    file_rows = conn.execute(_FILES_BY_ID, {"ids": wanted}).all() if wanted else []
     by_id = {f.id: f for f in file_rows}
     order = row.graph.get("order") or [r.node_id for r in runs]
     runs_by_node = {r.node_id: r for r in runs}
@@ -199,6 +203,7 @@ def load_execution(conn: Connection, execution_id: str, account_id: str | None =
                 cost=r.cost or 0.0,
                 cached=bool(r.cached),
                 links={name: (src, out) for name, (src, out) in (r.links or {}).items()},
+                queue=r.queue or r.params.get("__queue__", "default"),
                 files=[
                     FileView(f.id, f.content_type, f.width, f.height, f.size, f.meta or {})
                     for f in (by_id.get(fid) for fid in file_ids)

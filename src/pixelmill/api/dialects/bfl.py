@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from pixelmill import recipes
 from pixelmill.accounts.keys import Principal
-from pixelmill.api.deps import json_body, principal, webhook_url_refusal
+from pixelmill.api.deps import current_principal, json_body, principal, webhook_url_refusal
 from pixelmill.api.errors import allowed_methods, validation_message
 from pixelmill.api.dialects import bfl_schemas as schemas
 from pixelmill.api import wait
@@ -48,13 +48,13 @@ def _validation_error(err) -> JSONResponse:
 
 
 @router.get("/v1/get_result")
-def get_result(request: Request, id: str = "", who: Principal = Depends(principal)):
+async def get_result(request: Request, id: str = "", who: Principal = Depends(current_principal)):
     rt = request.app.state.runtime
     try:
-        view = rt.executions.get(who.account_id, id)
+        view = rt.executions.finished(who.account_id, id) or await run_in_threadpool(rt.executions.get, who.account_id, id)
     except NotFound:
-        return {"id": id, "status": "Task not found", "result": None, "progress": None, "details": None, "preview": None}
-    return _render_result(view, lambda f: signed_url(request, f))
+        return JSONResponse({"id": id, "status": "Task not found", "result": None, "progress": None, "details": None, "preview": None})
+    return JSONResponse(_render_result(view, lambda f: signed_url(request, f)))
 
 
 @router.get("/v1/credits")

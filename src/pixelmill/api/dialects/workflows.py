@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from pixelmill.accounts.keys import Principal
-from pixelmill.api.deps import json_body, principal, webhook_url_error, webhook_url_refusal
+from pixelmill.api.deps import current_principal, json_body, principal, webhook_url_error, webhook_url_refusal
 from pixelmill.api import wait
 from pixelmill.api.files import signed_stream_url, signed_url
 from pixelmill.api.wait import requested_wait
@@ -163,8 +163,10 @@ def list_executions(
 
 @router.get("/executions/{execution_id}")
 @router.get("/executions/{execution_id}/poll")
-def get_execution(execution_id: str, request: Request, who: Principal = Depends(principal)):
-    return render_execution(request, request.app.state.runtime.executions.get(who.account_id, execution_id))
+async def get_execution(execution_id: str, request: Request, who: Principal = Depends(current_principal)):
+    executions = request.app.state.runtime.executions
+    view = executions.finished(who.account_id, execution_id) or await run_in_threadpool(executions.get, who.account_id, execution_id)
+    return JSONResponse(render_execution(request, view))
 
 
 @router.post("/executions/{execution_id}/cancel")

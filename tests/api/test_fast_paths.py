@@ -1,0 +1,120 @@
+"""Fast paths stay correct: cached keys, cached finished executions, the submit answer, in-memory estimates."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from pixelmill.api.app import create_app
+from pixelmill.engine.service import Submission
+from pixelmill.store.tables import executions
+from tests.conftest import FakeBackend, create_key, wait_for
+
+GEN = {"nodes": {"gen": {"type": "text_to_image", "params": {"model": "fake", "prompt": "p", "steps": 1, "width": 64, "height": 64}}}}
+
+
+def _client(rt, key):
+    client = TestClient(create_app(rt, manage_runtime=False))
+    client.headers["x-key"] = key
+    return client
+
+
+def test_submit_answers_with_what_it_wrote(make_runtime, db_url):
+    rt = make_runtime(db_url, start=False)
+    key = create_key(rt)
+    who = rt.keys.authenticate(key)
+    first = rt.executions.submit(Submission(who, GEN, "workflow", "one"))
+    second = rt.executions.submit(Submission(who, GEN, "workflow", "two", batch_id="b1"))
+    for view in (first, second):
+        stored = dataclasses.asdict(rt.executions.get(who.account_id, view.id))
+        answered = dataclasses.asdict(view)
+        a, b = answered.pop("estimated_start_at"), stored.pop("estimated_start_at")
+        assert (a is None and b is None) or a <= b  # "now" for the first in line, unknown before any run
+        assert answered == stored
+    assert second.queue_position == 1
+
+
+def test_finished_execution_is_served_from_memory_but_never_to_another_account_or_after_expiry(make_runtime, sqlite_url):
+    rt = make_runtime(sqlite_url, backend=FakeBackend(steps=1))
+    key, other = create_key(rt, "acme"), create_key(rt, "other")
+    client = _client(rt, key)
+    eid = client.post("/v1/flux-dev", json={"prompt": "x", "width": 256, "height": 256}).json()["id"]
+    wait_for(lambda: client.get(f"/v1/get_result?id={eid}").json()["status"] == "Ready")
+    assert rt.executions.finished(rt.keys.authenticate(key).account_id, eid) is not None  # now cached
+    assert client.get(f"/v1/get_result?id={eid}", headers={"x-key": other}).json()["status"] == "Task not found"
+    assert client.get(f"/api/v1/executions/{eid}", headers={"x-key": other}).status_code == 404
+    assert client.get(f"/api/v1/executions/{eid}").json()["status"] == "COMPLETED"
+    with rt.db.transaction() as conn:
+        conn.execute(sa.update(executions).where(executions.c.id == eid).values(expires_at=time.time() - 1))
+    rt.executions._finished.get(eid).expires_at = time.time() - 1  # as if its time had passed
+    assert client.get(f"/v1/get_result?id={eid}").json()["status"] == "Task not found"
+
+
+def test_revoked_key_is_refused_on_its_next_request_even_when_cached(make_runtime, sqlite_url):
+    from pixelmill.accounts import keys
+
+    rt = make_runtime(sqlite_url)
+    client = _client(rt, create_key(rt))
+    assert client.get("/v1/credits").status_code == 200
+    assert rt.keys.cached(client.headers["x-key"]) is not None
+    with rt.db.transaction() as conn:
+        keys.revoke_key(conn, keys.list_keys(conn)[0]["id"])
+    assert client.get("/v1/credits").json()["error"]["code"] == "revoked_api_key"
+
+
+def test_plan_change_reaches_cached_principals(make_runtime, sqlite_url):
+    rt = make_runtime(sqlite_url, admin_key="admin-secret")
+    key = create_key(rt)
+    who = rt.keys.authenticate(key)
+    assert who.plan == "free" and rt.keys.cached(key) is not None
+    client = _client(rt, key)
+    r = client.put(f"/admin/v1/accounts/{who.account_id}/plan", json={"plan": "pro"}, headers={"Authorization": "Bearer admin-secret"})
+    assert r.status_code == 200, r.text
+    assert rt.keys.cached(key) is None
+    assert rt.keys.authenticate(key).plan == "pro"
+
+
+def _revoke_from_another_process(db_url: str, data_dir, key_id: str) -> None:
+    env = {**os.environ, "PIXELMILL_DATABASE_URL": db_url, "PIXELMILL_DATA_DIR": str(data_dir)}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [os.environ.get("PYTHONPATH", ""), os.getcwd()] if p)
+    subprocess.run([sys.executable, "-m", "pixelmill.cli", "keys", "revoke", key_id], env=env, check=True, capture_output=True)
+
+
+def test_key_revoked_by_another_process_is_refused_on_the_next_request(make_runtime, db_url, tmp_path):
+    """Scale-out: a key cached by this API node, revoked elsewhere (the command line), is refused at once."""
+    from pixelmill.accounts import keys
+
+    rt = make_runtime(db_url, start=False)
+    key = create_key(rt)
+    client = _client(rt, key)
+    if not rt.db.is_sqlite:
+        assert rt.notifier.name == "postgres"
+        wait_for(rt._key_cache_usable, timeout=10)
+    assert client.get("/v1/credits").status_code == 200
+    assert rt.keys.cached(key) is not None
+    with rt.db.engine.connect() as conn:
+        key_id = keys.list_keys(conn)[0]["id"]
+    _revoke_from_another_process(db_url, tmp_path / "cli", key_id)
+    if not rt.db.is_sqlite:  # the notice travels through PostgreSQL: give it the moment it needs
+        wait_for(lambda: rt.keys.cached(key) is None, timeout=10)
+    assert client.get("/v1/credits").json()["error"]["code"] == "revoked_api_key"
+
+
+def test_estimates_come_from_run_times_learned_from_notices(make_runtime, sqlite_url):
+    rt = make_runtime(sqlite_url, backend=FakeBackend(steps=2, step_delay=0.1))
+    key = create_key(rt)
+    who = rt.keys.authenticate(key)
+    assert rt.executions.run_times.mean() is None
+    view = rt.executions.submit(Submission(who, GEN, "workflow", "one"))
+    wait_for(lambda: rt.executions.get(who.account_id, view.id).status.is_terminal())
+    wait_for(lambda: rt.executions.run_times.mean("model.fake") is not None)
+    assert 0.1 <= rt.executions.run_times.mean("model.fake") < 5
+    # a fresh process seeds its averages from the store once
+    rt2 = make_runtime(sqlite_url, start=False)
+    assert abs(rt2.executions.run_times.mean("model.fake") - rt.executions.run_times.mean("model.fake")) < 1e-3
