@@ -86,7 +86,7 @@ class Lifecycle:
         )
         data: dict[str, Any] = {"node": run.node_id, "outputs": outputs, "cached": cached}
         if not cached and run.started_at is not None:  # what run-time estimates learn from
-            data.update(queue=(run.params or {}).get("__queue__", "default"), seconds=round(now - run.started_at, 4))
+            data.update(queue=run.queue or "default", seconds=round(now - run.started_at, 4))
         self.event(conn, run.execution_id, "node.completed", data)
         runs = conn.execute(sa.select(node_runs).where(node_runs.c.execution_id == run.execution_id)).all()
         done = {r.node_id for r in runs if r.status == NodeStatus.SUCCEEDED}

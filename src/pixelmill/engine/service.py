@@ -123,7 +123,7 @@ class ExecutionService:
             raise ValueError("submit_many takes the executions of one account")
         tasks: list[NodeTask] = []
         ids: list[str] = []
-        views: list[ExecutionView] = []
+        views: list[ExecutionView | None] = []
         with self.db.transaction() as conn:
             ledger.lock_account(conn, account)
             # admission: checks that consume nothing run now; what consumes quota
@@ -151,7 +151,10 @@ class ExecutionService:
                 self.admission.consume(conn, principal)
                 eid = new_id()
                 ids.append(eid)
-                tasks.extend(self._insert(conn, eid, sub, prepared, safety_override=override, moderated=verdicts[i]))
+                tasks.extend(self._insert(conn, eid, sub, prepared, views, safety_override=override, moderated=verdicts[i]))
+            for view in views:  # positions as of this commit
+                if view is not None:
+                    self._with_queue_state(conn, view)
         try:
             for task in tasks:  # after commit: a worker never sees an uncommitted row
                 self.enqueue(task)
@@ -169,7 +172,8 @@ class ExecutionService:
             )
             err.headers["Retry-After"] = "5"
             raise err from exc
-        return views  # what was written: nothing is read back
+        # the answers are what was written, nothing read back (a refused prompt's failed execution aside)
+        return [view if view is not None else self.get(account, eid) for view, eid in zip(views, ids)]
 
     def _moderate(self, prepared: PreparedGraph, override: int | None) -> moderation.Verdict | None:
         """The prompt policy's refusal of any node's prompt at its tolerance (the account's pinned one if set)."""
@@ -192,13 +196,15 @@ class ExecutionService:
         eid: str,
         sub: Submission,
         prepared: PreparedGraph,
+        views: list[ExecutionView | None],
         safety_override: int | None = None,
         moderated: moderation.Verdict | None = None,
     ) -> list[NodeTask]:
         """Write one execution, its node runs and its hold; the node tasks to queue once committed.
 
+        Appends the execution's view, built from what was written, to ``views``.
         A request the prompt policy refused (``moderated``) is written already
-        failed, with nothing held and nothing to queue."""
+        failed, with nothing held and nothing to queue (and None appended)."""
         account = sub.principal.account_id
         cost = 0.0 if moderated else prepared.cost
         now = time.time()  # each execution its own time: list cursors order them
@@ -274,10 +280,28 @@ class ExecutionService:
             )
             if runnable:
                 tasks.append(NodeTask(run_id, eid, queue))
+            written.append(
+                NodeRunView(
+                    id=run_id, node_id=node_id, node_type=node.type.name, status=NodeStatus.QUEUED if runnable else NodeStatus.WAITING,
+                    params=dict(params), progress=0.0,
+                    queued_at=now if runnable else None, started_at=None, finished_at=None, error_code=None,
+                    error_message=None, seed=seed, cost=node.cost, cached=False,
+                    links={k: (src, out) for k, (src, out) in node.links.items()}, queue=queue,
+                )
+            )
         if moderated is not None:
             self.lifecycle.event(conn, eid, "execution.created", {"cost": 0.0})
             self.lifecycle.finish_execution(conn, eid, ExecutionStatus.FAILED, moderated.code, moderated.reason)
+            views.append(None)
             return []
+        views.append(
+            ExecutionView(
+                id=eid, account_id=account, dialect=sub.dialect, label=sub.label, status=ExecutionStatus.QUEUED, request=sub.request,
+                created_at=now, started_at=None, finished_at=None, expires_at=now + self.result_ttl_s, error_code=None,
+                error_message=None, cost_estimate=cost, cost_actual=None, cancel_requested=False, webhook_url=sub.webhook_url,
+                workflow_id=sub.workflow_id, batch_id=sub.batch_id, nodes=written,
+            )
+        )
         if cost > 0:
             ledger.hold(conn, account, eid, cost)
         self.lifecycle.event(conn, eid, "execution.created", {"cost": cost})

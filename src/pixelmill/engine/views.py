@@ -203,7 +203,7 @@ def load_execution(conn: Connection, execution_id: str, account_id: str | None =
                 cost=r.cost or 0.0,
                 cached=bool(r.cached),
                 links={name: (src, out) for name, (src, out) in (r.links or {}).items()},
-                queue=r.queue or r.params.get("__queue__", "default"),
+                queue=r.queue or "default",
                 files=[
                     FileView(f.id, f.content_type, f.width, f.height, f.size, f.meta or {})
                     for f in (by_id.get(fid) for fid in file_ids)
