@@ -75,6 +75,7 @@ executions = sa.Table(
     sa.Index("ix_executions_account_created", "account_id", "created_at"),
     sa.Index("ix_executions_status", "status"),
     sa.Index("ix_executions_batch", "batch_id"),
+    sa.Index("ix_executions_account_status", "account_id", "status"),
 )
 
 node_runs = sa.Table(
@@ -108,6 +109,8 @@ node_runs = sa.Table(
     sa.Index("ix_node_runs_queue_status", "queue", "status"),
     sa.Index("ix_node_runs_started_at", "started_at"),
     sa.Index("ix_node_runs_cache_key", "cache_key"),
+    sa.Index("ix_node_runs_status_queued", "status", "queued_at"),
+    sa.Index("ix_node_runs_status_finished", "status", "finished_at"),
 )
 
 files = sa.Table(
