@@ -11,14 +11,31 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from pixelmill.api.app import create_app
-from tests.conftest import FakeBackend, create_key
+from tests.conftest import FakeBackend, create_key, wait_for
 
 REFS = 'path = "/nonexistent"\nsupports_image_input = true\nprice_per_megapixel = 3.0\nbfl_endpoints = ["flux-2-pro", "flux-2-klein-9b"]'
 
 
+class RecordingBackend(FakeBackend):
+    """Keeps every request it is given, to see what reached the model."""
+
+    def __init__(self):
+        super().__init__()
+        self.requests = []
+
+    def generate(self, request, control):
+        self.requests.append(request)
+        return super().generate(request, control)
+
+
 @pytest.fixture
-def client(make_runtime, sqlite_url):
-    rt = make_runtime(sqlite_url, extra_models={"refs": (REFS, FakeBackend())})
+def recorder():
+    return RecordingBackend()
+
+
+@pytest.fixture
+def client(make_runtime, sqlite_url, recorder):
+    rt = make_runtime(sqlite_url, extra_models={"refs": (REFS, recorder)})
     c = TestClient(create_app(rt, manage_runtime=False))
     c.headers["x-key"] = create_key(rt, credits=500)
     return rt, c
@@ -49,13 +66,17 @@ def test_pricing_quotes_what_the_submit_holds(client):
     assert c.post("/v1/pricing", json={"prompt": "x"}).status_code == 422
 
 
-def test_flux2_takes_eight_reference_images(client):
+def test_flux2_takes_eight_reference_images(client, recorder):
     rt, c = client
     refs = {("input_image" if i == 1 else f"input_image_{i}"): _png_b64(64 * i, 64, (30 * i, 0, 0)) for i in range(1, 9)}
     r = c.post("/v1/flux-2-pro", json={"prompt": "x", "width": 1008, "height": 1008, **refs})
     assert r.status_code == 200, r.text
     assert r.json()["input_mp"] == pytest.approx(sum(64 * i * 64 for i in range(1, 9)) / 1e6, abs=1e-3)
     assert r.json()["output_mp"] == pytest.approx(1008 * 1008 / 1e6, abs=1e-3)
+    recorded = wait_for(lambda: [q for q in recorder.requests if q.reference_images], timeout=20)
+    request = recorded[-1]
+    assert request.init_image.size == (64, 64)  # input_image starts the generation
+    assert [im.size for im in request.reference_images] == [(64 * i, 64) for i in range(2, 9)]  # the other seven, in order
     bad = dict(refs, input_image_5="not an image")
     r = c.post("/v1/flux-2-pro", json={"prompt": "x", **bad})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "input_image_5"]

@@ -89,6 +89,9 @@ class TextToImageRequest:
     strength: float = 0.6
     #: Inpainting with ``init_image``: white (255) = repaint, black (0) = keep; grey blends.
     mask_image: Image.Image | None = None
+    #: More reference images after ``init_image`` (FLUX.2 multi-reference: ``input_image_2`` ...).
+    #: Pipelines that take a list of images (FLUX.2) get them all; img2img pipelines start from ``init_image``.
+    reference_images: tuple[Image.Image, ...] = ()
 
 
 class TextToImageBackend(Protocol):

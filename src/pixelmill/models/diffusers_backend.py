@@ -260,6 +260,8 @@ class DiffusersBackend:
                 image = image.resize((request.width, request.height), Image.Resampling.LANCZOS)
             kwargs["image"] = image
             kwargs["strength"] = float(request.strength)
+            if request.reference_images and _takes_image_list(target):  # FLUX.2: every reference image
+                kwargs["image"] = [image, *(ref.convert("RGB") for ref in request.reference_images)]
         if request.mask_image is not None:
             mask = request.mask_image.convert("L")
             if mask.size != (request.width, request.height):
@@ -273,6 +275,11 @@ class DiffusersBackend:
             kwargs = {key: value for key, value in kwargs.items() if key in params}
         return kwargs
 
+
+
+def _takes_image_list(pipe: Any) -> bool:
+    """Whether a pipeline's ``image`` argument is a list of reference images (FLUX.2), not one init image."""
+    return type(pipe).__name__.startswith("Flux2")
 
 
 def _fit(image: Image.Image, width: int, height: int) -> Image.Image:

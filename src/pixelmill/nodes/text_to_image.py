@@ -51,7 +51,8 @@ class TextToImage(NodeType):
         "and a mask with it (white = repaint) inpainting."
     )
     Params = TextToImageParams
-    inputs = {"image": (IMAGE, False), "mask": (IMAGE, False)}
+    #: ``reference_2`` .. ``reference_8``: more reference images after ``image`` (FLUX.2 multi-reference)
+    inputs = {"image": (IMAGE, False), "mask": (IMAGE, False), **{f"reference_{n}": (IMAGE, False) for n in range(2, 9)}}
     deterministic = True  # same seed + params -> same pixels
     uses_seed = True
 
@@ -69,6 +70,9 @@ class TextToImage(NodeType):
     def check_inputs(self, params: TextToImageParams, services: NodeServices, connected: set[str]) -> dict[str, str]:
         if "mask" in connected and "image" not in connected:
             return {"mask": "a mask needs an input image to edit: link one to 'image'"}
+        extra = sorted(name for name in connected if name.startswith("reference_"))
+        if extra and "image" not in connected:
+            return {extra[0]: "more reference images follow the first: link it to 'image'"}
         if "image" not in connected or params.model not in services.catalog.names():
             return {}
         if not services.catalog.get(params.model).supports_image_input:
@@ -100,6 +104,7 @@ class TextToImage(NodeType):
             init_image=init,
             strength=params.strength,
             mask_image=mask,
+            reference_images=tuple(img for n in range(2, 9) for img in (inputs.get(f"reference_{n}") or [])[:1]),
         )
         ctx.control.previews = params.previews
         with ctx.services.models.use(params.model) as backend:  # never unloaded while it generates

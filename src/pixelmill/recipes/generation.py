@@ -81,10 +81,18 @@ class ImageToImage(Generate):
 
     image: ImageRef
     strength: float | None = None
+    #: more reference images after ``image`` (at most 7: FLUX.2's ``input_image_2`` .. ``input_image_8``)
+    references: tuple[ImageRef, ...] = ()
 
     def graph(self) -> Graph:
         strength = IMAGE_TO_IMAGE_STRENGTH if self.strength is None else self.strength
-        return {"nodes": {"image": self.image.node(), "generate": self.generation({"image": "image"}, strength=strength)}}
+        nodes: dict[str, Any] = {"image": self.image.node()}
+        links = {"image": "image"}
+        for n, ref in enumerate(self.references[:7], start=2):
+            nodes[f"reference_{n}"] = ref.node()
+            links[f"reference_{n}"] = f"reference_{n}"
+        nodes["generate"] = self.generation(links, strength=strength)
+        return {"nodes": nodes}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -184,7 +184,10 @@ async def _build(endpoint: str, request: Request, *, sized_by_model: bool = Fals
     elif expand:  # outpainting: the image with edge-stretched margins, repainted where the margins are
         recipe = recipes.Outpaint(**generation, image=recipes.ImageRef(params.input_images[0]), **margins)
     else:
-        recipe = recipes.ImageToImage(**generation, image=recipes.ImageRef(params.input_images[0]))
+        recipe = recipes.ImageToImage(  # FLUX.2 / Kontext: every further reference image goes along
+            **generation, image=recipes.ImageRef(params.input_images[0]),
+            references=tuple(recipes.ImageRef(v) for v in params.input_images[1:8]),
+        )
     input_mp = sum(im.size[0] * im.size[1] for f, im in pictures.items() if f != "mask") / 1_000_000
     return _Built(endpoint, req, params, recipe, width, height, input_mp)
 
