@@ -66,7 +66,7 @@ class Runtime:
             self.db, self.lifecycle, self.plans, settings.default_plan, window_s=settings.fair_window_s,
             local_leases=settings.queue == "inprocess", fair=settings.scheduler == "fair",
         )
-        self.queue.handler = FairDispatch(self.scheduler, self.runner.run) if settings.scheduler == "fair" else self.runner.run
+        self.queue.handler = FairDispatch(self.scheduler, self.runner.run, self.runner.run_batch, self.runner.batch_key) if settings.scheduler == "fair" else self.runner.run
         self.limiter = RateLimiter(settings.rate_limit_storage)
         self.admission = Admission(self.plans, self.limiter, settings.default_plan)
         self.accounts = AccountDirectory(self.db, self.plans, settings.default_plan)

@@ -51,6 +51,7 @@ def test_a_one_node_execution_completes(engine):
     assert (image.width, image.height) == (64, 64)
     assert len(settle_entries(engine, view.id)) == 1
     if engine.kind == "celery":  # the node went through the model's queue
+        wait_for(lambda: engine.deliveries)  # the handler returns just after the commit the poll saw
         assert [t.queue for t in engine.deliveries] == ["model.fake"]
 
 
@@ -65,6 +66,7 @@ def test_a_two_node_graph_runs_in_order(engine):
     assert by_id["second"].started_at >= by_id["first"].finished_at
     assert engine.backend.calls == 2
     assert [view.result_files()[0].id] == [f.id for f in by_id["second"].files]
+    wait_for(lambda: len(engine.deliveries) >= 2)  # the handler returns just after the commit the poll saw
     assert len(engine.deliveries) == 2  # the follow-up node was published by the runner, once
 
 

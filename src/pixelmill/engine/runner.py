@@ -63,33 +63,103 @@ class NodeRunner:
         run = self._claim(task.node_run_id)
         if run is None:
             return
-        ntype = self.nodes.get(run.node_type)
-        params = {k: v for k, v in run.params.items() if not k.startswith("__")}
-        control = None
         try:
+            cached = self._cached_outputs(run)
+        except Exception as e:
+            self._failed(run, None, e)
+            return
+        if cached is not None:
+            self._finish(run, cached, cost=0.0, cached=True)
+            return
+        self._run_claimed(run)
+
+    def run_batch(self, tasks: list[NodeTask]) -> None:
+        """Run compatible node runs of one batchable node type as one call (see ``NodeType.run_batch``).
+
+        Each run is claimed, cached, cancelled, failed and finished on its own:
+        a run cancelled mid-batch stops counting at the next step while the
+        others go on.
+        """
+        runs = []
+        for task in tasks:
+            try:
+                run = self._claim(task.node_run_id)
+            except NodeBusy:
+                continue
+            if run is None:
+                continue
             cached = self._cached_outputs(run)
             if cached is not None:
                 self._finish(run, cached, cost=0.0, cached=True)
-                return
-            parsed = ntype.Params.model_validate(params)
+                continue
+            runs.append(run)
+        if len(runs) <= 1:
+            for run in runs:
+                self._run_claimed(run)
+            return
+        ntype = self.nodes.get(runs[0].node_type)
+        controls: list = [None] * len(runs)
+        try:
+            parsed = [ntype.Params.model_validate({k: v for k, v in r.params.items() if not k.startswith("__")}) for r in runs]
+            controls = [self._control(r) for r in runs]
+            contexts = [NodeContext(control=c, seed=r.seed or 0, services=self.services) for r, c in zip(runs, controls)]
+            results = ntype.run_batch(contexts, parsed)
+        except Exception as e:  # the batch as a whole failed: each run records it
+            results = [e] * len(runs)
+        for run, control, result in zip(runs, controls, results):
+            try:
+                if isinstance(result, BaseException):
+                    raise result
+                control.check()
+                self._succeed(run, result)
+            except Exception as e:
+                self._failed(run, control, e)
+
+    def _run_claimed(self, run) -> None:
+        """``run`` for a run already claimed."""
+        ntype = self.nodes.get(run.node_type)
+        control = None
+        try:
+            parsed = ntype.Params.model_validate({k: v for k, v in run.params.items() if not k.startswith("__")})
             inputs = self._load_inputs(run)
             control = self._control(run)
             result = ntype.run(NodeContext(control=control, seed=run.seed or 0, services=self.services), parsed, inputs)
             control.check()
-            outputs = {"images": self._store_images(run, result.images, result.output_format, result.metadata)}
-            self._finish(run, outputs, cost=run.cost, cached=False)
-        except DeadlineExceeded:
+            self._succeed(run, result)
+        except Exception as e:
+            self._failed(run, control, e)
+
+    def batch_key(self, row) -> tuple[str, int] | None:
+        """(compatibility key, largest batch) of a waiting ``node_runs`` row; None if it runs alone."""
+        if row.links:
+            return None
+        ntype = self.nodes.get(row.node_type)
+        if ntype is None:
+            return None
+        try:
+            params = ntype.Params.model_validate({k: v for k, v in (row.params or {}).items() if not k.startswith("__")})
+            return ntype.batch_key(params, self.services)
+        except Exception:
+            return None
+
+    def _succeed(self, run, result) -> None:
+        outputs = {"images": self._store_images(run, result.images, result.output_format, result.metadata)}
+        self._finish(run, outputs, cost=run.cost, cached=False)
+
+    def _failed(self, run, control, error: Exception) -> None:
+        """Record why a run stopped: its deadline, a cancel, or a failure (never lost)."""
+        if isinstance(error, DeadlineExceeded):
             if control is not None and control.client_deadline:
                 self._fail(run, "deadline_exceeded", "The task did not finish before its run deadline; nothing was charged")
             else:
                 self._fail(run, "deadline_exceeded", f"node {run.node_id} ran longer than {self.node_timeout_s:.0f} s")
-        except GenerationCancelled:
+        elif isinstance(error, GenerationCancelled):
             self._fail(run, "cancelled", "Cancelled by the client", cancelled=True)
-        except ContentModerated as e:  # the output was withheld: nothing stored, the hold is released
-            self._fail(run, e.code, str(e))
-        except Exception as e:  # a node's failure is recorded, never lost
-            log.exception("node %s of execution %s failed", run.node_id, run.execution_id)
-            self._fail(run, getattr(e, "code", "node_failed"), f"{type(e).__name__}: {e}")
+        elif isinstance(error, ContentModerated):  # the output was withheld: nothing stored, the hold is released
+            self._fail(run, error.code, str(error))
+        else:
+            log.error("node %s of execution %s failed", run.node_id, run.execution_id, exc_info=error)
+            self._fail(run, getattr(error, "code", "node_failed"), f"{type(error).__name__}: {error}")
 
     # --- steps ------------------------------------------------------------
     def _claim(self, node_run_id: str):

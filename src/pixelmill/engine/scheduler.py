@@ -320,6 +320,50 @@ class Scheduler:
             )
             return result.rowcount == 1
 
+    def companions(self, first: NodeTask, batch_key: Callable[[object], tuple[str, int] | None], limit: int = 256) -> list[NodeTask]:
+        """Waiting runs of ``first``'s queue that may run in one call with it, leased, in the pick order.
+
+        ``batch_key(row)`` gives a row's ``(key, largest batch)`` or None; runs
+        with ``first``'s key join it up to that size, taken in the order
+        :meth:`pick` would start them (each account's share advancing by the
+        typical run time per run taken).
+        """
+        now = self.clock()
+        with self.db.engine.connect() as conn:
+            head = conn.execute(
+                sa.select(node_runs.c.id, node_runs.c.node_type, node_runs.c.params, node_runs.c.links).where(node_runs.c.id == first.node_run_id)
+            ).first()
+            wanted = batch_key(head) if head is not None else None
+            if wanted is None or wanted[1] <= 1:
+                return []
+            waiting = self._waiting().add_columns(node_runs.c.node_type, node_runs.c.params, node_runs.c.links)
+            rows = conn.execute(
+                waiting.where(node_runs.c.id != first.node_run_id, node_runs.c.node_type == head.node_type)
+                .order_by(executions.c.priority.desc(), node_runs.c.queued_at)
+                .limit(limit),
+                self._waiting_params(first.queue, now),
+            ).all()
+            rows = [r for r in rows if (k := batch_key(r)) is not None and k[0] == wanted[0]]
+            if not rows:
+                return []
+            usage = self._usage(conn, {r.account_id for r in rows}, now)
+            typical = self.typical_seconds(conn)
+        taken_per_account: dict[str, int] = {}
+        keyed = []
+        for r in rows:  # rows come in each account's own order (priority, then age)
+            k = taken_per_account.get(r.account_id, 0)
+            taken_per_account[r.account_id] = k + 1
+            plan = self.plan(r.plan)
+            share = (self._normalised(usage.get(r.account_id), typical) + k * typical) / plan.weight
+            keyed.append(((-plan.priority, share, r.queued_at or 0.0, r.id), r))
+        batch = []
+        for _, r in sorted(keyed, key=lambda item: item[0]):
+            if len(batch) >= wanted[1] - 1:
+                break
+            if self._lease(r.id, now):
+                batch.append(NodeTask(r.id, r.execution_id, first.queue))
+        return batch
+
     def release(self, run_id: str) -> None:
         """The picker is done with ``run_id`` (claimed and ran it, or gave up): drop its local lease."""
         if self.local_leases:
@@ -439,11 +483,23 @@ class Scheduler:
 
 
 class FairDispatch:
-    """The queue handler: a delivered task wakes a worker, the scheduler says what it runs."""
+    """The queue handler: a delivered task wakes a worker, the scheduler says what it runs.
 
-    def __init__(self, scheduler: Scheduler, run: Callable[[NodeTask], None]):
+    With ``run_batch`` and ``batch_key`` (the runner's), the picked run takes
+    compatible waiting runs with it, run as one call (batching).
+    """
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        run: Callable[[NodeTask], None],
+        run_batch: Callable[[list[NodeTask]], None] | None = None,
+        batch_key: Callable[[object], tuple[str, int] | None] | None = None,
+    ):
         self.scheduler = scheduler
         self.run = run
+        self.run_batch = run_batch
+        self.batch_key = batch_key
 
     def __call__(self, task: NodeTask) -> None:
         try:
@@ -453,8 +509,17 @@ class FairDispatch:
             chosen = None
         if chosen is None and self.scheduler.leased_elsewhere(task.node_run_id):
             return  # another worker picked the delivered run and is about to claim it
+        batch = [chosen] if chosen is not None else []
         try:
-            self.run(chosen or task)
+            if chosen is not None and self.run_batch is not None and self.batch_key is not None:
+                try:
+                    batch += self.scheduler.companions(chosen, self.batch_key)
+                except Exception:
+                    log.warning("could not gather a batch for node run %s; it runs alone", chosen.node_run_id, exc_info=True)
+            if len(batch) > 1:
+                self.run_batch(batch)
+            else:
+                self.run(chosen or task)
         finally:
-            if chosen is not None:
-                self.scheduler.release(chosen.node_run_id)
+            for t in batch:
+                self.scheduler.release(t.node_run_id)

@@ -92,6 +92,8 @@ class TextToImageRequest:
     #: More reference images after ``init_image`` (FLUX.2 multi-reference: ``input_image_2`` ...).
     #: Pipelines that take a list of images (FLUX.2) get them all; img2img pipelines start from ``init_image``.
     reference_images: tuple[Image.Image, ...] = ()
+    #: LoRAs of the model's catalog entry to apply, with their scales, as (name, scale) pairs.
+    loras: tuple[tuple[str, float], ...] = ()
 
 
 class TextToImageBackend(Protocol):

@@ -144,6 +144,14 @@ class ModelSpec(BaseModel):
     #: Text-encoder prompt length the model was trained with (FLUX: T5 tokens).
     max_sequence_length: int | None = Field(default=None, ge=1, le=512)
     supports_image_input: bool = False
+    #: Compatible waiting requests (same size, steps, guidance) run as one pipeline call of
+    #: up to this many images; 1 turns batching off for this model.
+    max_batch: int = Field(default=1, ge=1, le=64)
+    #: LoRA files a request may apply to this model, by name (``loras = {ink = "/loras/ink.safetensors"}``;
+    #: relative paths are relative to the catalog file).
+    loras: dict[str, str] = {}
+    #: LoRAs kept loaded next to the base model (least recently used ones are dropped).
+    lora_cache: int = Field(default=8, ge=1, le=64)
     bfl_endpoints: list[str] = []
     #: other names clients may use for this model (vendor ids: "flux-1.1-pro", "gpt-image-1" ...)
     aliases: list[str] = []
@@ -163,6 +171,14 @@ class ModelSpec(BaseModel):
                 "model name must be 1-64 characters of letters, digits, '.', '_' or '-', "
                 f"starting with a letter or digit; got {value!r}"
             )
+        return value
+
+    @field_validator("loras")
+    @classmethod
+    def _check_loras(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _NAME_RE.match(name):
+                raise ValueError(f"invalid LoRA name {name!r}")
         return value
 
     @field_validator("bfl_endpoints", "aliases")
@@ -365,7 +381,10 @@ def _anchor_path(entry: Any, base_dir: Path) -> Any:
     if isinstance(path, str) and not path.startswith(BUILTIN_PREFIX):
         folder = Path(path).expanduser()
         if not folder.is_absolute():
-            return {**entry, "path": str((base_dir / folder).resolve())}
+            entry = {**entry, "path": str((base_dir / folder).resolve())}
+    loras = entry.get("loras")
+    if isinstance(loras, dict):
+        entry = {**entry, "loras": {k: str((base_dir / Path(v).expanduser()).resolve()) if isinstance(v, str) else v for k, v in loras.items()}}
     return entry
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -117,6 +118,8 @@ class DiffusersBackend:
         self._inpaint: Any = None
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()
+        self._loras: OrderedDict[str, None] = OrderedDict()  # LoRA adapters loaded into the pipeline, LRU first
+        self._loras_active = False
 
     # -- loading -----------------------------------------------------------
 
@@ -145,6 +148,8 @@ class DiffusersBackend:
             self._pipe = None
             self._img2img = None
             self._inpaint = None
+            self._loras.clear()
+            self._loras_active = False
         if self.device == "cuda":
             torch.cuda.empty_cache()
 
@@ -209,6 +214,7 @@ class DiffusersBackend:
             control.check()
             masked = request.mask_image is not None
             target = pipe if request.init_image is None else self._image_pipeline(pipe, masked)
+            self._apply_loras(pipe, request.loras)
             kwargs = self._call_kwargs(target, request, control)
             images = target(**kwargs).images
         if "callback_on_step_end" not in kwargs:  # pipeline without step callbacks
@@ -221,7 +227,99 @@ class DiffusersBackend:
             images = [Image.composite(image, base, mask) for image in images]
         return images
 
+    def generate_batch(self, requests: list[TextToImageRequest], controls: list[StepControl]) -> list[list[Image.Image] | Exception]:
+        """Several text-to-image requests of one size, step count and guidance as one pipeline call.
+
+        Each request keeps its prompt and its seed (its own CPU generator, as
+        unbatched), its progress and its cancel: a request cancelled (or past
+        its deadline) mid-way gets its exception at the next step while the
+        others go on; the call stops early only when every request stopped.
+        Returns one entry per request: its images, or the exception that ended it.
+        """
+        if len(requests) == 1:
+            try:
+                return [self.generate(requests[0], controls[0])]
+            except Exception as e:
+                return [e]
+        first = requests[0]
+        for r in requests:
+            self._validate(r)
+            if r.init_image is not None or r.num_images != 1 or (r.width, r.height, r.steps, r.guidance, r.negative_prompt, r.loras) != (
+                first.width, first.height, first.steps, first.guidance, first.negative_prompt, first.loras
+            ):
+                raise ValueError("a batch needs text-to-image requests of one size, step count, guidance and negative prompt")
+        outcome: list[Exception | None] = [None] * len(requests)
+        for i, control in enumerate(controls):
+            try:
+                control.check()
+            except Exception as e:
+                outcome[i] = e
+        if all(o is not None for o in outcome):
+            return list(outcome)  # type: ignore[arg-type]
+        pipe = self.load()
+        with self._run_lock:
+            self._apply_loras(pipe, first.loras)
+            kwargs = self._call_kwargs(pipe, first, controls[0])
+            steps = self.steps_for(first)
+            kwargs["prompt"] = [r.prompt for r in requests]
+            kwargs["generator"] = [torch.Generator("cpu").manual_seed(r.seed & _SEED_MASK) for r in requests]
+            if "negative_prompt" in kwargs:  # one per prompt: pipelines pair them by position
+                kwargs["negative_prompt"] = [kwargs["negative_prompt"]] * len(requests)
+            if "num_images_per_prompt" in kwargs:
+                kwargs["num_images_per_prompt"] = 1
+            if "callback_on_step_end" in kwargs:
+                kwargs["callback_on_step_end"] = _batch_step_callback(controls, outcome, steps)
+            try:
+                images = pipe(**kwargs).images
+            except _BatchStopped:
+                return list(outcome)  # type: ignore[arg-type]
+        results: list[list[Image.Image] | Exception] = []
+        for i, control in enumerate(controls):
+            if outcome[i] is not None:
+                results.append(outcome[i])  # type: ignore[arg-type]
+                continue
+            if "callback_on_step_end" not in kwargs:
+                control.report(1.0)
+            results.append([_fit(images[i], first.width, first.height)])
+        return results
+
+    def _apply_loras(self, pipe: Any, loras: tuple[tuple[str, float], ...]) -> None:
+        """Make exactly ``loras`` (name, scale) active on the loaded pipeline (run lock held).
+
+        A LoRA is loaded into the pipeline the first time a request names it and
+        stays loaded (up to ``lora_cache``, least recently used dropped first);
+        switching between LoRAs or back to the base model only changes which
+        adapters are active, never reloads the base weights.
+        """
+        if not loras:
+            if self._loras_active:
+                pipe.disable_lora()
+                self._loras_active = False
+            return
+        wanted = [name for name, _ in loras]
+        for name in wanted:
+            if name in self._loras:
+                self._loras.move_to_end(name)
+                continue
+            while len(self._loras) >= max(self.spec.lora_cache, len(wanted)):
+                old = next(n for n in self._loras if n not in wanted)
+                pipe.delete_adapters(old)
+                del self._loras[old]
+            path = self.spec.loras[name]
+            log.info("model %s: loading LoRA %s from %s", self.spec.name, name, path)
+            try:
+                pipe.load_lora_weights(path, adapter_name=name)
+            except Exception as exc:
+                raise ModelLoadError(f"model {self.spec.name!r}: cannot load LoRA {name!r} from {path}: {exc}") from exc
+            self._loras[name] = None
+        pipe.enable_lora()
+        pipe.set_adapters(wanted, adapter_weights=[float(scale) for _, scale in loras])
+        self._loras_active = True
+
     def _validate(self, request: TextToImageRequest) -> None:
+        for name, _ in request.loras:
+            if name not in self.spec.loras:
+                raise ValueError(f"model {self.spec.name!r} has no LoRA {name!r}")
         if request.width <= 0 or request.height <= 0:
             raise ValueError("width and height must be positive")
         if request.num_images < 1:
@@ -289,6 +387,30 @@ def _fit(image: Image.Image, width: int, height: int) -> Image.Image:
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.LANCZOS)
     return image
+
+
+class _BatchStopped(Exception):
+    """Every request of a batch was cancelled or passed its deadline."""
+
+
+def _batch_step_callback(controls: list[StepControl], outcome: list, steps: int) -> Callable[..., dict]:
+    """Per-request progress and cancel for a batched call; stops the call once no request is left."""
+
+    def on_step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+        total = getattr(pipe, "_num_timesteps", None) or steps
+        for i, control in enumerate(controls):
+            if outcome[i] is not None:
+                continue
+            control.report((step + 1) / total)
+            try:
+                control.check()
+            except Exception as e:  # this request ends here; the others go on
+                outcome[i] = e
+        if all(o is not None for o in outcome):
+            raise _BatchStopped()
+        return callback_kwargs
+
+    return on_step_end
 
 
 def _step_callback(control: StepControl, steps: int, width: int, height: int) -> Callable[..., dict]:

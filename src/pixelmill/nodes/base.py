@@ -68,6 +68,20 @@ class NodeType(ABC):
     @abstractmethod
     def run(self, ctx: NodeContext, params: NodeParams, inputs: dict[str, list[Image.Image]]) -> NodeResult: ...
 
+    def batch_key(self, params: NodeParams, services: "NodeServices") -> tuple[str, int] | None:
+        """``(key, largest batch)`` when runs with equal keys may run as one call (``run_batch``); None: alone."""
+        return None
+
+    def run_batch(self, contexts: list[NodeContext], params: list[NodeParams]) -> list["NodeResult | Exception"]:
+        """Run several compatible runs (no linked inputs) at once; one result or exception per run."""
+        out: list[NodeResult | Exception] = []
+        for ctx, p in zip(contexts, params):
+            try:
+                out.append(self.run(ctx, p, {}))
+            except Exception as e:
+                out.append(e)
+        return out
+
     def queue_name(self, params: NodeParams) -> str:
         """The worker queue that serves this node (models held warm)."""
         return "default"

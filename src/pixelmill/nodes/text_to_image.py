@@ -6,6 +6,7 @@ Inputs: ``image`` (optional) makes it image-to-image; ``mask`` (optional, with
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
@@ -16,6 +17,16 @@ from pixelmill.nodes.base import IMAGE, NodeContext, NodeParams, NodeResult, Nod
 
 if TYPE_CHECKING:
     from pixelmill.nodes.services import NodeServices
+
+
+MAX_LORAS = 4
+
+
+class LoraRef(NodeParams):
+    """A LoRA of the model's catalog entry and how strongly to apply it."""
+
+    name: str = Field(min_length=1, max_length=64)
+    scale: float = Field(default=1.0, ge=-4.0, le=4.0)
 
 
 class TextToImageParams(NodeParams):
@@ -31,6 +42,8 @@ class TextToImageParams(NodeParams):
     num_images: int = Field(default=1, ge=1, le=10)
     strength: float = Field(default=0.6, ge=0.0, le=1.0)
     output_format: Literal["jpeg", "png", "webp"] = "png"
+    #: LoRAs of the model (names from its catalog entry) with their scales
+    loras: list[LoraRef] = Field(default_factory=list, max_length=MAX_LORAS)
     #: intermediate images to publish while it runs (``node.preview`` events); 0: none
     previews: int = Field(default=0, ge=0, le=3)
     #: moderation of the prompt and the output: 0 strict .. 6 permissive (BFL's scale)
@@ -65,6 +78,12 @@ class TextToImage(NodeType):
         if params.steps is not None and params.steps > spec.max_steps:
             problems.append(("steps", f"steps must be at most {spec.max_steps} for {spec.name}"))
         problems += [(field or "width", msg) for field, msg in spec.size_limits().problems(params.width, params.height)]
+        for lora in params.loras:
+            if lora.name not in spec.loras:
+                known = ", ".join(sorted(spec.loras)) or "none"
+                problems.append(("loras", f"model {spec.name} has no LoRA {lora.name!r} (it has: {known})"))
+        if len({lora.name for lora in params.loras}) != len(params.loras):
+            problems.append(("loras", "a LoRA is named twice"))
         return problems
 
     def check_inputs(self, params: TextToImageParams, services: NodeServices, connected: set[str]) -> dict[str, str]:
@@ -86,13 +105,51 @@ class TextToImage(NodeType):
         spec = services.catalog.get(params.model)
         return spec.price(params.width, params.height, params.num_images)
 
+    def batch_key(self, params: TextToImageParams, services: NodeServices) -> tuple[str, int] | None:
+        """Plain text-to-image runs of one model with the same size, steps, guidance and negative prompt batch."""
+        try:
+            spec = services.catalog.get(params.model)
+        except KeyError:
+            return None
+        if spec.max_batch <= 1 or params.previews or params.num_images != 1:
+            return None
+        key = json.dumps(
+            [params.model, params.width, params.height, params.steps, params.guidance, params.negative_prompt,
+             [[lora.name, lora.scale] for lora in params.loras]]
+        )
+        return key, spec.max_batch
+
+    def run_batch(self, contexts: list[NodeContext], params: list[TextToImageParams]) -> list[NodeResult | Exception]:
+        """One pipeline call for all: each image keeps its own prompt, seed, progress and cancel."""
+        requests = [self._request(ctx, p, {}) for ctx, p in zip(contexts, params)]
+        with contexts[0].services.models.use(params[0].model) as backend:
+            generate_batch = getattr(backend, "generate_batch", None)
+            if generate_batch is None:
+                return super().run_batch(contexts, params)
+            outcomes = generate_batch(requests, [ctx.control for ctx in contexts])
+        results: list[NodeResult | Exception] = []
+        for ctx, p, outcome in zip(contexts, params, outcomes):
+            try:
+                results.append(outcome if isinstance(outcome, Exception) else self._result(ctx, p, outcome))
+            except Exception as e:  # e.g. this image was withheld by moderation: the others are kept
+                results.append(e)
+        return results
+
     def queue_name(self, params: TextToImageParams) -> str:
         return f"model.{params.model}"
 
     def run(self, ctx: NodeContext, params: TextToImageParams, inputs) -> NodeResult:
+        request = self._request(ctx, params, inputs)
+        ctx.control.previews = params.previews
+        with ctx.services.models.use(params.model) as backend:  # never unloaded while it generates
+            images = backend.generate(request, ctx.control)
+        return self._result(ctx, params, images)
+
+    @staticmethod
+    def _request(ctx: NodeContext, params: TextToImageParams, inputs) -> TextToImageRequest:
         init = (inputs.get("image") or [None])[0]
         mask = (inputs.get("mask") or [None])[0]
-        request = TextToImageRequest(
+        return TextToImageRequest(
             prompt=params.prompt,
             width=params.width,
             height=params.height,
@@ -105,10 +162,11 @@ class TextToImage(NodeType):
             strength=params.strength,
             mask_image=mask,
             reference_images=tuple(img for n in range(2, 9) for img in (inputs.get(f"reference_{n}") or [])[:1]),
+            loras=tuple((lora.name, lora.scale) for lora in params.loras),
         )
-        ctx.control.previews = params.previews
-        with ctx.services.models.use(params.model) as backend:  # never unloaded while it generates
-            images = backend.generate(request, ctx.control)
+
+    @staticmethod
+    def _result(ctx: NodeContext, params: TextToImageParams, images) -> NodeResult:
         verdict = ctx.services.moderator.check_images(images, params.safety_tolerance)
         if verdict is not None:
             raise ContentModerated(verdict.reason)

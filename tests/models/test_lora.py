@@ -1,0 +1,112 @@
+"""LoRAs per request on a tiny FLUX pipeline, with LoRA files made in the test.
+
+A request naming a LoRA of its model's catalog entry changes the image; the
+same request again (or on a freshly loaded model) gives the same pixels; going
+back to no LoRA gives the base model's pixels, without reloading the base
+weights; the LoRAs kept loaded are bounded (least recently used dropped).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pixelmill.models.base import StepControl, TextToImageRequest
+from pixelmill.models.catalog import ModelCatalog
+from pixelmill.models.diffusers_backend import DiffusersBackend
+from tests.helpers.tiny_pipelines import cached_tiny_flux, torch_threads
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    with torch_threads(1):
+        yield
+
+
+def make_lora(folder: str, out: Path, seed: int) -> str:
+    """A rank-4 LoRA with random weights for the tiny FLUX transformer's attention, saved as diffusers does."""
+    from diffusers import DiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    torch.manual_seed(seed)
+    pipe.transformer.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
+    )
+    with torch.no_grad():  # strong enough to see on a 2-step, 32-pixel image
+        for name, weight in pipe.transformer.named_parameters():
+            if "lora_" in name:
+                weight.copy_(torch.randn_like(weight) * 0.5)
+    state = get_peft_model_state_dict(pipe.transformer)
+    type(pipe).save_lora_weights(str(out), transformer_lora_layers=state, weight_name=f"lora{seed}.safetensors")
+    return str(out / f"lora{seed}.safetensors")
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory) -> ModelCatalog:
+    folder = cached_tiny_flux()
+    out = tmp_path_factory.mktemp("loras")
+    ink, neon, dust = (make_lora(folder, out, seed) for seed in (1, 2, 3))
+    return ModelCatalog.from_toml(
+        f'[[models]]\nname = "tiny"\npath = "{folder}"\ndevice = "cpu"\ndefault_steps = 2\nlora_cache = 2\n'
+        f'loras = {{ ink = "{ink}", neon = "{neon}", dust = "{dust}" }}\n'
+    )
+
+
+def image(backend, *loras) -> np.ndarray:
+    request = TextToImageRequest(prompt="a red cat", width=32, height=32, steps=2, seed=5, loras=tuple(loras))
+    return np.asarray(backend.generate(request, StepControl())[0], dtype=np.int16)
+
+
+def test_a_lora_changes_the_image_and_matches_a_reference_run(catalog):
+    backend = DiffusersBackend(catalog.get("tiny"))
+    base = image(backend)
+    inked = image(backend, ("ink", 1.0))
+    assert np.abs(inked - base).mean() > 1.0
+    half = image(backend, ("ink", 0.5))
+    assert np.abs(half - base).mean() > 0.1 and np.abs(half - inked).mean() > 0.1
+    transformer = backend.pipeline.transformer
+    assert np.array_equal(image(backend), base)  # back to the base model: same object, not reloaded
+    assert backend.pipeline.transformer is transformer
+    assert np.array_equal(image(backend, ("ink", 1.0)), inked)
+    fresh = DiffusersBackend(catalog.get("tiny"))  # a reference run on a freshly loaded model
+    assert np.array_equal(image(fresh, ("ink", 1.0)), inked)
+    both = image(backend, ("ink", 1.0), ("neon", 0.7))
+    assert np.abs(both - inked).mean() > 0.1
+
+
+def test_loaded_loras_are_bounded_least_recently_used_first(catalog):
+    backend = DiffusersBackend(catalog.get("tiny"))  # lora_cache = 2
+    image(backend, ("ink", 1.0))
+    image(backend, ("neon", 1.0))
+    image(backend, ("ink", 1.0))  # neon is now the least recently used
+    dusty = image(backend, ("dust", 1.0))
+    assert list(backend._loras) == ["ink", "dust"]
+    assert set(backend.pipeline.get_list_adapters()["transformer"]) == {"ink", "dust"}
+    again = DiffusersBackend(catalog.get("tiny"))
+    assert np.array_equal(image(again, ("dust", 1.0)), dusty)
+
+
+def test_unknown_loras_are_refused_before_running(catalog):
+    from pixelmill.config import Settings
+    from pixelmill.engine.graph import GraphProblems, prepare
+    from pixelmill.models.registry import ModelRegistry
+    from pixelmill.nodes.registry import default_registry
+    from pixelmill.nodes.services import NodeServices
+
+    services = NodeServices.build(Settings(secret_key="x"), catalog, ModelRegistry(catalog))
+    node = {"type": "text_to_image", "params": {"model": "tiny", "prompt": "x", "width": 64, "height": 64, "loras": [{"name": "glitter"}]}}
+    with pytest.raises(GraphProblems) as err:
+        prepare({"nodes": {"gen": node}}, default_registry(), services)
+    assert "glitter" in str(err.value.details) and "ink" in str(err.value.details)
+    node["params"]["loras"] = [{"name": "ink", "scale": 0.8}]
+    prepared = prepare({"nodes": {"gen": node}}, default_registry(), services)
+    assert prepared.nodes["gen"].params.loras[0].scale == 0.8
+    with pytest.raises(ValueError):
+        DiffusersBackend(catalog.get("tiny")).generate(
+            TextToImageRequest(prompt="x", width=32, height=32, loras=(("glitter", 1.0),)), StepControl()
+        )
