@@ -19,15 +19,22 @@ from __future__ import annotations
 
 import hmac
 
-from fastapi import APIRouter, Depends, Request
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Security
+from fastapi.security import HTTPBearer
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from pixelmill.accounts.directory import AccountDirectory
+from pixelmill.api import contract
 from pixelmill.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 
 
-def require_admin(request: Request) -> None:
+ADMIN_BEARER = HTTPBearer(scheme_name="AdminBearer", auto_error=False, description="Authorization: Bearer <admin key> (the admin_key setting)")
+
+
+def require_admin(request: Request, _admin: Any = Security(ADMIN_BEARER)) -> None:
     """The admin guard: 404 when no admin key is configured, 401 missing, 403 wrong."""
     expected = request.app.state.runtime.settings.admin_key
     if not expected:
@@ -40,7 +47,12 @@ def require_admin(request: Request) -> None:
         raise Forbidden("Invalid admin key", code="invalid_admin_key")
 
 
-router = APIRouter(prefix="/admin/v1", tags=["Admin"], dependencies=[Depends(require_admin)], include_in_schema=False)
+router = APIRouter(
+    prefix="/admin/v1",
+    tags=["Admin"],
+    dependencies=[Depends(require_admin)],
+    responses=contract.responses(400, 401, 403, 404, 405, 409, 413, 422),
+)
 
 
 class AccountCreate(BaseModel):
@@ -90,9 +102,11 @@ def create_account(body: AccountCreate, request: Request):
 
 
 @router.get("/accounts")
-def list_accounts(request: Request, limit: int = 100, offset: int = 0):
-    if not (1 <= limit <= 1000) or offset < 0:
-        raise InvalidInput("limit must be 1–1000 and offset ≥ 0", code="invalid_pagination")
+def list_accounts(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+):
     return {"data": [a.to_dict() for a in _accounts(request).list(limit, offset)]}
 
 
@@ -136,7 +150,12 @@ def grant_credits(account_id: str, body: CreditGrant, request: Request):
 
 
 @router.get("/accounts/{account_id}/usage")
-def usage(account_id: str, request: Request, since: float | None = None, entries: int = 50):
+def usage(
+    account_id: str,
+    request: Request,
+    since: Annotated[float | None, Query(allow_inf_nan=False)] = None,
+    entries: Annotated[int, Query(ge=0, le=1000)] = 50,
+):
     """Executions by status, credits spent (settled) and held (in flight), recent ledger entries."""
     if not (0 <= entries <= 1000):
         raise InvalidInput("entries must be 0–1000", code="invalid_pagination")

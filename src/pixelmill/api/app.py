@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from pixelmill import __version__
 from pixelmill.api.dialects import apiframe, bfl, openai_images, workflows
 from pixelmill.api.admin import router as admin_router
+from pixelmill.api.contract import install_openapi
 from pixelmill.api.errors import install_error_handlers
 from pixelmill.api.guard import RequestGuard, ScopedCors
 from pixelmill.api.events_http import router as events_router
@@ -41,6 +42,7 @@ def create_app(runtime, manage_runtime: bool = True) -> FastAPI:
     app = FastAPI(title="pixelmill", version=__version__, lifespan=lifespan)
     app.state.runtime = runtime
     install_error_handlers(app)
+    install_openapi(app)
     # added before request_id, so it sits inside it: its own answers get an X-Request-Id too
     app.add_middleware(SchedulingHeadersMiddleware)  # innermost: its context reaches the routes
     app.add_middleware(AccountsMiddleware)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.security import APIKeyHeader, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from pixelmill import wirejson
@@ -27,7 +28,19 @@ def presented_key(request: Request) -> str | None:
     return key or None
 
 
-def principal(request: Request) -> Principal:
+# Declared for the OpenAPI document (each is one way to present the key); the key
+# itself is read by presented_key, so a missing or malformed header is the route's 401.
+X_KEY = APIKeyHeader(name="x-key", scheme_name="x-key", auto_error=False, description="The API key (BFL's header)")
+X_API_KEY = APIKeyHeader(name="X-API-Key", scheme_name="X-API-Key", auto_error=False, description="The API key")
+BEARER = HTTPBearer(scheme_name="Bearer", auto_error=False, description="Authorization: Bearer <API key> (OpenAI's clients)")
+
+
+def principal(
+    request: Request,
+    _x_key: Any = Security(X_KEY),
+    _x_api_key: Any = Security(X_API_KEY),
+    _bearer: Any = Security(BEARER),
+) -> Principal:
     cached = getattr(request.state, "principal", None)
     if cached is not None:
         return cached
@@ -36,7 +49,12 @@ def principal(request: Request) -> Principal:
     return p
 
 
-async def current_principal(request: Request) -> Principal:
+async def current_principal(
+    request: Request,
+    _x_key: Any = Security(X_KEY),
+    _x_api_key: Any = Security(X_API_KEY),
+    _bearer: Any = Security(BEARER),
+) -> Principal:
     """:func:`principal` for ``async`` routes: no thread-pool hop when the middleware already authenticated."""
     cached = getattr(request.state, "principal", None)
     if cached is not None:

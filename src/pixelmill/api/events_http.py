@@ -36,6 +36,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from pixelmill.api.deps import presented_key, principal
+from pixelmill.api import contract
 from pixelmill.api.files import signed_url
 from pixelmill.engine.views import EventView, FileView
 from pixelmill.errors import BadRequest, Forbidden, NotFound
@@ -159,7 +160,12 @@ class EventStream:
             sub.drain()
 
 
-@router.get("/executions/{execution_id}/events")
+@router.get(
+    "/executions/{execution_id}/events",
+    response_class=StreamingResponse,
+    openapi_extra={"security": [{"x-key": []}, {"X-API-Key": []}, {"Bearer": []}, {}]},
+    responses={200: {"description": "Server-Sent Events", "content": {"text/event-stream": {"schema": {"type": "string"}}}}, **contract.responses(*contract.COMMON)},
+)
 async def execution_events_stream(
     execution_id: str,
     request: Request,

@@ -12,12 +12,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 
 from pixelmill.accounts.keys import Principal
+from pixelmill.api import contract, wire
 from pixelmill.api.deps import principal
 
 router = APIRouter(prefix="/api/v1", tags=["Models"])
 
 
-@router.get("/models")
+@router.get("/models", responses=contract.responses(*contract.COMMON, ok={200: wire.DataList}))
 def list_models(request: Request, who: Principal = Depends(principal)):
     """Every catalog model with its state, device, load time and memory."""
     from pixelmill.engine.placement import residency_report

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from pixelmill.accounts.keys import Principal
+from pixelmill.api import contract, wire
 from pixelmill.api.deps import json_body, principal
 from pixelmill.errors import InvalidInput, PixelmillError
 from pixelmill.net.safe_http import SafeHttpError
@@ -49,7 +50,7 @@ def _render_event(d: DeliveryView) -> dict[str, Any]:
     }
 
 
-@router.get("/webhooks/events")
+@router.get("/webhooks/events", responses=contract.responses(*contract.COMMON, ok={200: wire.WebhookEventPage}))
 def list_events(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -68,7 +69,7 @@ def list_events(
     return {"data": data}
 
 
-@router.post("/webhooks/events/{event_id}/redeliver", status_code=202)
+@router.post("/webhooks/events/{event_id}/redeliver", status_code=202, responses=contract.responses(*contract.COMMON, ok={202: wire.WebhookEvent}))
 def redeliver(event_id: str, request: Request, who: Principal = Depends(principal)):
     """Queue the event again now, with a fresh retry schedule; the webhook-id stays the same."""
     rt = request.app.state.runtime
@@ -78,12 +79,12 @@ def redeliver(event_id: str, request: Request, who: Principal = Depends(principa
 
 
 # --- endpoint and secret -------------------------------------------------------
-@router.get("/webhooks/config")
+@router.get("/webhooks/config", responses=contract.responses(*contract.COMMON, ok={200: wire.WebhookConfig}))
 def get_config(request: Request, who: Principal = Depends(principal)):
     return {"url": request.app.state.runtime.webhook_settings.endpoint(who.account_id)}
 
 
-@router.put("/webhooks/config")
+@router.put("/webhooks/config", openapi_extra=contract.json_request(wire.WebhookConfig), responses=contract.responses(*contract.COMMON, ok={200: wire.WebhookConfig}))
 async def put_config(request: Request, who: Principal = Depends(principal)):
     """Set (or clear, with null) the URL that receives every execution event of the account."""
     body = await json_body(request)
@@ -102,34 +103,34 @@ async def put_config(request: Request, who: Principal = Depends(principal)):
     return {"url": url}
 
 
-@router.get("/webhooks/secret")
+@router.get("/webhooks/secret", responses=contract.responses(*contract.COMMON, ok={200: wire.WebhookSecret}))
 def get_secret(request: Request, who: Principal = Depends(principal)):
     return {"key": request.app.state.runtime.webhook_settings.secret(who.account_id)}
 
 
-@router.post("/webhooks/secret/rotate")
+@router.post("/webhooks/secret/rotate", responses=contract.responses(*contract.COMMON, ok={200: wire.WebhookSecret}))
 def rotate_secret(request: Request, who: Principal = Depends(principal)):
     secrets = request.app.state.runtime.webhook_settings.rotate_secret(who.account_id)
     return {"key": secrets[0], "previousKeyActive": len(secrets) > 1}
 
 
 # --- workflow triggers ---------------------------------------------------------
-@router.post("/workflows/{workflow_id}/publish", status_code=201)
+@router.post("/workflows/{workflow_id}/publish", status_code=201, responses=contract.responses(*contract.COMMON, ok={201: wire.Trigger}))
 def publish_workflow(workflow_id: str, request: Request, who: Principal = Depends(principal)):
     return JSONResponse(request.app.state.runtime.triggers.publish(who, workflow_id).to_dict(), status_code=201)
 
 
-@router.get("/workflows/{workflow_id}/trigger")
+@router.get("/workflows/{workflow_id}/trigger", responses=contract.responses(*contract.COMMON, ok={200: wire.TriggerStatus}))
 def trigger_status(workflow_id: str, request: Request, who: Principal = Depends(principal)):
     return request.app.state.runtime.triggers.status(who, workflow_id)
 
 
-@router.post("/workflows/{workflow_id}/trigger/rotate", status_code=201)
+@router.post("/workflows/{workflow_id}/trigger/rotate", status_code=201, responses=contract.responses(*contract.COMMON, ok={201: wire.Trigger}))
 def rotate_trigger(workflow_id: str, request: Request, who: Principal = Depends(principal)):
     return JSONResponse(request.app.state.runtime.triggers.rotate(who, workflow_id).to_dict(), status_code=201)
 
 
-@router.delete("/workflows/{workflow_id}/trigger", status_code=204)
+@router.delete("/workflows/{workflow_id}/trigger", status_code=204, responses=contract.responses(*contract.COMMON, ok={204: None}))
 def revoke_trigger(workflow_id: str, request: Request, who: Principal = Depends(principal)):
     request.app.state.runtime.triggers.revoke(who, workflow_id)
     return Response(status_code=204)
@@ -149,7 +150,7 @@ def hook_preflight(token: str):
     return Response(status_code=204, headers=CORS_HEADERS)
 
 
-@router.post("/hooks/{token}", status_code=202)
+@router.post("/hooks/{token}", status_code=202, openapi_extra={"security": [], **contract.json_request(wire.ExecuteRequest, required=False)}, responses=contract.responses(*contract.SUBMIT, ok={202: wire.Started}))
 async def run_hook(token: str, request: Request):
     """Start the published workflow: JSON (``{"inputs": {…}}`` or the inputs themselves) or form fields."""
     rt = request.app.state.runtime

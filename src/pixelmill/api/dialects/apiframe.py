@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pixelmill import recipes
 from pixelmill.accounts.keys import Principal
+from pixelmill.api import contract, wire
 from pixelmill.api.deps import json_body, principal, webhook_url_refusal
 from pixelmill.api.files import signed_url
 from pixelmill.api.wait import applied_header, requested_wait, wait_terminal
@@ -184,7 +185,7 @@ def _unknown_model(rt, name: Any) -> dict[str, Any] | None:
     }
 
 
-@router.post("/images/generate", status_code=202)
+@router.post("/images/generate", status_code=202, openapi_extra=contract.json_request(GenerateRequest), responses=contract.responses(*contract.SUBMIT, ok={200: wire.Job, 202: wire.JobSubmitted}))
 async def generate(request: Request, who: Principal = Depends(principal)):
     rt = request.app.state.runtime
     body = await json_body(request)
@@ -263,7 +264,7 @@ async def generate(request: Request, who: Principal = Depends(principal)):
     return JSONResponse(render_submitted(view), status_code=202, headers={"Location": f"/v2/jobs/{view.id}"})
 
 
-@router.get("/jobs/{job_id}")
+@router.get("/jobs/{job_id}", responses=contract.responses(*contract.COMMON, ok={200: wire.Job}))
 def get_job(job_id: str, request: Request, who: Principal = Depends(principal)):
     try:
         view = request.app.state.runtime.executions.get(who.account_id, job_id)
@@ -272,7 +273,7 @@ def get_job(job_id: str, request: Request, who: Principal = Depends(principal)):
     return render_job(view, lambda f: signed_url(request, f))
 
 
-@router.post("/jobs/{job_id}/cancel")
+@router.post("/jobs/{job_id}/cancel", responses=contract.responses(*contract.COMMON, ok={200: wire.Job}))
 def cancel_job(job_id: str, request: Request, who: Principal = Depends(principal)):
     """Cancel a queued or running job; a finished job is returned unchanged."""
     try:

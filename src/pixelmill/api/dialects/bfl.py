@@ -22,10 +22,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from PIL import Image
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pixelmill import recipes
 from pixelmill.accounts.keys import Principal
+from pixelmill.api import contract
 from pixelmill.api.deps import current_principal, json_body, principal, webhook_url_refusal
 from pixelmill.api.errors import allowed_methods, validation_message
 from pixelmill.api.dialects import bfl_schemas as schemas
@@ -41,13 +42,53 @@ from pixelmill.models.imageops import ImageDecodeError, decode_image, fit_size, 
 
 router = APIRouter(tags=["BFL"])
 
+SUBMIT_ERRORS = (400, 401, 402, 403, 404, 405, 409, 413, 422, 429, 503)
+
+
+class PricingRequest(BaseModel):
+    """``endpoint`` plus that endpoint's own fields (or the fields under ``inputs``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    endpoint: str = Field(description='The endpoint to price, e.g. "flux-pro-1.1"')
+    inputs: dict[str, Any] | None = None
+
+
+class PricingResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    endpoint: str
+    cost: float
+    currency: str
+    input_mp: float
+    output_mp: float
+    width: int
+    height: int
+    credits: float
+
+
+class SyncImage(BaseModel):
+    url: str
+    width: int
+    height: int
+
+
+class SyncResult(schemas.ResultResponse):
+    """The synchronous mount's answer: ``get_result``'s body with the image."""
+
+    model_config = ConfigDict(extra="allow")
+
+    polling_url: str | None = None
+    images: list[SyncImage] | None = None
+
+
 def _validation_error(err) -> JSONResponse:
     """BFL's 422 (FastAPI's ``detail`` list) plus the top-level ``message`` BFL's SDK reads."""
     body = schemas.validation_error_body(err)
     return JSONResponse({**body, "message": validation_message(body["detail"])}, status_code=422)
 
 
-@router.get("/v1/get_result")
+@router.get("/v1/get_result", responses=contract.responses(401, 403, 405, 429, 503, shape="bfl", ok={200: schemas.ResultResponse}))
 async def get_result(request: Request, id: str = "", who: Principal = Depends(current_principal)):
     rt = request.app.state.runtime
     try:
@@ -57,7 +98,7 @@ async def get_result(request: Request, id: str = "", who: Principal = Depends(cu
     return JSONResponse(_render_result(view, lambda f: signed_url(request, f)))
 
 
-@router.get("/v1/credits")
+@router.get("/v1/credits", responses=contract.responses(401, 403, 405, 429, 503, shape="bfl", ok={200: schemas.CreditsResponse}))
 def credits(request: Request, who: Principal = Depends(principal)):
     rt = request.app.state.runtime
     return {"credits": rt.admission.balance(rt.db, who)}
@@ -74,8 +115,8 @@ def _finetuning_not_offered() -> JSONResponse:
     return JSONResponse({"detail": message, "message": message, "error": {"code": "finetuning_not_offered", "message": message}}, status_code=501)
 
 
-@router.get("/v1/my_finetunes")
-@router.get("/v1/finetune_details")
+@router.get("/v1/my_finetunes", responses=contract.responses(401, 403, 405, 429, 501, shape="bfl"))
+@router.get("/v1/finetune_details", responses=contract.responses(401, 403, 405, 429, 501, shape="bfl"))
 def finetunes(who: Principal = Depends(principal)):
     """BFL's finetune reads: not offered here (501, in BFL's error shape)."""
     return _finetuning_not_offered()
@@ -208,7 +249,7 @@ async def _submit(built: _Built, request: Request, who: Principal) -> ExecutionV
         return _validation_error(_request_problems(e, built.req))
 
 
-@router.post("/v1/pricing")
+@router.post("/v1/pricing", openapi_extra=contract.json_request(PricingRequest), responses=contract.responses(400, 401, 403, 404, 405, 413, 422, 429, 501, 503, shape="bfl", ok={200: PricingResponse}))
 async def pricing(request: Request, who: Principal = Depends(principal)):
     """A price quote before submitting: ``{"endpoint": "flux-pro-1.1", ...the endpoint's own fields}``
     (or the fields under ``"inputs"``) answers what that submit would hold, in credits."""
@@ -237,7 +278,28 @@ async def pricing(request: Request, who: Principal = Depends(principal)):
     }
 
 
-@router.post("/v1/{endpoint}")
+def _documented(endpoint: str):
+    async def route(request: Request, who: Principal = Depends(principal)):
+        return await submit(endpoint, request, who)
+
+    route.__name__ = "submit_" + endpoint.replace("-", "_").replace(".", "_")
+    return route
+
+
+for _endpoint, _model in schemas.BFL_ENDPOINTS.items():  # one documented operation per endpoint, BFL's request model
+    router.add_api_route(
+        f"/v1/{_endpoint}",
+        _documented(_endpoint),
+        methods=["POST"],
+        summary=f"Submit a /v1/{_endpoint} task",
+        openapi_extra=contract.json_request(_model),
+        responses=contract.responses(
+            *SUBMIT_ERRORS, 501, shape="bfl", ok={200: [schemas.AsyncResponse, schemas.AsyncWebhookResponse, schemas.ResultResponse]}
+        ),
+    )
+
+
+@router.post("/v1/{endpoint}", include_in_schema=False)  # unknown and finetune endpoints: 404 / 501
 async def submit(endpoint: str, request: Request, who: Principal = Depends(principal)):
     rt = request.app.state.runtime
     built = await _build(endpoint, request)
@@ -252,7 +314,7 @@ async def submit(endpoint: str, request: Request, who: Principal = Depends(princ
     return render_submit(request, view, built.width * built.height / 1_000_000, built.input_mp)
 
 
-@router.post("/sync/v1/{endpoint}")
+@router.post("/sync/v1/{endpoint}", responses=contract.responses(*SUBMIT_ERRORS, 500, 501, 504, shape="bfl", ok={200: SyncResult}))
 async def submit_sync(endpoint: str, request: Request, who: Principal = Depends(principal)):
     """The synchronous mount: the same endpoints, answered once the image is made.
 

@@ -72,6 +72,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pixelmill import recipes
 from pixelmill.accounts.keys import Principal
+from pixelmill.api import contract, wire
 from pixelmill.api.deps import json_body, principal, read_body
 from pixelmill.api.files import signed_url
 from pixelmill.domain.status import ExecutionStatus
@@ -210,7 +211,7 @@ def _sync_timeout(request: Request) -> float:
     return float(request.app.state.runtime.settings.sync_timeout_s)
 
 
-@router.post("/v1/images/generations")
+@router.post("/v1/images/generations", openapi_extra=contract.json_request(ImageGenerationRequest), responses=contract.with_event_stream(contract.responses(400, 401, 403, 404, 405, 413, 429, 500, 503, 504, shape="openai", ok={200: wire.ImagesResponse}), description="stream=true: image_generation / image_edit events"))
 async def create_image(request: Request, who: Principal = Depends(principal)):
     rt = request.app.state.runtime
     body = await json_body(request)
@@ -385,7 +386,7 @@ def _sse(event: str, data: dict) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=contract.responses(401, 403, 405, 429, shape="openai", ok={200: wire.ModelList}))
 def list_models(request: Request, who: Principal = Depends(principal)):
     """The catalog in OpenAI's model-list shape."""
     return {
@@ -432,7 +433,7 @@ class InputImage(BaseModel):
         return recipes.ImageRef(self.url or self.data or "")
 
 
-@router.post("/v1/images/edits")
+@router.post("/v1/images/edits", openapi_extra=contract.form_request(wire.ImageEditForm, json_model=wire.ImageEditJson), responses=contract.with_event_stream(contract.responses(400, 401, 403, 404, 405, 413, 429, 500, 503, 504, shape="openai", ok={200: wire.ImagesResponse}), description="stream=true: image_generation / image_edit events"))
 async def edit_image(request: Request, who: Principal = Depends(principal)):
     rt = request.app.state.runtime
     fields, images, mask = await _image_request(request, json_images=True)
@@ -473,7 +474,7 @@ async def edit_image(request: Request, who: Principal = Depends(principal)):
     )
 
 
-@router.post("/v1/images/variations")
+@router.post("/v1/images/variations", openapi_extra=contract.form_request(wire.ImageEditForm), responses=contract.responses(400, 401, 403, 404, 405, 413, 429, 500, 503, 504, shape="openai", ok={200: wire.ImagesResponse}))
 async def image_variation(request: Request, who: Principal = Depends(principal)):
     rt = request.app.state.runtime
     fields, images, mask = await _image_request(request, json_images=False)

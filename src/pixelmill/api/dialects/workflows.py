@@ -12,7 +12,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from pixelmill.accounts.keys import Principal
+from pixelmill.api import contract, wire
 from pixelmill.api.deps import current_principal, json_body, principal, webhook_url_error, webhook_url_refusal
+from pixelmill.workflows.service import WorkflowDefinition
 from pixelmill.api import wait
 from pixelmill.api.files import signed_stream_url, signed_url
 from pixelmill.api.wait import requested_wait
@@ -43,19 +45,19 @@ async def _definition_body(request: Request) -> Any:
 
 
 # --- workflows ---------------------------------------------------------------
-@router.get("/nodes")
+@router.get("/nodes", responses=contract.responses(*contract.COMMON, ok={200: wire.DataList}))
 def node_types(request: Request, who: Principal = Depends(principal)):
     return {"data": request.app.state.runtime.nodes.describe()}
 
 
-@router.post("/workflows", status_code=201)
+@router.post("/workflows", status_code=201, openapi_extra=contract.json_request(WorkflowDefinition), responses=contract.responses(*contract.COMMON, ok={201: wire.Workflow}))
 async def create_workflow(request: Request, who: Principal = Depends(principal)):
     body = await _definition_body(request)
     wf = await run_in_threadpool(request.app.state.runtime.workflows.create, who, body)
     return JSONResponse(wf, status_code=201, headers={"Location": f"/api/v1/workflows/{wf['id']}"})
 
 
-@router.post("/workflows/validate")
+@router.post("/workflows/validate", openapi_extra=contract.json_request(WorkflowDefinition), responses=contract.responses(*contract.COMMON, 402, ok={200: wire.Validation}))
 async def validate_workflow(request: Request, who: Principal = Depends(principal)):
     svc = request.app.state.runtime.workflows
     body = await json_body(request)
@@ -67,30 +69,30 @@ async def validate_workflow(request: Request, who: Principal = Depends(principal
     return await run_in_threadpool(check)
 
 
-@router.get("/workflows")
+@router.get("/workflows", responses=contract.responses(*contract.COMMON, ok={200: wire.WorkflowPage}))
 def list_workflows(request: Request, limit: Limit = 20, offset: Offset = 0, who: Principal = Depends(principal)):
     items, total = request.app.state.runtime.workflows.list(who, limit, offset)
     return {"data": items, "total": total, "limit": limit, "offset": offset}
 
 
-@router.get("/workflows/{workflow_id}")
+@router.get("/workflows/{workflow_id}", responses=contract.responses(*contract.COMMON, ok={200: wire.Workflow}))
 def get_workflow(workflow_id: str, request: Request, who: Principal = Depends(principal)):
     return request.app.state.runtime.workflows.get(who, workflow_id)
 
 
-@router.put("/workflows/{workflow_id}")
+@router.put("/workflows/{workflow_id}", openapi_extra=contract.json_request(WorkflowDefinition), responses=contract.responses(*contract.COMMON, ok={200: wire.Workflow}))
 async def update_workflow(workflow_id: str, request: Request, who: Principal = Depends(principal)):
     body = await _definition_body(request)
     return await run_in_threadpool(request.app.state.runtime.workflows.update, who, workflow_id, body)
 
 
-@router.delete("/workflows/{workflow_id}", status_code=204)
+@router.delete("/workflows/{workflow_id}", status_code=204, responses=contract.responses(*contract.COMMON, ok={204: None}))
 def delete_workflow(workflow_id: str, request: Request, who: Principal = Depends(principal)):
     request.app.state.runtime.workflows.delete(who, workflow_id)
     return Response(status_code=204)
 
 
-@router.post("/workflows/{workflow_id}/execute")
+@router.post("/workflows/{workflow_id}/execute", openapi_extra=contract.json_request(wire.ExecuteRequest), responses=contract.responses(*contract.SUBMIT, ok={200: wire.Execute, 201: wire.Execute}))
 async def execute_workflow(workflow_id: str, request: Request, who: Principal = Depends(principal)):
     """Body: ``{"inputs": {...}}`` or ``{"batch": [{...}, ...]}``; ``?dry_run=true`` only prices it."""
     body = await json_body(request)
@@ -141,7 +143,7 @@ async def execute_workflow(workflow_id: str, request: Request, who: Principal = 
 
 
 # --- executions ----------------------------------------------------------------
-@router.get("/executions")
+@router.get("/executions", responses=contract.responses(*contract.COMMON, ok={200: wire.ExecutionPage}))
 def list_executions(
     request: Request,
     limit: Limit = 20,
@@ -161,20 +163,20 @@ def list_executions(
     }
 
 
-@router.get("/executions/{execution_id}")
-@router.get("/executions/{execution_id}/poll")
+@router.get("/executions/{execution_id}", responses=contract.responses(*contract.COMMON, ok={200: wire.Execution}))
+@router.get("/executions/{execution_id}/poll", responses=contract.responses(*contract.COMMON, ok={200: wire.Execution}))
 async def get_execution(execution_id: str, request: Request, who: Principal = Depends(current_principal)):
     executions = request.app.state.runtime.executions
     view = executions.finished(who.account_id, execution_id) or await run_in_threadpool(executions.get, who.account_id, execution_id)
     return JSONResponse(render_execution(request, view))
 
 
-@router.post("/executions/{execution_id}/cancel")
+@router.post("/executions/{execution_id}/cancel", responses=contract.responses(*contract.COMMON, ok={200: wire.Execution}))
 def cancel_execution(execution_id: str, request: Request, who: Principal = Depends(principal)):
     return render_execution(request, request.app.state.runtime.executions.cancel(who.account_id, execution_id))
 
 
-@router.get("/batches/{batch_id}")
+@router.get("/batches/{batch_id}", responses=contract.responses(*contract.COMMON, ok={200: wire.Batch}))
 def get_batch(batch_id: str, request: Request, who: Principal = Depends(principal)):
     views = request.app.state.runtime.executions.list(who.account_id, limit=100, batch_id=batch_id)
     if not views:
