@@ -28,7 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pixelmill.accounts.directory import AccountDirectory
 from pixelmill.api import contract
-from pixelmill.errors import Forbidden, InvalidInput, NotFound, Unauthorized
+from pixelmill.api.deps import Offset, page_limit
+from pixelmill.errors import Forbidden, NotFound, Unauthorized
 
 
 ADMIN_BEARER = HTTPBearer(scheme_name="AdminBearer", auto_error=False, description="Authorization: Bearer <admin key> (the admin_key setting)")
@@ -92,6 +93,10 @@ class CreditGrant(BaseModel):
     note: str | None = Field(default=None, max_length=500)
 
 
+AccountLimit = page_limit(1000)
+EntryLimit = page_limit(1000, "Ledger entries", minimum=0)
+
+
 def _accounts(request: Request) -> AccountDirectory:
     return request.app.state.runtime.accounts
 
@@ -102,11 +107,7 @@ def create_account(body: AccountCreate, request: Request):
 
 
 @router.get("/accounts")
-def list_accounts(
-    request: Request,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
-):
+def list_accounts(request: Request, limit: AccountLimit = 100, offset: Offset = 0):
     return {"data": [a.to_dict() for a in _accounts(request).list(limit, offset)]}
 
 
@@ -154,9 +155,7 @@ def usage(
     account_id: str,
     request: Request,
     since: Annotated[float | None, Query(allow_inf_nan=False)] = None,
-    entries: Annotated[int, Query(ge=0, le=1000)] = 50,
+    entries: EntryLimit = 50,
 ):
     """Executions by status, credits spent (settled) and held (in flight), recent ledger entries."""
-    if not (0 <= entries <= 1000):
-        raise InvalidInput("entries must be 0–1000", code="invalid_pagination")
     return _accounts(request).usage(account_id, since=since, entries=entries)

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request, Security
+from fastapi import Query, Request, Security
 from fastapi.security import APIKeyHeader, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from pixelmill import wirejson
 from pixelmill.accounts.keys import Principal
 from pixelmill.errors import BadRequest, InvalidInput, PayloadTooLarge
+
+
+MAX_OFFSET = 2**31 - 1
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip")]
+
+
+def page_limit(maximum: int, what: str = "Items per page", minimum: int = 1) -> Any:
+    """A bounded page-size query parameter (``limit: page_limit(100) = 20``); out of bounds is a 422."""
+    return Annotated[int, Query(ge=minimum, le=maximum, description=f"{what} ({minimum}-{maximum})")]
 
 
 def runtime(request: Request):

@@ -27,7 +27,6 @@ second (the snapshot) as a safety net.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Annotated, Any, AsyncIterator, Callable
 
@@ -38,6 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from pixelmill.api.deps import presented_key, principal
 from pixelmill.api import contract
 from pixelmill.api.files import signed_url
+from pixelmill.api.sse import sse_message
 from pixelmill.engine.views import EventView, FileView
 from pixelmill.errors import BadRequest, Forbidden, NotFound
 from pixelmill.presenters.workflow import EXECUTION_STATUS
@@ -47,16 +47,6 @@ router = APIRouter(prefix="/api/v1", tags=["Executions"])
 TERMINAL_EVENTS = frozenset({"execution.succeeded", "execution.failed", "execution.cancelled"})
 SNAPSHOT_S = 1.0
 KEEPALIVE_S = 15.0
-
-
-def sse_message(data: dict[str, Any], event: str | None = None, id: int | None = None) -> str:
-    lines = []
-    if id is not None:
-        lines.append(f"id: {id}")
-    if event:
-        lines.append(f"event: {event}")
-    lines.append("data: " + json.dumps(data, separators=(",", ":"), default=str))
-    return "\n".join(lines) + "\n\n"
 
 
 MAX_SEQ = 2**63 - 1

@@ -5,8 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from pixelmill.engine.views import ExecutionView
 from pixelmill.errors import Forbidden
 from pixelmill.files.signing import content_disposition
+from pixelmill.presenters.workflow import render_execution as render_workflow_execution
 
 router = APIRouter()
 
@@ -38,3 +40,8 @@ def signed_stream_url(request: Request, execution_id: str) -> str:
     rt = request.app.state.runtime
     base = rt.settings.public_base_url or str(request.base_url)
     return rt.signer.stream_url(base, execution_id)
+
+
+def render_execution(request: Request, view: ExecutionView) -> dict:
+    """The workflow-API shape of an execution, its files and live stream at signed URLs."""
+    return render_workflow_execution(view, lambda f: signed_url(request, f), signed_stream_url(request, view.id))

@@ -13,10 +13,14 @@ from __future__ import annotations
 import asyncio
 import time
 
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from pixelmill.api.files import render_execution, signed_url
 from pixelmill.engine.notify import TERMINAL_EVENTS
 from pixelmill.engine.views import ExecutionView
+from pixelmill.presenters.bfl import render_result
+
 
 def requested_wait(prefer: str | None, cap_s: float) -> int | None:
     """Seconds to wait from a ``Prefer`` header; None when it asks for no wait."""
@@ -66,11 +70,6 @@ def applied_header(seconds: int) -> dict[str, str]:
 
 async def bfl_response(request, account_id: str, view: ExecutionView, seconds: int):
     """BFL submit with ``Prefer: wait``: the get_result shape plus ``polling_url``."""
-    from fastapi.responses import JSONResponse
-
-    from pixelmill.api.files import signed_url
-    from pixelmill.presenters.bfl import render_result
-
     rt = request.app.state.runtime
     (view,) = await wait_terminal(rt, account_id, [view], seconds)
     base = (rt.settings.public_base_url or str(request.base_url)).rstrip("/")
@@ -81,10 +80,6 @@ async def bfl_response(request, account_id: str, view: ExecutionView, seconds: i
 
 async def workflow_response(request, account_id: str, workflow_id: str, batch_id: str | None, views: list[ExecutionView], seconds: int):
     """Workflow execute with ``Prefer: wait``: the execution (or, for a batch, the batch of runs)."""
-    from fastapi.responses import JSONResponse
-
-    from pixelmill.api.dialects.workflows import render_execution
-
     rt = request.app.state.runtime
     views = await wait_terminal(rt, account_id, views, seconds)
     runs = [render_execution(request, v) for v in views]

@@ -13,15 +13,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from pixelmill.accounts.keys import Principal
 from pixelmill.api import contract, wire
-from pixelmill.api.deps import json_body, principal
+from pixelmill.api.deps import json_body, page_limit, principal
 from pixelmill.errors import InvalidInput, PixelmillError
 from pixelmill.net.safe_http import SafeHttpError
 from pixelmill.presenters.workflow import EXECUTION_STATUS
@@ -29,6 +29,8 @@ from pixelmill.webhooks.dispatcher import payload_json
 from pixelmill.webhooks.settings import DeliveryView
 
 router = APIRouter(prefix="/api/v1", tags=["Webhooks"])
+
+DeliveryLimit = page_limit(200)
 
 
 # --- delivery log ------------------------------------------------------------
@@ -53,7 +55,7 @@ def _render_event(d: DeliveryView) -> dict[str, Any]:
 @router.get("/webhooks/events", responses=contract.responses(*contract.COMMON, ok={200: wire.WebhookEventPage}))
 def list_events(
     request: Request,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: DeliveryLimit = 50,
     execution_id: str | None = None,
     state: str | None = None,
     include_payload: bool = False,

@@ -9,11 +9,11 @@ The same body is what a job webhook carries.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any, Callable
 
 from pixelmill.domain.status import ExecutionStatus
 from pixelmill.engine.views import ExecutionView, FileView
+from pixelmill.presenters.timestamps import iso_utc
 
 STATUS = {
     ExecutionStatus.QUEUED: "QUEUED",
@@ -28,7 +28,7 @@ def iso(ts: float | None) -> str | None:
     """A Unix time as ISO 8601 UTC with milliseconds (``2026-11-23T10:44:08.123Z``)."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_utc(ts)
 
 
 def render_submitted(view: ExecutionView) -> dict[str, Any]:

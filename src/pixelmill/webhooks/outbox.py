@@ -36,7 +36,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import datetime, timezone
 from typing import Any, Iterable
 
 import sqlalchemy as sa
@@ -47,6 +46,7 @@ from pixelmill.engine.views import ExecutionView, FileView, load_execution
 from pixelmill.files.signing import UrlSigner
 from pixelmill.ids import new_id
 from pixelmill.presenters.bfl import render_result
+from pixelmill.presenters.timestamps import iso_utc
 from pixelmill.presenters.workflow import render_execution
 from pixelmill.store.tables import accounts, executions, webhook_events
 
@@ -88,10 +88,6 @@ def wanted_types(filter_: Iterable[str] | None, dialect: str) -> frozenset[str]:
     for name in filter_:
         out |= FILTER_ALIASES.get(str(name).strip().lower(), frozenset())
     return frozenset(out)
-
-
-def utc_iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Outbox(Hooks):
@@ -165,7 +161,7 @@ class Outbox(Hooks):
         """The body for one event: BFL's get_result, or a typed envelope around the execution."""
         if view.dialect == "bfl":
             return render_result(view, self.url_for)
-        body: dict[str, Any] = {"type": wtype, "timestamp": utc_iso(now)}
+        body: dict[str, Any] = {"type": wtype, "timestamp": iso_utc(now)}
         if wtype == "node.completed" and data.get("node"):
             body["nodeId"] = data["node"]
         if view.dialect == "apiframe":

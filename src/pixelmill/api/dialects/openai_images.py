@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 
 import anyio
@@ -75,6 +74,7 @@ from pixelmill.accounts.keys import Principal
 from pixelmill.api import contract, wire
 from pixelmill.api.deps import json_body, principal, read_body
 from pixelmill.api.files import signed_url
+from pixelmill.api.sse import sse_message
 from pixelmill.domain.status import ExecutionStatus
 from pixelmill.engine.graph import GraphProblems
 from pixelmill.engine.notify import TERMINAL_EVENTS
@@ -315,7 +315,7 @@ async def _stream_events(request: Request, account_id: str, execution_id: str, t
         while True:
             view = await run_in_threadpool(rt.executions.get, account_id, execution_id)
             for event in await run_in_threadpool(partials.new):
-                yield _sse(event["type"], event)
+                yield sse_message(event, event["type"]).encode()
                 last_sent = time.monotonic()
             if view.status.is_terminal():
                 break
@@ -326,7 +326,7 @@ async def _stream_events(request: Request, account_id: str, execution_id: str, t
                     f"The image generation did not finish within {timeout:g} s. It continues as execution {execution_id}; "
                     f"read it at GET /api/v1/executions/{execution_id}."
                 )
-                yield _sse("error", {"type": "error", "error": {**error_body(message, "timeout")["error"], "execution_id": execution_id}})
+                yield sse_message({"type": "error", "error": {**error_body(message, "timeout")["error"], "execution_id": execution_id}}, "error").encode()
                 return
             if now - last_sent >= KEEPALIVE_S:
                 yield b": keep-alive\n\n"
@@ -344,11 +344,11 @@ async def _stream_events(request: Request, account_id: str, execution_id: str, t
                 body = error_body(f"The input image could not be used: {message}", "invalid_request_error", "image", code)
             else:
                 body = error_body(message, "server_error", code=code)
-            yield _sse("error", {"type": "error", "error": body["error"]})
+            yield sse_message({"type": "error", "error": body["error"]}, "error").encode()
             return
         rendered = await run_in_threadpool(render_images, view, response_format="b64_json", **render)
         for event in completed_events(rendered, f"{kind}.completed"):
-            yield _sse(event["type"], event)
+            yield sse_message(event, event["type"]).encode()
     finally:
         stack.close()
         if not settled:  # the client went away (or the server stops) while it ran
@@ -380,10 +380,6 @@ class _Partials:
                 out.append(partial_event(data, self.sent, self.event_type, **self.render))
                 self.sent += 1
         return out
-
-
-def _sse(event: str, data: dict) -> bytes:
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
 @router.get("/v1/models", responses=contract.responses(401, 403, 405, 429, shape="openai", ok={200: wire.ModelList}))

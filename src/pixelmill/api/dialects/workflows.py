@@ -13,24 +13,16 @@ from fastapi.responses import JSONResponse, Response
 
 from pixelmill.accounts.keys import Principal
 from pixelmill.api import contract, wire
-from pixelmill.api.deps import current_principal, json_body, principal, webhook_url_error, webhook_url_refusal
+from pixelmill.api.deps import Offset, current_principal, json_body, page_limit, principal, webhook_url_error, webhook_url_refusal
 from pixelmill.workflows.service import WorkflowDefinition
 from pixelmill.api import wait
-from pixelmill.api.files import signed_stream_url, signed_url
+from pixelmill.api.files import render_execution
 from pixelmill.api.wait import requested_wait
-from pixelmill.engine.views import ExecutionView
-from pixelmill.presenters.workflow import render_execution as _render_execution
 from pixelmill.errors import InvalidInput
 
 router = APIRouter(prefix="/api/v1", tags=["Workflows"])
 
-def render_execution(request: Request, view: ExecutionView) -> dict[str, Any]:
-    return _render_execution(view, lambda f: signed_url(request, f), signed_stream_url(request, view.id))
-
-
-MAX_OFFSET = 2**31 - 1
-Limit = Annotated[int, Query(ge=1, le=100, description="Items per page (1-100)")]
-Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Items to skip")]
+Limit = page_limit(100)
 
 
 async def _definition_body(request: Request) -> Any:
