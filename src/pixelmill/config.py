@@ -195,6 +195,14 @@ class Settings(BaseSettings):
             return self.database_url
         return f"sqlite:///{self.data_dir / 'pixelmill.db'}"
 
+    def resolved_models_catalog(self) -> Path | None:
+        """The catalog file: ``models_catalog``, else ``models.toml`` in the data directory
+        (where ``pixelmill models add`` writes), else None (the built-in catalog)."""
+        if self.models_catalog:
+            return self.models_catalog
+        local = self.data_dir / "models.toml"
+        return local if local.is_file() else None
+
     def resolved_base_url(self) -> str:
         if self.public_base_url:
             return self.public_base_url.rstrip("/")

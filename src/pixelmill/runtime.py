@@ -41,7 +41,7 @@ class Runtime:
         if migrate_db:
             migrate.upgrade(url)
         self.db = Database(url, busy_timeout_s=settings.db_busy_timeout_s)
-        self.catalog = catalog or ModelCatalog.load(settings.models_catalog)
+        self.catalog = catalog or ModelCatalog.load(settings.resolved_models_catalog())
         self.models = models or ModelRegistry(
             self.catalog,
             budget=MemoryBudget.from_megabytes(settings.model_ram_budget_mb, settings.model_vram_budget_mb),
