@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-import re
-import time
-import uuid
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from pixelmill import __version__
 from pixelmill.api.dialects import apiframe, bfl, openai_images, workflows
@@ -18,14 +14,12 @@ from pixelmill.api.errors import install_error_handlers
 from pixelmill.api.guard import RequestGuard, ScopedCors
 from pixelmill.api.events_http import router as events_router
 from pixelmill.api.middleware import AccountsMiddleware
+from pixelmill.api.request_id import RequestIdMiddleware
 from pixelmill.api.scheduling import SchedulingHeadersMiddleware
 from pixelmill.api.files import router as files_router
 from pixelmill.api.models_http import router as models_router
 from pixelmill.api.webhooks_http import router as webhooks_router
 
-
-access_log = logging.getLogger("pixelmill.access")
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def create_app(runtime, manage_runtime: bool = True) -> FastAPI:
@@ -47,26 +41,7 @@ def create_app(runtime, manage_runtime: bool = True) -> FastAPI:
     app.add_middleware(SchedulingHeadersMiddleware)  # innermost: its context reaches the routes
     app.add_middleware(AccountsMiddleware)
     app.add_middleware(RequestGuard)  # outside the accounts step: refused before any key lookup
-
-    @app.middleware("http")
-    async def request_id(request: Request, call_next):
-        """Every response carries ``X-Request-Id`` (the client's, if it sent a sane one) and
-        the server logs one line per request with the same id."""
-        rid = request.headers.get("x-request-id") or ""
-        if not _REQUEST_ID_RE.match(rid):
-            rid = str(uuid.uuid4())
-        request.state.request_id = rid
-        started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception:
-            access_log.exception("%s %s failed request_id=%s", request.method, request.url.path, rid)
-            raise
-        response.headers["X-Request-Id"] = rid
-        level = logging.WARNING if response.status_code >= 500 else logging.INFO
-        access_log.log(level, "%s %s %d %.1fms request_id=%s", request.method, request.url.path, response.status_code,
-                       (time.perf_counter() - started) * 1000, rid)
-        return response
+    app.add_middleware(RequestIdMiddleware)  # outside the three above: their own answers carry the id too
 
     if runtime.settings.cors_origins:  # off by default; outermost, so preflights need no key
         app.add_middleware(ScopedCors, origins=runtime.settings.cors_origins)

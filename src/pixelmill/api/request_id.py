@@ -1,0 +1,53 @@
+"""``X-Request-Id`` on every response and one access-log line per request, as a plain ASGI middleware.
+
+The client's id is kept when it is sane (``[A-Za-z0-9._:-]``, at most 128
+characters), else a UUID is made; routes read it from ``request.state.request_id``.
+A plain ASGI class rather than ``@app.middleware("http")``: it adds no task
+group and no body streams to each request.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+access_log = logging.getLogger("pixelmill.access")
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = Headers(scope=scope).get("x-request-id") or ""
+        if not _REQUEST_ID_RE.match(rid):
+            rid = str(uuid.uuid4())
+        scope.setdefault("state", {})["request_id"] = rid
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["X-Request-Id"] = rid
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            access_log.exception("%s %s failed request_id=%s", scope["method"], scope["path"], rid)
+            raise
+        if access_log.isEnabledFor(logging.INFO) or status >= 500:
+            level = logging.WARNING if status >= 500 else logging.INFO
+            access_log.log(level, "%s %s %d %.1fms request_id=%s", scope["method"], scope["path"], status,
+                           (time.perf_counter() - started) * 1000, rid)
