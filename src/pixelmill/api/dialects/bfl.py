@@ -116,9 +116,14 @@ def _finetuning_not_offered() -> JSONResponse:
 
 
 @router.get("/v1/my_finetunes", responses=contract.responses(401, 403, 405, 429, 501, shape="bfl"))
-@router.get("/v1/finetune_details", responses=contract.responses(401, 403, 405, 429, 501, shape="bfl"))
 def finetunes(who: Principal = Depends(principal)):
-    """BFL's finetune reads: not offered here (501, in BFL's error shape)."""
+    """BFL's finetune list: not offered here (501, in BFL's error shape)."""
+    return _finetuning_not_offered()
+
+
+@router.get("/v1/finetune_details", responses=contract.responses(401, 403, 405, 422, 429, 501, shape="bfl"))
+def finetune_details(finetune_id: str, who: Principal = Depends(principal)):
+    """BFL's finetune details: not offered here (501, in BFL's error shape)."""
     return _finetuning_not_offered()
 
 
@@ -278,6 +283,21 @@ async def pricing(request: Request, who: Principal = Depends(principal)):
     }
 
 
+class DeleteFinetuneInputs(BaseModel):
+    finetune_id: str = Field(description="The finetune to delete")
+
+
+@router.post("/v1/finetune", responses=contract.responses(401, 403, 405, 429, 501, shape="bfl"))
+@router.post(
+    "/v1/delete_finetune",
+    openapi_extra=contract.json_request(DeleteFinetuneInputs),
+    responses=contract.responses(401, 403, 405, 422, 429, 501, shape="bfl"),
+)
+def finetune_writes(who: Principal = Depends(principal)):
+    """BFL's finetune creation and deletion: not offered here (501, in BFL's error shape)."""
+    return _finetuning_not_offered()
+
+
 def _documented(endpoint: str):
     async def route(request: Request, who: Principal = Depends(principal)):
         return await submit(endpoint, request, who)
@@ -314,7 +334,7 @@ async def submit(endpoint: str, request: Request, who: Principal = Depends(princ
     return render_submit(request, view, built.width * built.height / 1_000_000, built.input_mp)
 
 
-@router.post("/sync/v1/{endpoint}", responses=contract.responses(*SUBMIT_ERRORS, 500, 501, 504, shape="bfl", ok={200: SyncResult}))
+@router.post("/sync/v1/{endpoint}", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object", "description": "The body of POST /v1/{endpoint}"}}}}}, responses=contract.responses(*SUBMIT_ERRORS, 500, 501, 504, shape="bfl", ok={200: SyncResult}))
 async def submit_sync(endpoint: str, request: Request, who: Principal = Depends(principal)):
     """The synchronous mount: the same endpoints, answered once the image is made.
 
