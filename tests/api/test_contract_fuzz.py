@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from fastapi.testclient import TestClient
 
 from pixelmill.api.app import create_app
 from tests.conftest import create_key
