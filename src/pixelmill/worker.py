@@ -72,6 +72,10 @@ def run_worker(
     loaded before the first task is taken, so a model that cannot load stops
     the worker at once instead of failing every task sent to it.
     """
+    if visibility_timeout_s is not None:  # refused before anything loads
+        from pixelmill.queue.celery_queue import check_visibility_timeout
+
+        check_visibility_timeout(visibility_timeout_s, settings.node_timeout_s)
     runtime = build_worker_runtime(settings)
     try:
         queues = list(queues) if queues else default_queues(runtime.catalog)

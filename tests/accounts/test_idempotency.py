@@ -121,3 +121,53 @@ def test_a_long_request_kept_alive_is_not_abandoned(store):
     store.complete(claim, 200, b"done", {})
     assert store.begin("acct", "slow", "fp", now=1101.0).body == b"done"
     assert not store.touch(claim, now=1102.0)  # settled: nothing to keep alive
+
+
+def _bind(store, claim, execution_id: str) -> None:
+    with claim.lock, store.db.transaction() as conn:
+        idem.bind(conn, claim, execution_id)
+    claim.execution_id = execution_id
+
+
+def test_a_record_bound_to_an_execution_resumes_instead_of_409(store):
+    claim = store.begin("acct", "k", "fp-a", now=1000.0)
+    _bind(store, claim, "exec-1")
+    again = store.begin("acct", "k", "fp-a", now=1001.0)  # not abandoned yet, yet answered from the execution
+    assert isinstance(again, idem.Claim) and again.resumed and again.execution_id == "exec-1"
+    assert isinstance(store.begin("acct", "k", "fp-b", now=1002.0), idem.Mismatch)
+    much_later = store.begin("acct", "k", "fp-a", now=1000.0 + 600)  # never taken over as abandoned: the work exists
+    assert much_later.resumed and much_later.execution_id == "exec-1"
+    assert store.settle(claim, 200, b"late", {}) == "lost"  # the first request lost the record to the resume
+    assert store.settle(much_later, 200, b"ok", {}) == "saved"
+    assert store.begin("acct", "k", "fp-a", now=1000.0 + 601) == idem.Replay(200, b"ok", {})
+
+
+def test_binding_a_taken_over_record_fails(store):
+    from pixelmill.errors import Conflict
+
+    old = store.begin("acct", "k", "fp-a", now=1000.0)
+    new = store.begin("acct", "k", "fp-a", now=1000.0 + 61)  # abandoned (nothing bound) and taken over
+    assert isinstance(new, idem.Claim) and not new.resumed
+    with pytest.raises(Conflict):
+        _bind(store, old, "exec-old")
+    _bind(store, new, "exec-new")
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 409, 429])
+def test_retry_type_answers_are_never_saved(store, status):
+    claim = store.begin("acct", "k", "fp-a", now=1000.0)
+    assert store.settle(claim, status, b"try again", {}) == "forgotten"
+    assert isinstance(store.begin("acct", "k", "fp-a", now=1001.0), idem.Claim)
+    bound = store.begin("acct", "k2", "fp-a", now=1000.0)
+    _bind(store, bound, "no-such-execution")  # its execution is gone: nothing to answer from
+    assert store.settle(bound, status, b"try again", {}) == "forgotten"
+
+
+def test_final_answers_are_saved_client_errors_of_nothing_forgotten(store):
+    ok = store.begin("acct", "a", "fp", now=1000.0)
+    assert store.settle(ok, 201, b"made", {}) == "saved"
+    bad = store.begin("acct", "b", "fp", now=1000.0)
+    assert store.settle(bad, 422, b"fix it", {}) == "forgotten"
+    bound = store.begin("acct", "c", "fp", now=1000.0)
+    _bind(store, bound, "exec-c")
+    assert store.settle(bound, 400, b"final", {}) == "saved"

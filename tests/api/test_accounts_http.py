@@ -284,17 +284,22 @@ def test_client_errors_are_not_remembered(api):
     assert client.post("/v1/flux-dev", json=SMALL, headers=h).headers["Idempotent-Replayed"] == "true"
 
 
-def test_server_errors_are_remembered_and_replayed(api):
+def test_server_errors_are_not_remembered_the_retry_runs_again(api):
+    """A 5xx tells the client to retry: it is never the key's final answer, so the retry does the work."""
     backend = FakeBackend(fail_with=RuntimeError("CUDA out of memory"))
     rt, client = api("bulk", backend=backend)
     h = {"Idempotency-Key": "gen-1"}
     body = {"model": "fake", "prompt": "x", "size": "256x256"}
     first = client.post("/v1/images/generations", json=body, headers=h)  # the OpenAI dialect waits for the result
     assert first.status_code == 500 and "out of memory" in first.text
+    backend.fail_with = None
     again = client.post("/v1/images/generations", json=body, headers=h)
-    assert again.status_code == 500 and again.headers["Idempotent-Replayed"] == "true"
-    assert again.json() == first.json()
-    assert backend.calls == 1 and len(_executions(rt, client)) == 1
+    assert again.status_code == 200 and "Idempotent-Replayed" not in again.headers
+    assert backend.calls == 2
+    assert sorted(v.status.value for v in _executions(rt, client)) == ["failed", "succeeded"]
+    third = client.post("/v1/images/generations", json=body, headers=h)  # now the answer is final: replayed
+    assert third.headers["Idempotent-Replayed"] == "true" and third.json() == again.json()
+    assert backend.calls == 2
 
 
 def test_key_longer_than_255_is_400(api):

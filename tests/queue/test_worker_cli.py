@@ -47,3 +47,15 @@ def test_a_worker_refuses_a_queue_for_a_model_it_does_not_know(tmp_path):
     )
     assert out.returncode == 2
     assert "unknown model(s) tiny-flx; the catalog has tiny-flux" in out.stderr
+
+
+def test_a_worker_refuses_a_visibility_timeout_shorter_than_the_node_deadline(tmp_path):
+    """Shorter, Redis would hand a running node's task to a second worker: refused before anything loads."""
+    env = env_for(tmp_path, PIXELMILL_MODELS_CATALOG=str(make_catalog(tmp_path, path=str(tmp_path))), PIXELMILL_NODE_TIMEOUT_S="60")
+    out = subprocess.run(
+        [sys.executable, "-m", "pixelmill.cli", "worker", "--visibility-timeout", "30"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2
+    assert "visibility timeout 30 s is shorter than the node deadline (node_timeout_s = 60 s)" in out.stderr
+    assert "at least 66 s" in out.stderr

@@ -3,26 +3,45 @@
 Semantics follow Stripe and the IETF ``Idempotency-Key`` draft, scoped per account:
 
 - first use of a key: a ``processing`` record is inserted *before* the request
-  runs (:meth:`IdempotencyStore.begin`), then either completed with the response
-  (:meth:`~IdempotencyStore.complete`, for 2xx and 5xx) or deleted
-  (:meth:`~IdempotencyStore.discard`, for 4xx: nothing ran, the client may fix the
-  request and retry with the same key);
+  runs (:meth:`IdempotencyStore.begin`).  The execution the request creates is
+  written into the record in the same transaction that creates the execution
+  (:func:`bind`, called by the execution service), so the record
+  and the work can never disagree;
+- the request ends with :meth:`IdempotencyStore.settle`: a final answer (2xx, and
+  4xx other than 409/429) is saved for replay, except a 4xx of a request that
+  created nothing, which is forgotten (the client may fix the request and retry
+  with the same key).  An answer that tells the client to retry (5xx, 409, 429)
+  is never saved: a record bound to an execution that is still running (or that
+  succeeded) stays bound to it, anything else is forgotten, so the retry does the
+  work that did not happen;
 - same key, same fingerprint, completed → :class:`Replay` of the saved status,
   body and headers;
+- same key, same fingerprint, still ``processing`` but bound to an execution →
+  a :class:`Claim` with ``resumed`` set: the request is answered from that
+  execution (the service returns it instead of creating one, waiting for it where
+  the request waits).  This is how a retry after a crash of the first server gets
+  its answer without running or billing the work twice;
 - same key, different fingerprint → :class:`Mismatch` (the API answers 422);
-- same key while the first request still runs → :class:`InProgress` (409).
+- same key while the first request still runs and has created nothing yet →
+  :class:`InProgress` (409).
 
 Concurrency is settled by the table's ``unique(account_id, key)`` constraint:
 every contender inserts first, exactly one insert wins, the others read the
 winner's row.  This holds on SQLite and PostgreSQL alike.
 
 A record older than ``ttl_s`` is replaced by the next request using its key.  A
-process that dies mid-request leaves a ``processing`` record behind; one not
-refreshed for ``abandon_after_s`` (60 s by default) is considered abandoned and
-taken over by the next request with that key.  A request that legitimately runs
-longer (a synchronous image endpoint) keeps its record alive with
-:meth:`IdempotencyStore.touch`, which the HTTP middleware calls every
-``abandon_after_s / 3`` seconds while the request runs.
+process that dies before its request created anything leaves a ``processing``
+record without an execution; one not refreshed for ``abandon_after_s`` (60 s by
+default) is considered abandoned and taken over by the next request with that
+key.  A request that legitimately runs longer (a synchronous image endpoint)
+keeps its record alive with :meth:`IdempotencyStore.touch`, which the HTTP
+middleware calls every ``abandon_after_s / 3`` seconds while the request runs.
+A takeover changes the record's ``created_at``, so the request that lost it can
+no longer bind an execution to it: its submit fails and rolls back.
+
+The claim of the request being served travels in :data:`current_claim` (a
+context variable the HTTP middleware sets), so the execution service binds
+without any dialect passing it along.
 """
 
 from __future__ import annotations
@@ -32,6 +51,7 @@ import hashlib
 import json
 import threading
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -39,7 +59,9 @@ from sqlalchemy.exc import IntegrityError
 
 from pixelmill import wirejson
 from pixelmill.store.db import Database
-from pixelmill.store.tables import idempotency_keys
+from pixelmill.domain.status import ExecutionStatus
+from pixelmill.errors import Conflict
+from pixelmill.store.tables import executions, idempotency_keys
 
 MAX_KEY_LENGTH = 255
 DONE = "done"
@@ -101,11 +123,28 @@ class Claim:
     """This request owns the key: run it, then complete or discard the record.
 
     ``created_at`` identifies this ownership (a takeover or :meth:`IdempotencyStore.touch`
-    changes it), so a request that lost its record can never settle another's."""
+    changes it), so a request that lost its record can never settle another's.
+
+    ``execution_id`` is the execution bound to the record: set by :meth:`IdempotencyStore.bind`
+    when this request created it, or already set when ``resumed`` (a retry of a request
+    whose execution exists: answer from it, create nothing).  ``served`` counts the
+    submits of this request (a workflow batch submits several executions)."""
 
     record_id: int
     created_at: float
+    execution_id: str | None = None
+    resumed: bool = False
+    served: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+
+
+current_claim: ContextVar[Claim | None] = ContextVar("pixelmill_idempotency_claim", default=None)
+"""The claim of the keyed request being served in this context (set by the HTTP middleware)."""
+
+
+def is_final(status: int) -> bool:
+    """Whether a response status is a final answer for a key (replayed), or tells the client to retry."""
+    return status < 500 and status not in (409, 429)
 
 
 @dataclass(frozen=True)
@@ -128,6 +167,33 @@ class Mismatch:
 
 
 Outcome = Claim | Replay | InProgress | Mismatch
+
+
+def bind(conn, claim: Claim, execution_id: str) -> None:
+    """Write ``execution_id`` into the claimed record, inside the caller's transaction (the one
+    that creates the execution).  Raises :class:`~pixelmill.errors.Conflict` when the record
+    is no longer this claim's (it was taken over): the caller's transaction must roll back.
+
+    The caller holds ``claim.lock`` until its transaction ends, so a concurrent
+    :meth:`IdempotencyStore.touch` cannot move the record under it."""
+    n = conn.execute(
+        sa.update(idempotency_keys)
+        .where(
+            idempotency_keys.c.id == claim.record_id,
+            idempotency_keys.c.created_at == claim.created_at,
+            idempotency_keys.c.state == PROCESSING,
+            idempotency_keys.c.execution_id.is_(None),
+        )
+        .values(execution_id=execution_id)
+    ).rowcount
+    if n != 1:
+        err = Conflict(
+            "A request with this Idempotency-Key is being processed by another request; retry shortly",
+            code="idempotency_key_in_progress",
+            retry_after=1,
+        )
+        err.headers["Retry-After"] = "1"
+        raise err
 
 
 _ENCODING = ":body-encoding"  # in the stored headers: the body is base64 (not UTF-8 text)
@@ -176,7 +242,7 @@ class IdempotencyStore:
             if row is None:
                 continue  # discarded since our insert failed: try again
             expired = row.expires_at <= now
-            abandoned = row.state == PROCESSING and row.created_at <= now - self.abandon_after_s
+            abandoned = row.state == PROCESSING and row.execution_id is None and row.created_at <= now - self.abandon_after_s
             if expired or abandoned:
                 claim = self._take_over(row, fp, now)
                 if claim is not None:
@@ -184,6 +250,11 @@ class IdempotencyStore:
                 continue
             if row.fingerprint != fp:
                 return Mismatch()
+            if row.state == PROCESSING and row.execution_id is not None:
+                claim = self._resume(row, now)
+                if claim is not None:
+                    return claim
+                continue
             if row.state == PROCESSING:
                 return InProgress()
             return _replay(row)
@@ -209,10 +280,20 @@ class IdempotencyStore:
                 .where(idempotency_keys.c.id == row.id, idempotency_keys.c.created_at == row.created_at, idempotency_keys.c.state == row.state)
                 .values(
                     fingerprint=fp, state=PROCESSING, created_at=now, expires_at=now + self.ttl_s,
-                    response_status=None, response_body=None, response_headers=None,
+                    response_status=None, response_body=None, response_headers=None, execution_id=None,
                 )
             ).rowcount
         return Claim(int(row.id), now) if n == 1 else None
+
+    def _resume(self, row, now: float) -> Claim | None:
+        """Own a processing record bound to an execution (its first request crashed, or still waits)."""
+        with self.db.transaction() as conn:
+            n = conn.execute(
+                sa.update(idempotency_keys)
+                .where(idempotency_keys.c.id == row.id, idempotency_keys.c.created_at == row.created_at, idempotency_keys.c.state == PROCESSING)
+                .values(created_at=now)
+            ).rowcount
+        return Claim(int(row.id), now, execution_id=row.execution_id, resumed=True) if n == 1 else None
 
     def touch(self, claim: Claim, now: float | None = None) -> bool:
         """Mark a long-running claimed request as alive, so it is not taken for abandoned.
@@ -237,6 +318,36 @@ class IdempotencyStore:
                 .where(idempotency_keys.c.id == claim.record_id, idempotency_keys.c.created_at == claim.created_at)
                 .values(state=DONE, response_status=status, **_stored_body(body, headers))
             )
+
+    def settle(self, claim: Claim, status: int, body: bytes, headers: dict[str, str]) -> str:
+        """End a claimed request with its response; returns what became of the record.
+
+        ``"saved"``: a final answer, replayed to later requests with the key.
+        ``"forgotten"``: the record is deleted (a client error of a request that created
+        nothing, or a retry-type answer with no execution worth answering from).
+        ``"kept"``: a retry-type answer (5xx, 409, 429) while the bound execution is still
+        running or succeeded; the record stays bound so the retry answers from it.
+        ``"lost"``: the record is no longer this claim's."""
+        with claim.lock, self.db.transaction() as conn:
+            row = conn.execute(
+                sa.select(idempotency_keys.c.execution_id).where(
+                    idempotency_keys.c.id == claim.record_id, idempotency_keys.c.created_at == claim.created_at
+                )
+            ).first()
+            if row is None:
+                return "lost"
+            mine = (idempotency_keys.c.id == claim.record_id, idempotency_keys.c.created_at == claim.created_at)
+            if is_final(status) and (status < 400 or row.execution_id is not None):
+                conn.execute(
+                    sa.update(idempotency_keys).where(*mine).values(state=DONE, response_status=status, **_stored_body(body, headers))
+                )
+                return "saved"
+            if not is_final(status) and row.execution_id is not None:
+                state = conn.execute(sa.select(executions.c.status).where(executions.c.id == row.execution_id)).scalar()
+                if state is not None and state not in (ExecutionStatus.FAILED, ExecutionStatus.CANCELLED):
+                    return "kept"
+            conn.execute(sa.delete(idempotency_keys).where(*mine))
+            return "forgotten"
 
     def discard(self, claim: Claim) -> None:
         """Forget a claimed key (the request was refused before any work ran)."""

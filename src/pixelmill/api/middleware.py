@@ -21,8 +21,10 @@ key (``x-key``, ``X-API-Key`` or ``Authorization: Bearer sk-…``):
    request consumed (:data:`pixelmill.accounts.admission.reported_states`).  If
    the rate-limit store is unreachable, requests are let through (logged).
 3. **Idempotency** for a POST carrying ``Idempotency-Key`` (except read-only POSTs
-   such as ``…/validate``); see :mod:`pixelmill.accounts.idempotency`.  Replays
-   carry ``Idempotent-Replayed: true`` and count as a request like any POST.
+   such as ``…/validate``); see :mod:`pixelmill.accounts.idempotency`.  Replays,
+   and answers taken from the execution an earlier request with the key created
+   (a retry after a crash), carry ``Idempotent-Replayed: true`` and count as a
+   request like any POST.
    The first request's status, body and headers are replayed, except headers
    that describe the response itself (rate limits, ``Date``, ``X-Request-Id``).
    The record is settled before the last
@@ -252,10 +254,7 @@ class AccountsMiddleware:
         async def settle() -> None:
             nonlocal settled
             settled = True
-            if 400 <= status < 500:
-                await run_in_threadpool(store.discard, claim)
-            else:
-                await run_in_threadpool(store.complete, claim, status, b"".join(chunks), saved_headers)
+            await run_in_threadpool(store.settle, claim, status, b"".join(chunks), saved_headers)
 
         async def capture(message: Message) -> None:
             nonlocal status, saved_headers
@@ -266,6 +265,10 @@ class AccountsMiddleware:
                     for k, v in message.get("headers", [])
                     if k.decode("latin-1").lower() not in _NOT_REPLAYED
                 }
+                if claim.resumed:  # answered from the execution the first request created
+                    headers = MutableHeaders(raw=list(message.get("headers", [])))
+                    headers[REPLAY_HEADER] = "true"
+                    message = {**message, "headers": headers.raw}
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
                 if not message.get("more_body", False) and not settled:
@@ -279,6 +282,7 @@ class AccountsMiddleware:
                     await run_in_threadpool(store.touch, claim)
 
         heartbeat = asyncio.get_running_loop().create_task(keep_alive())
+        token = idem.current_claim.set(claim)  # the execution service binds its execution to the record
         try:
             await self.app(scope, receive, capture)
         except BaseException:
@@ -289,6 +293,7 @@ class AccountsMiddleware:
             raise
         finally:
             heartbeat.cancel()
+            idem.current_claim.reset(token)
         if not settled:  # the app ended without a complete response
             await settle()
 

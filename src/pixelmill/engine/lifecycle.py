@@ -61,20 +61,29 @@ class Lifecycle:
             after_commit(conn, lambda: run_after_commit(later, ev))
 
     # --- node level -------------------------------------------------------
-    def start_node(self, conn: Connection, run, worker: str) -> None:
+    def start_node(self, conn: Connection, run, worker: str) -> bool:
+        """Claim ``run`` (a row as read) for ``worker``: a compare-and-set on its status and attempt count.
+
+        True for the one caller whose update matched; everyone else who read the same
+        row gets False and must not run it.  The attempt is counted, and
+        ``node.started`` written, by the winner only."""
         now = time.time()
-        conn.execute(
+        won = conn.execute(
             sa.update(node_runs)
-            .where(node_runs.c.id == run.id)
+            .where(node_runs.c.id == run.id, node_runs.c.status == run.status, node_runs.c.attempts == run.attempts)
             .values(status=NodeStatus(run.status).start(), started_at=now, attempts=run.attempts + 1, worker=worker, progress=0.0)
-        )
-        ex = conn.execute(sa.select(executions.c.status).where(executions.c.id == run.execution_id)).scalar_one()
-        if ExecutionStatus(ex) == ExecutionStatus.QUEUED:
-            conn.execute(
-                sa.update(executions).where(executions.c.id == run.execution_id).values(status=ExecutionStatus.RUNNING, started_at=now)
-            )
+        ).rowcount
+        if won != 1:
+            return False
+        moved = conn.execute(
+            sa.update(executions)
+            .where(executions.c.id == run.execution_id, executions.c.status == ExecutionStatus.QUEUED)
+            .values(status=ExecutionStatus.RUNNING, started_at=now)
+        ).rowcount
+        if moved == 1:
             self.event(conn, run.execution_id, "execution.started", {})
-        self.event(conn, run.execution_id, "node.started", {"node": run.node_id})
+        self.event(conn, run.execution_id, "node.started", {"node": run.node_id, "attempt": run.attempts + 1})
+        return True
 
     def succeed_node(self, conn: Connection, run, outputs: dict[str, Any], cost: float, cached: bool) -> list[NodeTask]:
         """Record a node's outputs; queue the nodes that became runnable; finish the execution if done."""

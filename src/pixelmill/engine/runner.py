@@ -17,6 +17,7 @@ from pixelmill.engine.lifecycle import Lifecycle, NodeTask
 from pixelmill.files.storage import FileStorage
 from pixelmill.ids import new_id
 from pixelmill.moderation import ContentModerated
+from pixelmill.models.imageops import decode_slot
 from pixelmill.models.base import DeadlineExceeded, GenerationCancelled, StepControl
 from pixelmill.models.imageops import FILE_EXTENSIONS, MIME_TYPES, encode_image
 from pixelmill.nodes.base import NodeContext, NodeRegistry
@@ -176,7 +177,8 @@ class NodeRunner:
             if ex.cancel_requested:
                 self.lifecycle.finish_execution(conn, run.execution_id, ExecutionStatus.CANCELLED, "cancelled", "Cancelled by the client")
                 return None
-            self.lifecycle.start_node(conn, run, self.worker_name)
+            if not self.lifecycle.start_node(conn, run, self.worker_name):
+                return None  # another worker claimed it between our read and our update
             return conn.execute(sa.select(node_runs).where(node_runs.c.id == node_run_id)).first()
 
     def _control(self, run) -> StepControl:
@@ -244,8 +246,9 @@ class NodeRunner:
                 ids = (up or {}).get(out, [])
                 rows = {r.id: r for r in conn.execute(sa.select(files).where(files.c.id.in_(ids)))}
                 inputs[name] = [Image.open(io.BytesIO(self.storage.get(rows[i].storage_key))) for i in ids]
-                for im in inputs[name]:
-                    im.load()
+                with decode_slot():  # bounded with every other decode in this process
+                    for im in inputs[name]:
+                        im.load()
         return inputs
 
     def _store_images(self, run, images: list[Image.Image], fmt: str, metadata: dict, conn=None) -> list[str]:
@@ -291,11 +294,20 @@ class NodeRunner:
                 conn.execute(sa.insert(files), rows)
         return ids
 
+    def _still_mine(self, conn, run) -> bool:
+        """Whether ``run`` is still RUNNING under this claim (row locked on PostgreSQL until the transaction ends).
+
+        Not when it was cancelled or finished meanwhile, nor when another worker took it
+        over after this one passed its deadline (a later attempt)."""
+        current = conn.execute(
+            sa.select(node_runs.c.status, node_runs.c.attempts).where(node_runs.c.id == run.id).with_for_update()
+        ).first()
+        return current is not None and NodeStatus(current.status) == NodeStatus.RUNNING and current.attempts == run.attempts
+
     def _finish(self, run, outputs: dict, cost: float, cached: bool) -> None:
         with self.db.transaction() as conn:
-            current = conn.execute(sa.select(node_runs.c.status).where(node_runs.c.id == run.id)).scalar_one()
-            if NodeStatus(current) != NodeStatus.RUNNING:
-                return  # cancelled meanwhile: outputs stay unreferenced
+            if not self._still_mine(conn, run):
+                return  # cancelled or taken over meanwhile: outputs stay unreferenced
             tasks = self.lifecycle.succeed_node(conn, run, outputs, cost, cached)
         for t in tasks:
             try:
@@ -305,7 +317,6 @@ class NodeRunner:
 
     def _fail(self, run, code: str, message: str, cancelled: bool = False) -> None:
         with self.db.transaction() as conn:
-            current = conn.execute(sa.select(node_runs.c.status).where(node_runs.c.id == run.id)).scalar_one()
-            if NodeStatus(current).is_terminal():
+            if not self._still_mine(conn, run):
                 return
             self.lifecycle.fail_node(conn, run, code, message, cancelled=cancelled)

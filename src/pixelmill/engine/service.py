@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -13,7 +14,7 @@ from typing import Any, Callable
 import sqlalchemy as sa
 
 from pixelmill import moderation
-from pixelmill.accounts import ledger
+from pixelmill.accounts import idempotency, ledger
 from pixelmill.accounts.admission import AdmissionPolicy
 from pixelmill.accounts.keys import Principal
 from pixelmill.domain.status import ExecutionStatus, NodeStatus
@@ -105,6 +106,12 @@ class ExecutionService:
         return prepare(graph, self.nodes, self.services)
 
     def submit(self, sub: Submission, prepared: PreparedGraph | None = None) -> ExecutionView:
+        """Create, price and queue an execution; its view.
+
+        Under an ``Idempotency-Key`` (:data:`pixelmill.accounts.idempotency.current_claim`)
+        the execution is written into the key's record in the same transaction, and a
+        retry of a request whose execution exists gets that execution back: nothing
+        new is created, run or charged (the same holds for :meth:`submit_many`)."""
         return self.submit_many([(sub, prepared)])[0]
 
     def submit_many(self, items: list[tuple[Submission, PreparedGraph | None]]) -> list[ExecutionView]:
@@ -116,15 +123,21 @@ class ExecutionService:
         """
         if not items:
             return []
+        account = items[0][0].principal.account_id
+        claim = idempotency.current_claim.get()
+        if claim is not None and claim.resumed:  # a retry: the first request's executions exist
+            existing = self._resumed(claim, account, len(items))
+            if existing is not None:
+                return existing
         prepared_items = [(sub, prepared or self.prepare(sub.graph)) for sub, prepared in items]
         principal = prepared_items[0][0].principal
-        account = principal.account_id
         if any(sub.principal.account_id != account for sub, _ in prepared_items):
             raise ValueError("submit_many takes the executions of one account")
         tasks: list[NodeTask] = []
         ids: list[str] = []
         views: list[ExecutionView | None] = []
-        with self.db.transaction() as conn:
+        binding = claim is not None and claim.execution_id is None
+        with claim.lock if binding else contextlib.nullcontext(), self.db.transaction() as conn:
             ledger.lock_account(conn, account)
             # admission: checks that consume nothing run now; what consumes quota
             # (execution windows) runs only once the credit check has passed
@@ -155,6 +168,10 @@ class ExecutionService:
             for view in views:  # positions as of this commit
                 if view is not None:
                     self._with_queue_state(conn, view)
+            if binding:  # the key's record names this request's work, committed with it or not at all
+                idempotency.bind(conn, claim, ids[0])
+        if binding:
+            claim.execution_id = ids[0]
         try:
             for task in tasks:  # after commit: a worker never sees an uncommitted row
                 self.enqueue(task)
@@ -306,6 +323,21 @@ class ExecutionService:
             ledger.hold(conn, account, eid, cost)
         self.lifecycle.event(conn, eid, "execution.created", {"cost": cost})
         return tasks
+
+    def _resumed(self, claim: idempotency.Claim, account_id: str, count: int) -> list[ExecutionView] | None:
+        """The executions a retried request created the first time (with its batch, when it made several)."""
+        if count == 1:
+            return [self.get(account_id, claim.execution_id)]
+        with self.db.engine.connect() as conn:
+            batch = conn.execute(sa.select(executions.c.batch_id).where(executions.c.id == claim.execution_id)).scalar()
+            if batch is None:
+                return None
+            ids = conn.execute(
+                sa.select(executions.c.id)
+                .where(executions.c.batch_id == batch, executions.c.account_id == account_id)
+                .order_by(executions.c.created_at, executions.c.id)
+            ).scalars().all()
+        return [self.get(account_id, i) for i in ids] if len(ids) == count else None
 
     def get(self, account_id: str | None, execution_id: str) -> ExecutionView:
         """The execution if it exists, belongs to the account and has not expired; else NotFound."""

@@ -22,7 +22,10 @@ import binascii
 import io
 import json
 import re
-from typing import Any, Iterable, Literal
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Literal
 from urllib.parse import urlsplit
 
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
@@ -214,6 +217,77 @@ def _for_webp(image: Image.Image) -> Image.Image:
 
 # --- decoding ---------------------------------------------------------------------------------
 
+_decode_slots = threading.BoundedSemaphore(2)
+
+
+def set_decode_concurrency(n: int) -> None:
+    """How many images this process decodes at once (each may take hundreds of MB)."""
+    global _decode_slots
+    if n < 1:
+        raise ValueError("decode concurrency must be at least 1")
+    _decode_slots = threading.BoundedSemaphore(n)
+
+
+@contextmanager
+def decode_slot() -> Iterator[None]:
+    """Hold one of the process's decode slots while decoding pixels (waits for a free one)."""
+    slots = _decode_slots
+    with slots:
+        yield
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What an image file's header says: format, displayed size (EXIF orientation applied), transparency."""
+
+    format: str
+    size: tuple[int, int]
+    alpha: bool
+
+
+_ORIENTATION = 0x0112
+
+
+def probe_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, formats: Iterable[str] = DECODE_FORMATS) -> ImageInfo:
+    """Check untrusted image bytes from their header, without decoding a pixel.
+
+    The same refusals as :func:`decode_image` for what a header shows (empty data,
+    unknown format, a size over ``max_pixels``); a PNG's chunk checksums are also
+    verified, so a truncated or corrupted PNG is refused too.  Memory stays at the
+    size of ``data`` whatever the image's dimensions: the pixels are decoded once,
+    later, by the node that uses them.
+    """
+    if not data:
+        raise ImageDecodeError("empty image data")
+    allowed = [f.upper() for f in formats]
+    try:
+        image = Image.open(io.BytesIO(data), formats=allowed)
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"image is too large to decode; the limit is {max_pixels} pixels") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"not a readable image (accepted formats: {', '.join(allowed)})") from exc
+    with image:
+        width, height = image.size
+        if width <= 0 or height <= 0:
+            raise ImageDecodeError(f"image declares an empty size {width}x{height}")
+        if width * height > max_pixels:
+            raise ImageTooLargeError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} pixels")
+        fmt = image.format or ""
+        alpha = has_alpha(image)
+        try:
+            orientation = image.getexif().get(_ORIENTATION) if fmt in ("JPEG", "WEBP", "PNG") else None
+        except Exception:  # unreadable EXIF: decode_image ignores it too
+            orientation = None
+    if fmt == "PNG":
+        try:
+            with Image.open(io.BytesIO(data), formats=["PNG"]) as fresh:
+                fresh.verify()  # reads the chunks and checks their CRCs; decompresses nothing
+        except Exception as exc:
+            raise ImageDecodeError(f"corrupt or truncated PNG image: {exc}") from exc
+    if orientation in (5, 6, 7, 8):
+        width, height = height, width
+    return ImageInfo(fmt, (width, height), alpha)
+
 
 def decode_image(
     data: bytes,
@@ -244,13 +318,15 @@ def decode_image(
             f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} pixels"
         )
     try:
-        image.load()
-        image = ImageOps.exif_transpose(image)
+        with decode_slot():
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            wanted = "RGBA" if has_alpha(image) else "RGB"
+            return image if image.mode == wanted else image.convert(wanted)
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"image is too large to decode; the limit is {max_pixels} pixels") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(f"corrupt or truncated {image.format} image: {exc}") from exc
-    return image.convert("RGBA" if has_alpha(image) else "RGB")
 
 
 def pad_edges(image: Image.Image, left: int, top: int, right: int, bottom: int) -> Image.Image:

@@ -58,6 +58,26 @@ def from_message(message: Any) -> NodeTask:
     return NodeTask(fields["node_run_id"], fields["execution_id"], queue)
 
 
+def min_visibility_timeout(node_timeout_s: float) -> float:
+    """The shortest visibility timeout a worker accepts: the node deadline plus a margin.
+
+    Shorter, Redis would hand a message out again while its node still legitimately
+    runs (or while a duplicate waits for the deadline of a run it found busy), and
+    every such hand-out is another copy of the task."""
+    return float(node_timeout_s) + max(2.0, 0.1 * float(node_timeout_s))
+
+
+def check_visibility_timeout(visibility_timeout_s: float, node_timeout_s: float) -> None:
+    """ValueError when ``visibility_timeout_s`` is below :func:`min_visibility_timeout`."""
+    shortest = min_visibility_timeout(node_timeout_s)
+    if visibility_timeout_s < shortest:
+        raise ValueError(
+            f"visibility timeout {visibility_timeout_s:g} s is shorter than the node deadline "
+            f"(node_timeout_s = {node_timeout_s:g} s) plus its margin: give at least {shortest:g} s, "
+            "or leave it out to derive it from node_timeout_s"
+        )
+
+
 def default_visibility_timeout(node_timeout_s: float) -> int:
     """How long an unacknowledged message waits before workers hand it out again.
 
@@ -138,8 +158,14 @@ class CeleryQueue:
 
             try:
                 handler(from_message(message))
-            except NodeBusy as busy:  # a duplicate while the first delivery still runs: look again after its deadline
-                raise task_self.retry(countdown=busy.retry_after_s, max_retries=None) from None
+            except NodeBusy as busy:
+                # Another worker runs this node (or did, and died).  This message is acknowledged
+                # and replaced by one copy due just after the run's deadline: if the run is finished
+                # by then that copy is dropped, if its worker died the copy takes it over (one
+                # winner, see NodeRunner._claim).  The countdown is shorter than the visibility
+                # timeout (the worker refuses shorter ones), so Redis never hands the copy out
+                # twice while it waits.
+                raise task_self.retry(countdown=busy.retry_after_s + 1.0, max_retries=None) from None
 
         return run_node
 
@@ -185,8 +211,7 @@ class CeleryQueue:
         from celery.concurrency import get_implementation
 
         if visibility_timeout_s is not None:
-            if visibility_timeout_s <= 0:
-                raise ValueError("visibility timeout must be positive")
+            check_visibility_timeout(visibility_timeout_s, self.settings.node_timeout_s)
             self.app.conf.broker_transport_options = transport_options(visibility_timeout_s)
         worker = self.app.Worker(
             queues=list(queues),

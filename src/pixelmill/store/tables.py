@@ -156,6 +156,8 @@ idempotency_keys = sa.Table(
     sa.Column("response_headers", sa.JSON),
     sa.Column("created_at", TS, nullable=False),
     sa.Column("expires_at", TS, nullable=False),
+    # the execution the keyed request created, written in the transaction that created it
+    sa.Column("execution_id", ID),
     sa.UniqueConstraint("account_id", "key", name="uq_idempotency_account_key"),
 )
 

@@ -233,7 +233,7 @@ class WorkflowService:
                 for (graph, prep), values in zip(prepared, input_sets)
             ]
         )
-        return batch_id, views
+        return views[0].batch_id, views  # a retried request gets its first executions back, with their batch
 
 
 def _render(row) -> dict:

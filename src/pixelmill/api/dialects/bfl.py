@@ -21,7 +21,6 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pixelmill import recipes
@@ -38,7 +37,7 @@ from pixelmill.engine.service import Submission
 from pixelmill.engine.views import ExecutionView
 from pixelmill.presenters.bfl import render_result as _render_result
 from pixelmill.errors import NotFound, PixelmillError
-from pixelmill.models.imageops import ImageDecodeError, decode_image, fit_size, has_alpha
+from pixelmill.models.imageops import ImageDecodeError, ImageInfo, fit_size, probe_image
 
 router = APIRouter(tags=["BFL"])
 
@@ -390,12 +389,13 @@ def _request_problems(e: GraphProblems, req) -> list[dict[str, Any]]:
     return out
 
 
-def _inspect_images(decoded: dict[str, bytes], max_pixels: int) -> dict[str, Image.Image]:
-    """Decode each base64 image field once, so an unreadable picture is a 422 now, not a failed task later."""
+def _inspect_images(decoded: dict[str, bytes], max_pixels: int) -> dict[str, ImageInfo]:
+    """Check each base64 image field from its header (format, size, transparency), so an unreadable
+    or oversized picture is a 422 now; its pixels are decoded once, by the node that loads it."""
     out = {}
     for field, raw in decoded.items():
         try:
-            out[field] = decode_image(raw, max_pixels=max_pixels)
+            out[field] = probe_image(raw, max_pixels=max_pixels)
         except ImageDecodeError as e:
             raise schemas.BadImageInput(field, str(e)) from None
     return out
@@ -409,7 +409,7 @@ def _fill_problem(req, image_field: str | None, pictures: dict) -> schemas.BadIm
         if image is not None and "mask" in pictures and pictures["mask"].size != image.size:
             m, i = pictures["mask"].size, image.size
             return schemas.BadImageInput("mask", f"the mask is {m[0]}x{m[1]} but the image is {i[0]}x{i[1]}; they must match")
-    elif image is not None and not has_alpha(image):
+    elif image is not None and not image.alpha:
         return schemas.BadImageInput("mask", "give a mask, or an image whose transparent pixels mark the area to fill")
     return None
 

@@ -81,7 +81,7 @@ from pixelmill.engine.notify import TERMINAL_EVENTS
 from pixelmill.engine.service import Submission
 from pixelmill.engine.views import ExecutionView, FileView
 from pixelmill.errors import BadRequest, NotFound, PixelmillError
-from pixelmill.models.imageops import BadImageInput, ImageDecodeError, decode_base64_image, decode_image, fit_size, has_alpha, is_url
+from pixelmill.models.imageops import BadImageInput, ImageDecodeError, decode_base64_image, fit_size, is_url, probe_image
 from pixelmill.nodes.load_image import INPUT_FAULT_CODES
 from pixelmill.presenters.openai_images import completed_events, error_body, partial_event, render_error, render_images
 from pixelmill.store.db import database_busy
@@ -616,10 +616,10 @@ def _inspect(raw: bytes, param: str, max_pixels: int) -> InputImage:
     import base64
 
     try:
-        image = decode_image(raw, max_pixels=max_pixels, formats=("PNG", "JPEG", "WEBP"))
+        info = probe_image(raw, max_pixels=max_pixels, formats=("PNG", "JPEG", "WEBP"))  # the header only: no pixel decoded here
     except ImageDecodeError as e:
         raise _invalid(f"Invalid image file for '{param}': {e}.", param, "invalid_image") from None
-    return InputImage(data=base64.b64encode(raw).decode("ascii"), size=image.size, alpha=has_alpha(image))
+    return InputImage(data=base64.b64encode(raw).decode("ascii"), size=info.size, alpha=info.alpha)
 
 
 async def _wait(request: Request, account_id: str, execution_id: str, timeout: float) -> ExecutionView:
