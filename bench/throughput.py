@@ -1,0 +1,104 @@
+"""Images/s through the API against a direct sequential pipeline loop, and the latency the API adds.
+
+Side by side in one run, with the shipped pixelmill-tiny model (no batching):
+
+* **direct**: the model's backend called in a plain loop in this process
+  (``--images`` images, one after the other), and the p50/p99 of one bare call;
+* **API**: an embedded server (uvicorn subprocess, SQLite, in-process worker,
+  models preloaded) receiving the same number of images from 1, 4 and 16
+  clients, each ``POST /v1/flux-dev`` with ``Prefer: wait`` (the answer comes
+  when the image is done).  images/s and the ratio API/direct are printed
+  (target ≥ 0.97×), and for one client the submit→answer latency minus the
+  bare call (target ≤ 5 ms p50, ≤ 20 ms p99).
+
+    python bench/throughput.py [--images 16] [--size 256] [--steps 16] [--clients 1,4,16] [--worker-threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from _harness import Http, bench_env, free_port, make_key, p50, percentile, server
+
+
+def direct(images: int, size: int, steps: int) -> tuple[float, list[float]]:
+    """images/s of a sequential loop over the backend, and each call's seconds."""
+    from pixelmill.models.base import StepControl, TextToImageRequest
+    from pixelmill.models.catalog import ModelCatalog
+    from pixelmill.models.registry import ModelRegistry
+
+    backend = ModelRegistry(ModelCatalog.load(None)).backend("pixelmill-tiny")
+    request = lambda i: TextToImageRequest(prompt=f"a red circle on blue {i}", width=size, height=size, steps=steps, seed=i)  # noqa: E731
+    for i in range(2):
+        backend.generate(request(-1 - i), StepControl())
+    calls = []
+    start = time.perf_counter()
+    for i in range(images):
+        t = time.perf_counter()
+        backend.generate(request(i), StepControl())
+        calls.append(time.perf_counter() - t)
+    return images / (time.perf_counter() - start), calls
+
+
+async def through_api(port: int, key: str, images: int, clients: int, size: int, steps: int) -> tuple[float, list[float]]:
+    """images/s with ``clients`` concurrent clients, and each request's submit→answer seconds."""
+    todo = list(range(images))
+    latencies: list[float] = []
+
+    async def client() -> None:
+        http = Http(port, {"x-key": key})
+        try:
+            while todo:
+                i = todo.pop()
+                body = {"prompt": f"a red circle on blue {i}", "width": size, "height": size, "steps": steps, "seed": i}
+                t = time.perf_counter()
+                status, raw = await http.request("POST", "/v1/flux-dev", body, {"Prefer": "wait=120"})
+                latencies.append(time.perf_counter() - t)
+                assert status == 200 and json.loads(raw)["status"] == "Ready", raw[:300]
+        finally:
+            http.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return images / (time.perf_counter() - start), latencies
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=16)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--clients", default="1,4,16")
+    ap.add_argument("--worker-threads", type=int, default=1)
+    a = ap.parse_args()
+    clients = [int(c) for c in a.clients.split(",")]
+
+    direct_rate, calls = direct(a.images, a.size, a.steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        env = bench_env(Path(tmp), preload_models="true", worker_threads=str(a.worker_threads))
+        key = make_key(env)
+        port = free_port()
+        with server(env, port, log=Path(tmp) / "server.log"):
+            asyncio.run(through_api(port, key, 2, 1, a.size, a.steps))  # warm-up
+            api = {c: asyncio.run(through_api(port, key, a.images, c, a.size, a.steps)) for c in clients}
+
+    print(f"\npixelmill-tiny {a.size}x{a.size}, {a.steps} steps, {a.images} images per point, worker_threads={a.worker_threads}")
+    print(f"{'clients':>8} {'API img/s':>10} {'direct img/s':>13} {'ratio':>7}")
+    for c in clients:
+        print(f"{c:>8} {api[c][0]:10.2f} {direct_rate:13.2f} {api[c][0] / direct_rate:6.2f}x")
+    if 1 in api:
+        bare50, bare99 = p50(calls) * 1000, percentile(calls, 0.99) * 1000
+        lat = api[1][1]
+        print(f"\none client, Prefer: wait submit->answer: p50 {p50(lat) * 1000:.0f} ms, p99 {percentile(lat, 0.99) * 1000:.0f} ms; "
+              f"bare call p50 {bare50:.0f} ms, p99 {bare99:.0f} ms")
+        print(f"added by the API: {p50(lat) * 1000 - bare50:+.1f} ms p50, {percentile(lat, 0.99) * 1000 - bare99:+.1f} ms p99 "
+              f"(target <= 5 ms p50, <= 20 ms p99)")
+
+
+if __name__ == "__main__":
+    main()
