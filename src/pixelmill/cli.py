@@ -286,34 +286,29 @@ def keys_revoke(key_id: str = typer.Argument(..., help="key id")) -> None:
     print(f"revoked {key_id}")
 
 
-def _find_account(conn, name_or_id: str) -> str | None:
-    import sqlalchemy as sa
+def _directory(settings: Settings, *, write: bool):
+    from pixelmill.accounts.directory import AccountDirectory
+    from pixelmill.accounts.plans import load_plans
 
-    from pixelmill.accounts import keys
-    from pixelmill.store.tables import accounts
+    return AccountDirectory(_db(settings, write=write), load_plans(settings.plans), settings.default_plan)
 
-    found = conn.execute(sa.select(accounts.c.id).where(accounts.c.id == name_or_id)).scalar()
-    return found or keys.find_account_by_name(conn, name_or_id)
+
+def _account_id(directory, name_or_id: str) -> str:
+    account_id = directory.find(name_or_id)
+    if account_id is None:
+        raise CliError(f"no account {name_or_id}", 1)
+    return account_id
 
 
 @accounts_app.command("set-plan")
 def accounts_set_plan(account: str = typer.Argument(..., help="account name or id"), plan: str = typer.Argument(...)) -> None:
     """Move an account to another plan."""
-    import sqlalchemy as sa
-
-    from pixelmill.accounts import keys
-    from pixelmill.store.tables import accounts
-
     _quiet()
     settings = _settings()
     _known_plan(settings, plan)
-    db = _db(settings, write=True)
-    with db.transaction() as conn:
-        account_id = _find_account(conn, account)
-        if account_id is None:
-            raise CliError(f"no account {account}", 1)
-        conn.execute(sa.update(accounts).where(accounts.c.id == account_id).values(plan=plan))
-        keys.keys_changed(conn)  # cached principals carry the plan: every process drops them
+    directory = _directory(settings, write=True)
+    account_id = _account_id(directory, account)
+    directory.set_plan(account_id, plan)
     print(f"account {account} ({account_id}) is now on plan {plan}")
 
 
@@ -325,19 +320,14 @@ def credits_grant(
     note: Optional[str] = typer.Option(None),
 ) -> None:
     """Grant credits to an account (a ledger entry)."""
-    from pixelmill.accounts import ledger
-
     _quiet()
     if amount <= 0:
         raise CliError("the amount must be positive", 2)
     entry = entry_key or f"cli-grant:{uuid.uuid4()}"
-    db = _db(_settings(), write=True)
-    with db.transaction() as conn:
-        account_id = _find_account(conn, account)
-        if account_id is None:
-            raise CliError(f"no account {account}", 1)
-        granted = ledger.grant(conn, account_id, amount, f"admin:{account_id}:{entry}", note=note or "granted from the command line")
-        balance = ledger.balance(conn, account_id)
+    directory = _directory(_settings(), write=True)
+    account_id = _account_id(directory, account)
+    result = directory.grant(account_id, amount, entry, note=note or "granted from the command line")
+    granted, balance = result.granted, result.credits
     if granted:
         print(f"granted {amount} credits to {account} ({account_id}); balance {balance}")
     else:
@@ -352,15 +342,10 @@ def usage(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """An account's executions, credits spent and ledger."""
-    from pixelmill.accounts.usage import account_usage
-
     _quiet()
-    db = _db(_settings(), write=False)
-    with db.engine.connect() as conn:
-        account_id = _find_account(conn, account)
-        result = account_usage(conn, account_id, since=since, entries=entries) if account_id else None
-    if result is None:
-        raise CliError(f"no account {account}", 1)
+    directory = _directory(_settings(), write=False)
+    account_id = _account_id(directory, account)
+    result = directory.usage(account_id, since=since, entries=entries)
     if as_json:
         _out(result, True)
         return

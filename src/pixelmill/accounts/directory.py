@@ -84,6 +84,12 @@ class AccountDirectory:
                 raise Conflict(f"An account named {name!r} already exists", code="account_exists")
             return self._view(conn, open_account(conn, name, self.plans[plan], credits))
 
+    def find(self, name_or_id: str) -> str | None:
+        """The id of the account with this id or name, or None."""
+        with self.db.engine.connect() as conn:
+            found = conn.execute(sa.select(accounts.c.id).where(accounts.c.id == name_or_id)).scalar()
+            return found or keys.find_account_by_name(conn, name_or_id)
+
     def get(self, account_id: str) -> AccountView:
         with self.db.engine.connect() as conn:
             return self._view(conn, account_id)
