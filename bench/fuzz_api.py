@@ -32,6 +32,9 @@ def main() -> int:
     parser.add_argument("--db", default=None, help="database URL (default: a fresh SQLite file)")
     parser.add_argument("--seed", type=int, default=None, help="derandomise with this seed (default: random)")
     args = parser.parse_args()
+    import logging
+
+    logging.disable(logging.ERROR)  # request and node logs would drown the report
 
     from pixelmill.accounts import keys, ledger
     from pixelmill.api.app import create_app

@@ -110,6 +110,7 @@ def responses(*statuses: int, shape: Literal["common", "openai", "bfl"] = "commo
     None for no body), ``statuses`` are the errors it can answer, in the dialect's
     ``shape`` (``bfl``: FastAPI's 422, otherwise the common body)."""
     out: dict[int | str, dict[str, Any]] = {}
+    statuses = tuple(sorted(set(statuses) | {400}))  # a NUL in the path or query is a 400 on every route
     for status, model in (ok or {}).items():
         if model is None:
             out[status] = {"description": "Success, no body"}
