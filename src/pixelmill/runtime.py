@@ -103,16 +103,14 @@ class Runtime:
         from pixelmill.webhooks.dispatcher import Dispatcher
         from pixelmill.webhooks.outbox import Outbox
         from pixelmill.webhooks.settings import WebhookSettings
-        from pixelmill.webhooks.triggers import TriggerService, plan_request_limit
+        from pixelmill.webhooks.triggers import TriggerService
 
         s = self.settings
         self.outbox = Outbox(self.signer, s.resolved_base_url(), s.webhook_file_url_ttl_s)
         self.webhook_settings = WebhookSettings(self.db)
         self.lifecycle.add_hook(self.outbox)
         self.dispatcher = Dispatcher(self.db, self.http, retention_s=s.webhook_retention_days * 86400)
-        limiter, admission = getattr(self, "limiter", None), getattr(self, "admission", None)
-        check = plan_request_limit(admission, limiter) if limiter is not None and admission is not None else None
-        self.triggers = TriggerService(self.db, self.workflows, before_start=check)
+        self.triggers = TriggerService(self.db, self.workflows, admission=self.admission)
 
     def _make_queue(self) -> Any:
         if self.settings.queue == "celery":

@@ -79,6 +79,9 @@ class AdmissionPolicy:
     def consume(self, conn: Connection, principal: Principal) -> None:
         """Checks that use up quota; reached only by a submit that will be accepted otherwise."""
 
+    def count_request(self, principal: Principal) -> None:
+        """Count one API request that arrived without the HTTP middleware (a workflow trigger URL); raise to refuse."""
+
 
 class Admission(AdmissionPolicy):
     """Per-plan admission of new executions: active-task cap, then execution windows.
@@ -116,6 +119,15 @@ class Admission(AdmissionPolicy):
     def consume(self, conn: Connection, principal: Principal) -> None:
         """One execution from the plan's windows: :class:`RateLimited` (``rate_limited``) when one is full."""
         self.take_execution(principal, self.plan_for(principal))
+
+    def count_request(self, principal: Principal) -> None:
+        """One request of the plan's request window; when the store is down, the execution windows still apply."""
+        try:
+            decision = self.limiter.hit_request(principal.account_id, self.plan_for(principal))
+        except RateLimitStorageError:
+            return
+        if not decision.allowed:
+            raise rate_limited_error(decision)
 
     def balance(self, db, principal: Principal) -> float:
         """The account's credits, after granting this month's plan credits if they are due."""

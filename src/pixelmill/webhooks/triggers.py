@@ -13,10 +13,11 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import sqlalchemy as sa
 
+from pixelmill.accounts.admission import AdmissionPolicy
 from pixelmill.accounts.keys import Principal
 from pixelmill.engine.views import ExecutionView
 from pixelmill.errors import Conflict, InvalidInput, NotFound
@@ -102,11 +103,11 @@ def coerce_inputs(declared: Mapping[str, Any], values: Mapping[str, Any]) -> dic
 class TriggerService:
     """Publishing, rotating and revoking workflow triggers; starting executions from them."""
 
-    def __init__(self, db: Database, workflows_service: Any, before_start: Callable[[Principal], None] | None = None):
+    def __init__(self, db: Database, workflows_service: Any, admission: AdmissionPolicy | None = None):
         self.db = db
         self.workflows = workflows_service
-        self.before_start = before_start
-        """Called with the owner before each triggered execution (request rate limit); raises to refuse."""
+        self.admission = admission or AdmissionPolicy()
+        """Counts each trigger call as one request of the owner's plan (``count_request``); raises to refuse."""
 
     def _owned_workflow(self, conn, principal: Principal, workflow_id: str) -> None:
         found = conn.execute(
@@ -192,23 +193,7 @@ class TriggerService:
     def start(self, token: str, values: Mapping[str, Any]) -> ExecutionView:
         """Start one execution of the token's workflow with ``values`` (coerced to the input types)."""
         target = self.resolve(token)
-        if self.before_start is not None:
-            self.before_start(target.principal)
+        self.admission.count_request(target.principal)
         inputs = coerce_inputs(target.inputs, values)
         _, views = self.workflows.execute(target.principal, target.workflow_id, [inputs], dialect="trigger")
         return views[0]
-
-
-def plan_request_limit(admission: Any, limiter: Any) -> Callable[[Principal], None]:
-    """A ``before_start`` that counts a trigger call as one API request of the owner's plan."""
-    from pixelmill.accounts.ratelimit import RateLimitStorageError, rate_limited_error
-
-    def check(principal: Principal) -> None:
-        try:
-            decision = limiter.hit_request(principal.account_id, admission.plan_for(principal))
-        except RateLimitStorageError:
-            return  # the store is down: admission of the execution still applies
-        if not decision.allowed:
-            raise rate_limited_error(decision)
-
-    return check
