@@ -254,11 +254,11 @@ class _ListeningNotifier(Notifier):
                 self._thread.start()
 
     def stop(self) -> None:
+        """Stop receiving; the thread notices within a second and closes its connection (it is a daemon)."""
         self._stopping.set()
         thread, self._thread = self._thread, None
         if thread is not None:
-            self._interrupt()
-            thread.join(timeout=5)
+            thread.join(timeout=0.05)
 
     def _run(self) -> None:
         delay = 0.2
@@ -289,9 +289,6 @@ class _ListeningNotifier(Notifier):
 
     def _receive(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
-
-    def _interrupt(self) -> None:
-        pass
 
 
 class RedisNotifier(_ListeningNotifier):
