@@ -8,7 +8,6 @@ import logging
 import pytest
 from blackforest import BFLClient
 from blackforest.client import BFLError
-from blackforest.types.general.client_config import ClientConfig
 from fastapi.testclient import TestClient
 
 from pixelmill.api.app import create_app
