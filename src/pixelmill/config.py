@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     model_ram_budget_mb: float | None = Field(default=None, gt=0)
     model_vram_budget_mb: float | None = Field(default=None, gt=0)
     model_idle_unload_s: float | None = Field(default=None, gt=0)  # unload a model unused this long
+    #: where compiled kernels of models with ``compile = true`` are kept across restarts
+    #: (default: <data_dir>/compile-cache)
+    compile_cache_dir: Path | None = None
     fair_window_s: float = Field(default=300.0, gt=0)  # how far back an account's used run time counts
     background_onnx_path: str | None = None  # a general-object saliency model (U2-Net / IS-Net / BiRefNet) for remove_background
 

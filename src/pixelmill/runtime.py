@@ -42,6 +42,10 @@ class Runtime:
             migrate.upgrade(url)
         self.db = Database(url, busy_timeout_s=settings.db_busy_timeout_s)
         self.catalog = catalog or ModelCatalog.load(settings.resolved_models_catalog())
+        if any(spec.compile for spec in self.catalog.models):  # compiled kernels survive a restart
+            from pixelmill.models.speed import use_compile_cache
+
+            use_compile_cache(settings.compile_cache_dir or settings.data_dir / "compile-cache")
         self.models = models or ModelRegistry(
             self.catalog,
             budget=MemoryBudget.from_megabytes(settings.model_ram_budget_mb, settings.model_vram_budget_mb),

@@ -152,6 +152,14 @@ class ModelSpec(BaseModel):
     loras: dict[str, str] = {}
     #: LoRAs kept loaded next to the base model (least recently used ones are dropped).
     lora_cache: int = Field(default=8, ge=1, le=64)
+    #: GPU speed options (see ``pixelmill.models.speed``); each is a no-op with a warning
+    #: where the hardware cannot do it.
+    compile: bool = False  # torch.compile of the denoiser with fused QKV, kernels cached on disk
+    quantize: Literal["none", "fp8", "int8"] = "none"  # fp8: CUDA compute capability >= 8.9
+    cache: Literal["none", "first_block", "taylorseer"] = "none"  # diffusers step caching
+    cache_threshold: float = Field(default=0.08, gt=0, le=1)  # first_block: reuse below this change
+    cache_interval: int = Field(default=5, ge=1, le=50)  # taylorseer: full steps every N
+    cache_warmup_steps: int = Field(default=3, ge=0, le=100)  # taylorseer: no caching before this step
     bfl_endpoints: list[str] = []
     #: other names clients may use for this model (vendor ids: "flux-1.1-pro", "gpt-image-1" ...)
     aliases: list[str] = []

@@ -120,6 +120,7 @@ class DiffusersBackend:
         self._run_lock = threading.Lock()
         self._loras: OrderedDict[str, None] = OrderedDict()  # LoRA adapters loaded into the pipeline, LRU first
         self._loras_active = False
+        self.speed_options: list[str] = []  # the catalog's speed options that applied on this device
 
     # -- loading -----------------------------------------------------------
 
@@ -173,6 +174,9 @@ class DiffusersBackend:
             raise ModelLoadError(f"model {spec.name!r}: cannot load {source}{hint}: {exc}") from exc
         pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
+        from pixelmill.models.speed import apply_speed_options
+
+        self.speed_options = apply_speed_options(pipe, spec, self.device)
         return pipe
 
     def _image_pipeline(self, pipe: Any, masked: bool = False) -> Any:
