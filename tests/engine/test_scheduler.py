@@ -160,8 +160,8 @@ def test_a_run_deadline_stops_the_job_at_a_step_boundary_and_refunds(make_runtim
     assert view.status == ExecutionStatus.FAILED
     assert view.error_code == "deadline_exceeded"
     [node] = view.nodes
-    assert 0 < node.progress < 1  # it had started and stopped between steps
-    assert node.finished_at - view.created_at < 2.0
+    assert node.started_at is not None and backend.calls == 1  # it had started ...
+    assert node.finished_at - view.created_at < 1.5  # ... and stopped long before its 40 steps (2 s) were done
     with rt.db.engine.connect() as conn:
         assert ledger.balance(conn, who.account_id) == pytest.approx(before)
 
