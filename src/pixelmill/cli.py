@@ -141,6 +141,9 @@ def serve(
     runtime = Runtime(settings)
     application = create_app(runtime)
     print(f"pixelmill serving on {settings.resolved_base_url()} (data in {settings.data_dir})", flush=True)
+    from pixelmill.api.studio import startup_message
+
+    print(startup_message(runtime), flush=True)
     uvicorn.run(application, host=settings.host, port=settings.port, log_level=log_level)
 
 

@@ -230,3 +230,8 @@ def authenticate(conn: Connection, key: str | None) -> Principal:
     if row.disabled_at is not None:
         raise Forbidden("Account is disabled", code="account_disabled")
     return Principal(account_id=row.account_id, plan=row.plan, key_id=row.id)
+
+
+def any_active_key(conn: Connection) -> bool:
+    """Whether this installation has at least one usable API key (a fresh one has none)."""
+    return conn.execute(sa.select(api_keys.c.id).where(api_keys.c.revoked_at.is_(None)).limit(1)).first() is not None

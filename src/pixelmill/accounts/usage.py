@@ -46,3 +46,44 @@ def account_usage(conn: Connection, account_id: str, since: float | None = None,
         "credits_held": round(float(held), 4),
         "ledger": ledger.entries(conn, account_id, limit=entries) if entries else [],
     }
+
+
+def usage_by_day(conn: Connection, account_id: str, days: int = 30, now: float | None = None) -> list[dict[str, Any]]:
+    """Credits charged per UTC day and per model (node type for nodes without a model)
+    over the last ``days`` days, from the finished node runs of the account.
+
+    ``[{"day": "2026-01-31", "credits": 1.5, "byModel": {"pixelmill-tiny": 1.0, "upscale": 0.5}}, …]``,
+    oldest first, one entry per day (empty days included).
+    """
+    from pixelmill.store.tables import node_runs
+
+    now = time.time() if now is None else now
+    start_day = int(now // 86400) - (days - 1)
+    rows = conn.execute(
+        sa.select(node_runs.c.finished_at, node_runs.c.node_type, node_runs.c.params, node_runs.c.cost)
+        .join(executions, executions.c.id == node_runs.c.execution_id)
+        .where(
+            executions.c.account_id == account_id,
+            node_runs.c.status == "succeeded",
+            node_runs.c.cached.is_(False),
+            node_runs.c.finished_at >= start_day * 86400,
+        )
+    )
+    totals: dict[int, dict[str, float]] = {d: {} for d in range(start_day, start_day + days)}
+    for finished_at, node_type, params, cost in rows:
+        day = int(finished_at // 86400)
+        if day not in totals or not cost:
+            continue
+        name = (params or {}).get("model") if isinstance(params, dict) else None
+        key = str(name or node_type)
+        totals[day][key] = totals[day].get(key, 0.0) + float(cost)
+    out = []
+    for day, by_model in totals.items():
+        out.append(
+            {
+                "day": time.strftime("%Y-%m-%d", time.gmtime(day * 86400)),
+                "credits": round(sum(by_model.values()), 4),
+                "byModel": {k: round(v, 4) for k, v in sorted(by_model.items())},
+            }
+        )
+    return out

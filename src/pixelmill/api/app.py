@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from pixelmill import __version__
 from pixelmill.api.dialects import apiframe, bfl, openai_images, workflows
+from pixelmill.api.account_http import router as account_router
 from pixelmill.api.admin import router as admin_router
 from pixelmill.api.contract import install_openapi
 from pixelmill.api.errors import install_error_handlers
@@ -18,6 +19,7 @@ from pixelmill.api.request_id import RequestIdMiddleware
 from pixelmill.api.scheduling import SchedulingHeadersMiddleware
 from pixelmill.api.files import router as files_router
 from pixelmill.api.models_http import router as models_router
+from pixelmill.api.studio import router as studio_router
 from pixelmill.api.webhooks_http import router as webhooks_router
 
 
@@ -52,6 +54,7 @@ def create_app(runtime, manage_runtime: bool = True) -> FastAPI:
 
     app.include_router(files_router)
     app.include_router(admin_router)
+    app.include_router(account_router)  # before workflows: POST /api/v1/executions
     app.include_router(workflows.router)
     app.include_router(models_router)
     app.include_router(webhooks_router)  # webhook settings and logs, trigger URLs (with CORS on /api/v1/hooks)
@@ -59,4 +62,5 @@ def create_app(runtime, manage_runtime: bool = True) -> FastAPI:
     app.include_router(openai_images.router)  # before bfl: POST /v1/{endpoint} would match
     app.include_router(apiframe.router)
     app.include_router(bfl.router)
+    app.include_router(studio_router)  # Studio at /, /assets/…
     return app

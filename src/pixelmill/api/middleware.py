@@ -14,7 +14,9 @@ key (``x-key``, ``X-API-Key`` or ``Authorization: Bearer sk-…``):
 2. **Count the request** in the plan's ``requests`` window.  Requests that change
    state (POST, PUT, PATCH, DELETE) are counted; reads (GET, HEAD, OPTIONS —
    polling ``get_result`` among them) are not, so a client polling once a second
-   is never locked out of its own results; reads still carry the headers.  Over
+   is never locked out of its own results; nor are POSTs that only check or
+   price (``…/validate``, ``?dry_run=true``), which an editor sends as the user
+   types; reads still carry the headers.  Over
    the limit → 429 ``rate_limited`` with ``Retry-After``.  Every response, errors
    included, carries ``X-RateLimit-Limit/-Remaining/-Reset``, ``RateLimit`` and
    ``RateLimit-Policy`` for the request window plus any execution windows the
@@ -131,7 +133,7 @@ class AccountsMiddleware:
         fp = idem.fingerprint(method, _path_with_query(scope), body, headers.get("content-type", "")) if idem_key is not None and body is not None else None
 
         client = (scope.get("client") or ("unknown", 0))[0]
-        counted = method not in READ_METHODS
+        counted = method not in READ_METHODS and not _checks_only(scope)
         try:
             if not counted and runtime.limiter.in_memory and runtime.keys.cached(key) is not None:
                 # a read by a known key on in-memory limits does no I/O: no thread-pool hop
@@ -310,6 +312,14 @@ def _merge_limit_headers(headers: MutableHeaders, states: list[LimitState]) -> N
     if "x-ratelimit-limit" not in headers:
         for name in ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"):
             headers[name] = ours[name]
+
+
+def _checks_only(scope: Scope) -> bool:
+    """A POST that validates or prices and creates nothing."""
+    if scope["path"].endswith(READ_ONLY_POST_SUFFIXES):
+        return True
+    qs = scope.get("query_string", b"").decode("latin-1")
+    return any(part in ("dry_run=true", "dry_run=1") for part in qs.split("&"))
 
 
 def _path_with_query(scope: Scope) -> str:

@@ -398,9 +398,14 @@ class ExecutionService:
         first = min(n.queued_at or 0 for n in queued)
         return int(conn.execute(_QUEUED_BEFORE, {"before": first}).scalar())
 
-    def list(self, account_id: str, limit: int = 20, before: float | None = None, workflow_id: str | None = None, batch_id: str | None = None) -> list[ExecutionView]:
+    def list(
+        self, account_id: str, limit: int = 20, before: float | None = None, workflow_id: str | None = None,
+        batch_id: str | None = None, status: ExecutionStatus | None = None,
+    ) -> list[ExecutionView]:
         with self.db.engine.connect() as conn:
             q = sa.select(executions.c.id).where(executions.c.account_id == account_id)
+            if status is not None:
+                q = q.where(executions.c.status == status)
             if before is not None:
                 q = q.where(executions.c.created_at < before)
             if workflow_id:

@@ -5,7 +5,7 @@ Status strings use one casing everywhere: QUEUED, RUNNING, COMPLETED, FAILED, CA
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -18,6 +18,7 @@ from pixelmill.workflows.service import WorkflowDefinition
 from pixelmill.api import wait
 from pixelmill.api.files import render_execution
 from pixelmill.api.wait import requested_wait
+from pixelmill.presenters.workflow import EXECUTION_STATUS
 from pixelmill.errors import InvalidInput
 
 router = APIRouter(prefix="/api/v1", tags=["Workflows"])
@@ -142,10 +143,17 @@ def list_executions(
     before: Annotated[float | None, Query(allow_inf_nan=False, description="The nextCursor of the previous page")] = None,
     workflow_id: str | None = None,
     batch_id: str | None = None,
+    status: Annotated[
+        Literal["QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED"] | None, Query(description="Only executions in this status")
+    ] = None,
     who: Principal = Depends(principal),
 ):
     rt = request.app.state.runtime
-    views = rt.executions.list(who.account_id, limit=limit + 1, before=before, workflow_id=workflow_id or None, batch_id=batch_id or None)
+    by_name = {name: s for s, name in EXECUTION_STATUS.items()}
+    views = rt.executions.list(
+        who.account_id, limit=limit + 1, before=before, workflow_id=workflow_id or None, batch_id=batch_id or None,
+        status=by_name[status] if status else None,
+    )
     more = len(views) > limit
     views = views[:limit]
     return {

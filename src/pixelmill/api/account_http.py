@@ -1,0 +1,78 @@
+"""The calling account, and running a graph without saving it.
+
+* ``GET  /api/v1/account`` — the key's account: plan, credits, usage (executions by
+  status, credits spent and held), the newest ledger entries and credits per day
+  and per model over the last ``days`` (1–90, default 30) days.
+* ``POST /api/v1/executions`` — run a graph ``{"nodes": {…}}`` as it is (the
+  workflow graph format, no ``$input`` references): 201 + ``Location`` and the
+  execution object; ``?dry_run=true`` (or ``"dry_run": true``) only prices it:
+  ``{"dryRun": true, "estimatedCredits", "breakdown"}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from pixelmill.accounts.keys import Principal
+from pixelmill.accounts.usage import account_usage, usage_by_day
+from pixelmill.api.deps import json_body, principal
+from pixelmill.api.files import render_execution
+from pixelmill.engine.service import Submission
+from pixelmill.errors import InvalidInput
+from pixelmill.store.tables import accounts
+
+router = APIRouter(prefix="/api/v1", tags=["Account"])
+
+
+
+@router.get("/account")
+def get_account(request: Request, days: int = 30, entries: int = 50, who: Principal = Depends(principal)):
+    if not 1 <= days <= 90 or not 0 <= entries <= 500:
+        raise InvalidInput("days must be 1–90 and entries 0–500", code="invalid_pagination")
+    rt = request.app.state.runtime
+    credits = rt.admission.balance(rt.db, who)  # grants this month's plan credits when due
+    with rt.db.engine.connect() as conn:
+        name = conn.execute(sa.select(accounts.c.name).where(accounts.c.id == who.account_id)).scalar()
+        usage = account_usage(conn, who.account_id, entries=entries) or {}
+        daily = usage_by_day(conn, who.account_id, days=days)
+    plan = rt.plans.get(who.plan)
+    return {
+        "id": who.account_id,
+        "name": name,
+        "plan": who.plan,
+        "planLimits": _plan_dict(plan),
+        "credits": credits,
+        "executions": usage.get("executions"),
+        "creditsSpent": usage.get("credits_spent"),
+        "creditsHeld": usage.get("credits_held"),
+        "ledger": usage.get("ledger", []),
+        "usageByDay": daily,
+    }
+
+
+def _plan_dict(plan) -> dict[str, Any] | None:
+    if plan is None:
+        return None
+    return plan.model_dump(mode="json")
+
+
+@router.post("/executions", status_code=201)
+async def run_graph(request: Request, who: Principal = Depends(principal)):
+    body = await json_body(request)
+    if not isinstance(body, dict) or not isinstance(body.get("nodes"), dict):
+        raise InvalidInput('The body must be a JSON object {"nodes": {…}}', code="invalid_body")
+    rt = request.app.state.runtime
+    graph = {"nodes": body["nodes"]}
+    prepared = await run_in_threadpool(rt.executions.prepare, graph)
+    if request.query_params.get("dry_run") in ("1", "true") or body.get("dry_run") is True:
+        return JSONResponse({"dryRun": True, "estimatedCredits": prepared.cost, "breakdown": prepared.breakdown()}, status_code=200)
+    label = str(body.get("label") or "graph")[:100]
+    sub = Submission(principal=who, graph=graph, dialect="workflow", label=label)
+    view = await run_in_threadpool(rt.executions.submit, sub, prepared)
+    payload = render_execution(request, view)
+    return JSONResponse(payload, status_code=201, headers={"Location": f"/api/v1/executions/{view.id}"})
