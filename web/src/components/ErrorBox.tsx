@@ -42,7 +42,7 @@ export function ErrorBox({ error, onDismiss }: { error: unknown; onDismiss?: () 
         <span className="muted"> ({e.status ? `HTTP ${e.status}, ` : ""}{e.code})</span>
         {onDismiss && <button className="link" onClick={onDismiss} aria-label="Dismiss error">Dismiss</button>}
       </div>
-      <div>{e.message}</div>
+      {!(e.status === 402 && e.required !== null) && <div>{e.message}</div>}
       {e.status === 402 && (
         <div className="breakdown" data-testid="credit-breakdown">
           <div>
