@@ -187,13 +187,11 @@ def bind(conn, claim: Claim, execution_id: str) -> None:
         .values(execution_id=execution_id)
     ).rowcount
     if n != 1:
-        err = Conflict(
+        raise Conflict(  # answered with Retry-After: 1 (pixelmill.presenters.limit_headers)
             "A request with this Idempotency-Key is being processed by another request; retry shortly",
             code="idempotency_key_in_progress",
             retry_after=1,
         )
-        err.headers["Retry-After"] = "1"
-        raise err
 
 
 _ENCODING = ":body-encoding"  # in the stored headers: the body is base64 (not UTF-8 text)

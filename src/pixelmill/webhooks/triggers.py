@@ -13,7 +13,7 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import sqlalchemy as sa
 
@@ -24,6 +24,9 @@ from pixelmill.errors import Conflict, InvalidInput, NotFound
 from pixelmill.ids import new_id
 from pixelmill.store.db import Database
 from pixelmill.store.tables import accounts, triggers, workflows
+
+if TYPE_CHECKING:
+    from pixelmill.workflows.service import WorkflowService
 
 TOKEN_PREFIX = "trg_"
 TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
@@ -103,7 +106,7 @@ def coerce_inputs(declared: Mapping[str, Any], values: Mapping[str, Any]) -> dic
 class TriggerService:
     """Publishing, rotating and revoking workflow triggers; starting executions from them."""
 
-    def __init__(self, db: Database, workflows_service: Any, admission: AdmissionPolicy | None = None):
+    def __init__(self, db: Database, workflows_service: WorkflowService, admission: AdmissionPolicy | None = None):
         self.db = db
         self.workflows = workflows_service
         self.admission = admission or AdmissionPolicy()
