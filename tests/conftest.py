@@ -62,7 +62,11 @@ def _truncate_pg(url: str) -> None:
 def db_url(request, tmp_path):
     """The same test over SQLite (a file, WAL) and PostgreSQL."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'pixelmill.db'}"
+        from pixelmill.store import migrate
+
+        url = f"sqlite:///{tmp_path / 'pixelmill.db'}"
+        migrate.upgrade(url)  # as `pixelmill migrate` would: scale-out processes only check the schema
+        return url
     url = request.getfixturevalue("pg_database")
     _truncate_pg(url)
     return url

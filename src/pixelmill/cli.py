@@ -158,6 +158,7 @@ def worker(
         None, "--visibility-timeout",
         help="seconds before a dead worker's task is handed out again; same on every worker, longer than any node run (default: from node_timeout_s)",
     ),
+    health_port: Optional[int] = typer.Option(None, "--health-port", help="serve /healthz, /readyz and /metrics on this port (0: any free port; default: off)"),
     log_level: str = typer.Option("info", "--log-level"),
 ) -> int:
     """Run a scale-out worker: node tasks from Celery (Redis), one process per GPU."""
@@ -170,7 +171,7 @@ def worker(
     try:
         return run_worker(
             settings, queues=parse_queues(queues) or None, concurrency=concurrency, pool=pool, preload=not no_preload,
-            hostname=hostname, loglevel=log_level.upper(), visibility_timeout_s=visibility_timeout,
+            hostname=hostname, loglevel=log_level.upper(), visibility_timeout_s=visibility_timeout, health_port=health_port,
         )
     except ValueError as e:
         raise CliError(f"pixelmill worker: {e}", 2) from None
@@ -609,6 +610,7 @@ def main(argv: list[str] | None = None) -> int:
     import httpx
 
     from pixelmill.client import PixelmillError
+    from pixelmill.store.migrate import SchemaOutOfDate
 
     try:
         result = app(args=argv, prog_name="pixelmill", standalone_mode=False)
@@ -623,6 +625,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pixelmill: cannot reach the server ({type(e).__name__}: {e})", file=sys.stderr)
         return 1
     except ConfigError as e:
+        print(f"pixelmill: {e}", file=sys.stderr)
+        return 2
+    except SchemaOutOfDate as e:  # a scale-out server or worker on a database `pixelmill migrate` has not brought up
         print(f"pixelmill: {e}", file=sys.stderr)
         return 2
     except click.exceptions.Exit as e:

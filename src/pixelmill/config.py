@@ -62,7 +62,10 @@ class Settings(BaseSettings):
     #: that moment) is published again after this many seconds; 0 turns the sweeper off
     republish_after_s: float = 30.0
     result_ttl_s: int = 24 * 3600  # how long get_result knows an execution
-    preload_models: bool = False
+    #: load the default models in the background at start in every process that runs nodes
+    #: (the embedded server, `pixelmill worker`); /readyz reports the progress
+    preload_models: bool = True
+    warm_models: Annotated[list[str], NoDecode] = Field(default_factory=list)  # the default models; empty: every catalog model
     #: "fair": the scheduler picks the next node run (plan priority, weighted fair share
     #: between accounts, request priority, deadlines); "fifo": in order of arrival
     scheduler: Literal["fair", "fifo"] = "fair"

@@ -34,12 +34,19 @@ log = logging.getLogger("pixelmill")
 
 
 class Runtime:
-    def __init__(self, settings: Settings, catalog: ModelCatalog | None = None, models: ModelRegistry | None = None, migrate_db: bool = True):
+    def __init__(self, settings: Settings, catalog: ModelCatalog | None = None, models: ModelRegistry | None = None, migrate_db: bool | None = None):
+        """``migrate_db``: None (default) migrates in the embedded server (in-process queue) and
+        only checks the schema in scale-out processes, which refuse to start when it is behind
+        (:class:`~pixelmill.store.migrate.SchemaOutOfDate`)."""
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         url = settings.resolved_database_url()
+        if migrate_db is None:
+            migrate_db = settings.queue == "inprocess"
         if migrate_db:
             migrate.upgrade(url)
+        else:
+            migrate.require_current(url)
         self.db = Database(url, busy_timeout_s=settings.db_busy_timeout_s)
         self.catalog = catalog or ModelCatalog.load(settings.resolved_models_catalog())
         if any(spec.compile for spec in self.catalog.models):  # compiled kernels survive a restart
@@ -86,6 +93,13 @@ class Runtime:
 
         self.workflows = WorkflowService(self.db, self.executions)
         self._init_webhooks()
+        from pixelmill.ops.metrics import MetricsHook
+        from pixelmill.ops.readiness import Readiness
+
+        self.lifecycle.add_hook(MetricsHook())
+        #: scale-out API nodes run no nodes; `pixelmill worker` marks its runtime as running them
+        self.readiness = Readiness(self, runs_nodes=settings.queue == "inprocess")
+        self.warm = None  # a WarmStart once start() began loading the default models
         self.started = False
 
     def _key_cache_usable(self) -> bool:
@@ -101,6 +115,17 @@ class Runtime:
     def _learn_run_time(self, notice: Notice) -> None:
         if notice.event == "node.completed" and "seconds" in notice.data:
             self.executions.run_times.record(notice.data.get("queue") or "default", float(notice.data["seconds"]))
+
+    def warm_model_names(self) -> list[str]:
+        """The default models to load at start: ``warm_models``, else every catalog model."""
+        names = self.settings.warm_models or self.catalog.names()
+        return [n for n in names if n in self.catalog]
+
+    def warm_start(self, names: list[str] | None = None) -> None:
+        """Load the default models (or ``names``) in the background; readiness reports the progress."""
+        from pixelmill.ops.warm import WarmStart
+
+        self.warm = WarmStart(self.models, self.warm_model_names() if names is None else names).start()
 
     def _init_webhooks(self) -> None:
         """Outbox rows with every state change; a dispatcher that delivers them (started by ``start``)."""
@@ -143,7 +168,7 @@ class Runtime:
         if self.settings.preload_models and self.settings.queue == "inprocess":
             # only the embedded server runs nodes itself; scale-out API nodes hold no
             # models, and `pixelmill worker` loads the models of the queues it consumes
-            self.models.preload(self.catalog.names())
+            self.warm_start()
 
     def stop(self) -> None:
         if self.started:

@@ -53,7 +53,9 @@ def build_worker_runtime(settings: Settings, catalog: ModelCatalog | None = None
     """A Runtime whose queue is Celery: it runs what it receives and publishes the follow-up nodes."""
     if settings.queue != "celery":
         settings = settings.model_copy(update={"queue": "celery"})
-    return Runtime(settings, catalog=catalog, models=models)
+    runtime = Runtime(settings, catalog=catalog, models=models)
+    runtime.readiness.runs_nodes = True
+    return runtime
 
 
 def run_worker(
@@ -65,6 +67,8 @@ def run_worker(
     hostname: str | None = None,
     loglevel: str = "INFO",
     visibility_timeout_s: float | None = None,
+    health_port: int | None = None,
+    health_host: str = "0.0.0.0",
 ) -> int:
     """Build the worker runtime, load its models, consume until stopped; returns the exit code.
 
@@ -89,10 +93,18 @@ def run_worker(
 
         advertiser = Advertiser(runtime.db, runtime.models, runtime.runner.worker_name)
         advertiser.start()  # API nodes show what this worker holds (GET /api/v1/models)
-        if preload:
-            for name in models_of(queues):
-                log.info("loading model %s", name)
-                runtime.models.backend(name)
+        if health_port is not None:
+            from pixelmill.ops.server import serve_health
+
+            server = serve_health(runtime, health_host, health_port)
+            log.info("health and metrics on http://%s:%d (/healthz, /readyz, /metrics)", health_host, server.server_address[1])
+        if preload:  # before consuming: a model that cannot load stops the worker at once
+            runtime.warm_start(models_of(queues))
+            runtime.warm.wait()
+            failed = runtime.warm.status().failed
+            if failed:
+                name, error = next(iter(failed.items()))
+                raise RuntimeError(f"model {name} could not be loaded: {error}")
         hostname = hostname or f"pixelmill-{os.getpid()}@{socket.gethostname()}"  # unique per process: one worker per GPU
         log.info("worker %s consuming %s (pool=%s, concurrency=%d)", hostname, ", ".join(queues), pool, concurrency)
         try:

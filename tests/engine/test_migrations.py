@@ -36,3 +36,81 @@ def test_upgrade_from_the_first_revision_keeps_queued_runs_published(tmp_path):
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT published_at FROM node_runs WHERE id = 'r'")).scalar() == 123.5
     engine.dispose()
+
+
+def _fresh_pg_database():
+    import uuid
+
+    import pytest
+
+    from tests.conftest import PG_ADMIN_URL, _pg_available
+
+    if not _pg_available():
+        pytest.skip("PostgreSQL is not reachable: PostgreSQL migration test NOT run")
+    name = f"pixelmill_race_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    return admin, name, PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def test_simultaneous_first_starts_on_postgresql_migrate_once(tmp_path):
+    """Several processes migrating a new PostgreSQL database at once: one migrates, the others wait and find it done."""
+    import subprocess
+    import sys
+
+    admin, name, url = _fresh_pg_database()
+    try:
+        code = f"from pixelmill.store import migrate; migrate.upgrade({url!r}); print('ok')"
+        procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+        outs = [p.communicate(timeout=180) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0, 0], [o[1][-2000:] for o in outs]
+        assert migrate.current_heads(url) == [migrate.head_revision()]
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"))
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+def test_scale_out_processes_refuse_a_schema_that_is_behind(tmp_path):
+    import pytest
+
+    from pixelmill.config import Settings
+    from pixelmill.runtime import Runtime
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    settings = Settings(data_dir=tmp_path / "data", database_url=url, queue="celery", secret_key="s")
+    with pytest.raises(migrate.SchemaOutOfDate, match="no pixelmill schema yet.*pixelmill migrate"):
+        Runtime(settings)
+    migrate.upgrade(url, "0002")
+    with pytest.raises(migrate.SchemaOutOfDate, match="revision 0002 but this version needs.*pixelmill migrate"):
+        Runtime(settings)
+    assert migrate.current_heads(url) == ["0002"]  # checked, never changed
+    migrate.upgrade(url)
+    Runtime(settings).stop()
+
+
+def test_a_worker_and_cli_commands_refuse_a_schema_that_is_behind_and_only_migrate_changes_it(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    migrate.upgrade(url, "0002")
+    env = {**os.environ, "PIXELMILL_DATA_DIR": str(tmp_path / "data"), "PIXELMILL_DATABASE_URL": url,
+           "PIXELMILL_QUEUE": "celery", "PIXELMILL_BROKER_URL": "redis://127.0.0.1:6379/0"}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "pixelmill.cli", *args], env=env, capture_output=True, text=True, timeout=120)
+
+    for refused in (cli("worker", "--queues", "default"), cli("keys", "list")):
+        assert refused.returncode == 2, refused.stderr
+        assert "pixelmill migrate" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+    assert migrate.current_heads(url) == ["0002"]  # checked, never changed
+    r = cli("migrate")
+    assert r.returncode == 0, r.stderr
+    assert migrate.current_heads(url) == [migrate.head_revision()]
+    for out in (r, cli("keys", "create", "--account", "a"), cli("keys", "list")):
+        assert out.returncode == 0, out.stderr
+        assert "alembic" not in (out.stdout + out.stderr).lower(), out.stdout + out.stderr

@@ -13,8 +13,12 @@ import sys
 from pixelmill.api.app import create_app
 from pixelmill.config import Settings
 from pixelmill.runtime import Runtime
+from pixelmill.store import migrate
 
-rt = Runtime(Settings.load())
+settings = Settings.load()
+settings.data_dir.mkdir(parents=True, exist_ok=True)
+migrate.upgrade(settings.resolved_database_url())  # what `pixelmill migrate` does before API nodes start
+rt = Runtime(settings)
 create_app(rt)
 rt.start()
 print(type(rt.queue).__name__, "torch" in sys.modules, "diffusers" in sys.modules, rt.models.loaded())
@@ -41,6 +45,7 @@ def test_an_api_node_publishes_to_celery_without_loading_torch(tmp_path):
 
 def test_a_worker_refuses_a_queue_for_a_model_it_does_not_know(tmp_path):
     env = env_for(tmp_path, PIXELMILL_MODELS_CATALOG=str(make_catalog(tmp_path, path=str(tmp_path))))
+    subprocess.run([sys.executable, "-m", "pixelmill.cli", "migrate"], env=env, check=True, capture_output=True, timeout=120)
     out = subprocess.run(
         [sys.executable, "-m", "pixelmill.cli", "worker", "--queues", "model.tiny-flx,default"],
         env=env, capture_output=True, text=True, timeout=120,

@@ -22,7 +22,11 @@ from tests.queue.scaleout import scale_out_session, tiny_flux_node
 @pytest.fixture(params=["postgres", "sqlite"])
 def shared_db(request, tmp_path):
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'shared.db'}"
+        from pixelmill.store import migrate
+
+        url = f"sqlite:///{tmp_path / 'shared.db'}"
+        migrate.upgrade(url)  # `pixelmill migrate`, before API nodes and workers start
+        return url
     url = request.getfixturevalue("pg_database")
     _truncate_pg(url)
     return url

@@ -5,6 +5,8 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
 
 from pixelmill import __version__
 from pixelmill.api.dialects import apiframe, bfl, openai_images, workflows
@@ -21,6 +23,7 @@ from pixelmill.api.files import router as files_router
 from pixelmill.api.models_http import router as models_router
 from pixelmill.api.studio import router as studio_router
 from pixelmill.api.webhooks_http import router as webhooks_router
+from pixelmill.ops.metrics import exposition
 
 
 
@@ -51,6 +54,17 @@ def create_app(runtime, manage_runtime: bool = True) -> FastAPI:
     @app.get("/healthz", include_in_schema=False)
     async def healthz():  # on the loop, touching nothing: answers even when every worker thread waits
         return {"status": "ok", "version": __version__}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz():
+        """Ready for traffic: database reachable and migrated, broker (scale-out), default models (if it runs nodes)."""
+        body = await run_in_threadpool(runtime.readiness.report)
+        return JSONResponse(body, status_code=200 if body["ready"] else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics():
+        data, content_type = await run_in_threadpool(exposition, runtime)
+        return Response(data, media_type=content_type)
 
     app.include_router(files_router)
     app.include_router(admin_router)

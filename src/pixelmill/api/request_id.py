@@ -16,6 +16,8 @@ import uuid
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pixelmill.ops.metrics import observe_request
+
 access_log = logging.getLogger("pixelmill.access")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -47,6 +49,8 @@ class RequestIdMiddleware:
         except Exception:
             access_log.exception("%s %s failed request_id=%s", scope["method"], scope["path"], rid)
             raise
+        route = scope.get("route")  # the matched route's template: bounded label values
+        observe_request(getattr(route, "path", None) or "unmatched", scope["method"], status, time.perf_counter() - started)
         if access_log.isEnabledFor(logging.INFO) or status >= 500:
             level = logging.WARNING if status >= 500 else logging.INFO
             access_log.log(level, "%s %s %d %.1fms request_id=%s", scope["method"], scope["path"], status,

@@ -42,6 +42,7 @@ from pixelmill.domain.status import ExecutionStatus
 from pixelmill.net.safe_http import SafeHttpClient
 from pixelmill.store.db import Database
 from pixelmill.store.tables import accounts, executions, webhook_attempts, webhook_events
+from pixelmill.ops.metrics import observe_webhook
 from pixelmill.webhooks.schedule import next_attempt_delay
 from pixelmill.webhooks.sender import DEFAULT_TIMEOUT_S, DeliveryAttempt, deliver
 from pixelmill.webhooks.signing import BFL_SECRET_HEADER, BFL_SIGNATURE_HEADER, bfl_signature, new_secret, sign_headers
@@ -229,6 +230,7 @@ class Dispatcher:
             )
             if attempt.outcome == "disable":
                 disable_endpoint(conn, c.account_id, c.url)
+        observe_webhook(attempt.outcome)
         if attempt.outcome != "delivered":
             log.info("webhook %s to %s: %s (%s)", c.id, c.url, attempt.outcome, error or attempt.status_code)
 

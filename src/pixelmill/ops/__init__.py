@@ -1,0 +1,1 @@
+"""Operating pixelmill: metrics, readiness, request logs and traces."""
