@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection
 
 from pixelmill.accounts import keys, ledger
 from pixelmill.accounts.plans import Plan, open_account
-from pixelmill.accounts.usage import account_usage
+from pixelmill.accounts.usage import account_usage, usage_by_day
 from pixelmill.errors import Conflict, InvalidInput, NotFound
 from pixelmill.store.db import Database
 from pixelmill.store.tables import accounts
@@ -141,6 +141,12 @@ class AccountDirectory:
             self._view(conn, account_id)
             granted = ledger.grant(conn, account_id, amount, f"admin:{account_id}:{entry_key}", note=note or "granted by an administrator")
             return GrantResult(account_id, entry_key, amount, granted, ledger.balance(conn, account_id))
+
+    def own_usage(self, account_id: str, days: int = 30, entries: int = 50) -> tuple[str | None, dict[str, Any], list[dict[str, Any]]]:
+        """What an account sees of itself: its name, :func:`account_usage` and its usage per day."""
+        with self.db.engine.connect() as conn:
+            name = conn.execute(sa.select(accounts.c.name).where(accounts.c.id == account_id)).scalar()
+            return name, account_usage(conn, account_id, entries=entries) or {}, usage_by_day(conn, account_id, days=days)
 
     def usage(self, account_id: str, since: float | None = None, entries: int = 50) -> dict[str, Any]:
         """Executions by status, credits spent and held, recent ledger entries."""

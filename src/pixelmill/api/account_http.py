@@ -13,18 +13,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from pixelmill.accounts.keys import Principal
-from pixelmill.accounts.usage import account_usage, usage_by_day
 from pixelmill.api.deps import json_body, principal
 from pixelmill.api.files import render_execution
 from pixelmill.engine.service import Submission
 from pixelmill.errors import InvalidInput
-from pixelmill.store.tables import accounts
 
 router = APIRouter(prefix="/api/v1", tags=["Account"])
 
@@ -36,10 +33,7 @@ def get_account(request: Request, days: int = 30, entries: int = 50, who: Princi
         raise InvalidInput("days must be 1–90 and entries 0–500", code="invalid_pagination")
     rt = request.app.state.runtime
     credits = rt.admission.balance(rt.db, who)  # grants this month's plan credits when due
-    with rt.db.engine.connect() as conn:
-        name = conn.execute(sa.select(accounts.c.name).where(accounts.c.id == who.account_id)).scalar()
-        usage = account_usage(conn, who.account_id, entries=entries) or {}
-        daily = usage_by_day(conn, who.account_id, days=days)
+    name, usage, daily = rt.accounts.own_usage(who.account_id, days=days, entries=entries)
     plan = rt.plans.get(who.plan)
     return {
         "id": who.account_id,
