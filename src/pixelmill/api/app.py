@@ -27,11 +27,41 @@ from pixelmill.ops.metrics import exposition
 
 
 
+async def _prepare_routes(app: FastAPI) -> None:
+    """Let FastAPI build every route's request models now, before the port opens.
+
+    FastAPI builds them lazily, on the event loop, when a request first walks
+    a router: with the BFL endpoints' models that held the first request (and
+    every request behind it) for seconds.  One request per method for a path
+    that no route takes walks them all; its 404 goes nowhere.
+    """
+    from starlette.exceptions import HTTPException
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        pass
+
+    for method in ("GET", "POST", "PUT", "DELETE"):
+        path = "/.well-known/pixelmill/route-warm-up"
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "path": path,
+            "raw_path": path.encode(), "root_path": "", "scheme": "http", "query_string": b"", "headers": [],
+            "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 0), "app": app, "state": {},
+        }
+        try:
+            await app.router(scope, receive, send)
+        except HTTPException:
+            pass
+
+
 def create_app(runtime, manage_runtime: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         if manage_runtime:
             runtime.start()
+        await _prepare_routes(_app)
         try:
             yield
         finally:
