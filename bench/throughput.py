@@ -45,9 +45,12 @@ def direct(images: int, size: int, steps: int) -> tuple[float, list[float]]:
     return images / (time.perf_counter() - start), calls
 
 
-async def through_api(port: int, key: str, images: int, clients: int, size: int, steps: int) -> tuple[float, list[float]]:
-    """images/s with ``clients`` concurrent clients, and each request's submit→answer seconds."""
-    todo = list(range(images))
+async def through_api(port: int, key: str, images: int, clients: int, size: int, steps: int, offset: int) -> tuple[float, list[float]]:
+    """images/s with ``clients`` concurrent clients, and each request's submit→answer seconds.
+
+    Seeds start at ``offset``: every point asks for new images (an unchanged request would be a cache hit).
+    """
+    todo = list(range(offset, offset + images))
     latencies: list[float] = []
 
     async def client() -> None:
@@ -84,8 +87,8 @@ def main() -> None:
         key = make_key(env)
         port = free_port()
         with server(env, port, log=Path(tmp) / "server.log"):
-            asyncio.run(through_api(port, key, 2, 1, a.size, a.steps))  # warm-up
-            api = {c: asyncio.run(through_api(port, key, a.images, c, a.size, a.steps)) for c in clients}
+            asyncio.run(through_api(port, key, 2, 1, a.size, a.steps, 1_000_000))  # warm-up
+            api = {c: asyncio.run(through_api(port, key, a.images, c, a.size, a.steps, 10_000 * (n + 1))) for n, c in enumerate(clients)}
 
     print(f"\npixelmill-tiny {a.size}x{a.size}, {a.steps} steps, {a.images} images per point, worker_threads={a.worker_threads}")
     print(f"{'clients':>8} {'API img/s':>10} {'direct img/s':>13} {'ratio':>7}")
