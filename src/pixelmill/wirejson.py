@@ -6,9 +6,11 @@ bodies and the ``Idempotency-Key`` fingerprint alike), so that
 * a body nested deeper than :data:`MAX_DEPTH` levels is refused before any
   recursive code (validation, rendering, canonicalisation) sees it;
 * a string holding a NUL character (``\\u0000``), which PostgreSQL cannot store
-  in a text column, is refused whatever field it is in.
+  in a text column, is refused whatever field it is in;
+* ``NaN``, ``Infinity`` and ``-Infinity`` (which Python's parser accepts but JSON
+  does not have) are refused.
 
-Both faults raise :class:`UnsafeJson` (a ``ValueError``) with a stable ``code``;
+These faults raise :class:`UnsafeJson` (a ``ValueError``) with a stable ``code``;
 malformed JSON raises ``json.JSONDecodeError`` as ``json.loads`` does.
 """
 
@@ -22,7 +24,7 @@ MAX_DEPTH = 64
 
 
 class UnsafeJson(ValueError):
-    """Valid JSON this service refuses: ``code`` is ``json_too_deep`` or ``nul_character``."""
+    """JSON this service refuses: ``code`` is ``json_too_deep``, ``nul_character`` or ``invalid_number``."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -36,7 +38,7 @@ def loads(raw: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
     # cheap pre-checks on the bytes: most bodies have few brackets and no escaped NUL
     brackets = data.count(b"[") + data.count(b"{")
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_no_constant)
     except RecursionError:
         raise _too_deep(max_depth) from None
     if brackets > max_depth or b"\\u0000" in data:
@@ -62,6 +64,10 @@ def check(value: Any, max_depth: int = MAX_DEPTH) -> None:
                     stack.append((v, depth + 1))
             else:
                 stack.extend((v, depth + 1) for v in item)
+
+
+def _no_constant(name: str):
+    raise UnsafeJson("invalid_number", f"{name} is not a JSON number")
 
 
 def _too_deep(max_depth: int) -> UnsafeJson:

@@ -285,3 +285,19 @@ def test_method_mismatch_is_405_with_every_allowed_method(api):
     r = client.get("/v1/images/generations")
     assert r.status_code == 405 and r.headers["allow"] == "POST" and r.json()["error"]["type"] == "invalid_request_error"
     assert client.post("/v1/flux-imaginary", json={}).status_code == 404
+
+
+def test_non_finite_numbers_and_out_of_range_grants_are_4xx(make_runtime, sqlite_url):
+    rt = make_runtime(sqlite_url, plans={"unlimited": {}}, admin_key="adm")
+    client = _client(rt)
+    for path, body in [("/v1/flux-dev", '{"prompt": "x", "guidance": NaN}'), ("/api/v1/workflows", '{"name": "x", "nodes": {"g": {"type": "text_to_image", "params": {"guidance": Infinity}}}}'),
+                       ("/v2/images/generate", '{"prompt": "x", "model": "fake", "params": {"guidance": -Infinity}}')]:
+        r = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_number", (path, r.text[:200])
+    admin = {"Authorization": "Bearer adm"}
+    r = client.post("/admin/v1/accounts", json={"name": "big", "credits": 1e300}, headers=admin)
+    assert r.status_code == 422, r.text[:200]  # found by the fuzzer: 500 (integer overflow in the ledger)
+    aid = client.post("/admin/v1/accounts", json={"name": "ok"}, headers=admin).json()["id"]
+    r = client.post(f"/admin/v1/accounts/{aid}/credits", json={"amount": 1e300}, headers=admin)
+    assert r.status_code == 422, r.text[:200]
+    assert client.get("/admin/v1/accounts?offset=99999999999999999999", headers=admin).status_code == 422

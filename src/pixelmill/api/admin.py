@@ -56,12 +56,16 @@ router = APIRouter(
 )
 
 
+MAX_GRANT = 1_000_000_000_000
+"""The largest grant in one request, in credits (the ledger counts micro-credits in 64 bits)."""
+
+
 class AccountCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
     plan: str | None = None
-    credits: float | None = Field(default=None, ge=0)
+    credits: float | None = Field(default=None, ge=0, le=MAX_GRANT)
     """Initial credits; default: the plan's ``initial_credits``."""
 
 
@@ -87,7 +91,7 @@ class KeyCreate(BaseModel):
 class CreditGrant(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    amount: float = Field(gt=0)
+    amount: float = Field(gt=0, le=MAX_GRANT)
     entry_key: str | None = Field(default=None, min_length=1, max_length=140)
     """Makes the grant exactly-once: a repeated grant with the same key adds nothing."""
     note: str | None = Field(default=None, max_length=500)
