@@ -45,9 +45,10 @@ def test_no_dialect_writes_a_node_dict():
     assert {k: v for k, v in found.items() if v} == {}
 
 
-def test_accounts_services_build_no_http_headers():
+def test_services_build_no_http_headers():
     header_names = {"Retry-After", "X-RateLimit-Limit", "RateLimit-Policy", "RateLimit"}
-    found = {str(p.relative_to(ROOT)): sorted(strings(p) & header_names) for p in modules("accounts")}
+    services = [p for part in ("accounts", "engine", "store", "workflows") for p in modules(part)]
+    found = {str(p.relative_to(ROOT)): sorted(strings(p) & header_names) for p in services}
     assert {k: v for k, v in found.items() if v} == {}
 
 

@@ -181,14 +181,12 @@ class ExecutionService:
             with self.db.transaction() as conn:
                 for eid in ids:
                     self.lifecycle.finish_execution(conn, eid, ExecutionStatus.FAILED, "queue_unavailable", message)
-            err = ServiceUnavailable(
+            raise ServiceUnavailable(  # answered with Retry-After: 5
                 "The job queue is unavailable; nothing was charged, retry shortly",
                 code="queue_unavailable",
                 execution_id=ids[0],
                 retry_after=5,
-            )
-            err.headers["Retry-After"] = "5"
-            raise err from exc
+            ) from exc
         # the answers are what was written, nothing read back (a refused prompt's failed execution aside)
         return [view if view is not None else self.get(account, eid) for view, eid in zip(views, ids)]
 

@@ -119,8 +119,6 @@ def database_busy(exc: BaseException) -> "ServiceUnavailable | None":
         busy = "database is locked" in text or "database table is locked" in text or getattr(orig, "sqlstate", None) in _PG_BUSY_STATES
     if not busy:
         return None
-    err = ServiceUnavailable(
+    return ServiceUnavailable(  # answered with Retry-After (pixelmill.presenters.limit_headers)
         "The database is busy; nothing was changed, retry shortly", code="database_busy", retry_after=BUSY_RETRY_AFTER_S
     )
-    err.headers["Retry-After"] = str(BUSY_RETRY_AFTER_S)
-    return err
