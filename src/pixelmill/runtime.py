@@ -160,6 +160,7 @@ class Runtime:
         if self.settings.webhook_dispatcher:
             self.dispatcher.start()
         if self.settings.queue == "inprocess":
+            self.scheduler.start()  # late work expires even while the worker is busy with a long job
             n = self.executions.recover()
             if n:
                 log.info("re-queued %d unfinished node runs", n)
@@ -175,6 +176,7 @@ class Runtime:
             self.publisher.stop()
             self.dispatcher.stop()
             self.queue.stop()
+            self.scheduler.stop()
             self.models.stop()
             self.started = False
         self.notifier.stop()

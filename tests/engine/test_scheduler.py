@@ -184,3 +184,15 @@ def test_scheduling_headers_on_any_dialect(make_runtime, db_url):
     assert row.priority == -3
     assert row.start_by - row.created_at == pytest.approx(30)
     assert row.deadline_at - row.created_at == pytest.approx(90)
+
+
+def test_late_work_expires_while_the_worker_is_busy(make_runtime, db_url):
+    backend = FakeBackend(steps=40, step_delay=0.05)  # a 2 s job holds the only worker
+    rt = make_runtime(db_url, backend=backend, plans=PLANS)
+    busy, late = principal(rt, "busy"), principal(rt, "late")
+    long_job = submit(rt, busy, steps=40)
+    wait_for(lambda: backend.calls >= 1)
+    view = submit(rt, late, scheduling=RequestScheduling(start_within_s=0.2))
+    view = wait_for(lambda: (v := rt.executions.get(late.account_id, view.id)).status.is_terminal() and v, timeout=10)
+    assert view.error_code == "expired"
+    assert rt.executions.get(busy.account_id, long_job.id).status == ExecutionStatus.RUNNING  # it did not wait for a pick

@@ -415,6 +415,29 @@ class Scheduler:
             done += int(ok)
         return done
 
+    def start(self) -> None:
+        """Expire late work every second in a daemon thread, also while every worker is busy."""
+        if getattr(self, "_sweeper", None) is not None:
+            return
+        self._stop_sweep = threading.Event()
+
+        def loop() -> None:
+            while not self._stop_sweep.wait(self.expire_every_s):
+                try:
+                    self.expire()
+                except Exception:  # the database is briefly away, or another process expired it first
+                    log.debug("expiry sweep failed", exc_info=True)
+
+        self._sweeper = threading.Thread(target=loop, name="pixelmill-expiry", daemon=True)
+        self._sweeper.start()
+
+    def stop(self) -> None:
+        sweeper = getattr(self, "_sweeper", None)
+        if sweeper is not None:
+            self._stop_sweep.set()
+            sweeper.join(timeout=5)
+            self._sweeper = None
+
     # --- queue position ---------------------------------------------------
     def position(self, conn: Connection, execution_id: str) -> int | None:
         """How many waiting node runs the scheduler will start before this execution's next one.
