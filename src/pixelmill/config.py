@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     secret_key: str | None = None  # signs result URLs; default: generated once, kept in data_dir
     signed_url_ttl_s: int = 600
     file_retention_s: int = 7 * 24 * 3600
+    # retention (the janitor): result files go when their execution expires (result_ttl_s, or the
+    # shorter Pixelmill-Retention a request asked for); the execution's rows go this long after
+    retention_executions_s: float = Field(default=30 * 24 * 3600, ge=0)
+    retention_events_s: float = Field(default=7 * 24 * 3600, ge=0)  # progress/preview events of finished executions
+    janitor_interval_s: float = Field(default=300.0, ge=0)  # 0: no janitor in this process
 
     # accounts
     admin_key: str | None = None

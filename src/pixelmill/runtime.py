@@ -100,6 +100,12 @@ class Runtime:
         #: scale-out API nodes run no nodes; `pixelmill worker` marks its runtime as running them
         self.readiness = Readiness(self, runs_nodes=settings.queue == "inprocess")
         self.warm = None  # a WarmStart once start() began loading the default models
+        from pixelmill.engine.janitor import Janitor
+
+        self.janitor = Janitor(
+            self.db, self.storage, executions_s=settings.retention_executions_s, events_s=settings.retention_events_s,
+            interval_s=settings.janitor_interval_s, idempotency=self.idempotency, dispatcher=self.dispatcher,
+        )
         self.started = False
 
     def _key_cache_usable(self) -> bool:
@@ -156,6 +162,7 @@ class Runtime:
             return
         self.started = True
         self.queue.start()
+        self.janitor.start()
         self.models.start()  # idle models unload after model_idle_unload_s
         if self.settings.webhook_dispatcher:
             self.dispatcher.start()
@@ -175,6 +182,7 @@ class Runtime:
         if self.started:
             self.publisher.stop()
             self.dispatcher.stop()
+            self.janitor.stop()
             self.queue.stop()
             self.scheduler.stop()
             self.models.stop()

@@ -67,12 +67,14 @@ class RequestScheduling:
     priority: int | None = None
     start_within_s: float | None = None  # not started within this many seconds: expired
     cancel_after_s: float | None = None  # not finished within this many seconds: stopped
+    retention_s: float | None = None  # keep the result (and its files) at most this long; shorter than the server's only
 
 
 PRIORITY_HEADER = "pixelmill-priority"
 START_WITHIN_HEADER = "pixelmill-start-within"
 CANCEL_AFTER_HEADER = "pixelmill-cancel-after"
-SCHEDULING_HEADERS = (PRIORITY_HEADER, START_WITHIN_HEADER, CANCEL_AFTER_HEADER)
+RETENTION_HEADER = "pixelmill-retention"
+SCHEDULING_HEADERS = (PRIORITY_HEADER, START_WITHIN_HEADER, CANCEL_AFTER_HEADER, RETENTION_HEADER)
 
 request_scheduling: ContextVar[dict[str, str] | None] = ContextVar("pixelmill_request_scheduling", default=None)
 """The scheduling headers of the HTTP request being served (set by the HTTP layer,
@@ -109,7 +111,7 @@ def parse_scheduling_headers(get: Callable[[str], str | None]) -> RequestSchedul
                 f"header {name} must be between 0 and {MAX_DEADLINE_S} seconds; got {value!r}", code="invalid_scheduling_header", header=name
             )
         values[name] = number
-    return RequestScheduling(values[PRIORITY_HEADER], values[START_WITHIN_HEADER], values[CANCEL_AFTER_HEADER])  # type: ignore[arg-type]
+    return RequestScheduling(values[PRIORITY_HEADER], values[START_WITHIN_HEADER], values[CANCEL_AFTER_HEADER], values[RETENTION_HEADER])  # type: ignore[arg-type]
 
 
 @dataclass

@@ -242,7 +242,7 @@ class ExecutionService:
                 graph=graph_json,
                 request=sub.request,
                 created_at=now,
-                expires_at=now + self.result_ttl_s,
+                expires_at=now + min(self.result_ttl_s, wanted.retention_s or self.result_ttl_s),  # a client may ask for less
                 cost_estimate=cost,
                 cancel_requested=False,
                 webhook_url=sub.webhook_url,

@@ -176,6 +176,13 @@ def cancel_execution(execution_id: str, request: Request, who: Principal = Depen
     return render_execution(request, request.app.state.runtime.executions.cancel(who.account_id, execution_id))
 
 
+@router.delete("/executions/{execution_id}/outputs", status_code=204, responses=contract.responses(*contract.COMMON, ok={204: None}))
+def delete_execution_outputs(execution_id: str, request: Request, who: Principal = Depends(principal)):
+    """Delete a finished execution's result files now (its record stays until retention removes it); 409 while it runs."""
+    request.app.state.runtime.janitor.delete_outputs(who.account_id, execution_id)
+    return Response(status_code=204)
+
+
 @router.get("/batches/{batch_id}", responses=contract.responses(*contract.COMMON, ok={200: wire.Batch}))
 def get_batch(batch_id: str, request: Request, who: Principal = Depends(principal)):
     views = request.app.state.runtime.executions.list(who.account_id, limit=100, batch_id=batch_id)
