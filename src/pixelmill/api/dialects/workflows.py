@@ -176,7 +176,7 @@ def cancel_execution(execution_id: str, request: Request, who: Principal = Depen
     return render_execution(request, request.app.state.runtime.executions.cancel(who.account_id, execution_id))
 
 
-@router.delete("/executions/{execution_id}/outputs", status_code=204, responses=contract.responses(*contract.COMMON, ok={204: None}))
+@router.delete("/executions/{execution_id}/outputs", status_code=204, responses=contract.responses(*contract.COMMON, 409, ok={204: None}))
 def delete_execution_outputs(execution_id: str, request: Request, who: Principal = Depends(principal)):
     """Delete a finished execution's result files now (its record stays until retention removes it); 409 while it runs."""
     request.app.state.runtime.janitor.delete_outputs(who.account_id, execution_id)
