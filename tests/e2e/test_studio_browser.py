@@ -174,6 +174,29 @@ def test_a_validation_problem_is_shown_on_its_field(page, server):
     page.wait_for_selector("[data-testid=estimate] strong")
 
 
+def test_inpainting_with_a_painted_mask(page, server, tmp_path):
+    from PIL import Image
+
+    picture = tmp_path / "input.png"
+    Image.new("RGB", (256, 256), (30, 60, 200)).save(picture)
+    page.goto(server["base"] + "/#/playground")
+    page.set_input_files("[data-testid=image-input]", str(picture))
+    page.click("button:has-text('Paint a mask')")
+    canvas = page.wait_for_selector("[data-testid=mask-canvas]")
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.5, steps=8)
+    page.mouse.up()
+    page.fill("textarea[name=prompt]", "a red circle on a blue background")
+    _small_picture(page, steps=2)
+    page.wait_for_selector("[data-testid=estimate] strong")
+    shot(page, "05-playground-inpainting")
+    page.click("button:has-text('Generate')")
+    page.wait_for_selector("[data-testid=job][data-status=COMPLETED]", timeout=180_000)
+    page.click("button:has-text('Remove image')")
+
+
 def test_canvas_generate_upscale_remove_background(page, server):
     page.goto(server["base"] + "/#/workflows/new")
     page.wait_for_selector("[data-testid=add-text_to_image]")
@@ -199,7 +222,7 @@ def test_canvas_generate_upscale_remove_background(page, server):
         page.wait_for_selector(f"[data-testid=node-{node}][data-status=COMPLETED]", timeout=180_000)
         page.wait_for_selector(f"[data-testid=outputs-{node}] img")
     page.wait_for_selector("[data-testid=run-status][data-status=COMPLETED]")
-    shot(page, "05-canvas-completed")
+    shot(page, "06-canvas-completed")
     sizes = lambda: [page.eval_on_selector(f"[data-testid=outputs-{n}] img", "i => i.complete && i.naturalWidth") for n in ("generate", "upscale")]
     wait_until(lambda: sizes() == [256, 512])
     assert not page.problems, page.problems
@@ -214,23 +237,23 @@ def test_publish_and_call_the_trigger_url(page, server):
     assert r.status_code == 202, r.text
     page.click("button:has-text('Call it now')")
     page.wait_for_selector("[data-testid=trigger-response]:has-text('HTTP 202')")
-    shot(page, "06-canvas-published")
+    shot(page, "07-canvas-published")
     eid = r.json()["executionId"]
     page.goto(server["base"] + f"/#/runs/{eid}")
     page.wait_for_selector("[data-testid=run-detail][data-status=COMPLETED]", timeout=180_000)
     page.goto(server["base"] + "/#/runs")
     page.wait_for_selector("[data-testid=runs-table]")
     assert page.locator("[data-testid=runs-table] tbody tr").count() >= 3
-    shot(page, "07-runs")
+    shot(page, "08-runs")
 
 
 def test_account_and_webhooks_pages(page, server):
     page.goto(server["base"] + "/#/account")
     page.wait_for_selector("[data-testid=usage-chart]")
-    shot(page, "08-credits-usage")
+    shot(page, "09-credits-usage")
     page.goto(server["base"] + "/#/webhooks")
     page.wait_for_selector("[data-testid=webhook-secret]")
-    shot(page, "09-webhooks")
+    shot(page, "10-webhooks")
 
 
 def test_402_shows_the_breakdown(page, server):
@@ -242,14 +265,14 @@ def test_402_shows_the_breakdown(page, server):
     box = page.wait_for_selector("[data-testid=error-box].status-402")
     assert "Not enough credits" in box.inner_text()
     page.wait_for_selector("[data-testid=credit-breakdown] td:has-text('generate')")
-    shot(page, "10-playground-402")
+    shot(page, "11-playground-402")
 
 
 def test_admin_pages_with_an_admin_key(page, server):
     sign_in(page, server["base"], None, ADMIN_KEY)
     page.wait_for_selector("h1:has-text('Admin')")
     page.wait_for_selector("table.list td:has-text('studio')")
-    shot(page, "11-admin-accounts")
+    shot(page, "12-admin-accounts")
     page.click("table.list a:has-text('poor')")
     page.wait_for_selector("h1:has-text('poor')")
     page.fill("input[type=number][required]", "5")
@@ -266,7 +289,7 @@ def test_phone_width(browser, server):
     pg.wait_for_selector("h1:has-text('Playground')")
     # nothing wider than the screen
     assert pg.evaluate("document.documentElement.scrollWidth") <= 390 + 1
-    shot(pg, "12-phone-playground")
+    shot(pg, "13-phone-playground")
     pg.click("button[aria-label=Menu]")
     pg.wait_for_selector(".sidebar a:has-text('Runs')").click()
     pg.wait_for_selector("h1:has-text('Runs')")

@@ -3,6 +3,7 @@ import { api, ApiError, Execution, fmtCredits, fmtMs, ModelInfo, origin, streamE
 import { CopyButton, Empty, ErrorBox } from "../components/ErrorBox";
 import { go, refreshCredits } from "../App";
 import { useDebounced } from "../hooks";
+import { MaskPainter } from "../components/MaskPainter";
 
 const ASPECTS: [string, number, number][] = [
   ["1:1", 1, 1],
@@ -97,6 +98,8 @@ export function Playground() {
   const [results, setResults] = useState<Result[]>([]);
   const [selected, setSelected] = useState<Result | null>(null);
   const [dragging, setDragging] = useState(false);
+  const [mask, setMask] = useState<string | null>(null);
+  const [painting, setPainting] = useState(false);
   const abortRef = useRef<AbortController | null>(null);
   const fileRef = useRef<HTMLInputElement | null>(null);
 
@@ -138,10 +141,15 @@ export function Playground() {
     const nodes: Record<string, any> = {};
     if (image && model?.supports_image_input) {
       nodes.input = { type: "load_image", params: { data: image.dataUrl } };
-      nodes.generate = { type: "text_to_image", params, inputs: { image: ["input", "images"] } };
+      const inputs: Record<string, [string, string]> = { image: ["input", "images"] };
+      if (mask && painting) {
+        nodes.mask = { type: "load_image", params: { data: mask } };
+        inputs.mask = ["mask", "images"];
+      }
+      nodes.generate = { type: "text_to_image", params, inputs };
     } else nodes.generate = { type: "text_to_image", params };
     return { nodes };
-  }, [params, image, model]);
+  }, [params, image, model, mask, painting]);
 
   // the price before submitting: a dry run of the same graph
   const debouncedGraph = useDebounced(graph, 350);
@@ -419,7 +427,10 @@ export function Playground() {
                       Strength {form.strength.toFixed(2)}
                       <input type="range" min={0} max={1} step={0.05} value={form.strength} onChange={(e) => set("strength", Number(e.target.value))} />
                     </label>
-                    <button type="button" className="secondary small" onClick={() => setImage(null)}>Remove image</button>
+                    <button type="button" className="secondary small" onClick={() => { setImage(null); setMask(null); setPainting(false); }}>Remove image</button>{" "}
+                    <button type="button" className="secondary small" aria-pressed={painting} onClick={() => setPainting(!painting)}>
+                      {painting ? "No mask" : "Paint a mask"}
+                    </button>
                   </div>
                 </div>
               ) : (
@@ -428,6 +439,7 @@ export function Playground() {
                   <button type="button" className="link" onClick={() => fileRef.current?.click()}>choose a file</button>
                 </div>
               )}
+              {image && painting && <MaskPainter src={image.dataUrl} width={image.width} height={image.height} onMask={setMask} />}
               <input ref={fileRef} type="file" accept="image/*" hidden data-testid="image-input" onChange={(e) => onFile(e.target.files?.[0])} />
               {fieldErrors.image && <span className="field-error">{fieldErrors.image}</span>}
             </div>
