@@ -268,21 +268,27 @@ class Scheduler:
     def _usage_statement(self):
         now, since = sa.bindparam("now"), sa.bindparam("since")
         greatest = sa.func.max if self.db.engine.dialect.name == "sqlite" else sa.func.greatest  # SQLite's 2-argument max()
-        running = sa.case((node_runs.c.status == NodeStatus.RUNNING, 1), else_=0)
+        accounts_in = executions.c.account_id.in_(sa.bindparam("accounts", expanding=True))
+
+        def runs(started):  # two index-backed halves instead of one OR, which would scan the accounts' whole history
+            return (
+                sa.select(executions.c.account_id, node_runs.c.started_at, node_runs.c.finished_at, node_runs.c.status)
+                .join(executions, executions.c.id == node_runs.c.execution_id)
+                .where(accounts_in, started, node_runs.c.cached.is_(False))
+            )
+
+        recent = sa.union_all(
+            runs(node_runs.c.started_at >= since),  # started in the window
+            runs(sa.and_(node_runs.c.status == NodeStatus.RUNNING, node_runs.c.started_at < since)),  # running since before it
+        ).subquery()
+        running = sa.case((recent.c.status == NodeStatus.RUNNING, 1), else_=0)
         return (
             sa.select(
-                executions.c.account_id,
-                sa.func.sum(sa.func.coalesce(node_runs.c.finished_at, now) - greatest(node_runs.c.started_at, since)).label("seconds"),
+                recent.c.account_id,
+                sa.func.sum(sa.func.coalesce(recent.c.finished_at, now) - greatest(recent.c.started_at, since)).label("seconds"),
                 sa.func.sum(running).label("running"),
             )
-            .join(executions, executions.c.id == node_runs.c.execution_id)
-            .where(
-                executions.c.account_id.in_(sa.bindparam("accounts", expanding=True)),
-                sa.or_(node_runs.c.started_at >= since, node_runs.c.status == NodeStatus.RUNNING),
-                node_runs.c.started_at.is_not(None),
-                node_runs.c.cached.is_(False),
-            )
-            .group_by(executions.c.account_id)
+            .group_by(recent.c.account_id)
         )
 
     def _usage(self, conn: Connection, account_ids: set[str], now: float) -> dict[str, _Usage]:
