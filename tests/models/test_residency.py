@@ -174,6 +174,8 @@ def test_models_endpoint_shows_state_device_memory_and_load_time(make_runtime, s
     by_name = {m["name"]: m for m in body["data"]}
     assert by_name["tiny"]["state"] == "cold" and by_name["tiny"]["workers"] == []
     assert by_name["fake"]["state"] == "resident"
+    assert by_name["tiny"]["max_batch"] == 1 and by_name["tiny"]["loras"] == []
+    assert by_name["tiny"]["speed"] == {"compile": False, "quantize": "none", "cache": "none"}
     rt.models.backend("tiny")
     body = client.get("/api/v1/models").json()
     tiny = {m["name"]: m for m in body["data"]}["tiny"]
