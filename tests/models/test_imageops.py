@@ -226,3 +226,38 @@ def test_pad_edges_stretches_the_border_and_margin_mask_marks_the_margins():
     assert mask.size == (6, 3)
     assert [mask.getpixel((x, 0)) for x in range(6)] == [255, 0, 0, 0, 255, 255]
     assert all(mask.getpixel((x, 2)) == 255 for x in range(6))
+
+
+def test_probe_reads_size_orientation_and_alpha_from_the_header_without_decoding(monkeypatch):
+    from PIL import ImageFile
+
+    from pixelmill.models.imageops import ImageTooLargeError, probe_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    jpeg, png_exif, rgba, trns = io.BytesIO(), io.BytesIO(), io.BytesIO(), io.BytesIO()
+    picture(200, 100).save(jpeg, format="JPEG", exif=exif.tobytes())
+    picture(200, 100).save(png_exif, format="PNG", exif=exif.tobytes())
+    picture().convert("RGBA").save(rgba, format="PNG")
+    picture().convert("P").save(trns, format="PNG", transparency=0)
+
+    def no_decoding(self):
+        raise AssertionError("probe_image decoded pixels")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    assert probe_image(jpeg.getvalue()).size == (100, 200)  # as decode_image shows it
+    assert probe_image(png_exif.getvalue()).size == (100, 200)
+    assert probe_image(rgba.getvalue()).alpha and probe_image(trns.getvalue()).alpha
+    plain = probe_image(convert(picture(), "png"))
+    assert (plain.format, plain.size, plain.alpha) == ("PNG", (200, 100), False)
+    with pytest.raises(ImageTooLargeError):
+        probe_image(convert(picture(), "png"), max_pixels=100)
+
+
+def test_probe_refuses_what_is_not_a_whole_image():
+    from pixelmill.models.imageops import probe_image
+
+    data = convert(picture(), "png")
+    for bad in (b"", b"not an image", data[: len(data) // 2], data[:-20] + b"\0" * 20):
+        with pytest.raises(ImageDecodeError):
+            probe_image(bad)

@@ -274,10 +274,15 @@ def probe_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, formats: Iter
             raise ImageTooLargeError(f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} pixels")
         fmt = image.format or ""
         alpha = has_alpha(image)
-        try:
-            orientation = image.getexif().get(_ORIENTATION) if fmt in ("JPEG", "WEBP", "PNG") else None
-        except Exception:  # unreadable EXIF: decode_image ignores it too
-            orientation = None
+        orientation = None
+        raw_exif = image.info.get("exif")  # what the header carried (Image.getexif would decode a PNG)
+        if raw_exif:
+            try:
+                exif = Image.Exif()
+                exif.load(raw_exif)
+                orientation = exif.get(_ORIENTATION)
+            except Exception:  # unreadable EXIF: decode_image ignores it too
+                orientation = None
     if fmt == "PNG":
         try:
             with Image.open(io.BytesIO(data), formats=["PNG"]) as fresh:
