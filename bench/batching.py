@@ -134,9 +134,9 @@ def main() -> None:
     n = args.clients * args.jobs
     backend.generate(TextToImageRequest(prompt=prompt(0), width=args.size, height=args.size, steps=1, seed=0), StepControl())  # warm
     rows = {
-        "direct loop": direct(backend, n, args.size, args.steps),
         "server, unbatched": served(backend, spec, args.clients, args.jobs, args.size, args.steps, 1),
         f"server, batch <= {args.batch}": served(backend, spec, args.clients, args.jobs, args.size, args.steps, args.batch),
+        "direct loop": direct(backend, n, args.size, args.steps),
     }
     print(f"{MODEL} on {backend.device}, {args.size}x{args.size}, {args.steps} steps, {args.clients} clients x {args.jobs} request(s)")
     print(f"{'':<22}{'images/s':>10}{'p50 s':>9}{'p99 s':>9}")
