@@ -11,13 +11,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from pixelmill.accounts.keys import Principal
+from pixelmill.api import contract, wire
 from pixelmill.api.deps import json_body, principal
 from pixelmill.api.files import render_execution
 from pixelmill.engine.service import Submission
@@ -27,10 +28,13 @@ router = APIRouter(prefix="/api/v1", tags=["Account"])
 
 
 
-@router.get("/account")
-def get_account(request: Request, days: int = 30, entries: int = 50, who: Principal = Depends(principal)):
-    if not 1 <= days <= 90 or not 0 <= entries <= 500:
-        raise InvalidInput("days must be 1–90 and entries 0–500", code="invalid_pagination")
+@router.get("/account", responses=contract.responses(*contract.COMMON, ok={200: wire.Account}))
+def get_account(
+    request: Request,
+    days: Annotated[int, Query(ge=1, le=90)] = 30,
+    entries: Annotated[int, Query(ge=0, le=500)] = 50,
+    who: Principal = Depends(principal),
+):
     rt = request.app.state.runtime
     credits = rt.admission.balance(rt.db, who)  # grants this month's plan credits when due
     name, usage, daily = rt.accounts.own_usage(who.account_id, days=days, entries=entries)
@@ -55,7 +59,12 @@ def _plan_dict(plan) -> dict[str, Any] | None:
     return plan.model_dump(mode="json")
 
 
-@router.post("/executions", status_code=201)
+@router.post(
+    "/executions",
+    status_code=201,
+    openapi_extra=contract.json_request(wire.GraphRequest),
+    responses=contract.responses(*contract.SUBMIT, ok={200: wire.Execute, 201: wire.Execution}),
+)
 async def run_graph(request: Request, who: Principal = Depends(principal)):
     body = await json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("nodes"), dict):

@@ -282,5 +282,28 @@ class ImageEditJson(BaseModel):
     response_format: Literal["url", "b64_json"] | None = None
 
 
+class Account(_Open):
+    """The calling key's account: plan, credits and usage."""
+
+    id: str
+    name: str | None = None
+    plan: str | None = None
+    planLimits: dict[str, Any] | None = None
+    credits: float
+    executions: dict[str, Any] | None = None
+    creditsSpent: float | None = None
+    creditsHeld: float | None = None
+    ledger: list[dict[str, Any]] = Field(default_factory=list)
+    usageByDay: list[dict[str, Any]] | dict[str, Any] | None = None
+
+
+class GraphRequest(_Open):
+    """A graph to run as it is (the workflow graph format, no ``$input`` references)."""
+
+    nodes: dict[str, Any]
+    label: str | None = None
+    dry_run: bool | None = None
+
+
 class Balance(_Open):
     credits: float
