@@ -136,7 +136,9 @@ def serve(
     from pixelmill.api.app import create_app
     from pixelmill.runtime import Runtime
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from pixelmill.ops.logs import configure_logging
+
+    configure_logging()  # JSON lines, or plain text on a terminal
     settings = _settings(host=host, port=port)
     runtime = Runtime(settings)
     application = create_app(runtime)
@@ -166,7 +168,9 @@ def worker(
 
     if pool not in ("threads", "solo"):
         raise CliError("--pool is threads or solo", 2)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from pixelmill.ops.logs import configure_logging
+
+    configure_logging()  # JSON lines, or plain text on a terminal
     settings = _settings()
     try:
         return run_worker(

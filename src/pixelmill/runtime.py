@@ -97,6 +97,9 @@ class Runtime:
         from pixelmill.ops.readiness import Readiness
 
         self.lifecycle.add_hook(MetricsHook())
+        from pixelmill.ops.logs import StateChangeLog
+
+        self.lifecycle.add_hook(StateChangeLog())
         #: scale-out API nodes run no nodes; `pixelmill worker` marks its runtime as running them
         self.readiness = Readiness(self, runs_nodes=settings.queue == "inprocess")
         self.warm = None  # a WarmStart once start() began loading the default models

@@ -16,6 +16,7 @@ import uuid
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pixelmill.ops.logs import request_id as request_id_var
 from pixelmill.ops.metrics import observe_request
 
 access_log = logging.getLogger("pixelmill.access")
@@ -34,6 +35,7 @@ class RequestIdMiddleware:
         if not _REQUEST_ID_RE.match(rid):
             rid = str(uuid.uuid4())
         scope.setdefault("state", {})["request_id"] = rid
+        token = request_id_var.set(rid)  # every log line of this request (worker threads too) names it
         started = time.perf_counter()
         status = 500
 
@@ -48,6 +50,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_with_id)
         except Exception:
             access_log.exception("%s %s failed request_id=%s", scope["method"], scope["path"], rid)
+            request_id_var.reset(token)
             raise
         route = scope.get("route")  # the matched route's template: bounded label values
         observe_request(getattr(route, "path", None) or "unmatched", scope["method"], status, time.perf_counter() - started)
@@ -55,3 +58,4 @@ class RequestIdMiddleware:
             level = logging.WARNING if status >= 500 else logging.INFO
             access_log.log(level, "%s %s %d %.1fms request_id=%s", scope["method"], scope["path"], status,
                            (time.perf_counter() - started) * 1000, rid)
+        request_id_var.reset(token)
