@@ -60,3 +60,26 @@ def test_domain_layers_never_import_the_web_framework():
 
 def test_waiting_does_not_import_a_dialect():
     assert not [i for i in imports(ROOT / "api" / "wait.py") if i.startswith("pixelmill.api.dialects")]
+
+
+def test_async_routes_do_no_database_work_on_the_event_loop():
+    """An ``async def`` in the API layer reaches services only through ``run_in_threadpool``
+    (``executions.finished`` is an in-memory read and allowed)."""
+    import ast
+    from pathlib import Path
+
+    services = ("executions.", "workflows.", ".db.", "transaction(", "engine.connect", "storage.", "admission.", "triggers.", "accounts.", "janitor.")
+    found = []
+    for path in (Path(__file__).parents[1] / "src" / "pixelmill" / "api").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for fn in (n for n in ast.walk(tree) if isinstance(n, ast.AsyncFunctionDef)):
+            threaded = {  # everything handed to run_in_threadpool, lambdas' bodies included
+                id(node)
+                for call in ast.walk(fn) if isinstance(call, ast.Call) and ast.unparse(call.func).endswith("run_in_threadpool")
+                for a in call.args for node in ast.walk(a)
+            }
+            for call in (n for n in ast.walk(fn) if isinstance(n, ast.Call)):
+                name = ast.unparse(call.func)
+                if any(s in name + "(" for s in services) and not name.endswith(".finished") and id(call.func) not in threaded and id(call) not in threaded:
+                    found.append(f"{path.name}:{call.lineno} {fn.name}: {name}")
+    assert found == [], found

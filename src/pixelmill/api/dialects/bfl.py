@@ -270,6 +270,7 @@ async def pricing(request: Request, who: Principal = Depends(principal)):
         prepared = await run_in_threadpool(rt.executions.prepare, built.recipe.graph())
     except GraphProblems as e:
         return _validation_error(_request_problems(e, built.req))
+    credits = await run_in_threadpool(rt.admission.balance, rt.db, who)  # may grant this month's credits: off the loop
     return {
         "endpoint": endpoint,
         "cost": prepared.cost,
@@ -278,7 +279,7 @@ async def pricing(request: Request, who: Principal = Depends(principal)):
         "output_mp": round(built.width * built.height / 1_000_000, 4),
         "width": built.width,
         "height": built.height,
-        "credits": rt.admission.balance(rt.db, who),
+        "credits": credits,
     }
 
 
