@@ -265,7 +265,7 @@ def test_synopsis_names_real_commands_and_options():
         assert named <= options, f"`pixelmill {' '.join(words[:i])}` has no {sorted(named - options)}"
 
 
-PLACEHOLDERS = {"NAME": "readme-cli", "N": "5", "S": "7", "K": "1", "M": "pixelmill-tiny", "512x512": "256x256"}
+PLACEHOLDERS = {"NAME": "readme-cli", "N": "2", "S": "7", "K": "1", "M": "pixelmill-tiny", "512x512": "256x256"}
 SAFE = {("init",), ("generate",), ("models", "list"), ("keys", "create"), ("keys", "list"), ("migrate",)}
 
 
