@@ -230,6 +230,7 @@ def test_canvas_generate_upscale_remove_background(page, server):
 
 def test_publish_and_call_the_trigger_url(page, server):
     assert re.search(r"#/workflows/[0-9a-f-]{20,}", page.evaluate("location.hash"))  # the saved workflow of the previous test
+    server["workflow_url"] = page.evaluate("location.href")
     page.click("button:has-text('Publish')")
     url = page.inner_text("[data-testid=trigger-url]")
     assert url.startswith(server["base"] + "/api/v1/hooks/")
@@ -245,6 +246,23 @@ def test_publish_and_call_the_trigger_url(page, server):
     page.wait_for_selector("[data-testid=runs-table]")
     assert page.locator("[data-testid=runs-table] tbody tr").count() >= 3
     shot(page, "08-runs")
+
+
+def test_batch_runs_from_a_table_of_inputs(page, server):
+    page.goto(server["workflow_url"])  # the published workflow
+    page.wait_for_selector("[data-testid=node-generate]")
+    page.click("[data-testid=node-generate] .pm-node-head")
+    page.click("[data-field=prompt] button:has-text('as input')")  # the prompt becomes a workflow input
+    page.wait_for_selector("[data-testid=bound-prompt]")
+    batch = page.wait_for_selector("[data-testid=batch]")
+    page.click("button:has-text('Add row')")
+    page.fill("input[aria-label='prompt for run 1']", "a red circle on a blue background")
+    page.fill("input[aria-label='prompt for run 2']", "a green square on a yellow background")
+    page.click("button:has-text('Run batch of 2')")
+    page.wait_for_selector("[data-testid=batch-runs] li:nth-child(2)")
+    wait_until(lambda: page.locator("[data-testid=batch-runs] .badge.COMPLETED").count() == 2, timeout=240)
+    shot(page, "08a-canvas-batch")
+    assert batch.is_visible()
 
 
 def test_account_and_webhooks_pages(page, server):

@@ -48,10 +48,17 @@ interface Props {
   errors: Record<string, string>;
   models: ModelInfo[];
   onChange: (name: string, value: unknown) => void;
+  /** Make this field a workflow input (``{"$input": name}``); absent: fields cannot be bound. */
+  onBind?: (name: string, type: string) => void;
+}
+
+export function inputType(s: JsonSchema): string | null {
+  const t = unwrap(s).schema.type;
+  return t === "string" || t === "integer" || t === "number" || t === "boolean" ? t : null;
 }
 
 /** A form generated from a node's typed, bounded params (JSON Schema from GET /api/v1/nodes). */
-export function SchemaForm({ idPrefix, schema, values, errors, models, onChange }: Props) {
+export function SchemaForm({ idPrefix, schema, values, errors, models, onChange, onBind }: Props) {
   const required = new Set(schema.required ?? []);
   return (
     <div className="schema-form">
@@ -62,7 +69,15 @@ export function SchemaForm({ idPrefix, schema, values, errors, models, onChange 
         const err = errors[name];
         const hint = bounds(s);
         let control: React.ReactNode;
-        if (name === "model" && s.type === "string" && !s.enum && models.length) {
+        const bound = value && typeof value === "object" && "$input" in (value as object) ? String((value as { $input: unknown }).$input) : null;
+        if (bound !== null) {
+          control = (
+            <div className="bound" data-testid={`bound-${name}`}>
+              from workflow input <code>{bound}</code>{" "}
+              <button type="button" className="link" onClick={() => onChange(name, prop.default ?? null)}>unbind</button>
+            </div>
+          );
+        } else if (name === "model" && s.type === "string" && !s.enum && models.length) {
           control = (
             <select id={id} value={String(value ?? "")} onChange={(e) => onChange(name, e.target.value)} aria-invalid={!!err}>
               {!models.some((m) => m.name === value) && <option value={String(value ?? "")}>{String(value ?? "(choose)")}</option>}
@@ -120,6 +135,9 @@ export function SchemaForm({ idPrefix, schema, values, errors, models, onChange 
               {label(name, s)}
               {required.has(name) && <span className="req" aria-label="required">*</span>}
               {hint && <span className="muted small-text"> {hint}</span>}
+              {onBind && bound === null && inputType(prop) && (
+                <button type="button" className="link bind" title="Set this value per run: a workflow input" onClick={() => onBind(name, inputType(prop)!)}>as input</button>
+              )}
             </label>
             {control}
             {err && <span className="field-error" role="alert">{err}</span>}

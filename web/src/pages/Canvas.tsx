@@ -21,6 +21,20 @@ import {
 import { api, ApiError, Execution, fmtCredits, fmtMs, ModelInfo, NodeRun, NodeTypeInfo, origin, Problem, streamEvents, TERMINAL } from "../api";
 import { CopyButton, ErrorBox } from "../components/ErrorBox";
 import { defaultParams, SchemaForm } from "../components/SchemaForm";
+
+interface InputDecl {
+  type: string;
+  default?: unknown;
+  required?: boolean;
+  description?: string | null;
+}
+
+function parseValue(type: string, raw: string): unknown {
+  if (type === "integer") return Math.trunc(Number(raw));
+  if (type === "number") return Number(raw);
+  if (type === "boolean") return raw === "true" || raw === "1" || raw === "yes";
+  return raw;
+}
 import { go, refreshCredits } from "../App";
 import { useDebounced } from "../hooks";
 
@@ -218,6 +232,9 @@ function Editor({ workflowId }: { workflowId: string }) {
   const [runs, setRuns] = useState<Record<string, Partial<NodeRun>>>({});
   const [published, setPublished] = useState<{ url: string; response?: string } | null>(null);
   const [loaded, setLoaded] = useState(false);
+  const [batchOpen, setBatchOpen] = useState(false);
+  const [rows, setRows] = useState<Record<string, string>[]>([{}]);
+  const [batchRuns, setBatchRuns] = useState<Execution[] | null>(null);
   const history = useRef<{ past: Snapshot[]; future: Snapshot[] }>({ past: [], future: [] });
   const lastParamEdit = useRef<{ key: string; at: number } | null>(null);
   const streamCtl = useRef<AbortController | null>(null);
@@ -635,6 +652,67 @@ function Editor({ workflowId }: { workflowId: string }) {
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [loaded]);
 
+  // --- workflow inputs and batch runs ----------------------------------------------------------
+  const inputs = (doc?.inputs ?? {}) as Record<string, InputDecl>;
+  const bind = (nodeId: string, field: string, type: string) => {
+    let name = field;
+    for (let i = 2; inputs[name]; i++) name = `${field}${i}`;
+    const current = nodes.find((n) => n.id === nodeId)?.data.params[field];
+    setDoc((d) => ({ ...(d ?? { name, nodes: {} }), inputs: { ...(d?.inputs ?? {}), [name]: { type, default: current ?? null } } }));
+    setParam(nodeId, field, { $input: name });
+    setBatchOpen(true);
+  };
+  const removeInput = (name: string) => {
+    const used = nodes.some((n) => Object.values(n.data.params).some((v) => v && typeof v === "object" && (v as { $input?: string }).$input === name));
+    if (used) {
+      setError(new Error(`The input “${name}” is still used by a node field: unbind it first.`));
+      return;
+    }
+    setDoc((d) => {
+      const next = { ...(d?.inputs ?? {}) } as Record<string, unknown>;
+      delete next[name];
+      return { ...(d ?? { name, nodes: {} }), inputs: next };
+    });
+    setDirty(true);
+  };
+
+  const runBatch = async () => {
+    setError(null);
+    if (isNew) {
+      setError(new Error("Save the workflow first, then run the batch."));
+      return;
+    }
+    if (dirty && !(await save())) return;
+    const sets = rows.map((r) => {
+      const out: Record<string, unknown> = {};
+      for (const [name, decl] of Object.entries(inputs)) if (r[name] !== undefined && r[name] !== "") out[name] = parseValue(decl.type, r[name]);
+      return out;
+    });
+    try {
+      const r = await api<{ batchId: string | null; executionRuns: Execution[] }>(`/api/v1/workflows/${encodeURIComponent(workflowId)}/execute`, {
+        body: sets.length > 1 ? { batch: sets } : { inputs: sets[0] },
+      });
+      setBatchRuns(r.executionRuns);
+      refreshCredits();
+    } catch (e) {
+      setError(e);
+    }
+  };
+  useEffect(() => {
+    if (!batchRuns || batchRuns.every((r) => TERMINAL.has(r.status))) {
+      if (batchRuns) refreshCredits();
+      return;
+    }
+    const t = setTimeout(async () => {
+      try {
+        setBatchRuns(await Promise.all(batchRuns.map((r) => (TERMINAL.has(r.status) ? r : api<Execution>(`/api/v1/executions/${r.id}`)))));
+      } catch (e) {
+        setError(e);
+      }
+    }, 1500);
+    return () => clearTimeout(t);
+  }, [batchRuns]);
+
   const selected = nodes.find((n) => n.id === selectedId) ?? null;
   const selectedInfo = selected ? typeInfo[selected.data.nodeType] : undefined;
   const fieldErrors = useMemo(() => {
@@ -659,6 +737,9 @@ function Editor({ workflowId }: { workflowId: string }) {
         <button className="secondary small danger-text" onClick={remove}>Delete</button>
         <span className="spacer" />
         <span className="price" data-testid="total-price">{total !== null ? <>Total ≈ <strong>{fmtCredits(total)}</strong> credits</> : problems.length ? <span className="field-error">{problems.length} problem{problems.length > 1 ? "s" : ""}</span> : ""}</span>
+        <button className="secondary small" onClick={() => setBatchOpen(!batchOpen)} aria-expanded={batchOpen}>
+          Inputs &amp; batch{Object.keys(inputs).length ? ` (${Object.keys(inputs).length})` : ""}
+        </button>
         <button className="secondary small" onClick={publish} disabled={isNew && !nodes.length}>Publish</button>
         {running ? <button className="danger small" onClick={cancel}>Cancel run</button> : <button className="small" onClick={run} disabled={!nodes.length}>Run</button>}
       </div>
@@ -673,6 +754,63 @@ function Editor({ workflowId }: { workflowId: string }) {
           {" · "}{Math.round(execution.progress * 100)}%
           {TERMINAL.has(execution.status) && ` · charged ${fmtCredits(execution.credits.charged)} credits · ${fmtMs(execution.durationMs)}`}
           {execution.error && <span className="field-error"> · {execution.error.message}</span>}
+        </div>
+      )}
+      {batchOpen && (
+        <div className="card batch" data-testid="batch">
+          <div className="page-head">
+            <strong>Workflow inputs</strong>
+            <span className="muted small-text">Set per run; bind a node field with “as input” in its settings.</span>
+            <div className="spacer" />
+            <button className="secondary small" onClick={() => setBatchOpen(false)}>Close</button>
+          </div>
+          {Object.keys(inputs).length === 0 ? (
+            <div className="muted">No inputs yet: select a node and press “as input” next to a field (for example the prompt).</div>
+          ) : (
+            <>
+              <div className="table-wrap">
+                <table className="list">
+                  <thead>
+                    <tr>
+                      <th>#</th>
+                      {Object.entries(inputs).map(([name, d]) => (
+                        <th key={name}>{name} <span className="muted">({d.type})</span> <button className="link" onClick={() => removeInput(name)} aria-label={`Remove input ${name}`}>×</button></th>
+                      ))}
+                      <th />
+                    </tr>
+                  </thead>
+                  <tbody>
+                    {rows.map((row, i) => (
+                      <tr key={i}>
+                        <td>{i + 1}</td>
+                        {Object.entries(inputs).map(([name, d]) => (
+                          <td key={name}>
+                            <input aria-label={`${name} for run ${i + 1}`} value={row[name] ?? ""} placeholder={d.default === null || d.default === undefined ? "" : String(d.default)}
+                              onChange={(e) => setRows(rows.map((r, j) => (j === i ? { ...r, [name]: e.target.value } : r)))} />
+                          </td>
+                        ))}
+                        <td><button className="secondary small" disabled={rows.length === 1} onClick={() => setRows(rows.filter((_, j) => j !== i))}>Remove</button></td>
+                      </tr>
+                    ))}
+                  </tbody>
+                </table>
+              </div>
+              <div className="actions">
+                <button className="secondary small" onClick={() => setRows([...rows, {}])} disabled={rows.length >= 100}>Add row</button>
+                <button className="small" onClick={runBatch}>Run {rows.length > 1 ? `batch of ${rows.length}` : "with these inputs"}</button>
+              </div>
+            </>
+          )}
+          {batchRuns && (
+            <ul className="batch-runs" data-testid="batch-runs">
+              {batchRuns.map((r, i) => (
+                <li key={r.id}>
+                  {i + 1}. <a href={`#/runs/${r.id}`}>{r.id.slice(0, 8)}</a> <span className={`badge ${r.status}`}>{r.status.toLowerCase()}</span>
+                  {r.outputs[0] && <img className="thumb" src={r.outputs[0]} alt={`run ${i + 1} output`} />}
+                </li>
+              ))}
+            </ul>
+          )}
         </div>
       )}
       {published && (
@@ -756,6 +894,7 @@ function Editor({ workflowId }: { workflowId: string }) {
                 errors={fieldErrors}
                 models={models}
                 onChange={(f, v) => setParam(selected.id, f, v)}
+                onBind={(f, t) => bind(selected.id, f, t)}
               />
               {selectedOtherProblems.length > 0 && (
                 <ul className="error problems">{selectedOtherProblems.map((p, i) => <li key={i}>{p.loc?.join(".")} {p.msg}</li>)}</ul>
