@@ -268,7 +268,9 @@ class Scheduler:
     def _usage_statement(self):
         now, since = sa.bindparam("now"), sa.bindparam("since")
         greatest = sa.func.max if self.db.engine.dialect.name == "sqlite" else sa.func.greatest  # SQLite's 2-argument max()
-        accounts_in = executions.c.account_id.in_(sa.bindparam("accounts", expanding=True))
+        # wrapped so no planner drives this from the accounts' executions (their whole history): the
+        # node runs' time and status indexes pick the few recent or running runs, then their executions by key
+        accounts_in = sa.func.coalesce(executions.c.account_id, "").in_(sa.bindparam("accounts", expanding=True))
 
         def runs(started):  # two index-backed halves instead of one OR, which would scan the accounts' whole history
             return (
