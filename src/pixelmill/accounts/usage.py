@@ -49,7 +49,7 @@ def account_usage(conn: Connection, account_id: str, since: float | None = None,
 
 
 def usage_by_day(conn: Connection, account_id: str, days: int = 30, now: float | None = None) -> list[dict[str, Any]]:
-    """Credits charged per UTC day and per model (node type for nodes without a model)
+    """Credits charged per UTC day and per model (node type for nodes other than text_to_image)
     over the last ``days`` days, from the finished node runs of the account.
 
     ``[{"day": "2026-01-31", "credits": 1.5, "byModel": {"pixelmill-tiny": 1.0, "upscale": 0.5}}, …]``,
@@ -74,7 +74,9 @@ def usage_by_day(conn: Connection, account_id: str, days: int = 30, now: float |
         day = int(finished_at // 86400)
         if day not in totals or not cost:
             continue
-        name = (params or {}).get("model") if isinstance(params, dict) else None
+        # a generating node is counted under its catalog model; other nodes under their type
+        # (remove_background's own "model" parameter names a cut-out method, not a catalog model)
+        name = params.get("model") if node_type == "text_to_image" and isinstance(params, dict) else None
         key = str(name or node_type)
         totals[day][key] = totals[day].get(key, 0.0) + float(cost)
     out = []
