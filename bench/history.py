@@ -10,7 +10,8 @@ path, not the finished-view cache).  The ratio largest/smallest history is
 printed per database (target ≤ 1.5×), then the query plans of what these
 requests ask the store (``EXPLAIN``).
 
-    python bench/history.py [--sizes 100,100000] [--requests 150] [--pg postgresql+psycopg://postgres@127.0.0.1:5432/postgres]
+    python bench/history.py [--sizes 100,100000] [--requests 150] [--databases sqlite,postgresql]
+                            [--pg postgresql+psycopg://postgres@127.0.0.1:5432/postgres]
 """
 
 from __future__ import annotations
@@ -179,9 +180,10 @@ def main() -> None:
     ap.add_argument("--sizes", default="100,100000")
     ap.add_argument("--requests", type=int, default=150)
     ap.add_argument("--pg", default=PG_ADMIN, help="PostgreSQL admin URL ('' to skip)")
+    ap.add_argument("--databases", default="sqlite,postgresql", help="which of sqlite,postgresql to measure")
     a = ap.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
-    backends = ["sqlite"] + (["postgresql"] if a.pg else [])
+    backends = [b for b in a.databases.split(",") if b == "sqlite" or (b == "postgresql" and a.pg)]
     results: dict[str, dict[int, dict[str, float]]] = {}
     plans_from: dict[str, str] = {}
     for backend in backends:
