@@ -29,8 +29,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until_serving(base: str, proc: subprocess.Popen, timeout: float = 60) -> None:
-    """Poll ``/healthz`` until the server answers; fail with its output if it exits first."""
+def wait_until_serving(base: str, proc: subprocess.Popen, timeout: float = 60, log: Path | None = None) -> None:
+    """Poll ``/healthz`` until the server answers; fail with its output (``log``) if it exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -39,7 +39,7 @@ def wait_until_serving(base: str, proc: subprocess.Popen, timeout: float = 60) -
         except httpx.HTTPError:
             time.sleep(0.2)
         if proc.poll() is not None:
-            raise AssertionError(proc.stdout.read().decode() if proc.stdout else f"server exited with {proc.returncode}")
+            raise AssertionError(log.read_text(errors="replace") if log is not None else f"server exited with {proc.returncode}")
 
 
 @pytest.fixture
@@ -59,9 +59,11 @@ bfl_endpoints = ["flux-dev", "flux-pro-1.1"]
     port = free_port()
     env = {**os.environ, "PIXELMILL_DATA_DIR": str(tmp_path / "data"), "PIXELMILL_MODELS_CATALOG": str(catalog), "HF_HUB_OFFLINE": "1"}
     key = json.loads(subprocess.check_output(PIXELMILL + ["keys", "create", "--account", "e2e", "--credits", "50", "--json"], env=env))["key"]
-    proc = subprocess.Popen(PIXELMILL + ["serve", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = tmp_path / "server.log"  # a file, not a pipe: a pipe nobody reads fills up and stalls the server's logging
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(PIXELMILL + ["serve", "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    wait_until_serving(base, proc)
+    wait_until_serving(base, proc, log=log)
     yield base, key, env
     proc.terminate()
     try:
