@@ -162,7 +162,7 @@ def worker(
     ),
     health_port: Optional[int] = typer.Option(None, "--health-port", help="serve /healthz, /readyz and /metrics on this port (0: any free port; default: off)"),
     log_level: str = typer.Option("info", "--log-level"),
-) -> int:
+) -> None:
     """Run a scale-out worker: node tasks from Celery (Redis), one process per GPU."""
     from pixelmill.worker import parse_queues, run_worker
 
@@ -173,12 +173,14 @@ def worker(
     configure_logging()  # JSON lines, or plain text on a terminal
     settings = _settings()
     try:
-        return run_worker(
+        code = run_worker(
             settings, queues=parse_queues(queues) or None, concurrency=concurrency, pool=pool, preload=not no_preload,
             hostname=hostname, loglevel=log_level.upper(), visibility_timeout_s=visibility_timeout, health_port=health_port,
         )
     except ValueError as e:
         raise CliError(f"pixelmill worker: {e}", 2) from None
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()
@@ -610,15 +612,16 @@ def _builtin_catalog_text() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import click
+    """Run the command; its exit code (usage errors 2, refusals 1 or 2, as each command says)."""
     import httpx
 
     from pixelmill.client import PixelmillError
-    from pixelmill.store.migrate import SchemaOutOfDate
 
     try:
-        result = app(args=argv, prog_name="pixelmill", standalone_mode=False)
-        return result if isinstance(result, int) else 0
+        app(args=argv, prog_name="pixelmill", standalone_mode=True)
+        return 0
+    except SystemExit as e:  # typer's own exits: help, usage errors, typer.Exit
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except CliError as e:
         print(f"pixelmill: {e}", file=sys.stderr)
         return e.code
@@ -631,16 +634,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"pixelmill: {e}", file=sys.stderr)
         return 2
-    except SchemaOutOfDate as e:  # a scale-out server or worker on a database `pixelmill migrate` has not brought up
-        print(f"pixelmill: {e}", file=sys.stderr)
-        return 2
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.ClickException as e:
-        e.show()
-        return e.exit_code
-    except click.exceptions.Abort:
-        return 130
 
 
 if __name__ == "__main__":
