@@ -616,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     import httpx
 
     from pixelmill.client import PixelmillError
+    from pixelmill.store.migrate import SchemaOutOfDate
 
     try:
         app(args=argv, prog_name="pixelmill", standalone_mode=True)
@@ -631,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     except httpx.TransportError as e:
         print(f"pixelmill: cannot reach the server ({type(e).__name__}: {e})", file=sys.stderr)
         return 1
-    except ConfigError as e:
+    except (ConfigError, SchemaOutOfDate) as e:
         print(f"pixelmill: {e}", file=sys.stderr)
         return 2
 
