@@ -13,7 +13,7 @@ from PIL import Image
 from pixelmill import cli
 from pixelmill.api.app import create_app
 from pixelmill.store import migrate
-from tests.api.test_openai_http import serve
+from tests.helpers.servers import serve
 from tests.conftest import FakeBackend, create_key
 
 PIXELMILL = [sys.executable, "-m", "pixelmill.cli"]

@@ -11,7 +11,7 @@ from blackforest.client import BFLError
 from fastapi.testclient import TestClient
 
 from pixelmill.api.app import create_app
-from tests.api.test_openai_http import serve
+from tests.helpers.servers import serve
 from tests.conftest import create_key
 
 

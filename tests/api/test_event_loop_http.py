@@ -11,10 +11,10 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
-import uvicorn
 
 from pixelmill.api.app import create_app
-from tests.conftest import create_key, wait_for
+from tests.conftest import create_key
+from tests.helpers.servers import serve
 
 WORKFLOW = {
     "name": "one",
@@ -25,24 +25,6 @@ WORKFLOW = {
 
 def NODELAY() -> httpx.HTTPTransport:
     return httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
-
-
-@contextmanager
-def serve(app):
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no 40 ms delayed-ACK stalls in the figures
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, timeout=10)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-        sock.close()
 
 
 @contextmanager

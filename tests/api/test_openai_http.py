@@ -4,38 +4,18 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
 import threading
 import time
-from contextlib import contextmanager
 
 import httpx
 import numpy as np
 import openai
 import pytest
-import uvicorn
 from PIL import Image
 
 from pixelmill.api.app import create_app
 from tests.conftest import FakeBackend, create_key, wait_for
-
-
-@contextmanager
-def serve(app):
-    """Run ``app`` under uvicorn on a free local port, in a thread; yields the base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, timeout=10)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+from tests.helpers.servers import serve
 
 
 class Server:

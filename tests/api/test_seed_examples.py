@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from pixelmill.api.app import create_app
-from tests.api.test_openai_http import serve
+from tests.helpers.servers import serve
 from tests.conftest import FakeBackend, create_key, wait_for
 
 SEEDS = Path(__file__).parent / "data" / "seeds"

@@ -14,7 +14,7 @@ from PIL import Image
 
 from pixelmill.api.app import create_app
 from pixelmill.client import AsyncClient, Client, PixelmillError, verify_webhook
-from tests.api.test_openai_http import serve
+from tests.helpers.servers import serve
 from tests.conftest import FakeBackend, create_key
 
 
