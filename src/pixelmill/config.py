@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     #: load the default models in the background at start in every process that runs nodes
     #: (the embedded server, `pixelmill worker`); /readyz reports the progress
     preload_models: bool = True
+    #: OpenTelemetry traces (a span per HTTP request and per node run); also on when
+    #: ``OTEL_TRACES_EXPORTER`` names an exporter. The ``OTEL_*`` variables configure the rest
+    tracing: bool = False
     warm_models: Annotated[list[str], NoDecode] = Field(default_factory=list)  # the default models; empty: every catalog model
     #: "fair": the scheduler picks the next node run (plan priority, weighted fair share
     #: between accounts, request priority, deadlines); "fifo": in order of arrival

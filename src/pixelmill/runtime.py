@@ -34,10 +34,16 @@ log = logging.getLogger("pixelmill")
 
 
 class Runtime:
-    def __init__(self, settings: Settings, catalog: ModelCatalog | None = None, models: ModelRegistry | None = None, migrate_db: bool | None = None):
+    def __init__(
+        self, settings: Settings, catalog: ModelCatalog | None = None, models: ModelRegistry | None = None, migrate_db: bool | None = None,
+        tracing: Any = None,
+    ):
         """``migrate_db``: None (default) migrates in the embedded server (in-process queue) and
         only checks the schema in scale-out processes, which refuse to start when it is behind
-        (:class:`~pixelmill.store.migrate.SchemaOutOfDate`)."""
+        (:class:`~pixelmill.store.migrate.SchemaOutOfDate`).
+
+        ``tracing``: a :class:`~pixelmill.ops.tracing.Tracing` to use; None: as the settings and
+        the ``OTEL_*`` environment ask (off by default)."""
         self.settings = settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         url = settings.resolved_database_url()
@@ -100,6 +106,12 @@ class Runtime:
         from pixelmill.ops.logs import StateChangeLog
 
         self.lifecycle.add_hook(StateChangeLog())
+        from pixelmill.ops.tracing import Tracing, TracingHook
+
+        #: None when tracing is off: no span, no hook, no middleware
+        self.tracing = tracing if tracing is not None else Tracing.from_settings(settings)
+        if self.tracing is not None:
+            self.lifecycle.add_hook(TracingHook(self.tracing))
         #: scale-out API nodes run no nodes; `pixelmill worker` marks its runtime as running them
         self.readiness = Readiness(self, runs_nodes=settings.queue == "inprocess")
         self.warm = None  # a WarmStart once start() began loading the default models
@@ -191,4 +203,6 @@ class Runtime:
             self.models.stop()
             self.started = False
         self.notifier.stop()
+        if self.tracing is not None:
+            self.tracing.shutdown()
         self.db.dispose()

@@ -76,6 +76,10 @@ def create_app(runtime, manage_runtime: bool = True) -> FastAPI:
     app.add_middleware(SchedulingHeadersMiddleware)  # innermost: its context reaches the routes
     app.add_middleware(AccountsMiddleware)
     app.add_middleware(RequestGuard)  # outside the accounts step: refused before any key lookup
+    if getattr(runtime, "tracing", None) is not None:  # a span per request, inside the request id (it names it)
+        from pixelmill.api.tracing import TracingMiddleware
+
+        app.add_middleware(TracingMiddleware, tracing=runtime.tracing)
     app.add_middleware(RequestIdMiddleware)  # outside the three above: their own answers carry the id too
 
     if runtime.settings.cors_origins:  # off by default; outermost, so preflights need no key

@@ -72,6 +72,9 @@ executions = sa.Table(
     sa.Column("priority", sa.Integer, nullable=False, default=0),  # within the plan's range; orders the account's own work
     sa.Column("start_by", TS),  # not started by then: failed as ``expired`` (refunded)
     sa.Column("deadline_at", TS),  # not finished by then: stopped at the next step, failed as ``deadline_exceeded``
+    #: the W3C trace context (``traceparent``/``tracestate``) of the submitting request, when tracing is on:
+    #: the worker's node-run spans join that request's trace
+    sa.Column("trace_context", sa.JSON),
     sa.Index("ix_executions_account_created", "account_id", "created_at"),
     sa.Index("ix_executions_status", "status"),
     sa.Index("ix_executions_batch", "batch_id"),
