@@ -3,7 +3,8 @@
 Server side: ``serve``, ``worker``, ``migrate``, ``init``, ``keys``, ``accounts``,
 ``credits``, ``usage``, ``models add``.  Client side, against a server
 (``--server URL``, key from ``PIXELMILL_API_KEY``) or the local embedded data
-directory: ``generate``, ``run``, ``models list``.
+directory: ``generate``, ``run``, ``models list``; against a running server
+with its admin key (``PIXELMILL_ADMIN_KEY``): ``models load`` / ``models unload``.
 
 Only ``migrate``, ``init`` and ``serve`` (embedded) change the database schema;
 the other commands check it and say what to run when it is behind.  Read-only
@@ -558,6 +559,42 @@ def models_list(
     for row in rows:
         name = row.get("id") or row.get("name")
         print(f"{name:28} {row.get('state', ''):10} {', '.join(row.get('aliases') or [])}")
+
+
+def _model_control(action: str, name: str, server: str | None, as_json: bool) -> None:
+    import os
+
+    from pixelmill.client import Client
+
+    _quiet()
+    admin_key = os.environ.get("PIXELMILL_ADMIN_KEY")
+    if not admin_key:
+        raise CliError("set PIXELMILL_ADMIN_KEY to the server's admin key", 2)
+    with Client(server, admin_key, timeout=900, max_retries=0) as px:
+        state = px.load_model(name) if action == "load" else px.unload_model(name)
+    workers = ", ".join(f"{w.get('worker')} on {w.get('device')}" for w in state.get("workers") or [])
+    memory = f", {state['memory_bytes'] / 2**20:.1f} MiB" if state.get("memory_bytes") else ""
+    _out(state, as_json, f"{state['name']}: {state['state']}{' (' + workers + memory + ')' if workers else ''}")
+
+
+@models_app.command("load")
+def models_load(
+    name: str = typer.Argument(..., help="catalog name (or alias) of the model"),
+    server: Optional[str] = typer.Option(None, "--server", help="the server's URL (default: $PIXELMILL_BASE_URL or http://127.0.0.1:8000)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Load a model on a running embedded server now (admin key from PIXELMILL_ADMIN_KEY)."""
+    _model_control("load", name, server, as_json)
+
+
+@models_app.command("unload")
+def models_unload(
+    name: str = typer.Argument(..., help="catalog name (or alias) of the model"),
+    server: Optional[str] = typer.Option(None, "--server", help="the server's URL (default: $PIXELMILL_BASE_URL or http://127.0.0.1:8000)"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Free an idle model's memory on a running embedded server (admin key from PIXELMILL_ADMIN_KEY)."""
+    _model_control("unload", name, server, as_json)
 
 
 @models_app.command("add")

@@ -58,12 +58,13 @@ def test_every_operation_declares_security_request_and_responses(served):
             if status[0] in "45":
                 schema = _resolve(served, resp["content"]["application/json"]["schema"])
                 assert "error" in schema["properties"] or "detail" in schema["properties"], (where, status)
-        if method in ("post", "put") and not path.startswith(("/api/v1/executions", "/v2/jobs", "/api/v1/webhooks/events", "/api/v1/webhooks/secret", "/v1/finetune", "/v1/delete_finetune", "/api/v1/workflows/{workflow_id}/publish", "/api/v1/workflows/{workflow_id}/trigger")):
+        if method in ("post", "put") and not path.startswith(("/api/v1/executions", "/v2/jobs", "/api/v1/webhooks/events", "/api/v1/webhooks/secret", "/v1/finetune", "/v1/delete_finetune", "/api/v1/workflows/{workflow_id}/publish", "/api/v1/workflows/{workflow_id}/trigger", "/api/v1/models/{model}/")):
             assert "requestBody" in op, where
         if path == "/api/v1/hooks/{token}":
             assert op.get("security") == [], where  # the token in the path is the credential
-        elif path.startswith("/admin/"):
+        elif path.startswith(("/admin/", "/api/v1/models/{model}/")):  # loading and unloading models is the operator's
             assert {"AdminBearer": []} in op["security"], where
+            assert {"x-key": []} not in op["security"], where
         else:
             assert {"x-key": []} in op["security"] and {"Bearer": []} in op["security"], where
         if path.startswith(("/api/", "/v2/")) and "/events" not in path:

@@ -34,12 +34,14 @@ key (``x-key``, ``X-API-Key`` or ``Authorization: Bearer sk-…``):
    response always gets the replay.
 
 Signed file URLs (``/files/…``), ``/healthz`` and ``/admin/…`` are outside the API
-prefixes and pass straight through.
+prefixes and pass straight through, as do requests that present the admin key
+(the admin routes under ``/api/``, such as loading a model, check it themselves).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from dataclasses import dataclass, field
@@ -86,6 +88,11 @@ def presented_key(headers: Headers) -> str | None:
     return key or None
 
 
+def _is_admin_key(runtime: Any, key: str) -> bool:
+    expected = runtime.settings.admin_key
+    return bool(expected) and hmac.compare_digest(key.encode(), expected.encode())
+
+
 @dataclass
 class _Admitted:
     """What the first, threaded step decided about a request."""
@@ -111,10 +118,10 @@ class AccountsMiddleware:
             return
         headers = Headers(scope=scope)
         key = presented_key(headers)
-        if key is None:
+        runtime = scope["app"].state.runtime
+        if key is None or _is_admin_key(runtime, key):  # the admin routes under /api/ check the admin key themselves
             await self.app(scope, receive, send)
             return
-        runtime = scope["app"].state.runtime
         method = scope["method"]
 
         raw_idem = headers.get("idempotency-key") if method == "POST" and not scope["path"].endswith(READ_ONLY_POST_SUFFIXES) else None

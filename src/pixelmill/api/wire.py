@@ -249,6 +249,16 @@ class ModelEntry(_Open):
     owned_by: str | None = None
 
 
+class ModelState(_Open):
+    """One model's residency after a load or unload."""
+
+    name: str
+    state: Literal["cold", "loading", "resident"]
+    workers: list[dict[str, Any]] = Field(default_factory=list)
+    memory_bytes: int | None = None
+    load_seconds: float | None = None
+
+
 class ModelList(_Open):
     object: Literal["list"] = "list"
     data: list[ModelEntry]

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator
+from urllib.parse import quote
 
 import httpx
 
@@ -331,6 +332,16 @@ class Client(_Base):
     def credits(self) -> float:
         return float(self.request("GET", "/v1/credits")["credits"])
 
+    # -- administration (the client's key is the server's admin key) -------------------------
+
+    def load_model(self, name: str) -> dict[str, Any]:
+        """Load a model on an embedded server now; its state once resident."""
+        return self.request("POST", f"/api/v1/models/{quote(name, safe='')}/load")
+
+    def unload_model(self, name: str) -> dict[str, Any]:
+        """Free an idle model's memory on an embedded server (409 ``model_in_use`` while it runs)."""
+        return self.request("POST", f"/api/v1/models/{quote(name, safe='')}/unload")
+
 
 class AsyncClient(_Base):
     """The asynchronous client: the same methods as coroutines."""
@@ -446,6 +457,12 @@ class AsyncClient(_Base):
 
     async def credits(self) -> float:
         return float((await self.request("GET", "/v1/credits"))["credits"])
+
+    async def load_model(self, name: str) -> dict[str, Any]:
+        return await self.request("POST", f"/api/v1/models/{quote(name, safe='')}/load")
+
+    async def unload_model(self, name: str) -> dict[str, Any]:
+        return await self.request("POST", f"/api/v1/models/{quote(name, safe='')}/unload")
 
 
 def verify_webhook(payload: bytes | str, headers: dict[str, str], secret: str) -> dict[str, Any]:

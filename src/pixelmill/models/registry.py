@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
+from enum import StrEnum
 from typing import Callable, Iterable, Iterator
 
 from pixelmill.models.base import TextToImageBackend
@@ -36,6 +37,16 @@ def default_backend_factory(spec: ModelSpec) -> TextToImageBackend:
 
         return DiffusersBackend(spec)
     raise ValueError(f"model {spec.name!r}: unknown backend {spec.backend!r}")
+
+
+class Unloaded(StrEnum):
+    """What :meth:`ModelRegistry.unload_idle` did."""
+
+    UNLOADED = "unloaded"  # it was resident and idle: its memory is free now
+    COLD = "cold"  # it was not loaded: nothing to do
+    IN_USE = "in_use"  # a generation runs on it: left loaded
+    LOADING = "loading"  # a load is under way: left alone
+    PINNED = "pinned"  # registered from outside: never unloaded
 
 
 class ModelRegistry:
@@ -218,6 +229,23 @@ class ModelRegistry:
             backend = self._mark_cold(name)
         _unload(backend)
         return True
+
+    def unload_idle(self, name: str) -> "Unloaded":
+        """Drop ``name`` now if nothing uses it, never waiting: what happened (see :class:`Unloaded`)."""
+        with self._cond:
+            residence = self._models.get(name)
+            if residence is None or residence.state == ModelState.COLD:
+                return Unloaded.COLD
+            if residence.pinned:
+                return Unloaded.PINNED
+            if residence.state == ModelState.LOADING:
+                return Unloaded.LOADING
+            if residence.in_use > 0:
+                return Unloaded.IN_USE
+            backend = self._mark_cold(name)
+        _unload(backend)
+        log.info("model %s unloaded on request", name)
+        return Unloaded.UNLOADED
 
     def states(self) -> dict[str, dict]:
         """Every catalog (and registered) model's residency: state, device, memory, load time, use."""
