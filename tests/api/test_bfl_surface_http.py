@@ -1,5 +1,5 @@
 """The rest of BFL's current surface: price quotes, FLUX.2 with eight reference images,
-finetune endpoints that say plainly they are not offered, the synchronous mount."""
+finetune endpoints on a catalog without LoRAs, the synchronous mount."""
 
 from __future__ import annotations
 
@@ -87,24 +87,26 @@ def test_flux2_takes_eight_reference_images(client, recorder):
     assert r.status_code == 422
 
 
-@pytest.mark.parametrize(
-    "method,path,body",
-    [
-        ("POST", "/v1/flux-pro-1.1-ultra-finetuned", {"finetune_id": "ft-1", "prompt": "x"}),
-        ("POST", "/v1/flux-pro-1.0-fill-finetuned", {"finetune_id": "ft-1", "image": "aGk="}),
-        ("POST", "/v1/finetune", {"file_data": "..."}),
-        ("POST", "/v1/delete_finetune", {"finetune_id": "ft-1"}),
-        ("GET", "/v1/my_finetunes", None),
-        ("GET", "/v1/finetune_details?finetune_id=ft-1", None),
-    ],
-)
-def test_finetune_endpoints_say_they_are_not_offered(client, method, path, body):
+@pytest.mark.parametrize("path,body", [("/v1/finetune", {"file_data": "..."}), ("/v1/delete_finetune", {"finetune_id": "ft-1"})])
+def test_finetunes_are_not_created_or_deleted_through_the_api(client, path, body):
     _, c = client
-    r = c.request(method, path, json=body)
+    r = c.post(path, json=body)
     assert r.status_code == 501, r.text
     b = r.json()
     assert b["error"]["code"] == "finetuning_not_offered"
-    assert "not offered" in b["message"] and b["detail"] == b["message"]
+    assert "catalog" in b["message"] and b["detail"] == b["message"]
+
+
+def test_a_catalog_without_loras_has_no_finetunes(client):
+    _, c = client
+    assert c.get("/v1/my_finetunes").json() == {"finetunes": []}
+    r = c.get("/v1/finetune_details?finetune_id=ft-1")
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "finetune_id"]
+    r = c.post("/v1/flux-pro-1.1-ultra-finetuned", json={"finetune_id": "ft-1", "prompt": "x"})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == ["body", "finetune_id"] and "Finetune not found" in r.json()["message"]
+    r = c.post("/v1/flux-pro-1.0-fill-finetuned", json={"finetune_id": "ft-1", "image": "aGk="})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "endpoint_not_configured"  # no model serves fill here
 
 
 def test_sync_mount_answers_the_image(client):

@@ -11,6 +11,7 @@ progress and cancellation behave exactly as with a full-size model.
 folder (and return it as a string); ``cached_tiny_flux()`` /
 ``cached_tiny_sd()`` build once per test process into a temporary folder and
 return the same path afterwards, so several test files can share one copy.
+``make_lora(folder, out, seed)`` saves a random LoRA for the tiny FLUX model.
 
 Tiny models run far faster on one CPU thread than on several contended ones;
 wrap test runs in ``torch_threads(1)`` (as a module fixture, say).
@@ -303,3 +304,23 @@ def torch_threads(count: int = 1) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def make_lora(folder: str, out: Path, seed: int) -> str:
+    """A rank-4 LoRA with random weights for the tiny FLUX transformer's attention, saved as diffusers does."""
+    from diffusers import DiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    torch.manual_seed(seed)
+    pipe.transformer.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
+    )
+    with torch.no_grad():  # strong enough to see on a 2-step, 32-pixel image
+        for name, weight in pipe.transformer.named_parameters():
+            if "lora_" in name:
+                weight.copy_(torch.randn_like(weight) * 0.5)
+    state = get_peft_model_state_dict(pipe.transformer)
+    type(pipe).save_lora_weights(str(out), transformer_lora_layers=state, weight_name=f"lora{seed}.safetensors")
+    return str(out / f"lora{seed}.safetensors")

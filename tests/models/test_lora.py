@@ -8,8 +8,6 @@ weights; the LoRAs kept loaded are bounded (least recently used dropped).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -17,33 +15,13 @@ import torch
 from pixelmill.models.base import StepControl, TextToImageRequest
 from pixelmill.models.catalog import ModelCatalog
 from pixelmill.models.diffusers_backend import DiffusersBackend
-from tests.helpers.tiny_pipelines import cached_tiny_flux, torch_threads
+from tests.helpers.tiny_pipelines import cached_tiny_flux, make_lora, torch_threads
 
 
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
     with torch_threads(1):
         yield
-
-
-def make_lora(folder: str, out: Path, seed: int) -> str:
-    """A rank-4 LoRA with random weights for the tiny FLUX transformer's attention, saved as diffusers does."""
-    from diffusers import DiffusionPipeline
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
-    pipe = DiffusionPipeline.from_pretrained(folder)
-    torch.manual_seed(seed)
-    pipe.transformer.add_adapter(
-        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
-    )
-    with torch.no_grad():  # strong enough to see on a 2-step, 32-pixel image
-        for name, weight in pipe.transformer.named_parameters():
-            if "lora_" in name:
-                weight.copy_(torch.randn_like(weight) * 0.5)
-    state = get_peft_model_state_dict(pipe.transformer)
-    type(pipe).save_lora_weights(str(out), transformer_lora_layers=state, weight_name=f"lora{seed}.safetensors")
-    return str(out / f"lora{seed}.safetensors")
 
 
 @pytest.fixture(scope="module")

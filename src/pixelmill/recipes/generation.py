@@ -60,9 +60,12 @@ class Generate:
     previews: int | None = None
     safety_tolerance: int | None = None
     """Moderation of the prompt and the output, 0 strict .. 6 permissive (the node's default: 2)."""
+    loras: tuple[tuple[str, float], ...] = ()
+    """LoRAs of the model's catalog entry to apply, as (name, scale) pairs (a BFL finetune is one)."""
 
     def generation_params(self, **extra: Any) -> dict[str, Any]:
         base = {f.name: getattr(self, f.name) for f in fields(Generate)}
+        base["loras"] = [{"name": name, "scale": scale} for name, scale in self.loras] or None
         return {k: v for k, v in {**base, **extra}.items() if v is not None}
 
     def generation(self, inputs: dict[str, str] | None = None, **extra: Any) -> dict[str, Any]:

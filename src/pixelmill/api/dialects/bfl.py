@@ -103,27 +103,64 @@ def credits(request: Request, who: Principal = Depends(principal)):
     return {"credits": rt.admission.balance(rt.db, who)}
 
 
-FINETUNE_ENDPOINTS = ("flux-pro-1.1-ultra-finetuned", "flux-pro-1.0-fill-finetuned", "flux-pro-finetuned", "flux-pro-1.0-canny-finetuned", "flux-pro-1.0-depth-finetuned")
+FINETUNED = "-finetuned"
 
 
-def _finetuning_not_offered() -> JSONResponse:
+def _finetunes_not_written() -> JSONResponse:
     message = (
-        "Finetuning is not offered on this server: there are no finetunes to create, list or run. "
-        "Use the endpoint without -finetuned, or ask the operator for a catalog model trained for your subject."
+        "Finetunes on this server are the LoRAs of the operator's model catalog: they cannot be created or "
+        "deleted through the API. GET /v1/my_finetunes lists them; ask the operator to add one."
     )
     return JSONResponse({"detail": message, "message": message, "error": {"code": "finetuning_not_offered", "message": message}}, status_code=501)
 
 
-@router.get("/v1/my_finetunes", responses=contract.responses(401, 403, 405, 429, 501, shape="bfl"))
-def finetunes(who: Principal = Depends(principal)):
-    """BFL's finetune list: not offered here (501, in BFL's error shape)."""
-    return _finetuning_not_offered()
+def serving_model(catalog, endpoint: str):
+    """The catalog model serving ``/v1/{endpoint}``: the one mapped to it, else (a model name or alias)
+    the one it names; a ``-finetuned`` endpoint not mapped itself is served by the model of its base
+    endpoint (``flux-pro-1.1-ultra-finetuned`` by the one serving ``flux-pro-1.1-ultra``)."""
+    spec = catalog.for_bfl_endpoint(endpoint)
+    if spec is None and endpoint.endswith(FINETUNED):
+        spec = catalog.for_bfl_endpoint(endpoint.removesuffix(FINETUNED))
+    return spec or catalog.resolve(endpoint)
 
 
-@router.get("/v1/finetune_details", responses=contract.responses(401, 403, 405, 422, 429, 501, shape="bfl"))
-def finetune_details(finetune_id: str, who: Principal = Depends(principal)):
-    """BFL's finetune details: not offered here (501, in BFL's error shape)."""
-    return _finetuning_not_offered()
+def visible_finetunes(catalog) -> dict[str, dict[str, Any]]:
+    """Every finetune a client can name: the LoRAs of the models serving a ``-finetuned`` endpoint,
+    by name, with the models that have it and the endpoints that take it."""
+    out: dict[str, dict[str, Any]] = {}
+    for endpoint in schemas.BFL_ENDPOINTS:
+        spec = serving_model(catalog, endpoint) if endpoint.endswith(FINETUNED) else None
+        for name in sorted(spec.loras) if spec is not None else ():
+            entry = out.setdefault(name, {"finetune_id": name, "finetune_type": "lora", "models": [], "endpoints": []})
+            if spec.name not in entry["models"]:
+                entry["models"].append(spec.name)
+            entry["endpoints"].append(endpoint)
+    return dict(sorted(out.items()))
+
+
+@router.get("/v1/my_finetunes", responses=contract.responses(401, 403, 405, 429, 503, shape="bfl", ok={200: schemas.MyFinetunesResponse}))
+def finetunes(request: Request, who: Principal = Depends(principal)):
+    """The finetunes a request may name: the LoRAs of the catalog models serving a ``-finetuned`` endpoint."""
+    return {"finetunes": list(visible_finetunes(request.app.state.runtime.catalog))}
+
+
+@router.get("/v1/finetune_details", responses=contract.responses(401, 403, 405, 422, 429, 503, shape="bfl", ok={200: schemas.FinetuneDetailResponse}))
+def finetune_details(request: Request, finetune_id: str, who: Principal = Depends(principal)):
+    """One finetune: its type (``lora``), the models that have it and the endpoints that take it;
+    an unknown ``finetune_id`` is BFL's 422 about that query field."""
+    found = visible_finetunes(request.app.state.runtime.catalog).get(finetune_id)
+    if found is None:
+        return _unknown_finetune(("query", "finetune_id"), finetune_id, request.app.state.runtime.catalog, None)
+    return {"finetune_details": found}
+
+
+def _unknown_finetune(loc: tuple[str, ...], finetune_id: str, catalog, spec) -> JSONResponse:
+    """BFL's answer to a finetune it does not have: 422 in FastAPI's shape, about ``finetune_id``."""
+    known = sorted(spec.loras) if spec is not None else list(visible_finetunes(catalog))
+    where = f" for model {spec.name}" if spec is not None else ""
+    msg = f"Finetune not found: no finetune {finetune_id!r}{where} on this server (finetunes: {', '.join(known) or 'none'})"
+    detail = [{"type": "value_error", "loc": list(loc), "msg": msg, "input": finetune_id}]
+    return JSONResponse({"detail": detail, "message": validation_message(detail)}, status_code=422)
 
 
 @dataclass
@@ -148,8 +185,8 @@ async def _build(endpoint: str, request: Request, *, sized_by_model: bool = Fals
     synchronous mount, whose clients were written for other services' sizes).
     """
     rt = request.app.state.runtime
-    if endpoint in FINETUNE_ENDPOINTS or endpoint in ("finetune", "delete_finetune"):
-        return _finetuning_not_offered()
+    if endpoint in ("finetune", "delete_finetune"):
+        return _finetunes_not_written()
     if endpoint not in schemas.BFL_ENDPOINTS:
         other = [m for m in allowed_methods(request) if m != request.method]
         if other:  # a path another route answers with other methods (POST /v1/credits)
@@ -157,7 +194,7 @@ async def _build(endpoint: str, request: Request, *, sized_by_model: bool = Fals
             err.headers["Allow"] = ", ".join(other)
             raise err
         raise NotFound(f"Unknown endpoint /v1/{endpoint}", code="unknown_endpoint")
-    spec = rt.catalog.for_bfl_endpoint(endpoint) or rt.catalog.resolve(endpoint)
+    spec = serving_model(rt.catalog, endpoint)
     if spec is None:
         raise NotFound(
             f"No model is configured for /v1/{endpoint} on this server; configured endpoints: "
@@ -177,13 +214,18 @@ async def _build(endpoint: str, request: Request, *, sized_by_model: bool = Fals
             body = {k: v for k, v in body.items() if k not in ("width", "height")}
     try:
         req = schemas.validate_request(endpoint, body)
-        params = schemas.to_generation_params(endpoint, req, limits=limits)
+        # sizes asked of the synchronous mount are fitted below: the body's defaults are not the model's to judge
+        params = schemas.to_generation_params(endpoint, req, limits=limits if asked is None else None)
         decoded = {f: schemas.decode_base64_image(v, f, rt.settings.max_body_bytes) for f, v in _image_fields(req) if not schemas.is_url(v)}
         pictures = await run_in_threadpool(_inspect_images, decoded, rt.settings.max_image_pixels)
     except ValidationError as e:
         return _validation_error(e)
     except (schemas.BflParamError, schemas.BadImageInput) as e:
         return _validation_error(e)
+    finetune = getattr(req, "finetune_id", None)
+    if finetune is not None and finetune not in spec.loras:
+        return _unknown_finetune(("body", "finetune_id"), finetune, rt.catalog, spec)
+    loras = ((finetune, float(req.finetune_strength)),) if finetune is not None else ()
     if asked is not None:
         m = limits.multiple
         params.width, params.height = limits.fit(max(m, asked[0] // m * m), max(m, asked[1] // m * m))
@@ -214,7 +256,7 @@ async def _build(endpoint: str, request: Request, *, sized_by_model: bool = Fals
     generation = dict(
         model=spec.name, prompt=params.prompt, width=width, height=height, steps=params.steps,
         guidance=params.guidance, seed=params.seed, output_format=params.output_format,
-        safety_tolerance=params.safety_tolerance,
+        safety_tolerance=params.safety_tolerance, loras=loras,
     )
     recipe: recipes.Generate
     if not takes_image:
@@ -294,8 +336,8 @@ class DeleteFinetuneInputs(BaseModel):
     responses=contract.responses(401, 403, 405, 422, 429, 501, shape="bfl"),
 )
 def finetune_writes(who: Principal = Depends(principal)):
-    """BFL's finetune creation and deletion: not offered here (501, in BFL's error shape)."""
-    return _finetuning_not_offered()
+    """BFL's finetune creation and deletion: finetunes are the operator's catalog LoRAs (501, in BFL's error shape)."""
+    return _finetunes_not_written()
 
 
 def _documented(endpoint: str):
@@ -319,7 +361,7 @@ for _endpoint, _model in schemas.BFL_ENDPOINTS.items():  # one documented operat
     )
 
 
-@router.post("/v1/{endpoint}", include_in_schema=False)  # unknown and finetune endpoints: 404 / 501
+@router.post("/v1/{endpoint}", include_in_schema=False)  # unknown endpoints: 404; finetune creation: 501
 async def submit(endpoint: str, request: Request, who: Principal = Depends(principal)):
     rt = request.app.state.runtime
     built = await _build(endpoint, request)

@@ -71,8 +71,11 @@ __all__ = [
     "FluxProFillInputs",
     "FluxProInputs",
     "FluxUltraInput",
+    "FinetuneDetailResponse",
     "FinetuneFluxProFillInputs",
+    "FinetuneFluxProInputs",
     "FinetuneFluxUltraInput",
+    "MyFinetunesResponse",
     "OutputFormat",
     "ResultResponse",
     "StatusResponse",
@@ -563,6 +566,26 @@ class FinetuneFluxUltraInput(_AspectRatioInput):
     webhook_secret: Optional[str] = _webhook_secret()
 
 
+class FinetuneFluxProInputs(FluxProInputs):
+    """Body of ``POST /v1/flux-pro-finetuned`` (legacy, not in the current spec): FLUX.1 [pro]'s
+    fields plus the finetune and its strength."""
+
+    finetune_id: str = _finetune_id()
+    finetune_strength: float = _finetune_strength(1.1)
+
+
+class MyFinetunesResponse(BaseModel):
+    """Body of ``GET /v1/my_finetunes``."""
+
+    finetunes: list[Any] = Field(description="List of finetunes created by the user")
+
+
+class FinetuneDetailResponse(BaseModel):
+    """Body of ``GET /v1/finetune_details``."""
+
+    finetune_details: dict[str, Any] = Field(description="Details about the parameters used for finetuning")
+
+
 
 # --------------------------------------------------------------------------
 # FLUX.2
@@ -754,6 +777,7 @@ class CreditsResponse(BaseModel):
 
 BFL_ENDPOINTS: dict[str, type[BaseModel]] = {
     "flux-pro": FluxProInputs,
+    "flux-pro-finetuned": FinetuneFluxProInputs,
     "flux-pro-1.1": FluxPro11Inputs,
     "flux-dev": FluxDevInputs,
     "flux-pro-1.1-ultra": FluxUltraInput,
