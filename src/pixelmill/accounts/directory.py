@@ -19,7 +19,10 @@ from pixelmill.accounts.plans import Plan, open_account
 from pixelmill.accounts.usage import account_usage, usage_by_day
 from pixelmill.errors import Conflict, InvalidInput, NotFound
 from pixelmill.store.db import Database
-from pixelmill.store.tables import accounts
+from pixelmill.store.tables import accounts, api_keys
+
+MAX_OWN_KEYS = 50
+"""Active keys an account may hold when its keys create keys (an operator may add more)."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,37 @@ class AccountDirectory:
         with self.db.transaction() as conn:
             if not keys.revoke_key(conn, key_id):
                 raise NotFound(f"No active key {key_id}", code="key_not_found")
+
+    # -- a key managing its own account's keys ----------------------------------------------
+
+    def own_keys(self, account_id: str) -> list[dict[str, Any]]:
+        """The account's active keys, oldest first: id, prefix, name, created and last used (never a secret)."""
+        with self.db.engine.connect() as conn:
+            return [k for k in keys.list_keys(conn, account_id) if k["revoked_at"] is None]
+
+    def create_own_key(self, account_id: str, name: str = "") -> tuple[keys.CreatedKey, dict[str, Any]]:
+        """Another key for the account (at most ``MAX_OWN_KEYS`` active); the secret is in this answer only."""
+        with self.db.transaction() as conn:
+            active = conn.execute(
+                sa.select(sa.func.count()).select_from(api_keys).where(api_keys.c.account_id == account_id, api_keys.c.revoked_at.is_(None))
+            ).scalar_one()
+            if active >= MAX_OWN_KEYS:
+                raise Conflict(
+                    f"This account has {active} active keys, the most it may hold; revoke one before creating another",
+                    code="too_many_keys", limit=MAX_OWN_KEYS,
+                )
+            created = keys.create_key(conn, account_id, name)
+            row = next(k for k in keys.list_keys(conn, account_id) if k["id"] == created.id)
+            return created, row
+
+    def revoke_own_key(self, account_id: str, key_id: str) -> None:
+        """Revoke one of the account's active keys (by id); another account's key is not found."""
+        with self.db.transaction() as conn:
+            exists = conn.execute(
+                sa.select(api_keys.c.id).where(api_keys.c.id == key_id, api_keys.c.account_id == account_id, api_keys.c.revoked_at.is_(None))
+            ).scalar()
+            if exists is None or not keys.revoke_key(conn, key_id, account_id=account_id):
+                raise NotFound(f"No active key {key_id} on this account", code="key_not_found")
 
     def grant(self, account_id: str, amount: float, entry_key: str | None = None, note: str | None = None) -> GrantResult:
         """Add credits exactly once per ``entry_key`` (one is made when not given)."""

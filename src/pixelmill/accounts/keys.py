@@ -24,6 +24,8 @@ from pixelmill.store.tables import accounts, api_keys
 log = logging.getLogger("pixelmill.accounts")
 
 KEY_PREFIX = "sk-"
+LAST_USED_RESOLUTION_S = 60.0
+"""A key's ``last_used_at`` is written at most this often (it is as precise as this)."""
 
 
 def hash_key(key: str) -> str:
@@ -77,11 +79,14 @@ def create_key(conn: Connection, account_id: str, name: str = "") -> CreatedKey:
     return CreatedKey(id=kid, account_id=account_id, key=key, prefix=prefix)
 
 
-def revoke_key(conn: Connection, key_id_or_prefix: str) -> int:
+def revoke_key(conn: Connection, key_id_or_prefix: str, account_id: str | None = None) -> int:
+    """Revoke an active key by id or prefix (only one of ``account_id``'s, when given); how many were revoked."""
     q = sa.update(api_keys).where(
         sa.or_(api_keys.c.id == key_id_or_prefix, api_keys.c.prefix == key_id_or_prefix),
         api_keys.c.revoked_at.is_(None),
     )
+    if account_id is not None:
+        q = q.where(api_keys.c.account_id == account_id)
     n = conn.execute(q.values(revoked_at=time.time())).rowcount
     if n:
         keys_changed(conn)
@@ -180,13 +185,32 @@ class KeyCache:
         if hit is not None:
             return hit
         with self.db.engine.connect() as conn:
-            principal = authenticate(conn, key)
+            principal, last_used_at = _lookup(conn, key)
+        if last_used_at is None or last_used_at < time.time() - LAST_USED_RESOLUTION_S:
+            self._stamp_used(principal.key_id)
         if self.ttl_s > 0 and self.usable():
             with self._lock:
                 if len(self._entries) >= self.max_size:
                     self._entries.clear()
                 self._entries[key] = (principal, time.monotonic() + self.ttl_s)  # type: ignore[index]
         return principal
+
+
+    def _stamp_used(self, key_id: str | None) -> None:
+        """Record that a key was used now (best effort: a busy database never fails a request)."""
+        if key_id is None:
+            return
+        now = time.time()
+        try:
+            with self.db.transaction() as conn:
+                conn.execute(
+                    sa.update(api_keys)
+                    .where(api_keys.c.id == key_id)
+                    .where(sa.or_(api_keys.c.last_used_at.is_(None), api_keys.c.last_used_at < now - LAST_USED_RESOLUTION_S))
+                    .values(last_used_at=now)
+                )
+        except Exception as exc:  # the stamp waits for the next lookup
+            log.debug("could not record the use of key %s: %s", key_id, exc)
 
 
 def list_keys(conn: Connection, account_id: str | None = None) -> list[dict]:
@@ -215,10 +239,17 @@ def list_keys(conn: Connection, account_id: str | None = None) -> list[dict]:
 
 def authenticate(conn: Connection, key: str | None) -> Principal:
     """The principal for a presented key.  Missing → 401; unknown or revoked → 403."""
+    return _lookup(conn, key)[0]
+
+
+def _lookup(conn: Connection, key: str | None) -> tuple[Principal, float | None]:
+    """:func:`authenticate`, with when the key was last used (as recorded)."""
     if not key:
         raise Unauthorized("Missing API key: send it in the x-key header", code="missing_api_key")
     row = conn.execute(
-        sa.select(api_keys.c.id, api_keys.c.account_id, api_keys.c.revoked_at, accounts.c.plan, accounts.c.disabled_at)
+        sa.select(
+            api_keys.c.id, api_keys.c.account_id, api_keys.c.revoked_at, api_keys.c.last_used_at, accounts.c.plan, accounts.c.disabled_at
+        )
         .join(accounts, accounts.c.id == api_keys.c.account_id)
         .where(api_keys.c.key_hash == hash_key(key))
     ).first()
@@ -229,7 +260,7 @@ def authenticate(conn: Connection, key: str | None) -> Principal:
         raise Forbidden("API key has been revoked", code="revoked_api_key")
     if row.disabled_at is not None:
         raise Forbidden("Account is disabled", code="account_disabled")
-    return Principal(account_id=row.account_id, plan=row.plan, key_id=row.id)
+    return Principal(account_id=row.account_id, plan=row.plan, key_id=row.id), row.last_used_at
 
 
 def any_active_key(conn: Connection) -> bool:

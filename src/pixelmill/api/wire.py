@@ -307,6 +307,40 @@ class Account(_Open):
     usageByDay: list[dict[str, Any]] | dict[str, Any] | None = None
 
 
+class ApiKey(_Open):
+    """One of the account's keys, as its keys see it: never the secret."""
+
+    id: str
+    prefix: str
+    name: str | None = None
+    createdAt: float
+    lastUsedAt: float | None = Field(default=None, description="When it was last used (to the minute)")
+    current: bool = Field(default=False, description="True for the key that made this request")
+
+
+class ApiKeyList(_Open):
+    data: list[ApiKey]
+
+
+class ApiKeyCreate(BaseModel):
+    """Body of creating a key (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="", max_length=200)
+
+
+class CreatedApiKey(ApiKey):
+    """A new key: ``key`` is its secret, in this answer only."""
+
+    key: str
+
+
+class RevokedApiKey(_Open):
+    id: str
+    revoked: bool
+
+
 class GraphRequest(_Open):
     """A graph to run as it is (the workflow graph format, no ``$input`` references)."""
 
