@@ -55,6 +55,18 @@ class Credits(_Open):
     charged: float | None = None
 
 
+class GraphNode(_Open):
+    type: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, list[str]] | None = Field(default=None, description="input name -> [node id, output name]")
+
+
+class ExecutionGraph(_Open):
+    """The graph an execution ran (``?include=graph``): ``POST /api/v1/executions`` with it runs it again."""
+
+    nodes: dict[str, GraphNode]
+
+
 class Execution(_Open):
     """An execution with its node runs."""
 
@@ -76,6 +88,7 @@ class Execution(_Open):
     nodeRuns: list[NodeRun] = Field(default_factory=list)
     inputs: dict[str, Any] | None = None
     streamUrl: str | None = None
+    graph: ExecutionGraph | None = Field(default=None, description="With ?include=graph: the graph it ran")
 
 
 class ExecutionPage(_Open):

@@ -396,6 +396,17 @@ class ExecutionService:
         first = min(n.queued_at or 0 for n in queued)
         return int(conn.execute(_QUEUED_BEFORE, {"before": first}).scalar())
 
+    def graph(self, account_id: str | None, execution_id: str) -> dict[str, Any]:
+        """The graph the execution ran, ``{"nodes": {…}}`` as submitted (what a dialect's recipe built, a
+        workflow's graph with its inputs filled in): submitting it again re-runs it."""
+        with self.db.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(executions.c.account_id, executions.c.expires_at, executions.c.graph).where(executions.c.id == execution_id)
+            ).first()
+        if row is None or (account_id is not None and row.account_id != account_id) or row.expires_at < time.time():
+            raise NotFound("Task not found", code="execution_not_found")
+        return {"nodes": (row.graph or {}).get("nodes") or {}}
+
     def list(
         self, account_id: str, limit: int = 20, before: float | None = None, workflow_id: str | None = None,
         batch_id: str | None = None, status: ExecutionStatus | None = None,

@@ -165,10 +165,21 @@ def list_executions(
 
 @router.get("/executions/{execution_id}", responses=contract.responses(*contract.COMMON, ok={200: wire.Execution}))
 @router.get("/executions/{execution_id}/poll", responses=contract.responses(*contract.COMMON, ok={200: wire.Execution}))
-async def get_execution(execution_id: str, request: Request, who: Principal = Depends(current_principal)):
+async def get_execution(
+    execution_id: str,
+    request: Request,
+    include: Annotated[
+        Literal["graph"] | None,
+        Query(description="graph: add the graph it ran (nodes, params, links), to submit again to POST /api/v1/executions"),
+    ] = None,
+    who: Principal = Depends(current_principal),
+):
     executions = request.app.state.runtime.executions
     view = executions.finished(who.account_id, execution_id) or await run_in_threadpool(executions.get, who.account_id, execution_id)
-    return JSONResponse(render_execution(request, view))
+    body = render_execution(request, view)
+    if include == "graph":
+        body["graph"] = await run_in_threadpool(executions.graph, who.account_id, execution_id)
+    return JSONResponse(body)
 
 
 @router.post("/executions/{execution_id}/cancel", responses=contract.responses(*contract.COMMON, ok={200: wire.Execution}))
