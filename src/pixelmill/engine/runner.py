@@ -1,4 +1,10 @@
-"""NodeRunner: executes one node run, start to finish.  Safe to call twice for the same run."""
+"""NodeRunner: executes one node run, start to finish.  Safe to call twice for the same run.
+
+A database that is busy (locked past its busy timeout) never costs a finished run its
+result: the claim, the outputs' rows, the completion and the failure are written in
+whole transactions retried with backoff (:func:`~pixelmill.store.db.retry_when_busy`)
+for up to the node deadline; a progress write that finds it busy is skipped.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ from pixelmill.models.base import DeadlineExceeded, GenerationCancelled, StepCon
 from pixelmill.models.imageops import FILE_EXTENSIONS, MIME_TYPES, encode_image
 from pixelmill.nodes.base import NodeContext, NodeRegistry
 from pixelmill.nodes.services import NodeServices
-from pixelmill.store.db import Database
+from pixelmill.store.db import Database, database_busy, retry_when_busy
 from pixelmill.store.tables import executions, files, node_runs
 
 log = logging.getLogger("pixelmill.runner")
@@ -59,9 +65,11 @@ class NodeRunner:
         self.node_timeout_s = node_timeout_s
         self.file_retention_s = file_retention_s
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
+        #: how long a write this runner must not lose is retried while the database is busy
+        self.busy_retry_s = max(30.0, node_timeout_s)
 
     def run(self, task: NodeTask) -> None:
-        run = self._claim(task.node_run_id)
+        run = self._claim_retrying(task.node_run_id)
         if run is None:
             return
         try:
@@ -74,6 +82,9 @@ class NodeRunner:
             return
         self._run_claimed(run)
 
+    def _claim_retrying(self, node_run_id: str):
+        return retry_when_busy(lambda: self._claim(node_run_id), self.busy_retry_s, "node claim")
+
     def run_batch(self, tasks: list[NodeTask]) -> None:
         """Run compatible node runs of one batchable node type as one call (see ``NodeType.run_batch``).
 
@@ -84,7 +95,7 @@ class NodeRunner:
         runs = []
         for task in tasks:
             try:
-                run = self._claim(task.node_run_id)
+                run = self._claim_retrying(task.node_run_id)
             except NodeBusy:
                 continue
             if run is None:
@@ -112,9 +123,10 @@ class NodeRunner:
                 if isinstance(result, BaseException):
                     raise result
                 control.check()
-                self._succeed(run, result)
             except Exception as e:
                 self._failed(run, control, e)
+                continue
+            self._record(run, control, result)
 
     def _run_claimed(self, run) -> None:
         """``run`` for a run already claimed."""
@@ -126,9 +138,20 @@ class NodeRunner:
             control = self._control(run)
             result = ntype.run(NodeContext(control=control, seed=run.seed or 0, services=self.services), parsed, inputs)
             control.check()
-            self._succeed(run, result)
         except Exception as e:
             self._failed(run, control, e)
+            return
+        self._record(run, control, result)
+
+    def _record(self, run, control, result) -> None:
+        """Store a finished run's outputs.  A database still busy after every retry is not the
+        node's failure: it propagates, the run stays RUNNING and is taken over after its deadline."""
+        try:
+            self._succeed(run, result)
+        except Exception as e:
+            if database_busy(e) is not None:
+                raise
+            self._failed(run, control, e)  # e.g. an image that cannot be encoded or stored
 
     def batch_key(self, row) -> tuple[str, int] | None:
         """(compatibility key, largest batch) of a waiting ``node_runs`` row; None if it runs alone."""
@@ -196,9 +219,14 @@ class NodeRunner:
             if fraction < 1.0 and now - last[0] < PROGRESS_EVERY_S:
                 return
             last[0] = now
-            with self.db.transaction() as conn:
-                if self.lifecycle.progress(conn, node_run_id, fraction):
-                    control.cancel()
+            try:
+                with self.db.transaction() as conn:
+                    if self.lifecycle.progress(conn, node_run_id, fraction):
+                        control.cancel()
+            except Exception as exc:  # a busy database skips this report; the run goes on
+                if database_busy(exc) is None:
+                    raise
+                log.info("progress of node %s not stored: the database is busy", run.node_id)
 
         def on_preview(index: int, images: list[Image.Image]) -> None:
             try:
@@ -290,8 +318,11 @@ class NodeRunner:
         if rows and conn is not None:
             conn.execute(sa.insert(files), rows)
         elif rows:
-            with self.db.transaction() as conn:
-                conn.execute(sa.insert(files), rows)
+            def write() -> None:
+                with self.db.transaction() as tx:
+                    tx.execute(sa.insert(files), rows)
+
+            retry_when_busy(write, self.busy_retry_s, f"outputs of node {run.node_id}")
         return ids
 
     def _still_mine(self, conn, run) -> bool:
@@ -305,10 +336,13 @@ class NodeRunner:
         return current is not None and NodeStatus(current.status) == NodeStatus.RUNNING and current.attempts == run.attempts
 
     def _finish(self, run, outputs: dict, cost: float, cached: bool) -> None:
-        with self.db.transaction() as conn:
-            if not self._still_mine(conn, run):
-                return  # cancelled or taken over meanwhile: outputs stay unreferenced
-            tasks = self.lifecycle.succeed_node(conn, run, outputs, cost, cached)
+        def write() -> list[NodeTask]:
+            with self.db.transaction() as conn:
+                if not self._still_mine(conn, run):
+                    return []  # cancelled or taken over meanwhile: outputs stay unreferenced
+                return self.lifecycle.succeed_node(conn, run, outputs, cost, cached)
+
+        tasks = retry_when_busy(write, self.busy_retry_s, f"completion of node {run.node_id}")
         for t in tasks:
             try:
                 self.enqueue(t)
@@ -316,7 +350,10 @@ class NodeRunner:
                 log.warning("could not publish node run %s of execution %s (%s); it will be published again", t.node_run_id, t.execution_id, exc)
 
     def _fail(self, run, code: str, message: str, cancelled: bool = False) -> None:
-        with self.db.transaction() as conn:
-            if not self._still_mine(conn, run):
-                return
-            self.lifecycle.fail_node(conn, run, code, message, cancelled=cancelled)
+        def write() -> None:
+            with self.db.transaction() as conn:
+                if not self._still_mine(conn, run):
+                    return
+                self.lifecycle.fail_node(conn, run, code, message, cancelled=cancelled)
+
+        retry_when_busy(write, self.busy_retry_s, f"failure of node {run.node_id}")

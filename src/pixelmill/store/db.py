@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import random
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 if TYPE_CHECKING:
     from pixelmill.errors import ServiceUnavailable
+
+T = TypeVar("T")
+log = logging.getLogger("pixelmill.store")
 
 
 class Database:
@@ -122,3 +128,31 @@ def database_busy(exc: BaseException) -> "ServiceUnavailable | None":
     return ServiceUnavailable(  # answered with Retry-After (pixelmill.presenters.limit_headers)
         "The database is busy; nothing was changed, retry shortly", code="database_busy", retry_after=BUSY_RETRY_AFTER_S
     )
+
+
+def retry_when_busy(
+    fn: Callable[[], T], give_up_after_s: float, what: str = "write", first_delay_s: float = 0.05, max_delay_s: float = 2.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """``fn()``, called again with backoff while it fails because the database is busy (:func:`database_busy`).
+
+    For writes a process must not lose (a node run's result, its failure): ``fn`` is
+    one whole transaction, so a try that failed changed nothing.  Each try waits up to
+    the busy timeout for the lock; between tries the wait doubles (with jitter) up to
+    ``max_delay_s``.  After ``give_up_after_s`` the last error is raised; any other
+    error at once.
+    """
+    deadline = time.monotonic() + give_up_after_s
+    delay = first_delay_s
+    tries = 0
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            if database_busy(exc) is None or time.monotonic() + delay > deadline:
+                raise
+            tries += 1
+            if tries == 1 or tries % 10 == 0:
+                log.warning("database busy during %s; retrying (try %d)", what, tries + 1)
+        sleep(delay * random.uniform(0.5, 1.0))
+        delay = min(max_delay_s, delay * 2)
