@@ -118,3 +118,53 @@ def test_estimates_come_from_run_times_learned_from_notices(make_runtime, sqlite
     # a fresh process seeds its averages from the store once
     rt2 = make_runtime(sqlite_url, start=False)
     assert abs(rt2.executions.run_times.mean("model.fake") - rt.executions.run_times.mean("model.fake")) < 1e-3
+
+
+def test_polls_of_a_finished_execution_answered_from_memory_match_the_routes_answer(make_runtime, db_url, monkeypatch):
+    """The poll answered before routing (pixelmill.api.hot_reads) is the route's answer: same body, same headers."""
+    from urllib.parse import urlsplit
+
+    from pixelmill.api.hot_reads import HotReads
+
+    rt = make_runtime(db_url, backend=FakeBackend(steps=1))
+    key = create_key(rt, "acme")
+    client = _client(rt, key)
+    eid = client.post("/v1/flux-dev", json={"prompt": "x", "width": 256, "height": 256}).json()["id"]
+    wait_for(lambda: client.get(f"/v1/get_result?id={eid}").json()["status"] == "Ready")
+    rt.executions._finished.discard()  # the next read goes through the route (and caches the view)
+
+    answered: list[str] = []
+    real = HotReads.answer
+
+    def spy(self, scope, runtime, account_id):
+        out = real(self, scope, runtime, account_id)
+        if out is not None:
+            answered.append(scope["path"])
+        return out
+
+    monkeypatch.setattr(HotReads, "answer", spy)
+
+    def stable(body):  # signed URLs carry their own expiry: compare them without it
+        if isinstance(body, dict):
+            return {k: stable(v) for k, v in body.items()}
+        if isinstance(body, list):
+            return [stable(v) for v in body]
+        if isinstance(body, str) and body.startswith("http"):
+            return urlsplit(body).path
+        return body
+
+    for path in (f"/v1/get_result?id={eid}", f"/api/v1/executions/{eid}", f"/api/v1/executions/{eid}/poll"):
+        rt.executions._finished.discard()
+        routed = client.get(path)
+        hot = client.get(path)
+        assert routed.status_code == hot.status_code == 200
+        assert stable(routed.json()) == stable(hot.json())
+        assert sorted(routed.headers.keys()) == sorted(hot.headers.keys())
+        assert hot.headers["x-ratelimit-limit"] == routed.headers["x-ratelimit-limit"]
+        assert hot.headers["content-type"] == "application/json"
+    assert answered == [urlsplit(p).path for p in (f"/v1/get_result?id={eid}", f"/api/v1/executions/{eid}", f"/api/v1/executions/{eid}/poll")]
+    # another account, an unknown id: the routes answer in their own shapes
+    other = create_key(rt, "other")
+    assert client.get(f"/v1/get_result?id={eid}", headers={"x-key": other}).json()["status"] == "Task not found"
+    assert client.get(f"/api/v1/executions/{eid}", headers={"x-key": other}).status_code == 404
+    assert client.get("/v1/get_result?id=nope").json()["status"] == "Task not found"

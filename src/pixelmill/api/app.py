@@ -14,6 +14,8 @@ from pixelmill.api.account_http import router as account_router
 from pixelmill.api.admin import router as admin_router
 from pixelmill.api.contract import install_openapi
 from pixelmill.api.errors import install_error_handlers
+from pixelmill.api.files import render_execution
+from pixelmill.api.hot_reads import HotReads
 from pixelmill.api.guard import RequestGuard, ScopedCors
 from pixelmill.api.events_http import router as events_router
 from pixelmill.api.middleware import AccountsMiddleware
@@ -56,6 +58,15 @@ async def _prepare_routes(app: FastAPI) -> None:
             pass
 
 
+def _hot_reads() -> HotReads:
+    """The poll routes answered from memory for a finished execution (same renderers as the routes)."""
+    hot = HotReads()
+    hot.add("/v1/get_result", bfl.render_finished, query_id="id")
+    hot.add("/api/v1/executions/{execution_id}", render_execution)
+    hot.add("/api/v1/executions/{execution_id}/poll", render_execution)
+    return hot
+
+
 def create_app(runtime, manage_runtime: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -74,7 +85,7 @@ def create_app(runtime, manage_runtime: bool = True) -> FastAPI:
     install_openapi(app)
     # added before request_id, so it sits inside it: its own answers get an X-Request-Id too
     app.add_middleware(SchedulingHeadersMiddleware)  # innermost: its context reaches the routes
-    app.add_middleware(AccountsMiddleware)
+    app.add_middleware(AccountsMiddleware, hot_reads=_hot_reads())
     app.add_middleware(RequestGuard)  # outside the accounts step: refused before any key lookup
     if getattr(runtime, "tracing", None) is not None:  # a span per request, inside the request id (it names it)
         from pixelmill.api.tracing import TracingMiddleware

@@ -58,6 +58,7 @@ from pixelmill.accounts.keys import Principal
 from pixelmill.accounts.ratelimit import LimitState, RateDecision, RateLimitStorageError, rate_limited_error
 from pixelmill.presenters.limit_headers import rate_limit_headers
 from pixelmill.api.errors import error_response
+from pixelmill.api.hot_reads import HotReads
 from pixelmill.errors import BadRequest, Conflict, InvalidInput, PixelmillError
 from pixelmill.store.db import database_busy
 
@@ -107,9 +108,10 @@ class AccountsMiddleware:
     """See the module docstring.  ``enabled=False`` passes every request through
     (the benchmark's baseline)."""
 
-    def __init__(self, app: ASGIApp, enabled: bool = True) -> None:
+    def __init__(self, app: ASGIApp, enabled: bool = True, hot_reads: HotReads | None = None) -> None:
         self.app = app
         self.enabled = enabled
+        self.hot_reads = hot_reads
         self._storage_warned_at = 0.0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -248,6 +250,10 @@ class AccountsMiddleware:
             await error_response(err)(scope, receive, send_with_limits)
             return
         if not isinstance(outcome, idem.Claim):
+            hot = self.hot_reads.answer(scope, runtime, admitted.principal.account_id) if self.hot_reads is not None else None
+            if hot is not None:  # a poll of a finished execution, from memory (pixelmill.api.hot_reads)
+                await hot(scope, receive, send_with_limits)
+                return
             await self.app(scope, receive, send_with_limits)
             return
         await self._run_claimed(scope, receive, send, runtime, outcome, with_limits)

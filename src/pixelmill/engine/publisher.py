@@ -44,12 +44,29 @@ class Publisher:
         self._thread: threading.Thread | None = None
 
     def __call__(self, task: NodeTask) -> None:
-        self.enqueue(task)  # raises when the broker is unreachable; the run stays unstamped
+        self.publish_many([task])
+
+    def publish_many(self, tasks: list[NodeTask]) -> None:
+        """Enqueue ``tasks`` in order, then stamp the ones that went out in one write.
+
+        Raises the broker's error at the first task that could not be enqueued
+        (the ones before it are stamped, the rest stay unstamped for the sweeper).
+        """
+        sent: list[str] = []
+        try:
+            for task in tasks:
+                self.enqueue(task)  # raises when the broker is unreachable; the run stays unstamped
+                sent.append(task.node_run_id)
+        finally:
+            if sent:
+                self._stamp(sent)
+
+    def _stamp(self, run_ids: list[str]) -> None:
         try:
             with self.db.transaction() as conn:
-                conn.execute(sa.update(node_runs).where(node_runs.c.id == task.node_run_id).values(published_at=time.time()))
-        except Exception as exc:  # it is on the queue; at worst a sweeper publishes it once more, which is harmless
-            log.warning("node run %s was published but could not be stamped: %s", task.node_run_id, exc)
+                conn.execute(sa.update(node_runs).where(node_runs.c.id.in_(run_ids)).values(published_at=time.time()))
+        except Exception as exc:  # they are on the queue; at worst a sweeper publishes them once more, which is harmless
+            log.warning("node runs %s were published but could not be stamped: %s", ", ".join(run_ids), exc)
 
     def republish(self, older_than_s: float | None = None) -> int:
         """Publish again the QUEUED runs never stamped as published; returns how many went out.
@@ -122,3 +139,12 @@ class Publisher:
                 self.republish()
             except Exception:  # the database is down: try again next time
                 log.exception("republish sweep failed")
+
+
+def publish_all(enqueue: Callable[[NodeTask], None], tasks: list[NodeTask]) -> None:
+    """Enqueue ``tasks`` through ``enqueue``: a :class:`Publisher` stamps them in one write, a bare callable takes them one by one."""
+    if isinstance(enqueue, Publisher):
+        enqueue.publish_many(tasks)
+    else:
+        for task in tasks:
+            enqueue(task)

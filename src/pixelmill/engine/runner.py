@@ -20,6 +20,7 @@ from PIL import Image
 
 from pixelmill.domain.status import ExecutionStatus, NodeStatus
 from pixelmill.engine.lifecycle import Lifecycle, NodeTask
+from pixelmill.engine.publisher import publish_all
 from pixelmill.files.storage import FileStorage
 from pixelmill.ids import new_id
 from pixelmill.moderation import ContentModerated
@@ -343,11 +344,12 @@ class NodeRunner:
                 return self.lifecycle.succeed_node(conn, run, outputs, cost, cached)
 
         tasks = retry_when_busy(write, self.busy_retry_s, f"completion of node {run.node_id}")
-        for t in tasks:
-            try:
-                self.enqueue(t)
-            except Exception as exc:  # broker unreachable: the run stays QUEUED, unpublished; the sweeper sends it
-                log.warning("could not publish node run %s of execution %s (%s); it will be published again", t.node_run_id, t.execution_id, exc)
+        if not tasks:
+            return
+        try:
+            publish_all(self.enqueue, tasks)
+        except Exception as exc:  # broker unreachable: the runs stay QUEUED, unpublished; the sweeper sends them
+            log.warning("could not publish the node runs after %s of execution %s (%s); they will be published again", run.id, run.execution_id, exc)
 
     def _fail(self, run, code: str, message: str, cancelled: bool = False) -> None:
         def write() -> None:

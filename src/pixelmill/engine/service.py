@@ -21,6 +21,7 @@ from pixelmill.domain.status import ExecutionStatus, NodeStatus
 from pixelmill.engine.estimates import RunTimes, estimate_start_at
 from pixelmill.engine.graph import PreparedGraph, cache_key, prepare
 from pixelmill.engine.lifecycle import Lifecycle, NodeTask
+from pixelmill.engine.publisher import publish_all
 from pixelmill.engine.scheduler import RequestScheduling, Scheduler, requested_scheduling
 from pixelmill.engine.views import EventView, ExecutionView, NodeRunView, PreviewView, load_events, load_execution, load_previews
 from pixelmill.errors import InsufficientCredits, NotFound, ServiceUnavailable
@@ -55,6 +56,14 @@ class FinishedViews:
             if view is not None:
                 self._views.move_to_end(execution_id)
             return view
+
+    def discard(self, execution_id: str | None = None) -> None:
+        """Forget one execution's view (its stored record changed), or every view when None."""
+        with self._lock:
+            if execution_id is None:
+                self._views.clear()
+            else:
+                self._views.pop(execution_id, None)
 
     def put(self, view: ExecutionView) -> None:
         with self._lock:
@@ -165,16 +174,12 @@ class ExecutionService:
                 eid = new_id()
                 ids.append(eid)
                 tasks.extend(self._insert(conn, eid, sub, prepared, views, safety_override=override, moderated=verdicts[i]))
-            for view in views:  # positions as of this commit
-                if view is not None:
-                    self._with_queue_state(conn, view)
             if binding:  # the key's record names this request's work, committed with it or not at all
                 idempotency.bind(conn, claim, ids[0])
         if binding:
             claim.execution_id = ids[0]
-        try:
-            for task in tasks:  # after commit: a worker never sees an uncommitted row
-                self.enqueue(task)
+        try:  # after commit: a worker never sees an uncommitted row
+            publish_all(self.enqueue, tasks)
         except Exception as exc:  # broker unreachable: fail them whole, release the holds, tell the client
             log.error("could not queue executions %s: %s", ", ".join(ids), exc)
             message = "The job queue could not be reached; nothing was run and no credits were charged"
@@ -187,7 +192,12 @@ class ExecutionService:
                 execution_id=ids[0],
                 retry_after=5,
             ) from exc
-        # the answers are what was written, nothing read back (a refused prompt's failed execution aside)
+        # the answers are what was written, nothing read back (a refused prompt's failed execution aside);
+        # queue positions are read after the commit, outside the write lock
+        with self.db.engine.connect() as conn:
+            for view in views:
+                if view is not None:
+                    self._with_queue_state(conn, view)
         return [view if view is not None else self.get(account, eid) for view, eid in zip(views, ids)]
 
     def _moderate(self, prepared: PreparedGraph, override: int | None) -> moderation.Verdict | None:
@@ -363,6 +373,10 @@ class ExecutionService:
         if (account_id is not None and view.account_id != account_id) or view.expires_at < time.time():
             raise NotFound("Task not found", code="execution_not_found")
         return view
+
+    def forget(self, execution_id: str) -> None:
+        """Drop a finished execution's view from memory: its files were deleted, the next read loads it again."""
+        self._finished.discard(execution_id)
 
     def _with_queue_state(self, conn, view: ExecutionView) -> ExecutionView:
         """Set an unfinished execution's queue position and estimated start (as every view shows them)."""

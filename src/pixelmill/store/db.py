@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
@@ -25,7 +26,12 @@ class Database:
     On SQLite a ``transaction()`` starts with ``BEGIN IMMEDIATE`` (WAL mode, busy
     timeout) so concurrent writers queue instead of failing on lock upgrades;
     plain ``engine.connect()`` reads use a deferred ``BEGIN`` and never block
-    writers (WAL readers see a snapshot).
+    writers (WAL readers see a snapshot).  Writers of one process queue on a
+    lock of their own first: SQLite's busy handler polls with sleeps of up to
+    100 ms, so a crowd of threads waiting in it hands the file over late and
+    unfairly, while a process lock hands it over the moment the last writer
+    commits (other processes, such as the command line, still meet the busy
+    timeout).
     """
 
     def __init__(self, url: str, echo: bool = False, busy_timeout_s: float = 15.0):
@@ -51,11 +57,12 @@ class Database:
                 url, echo=echo, pool_size=20, max_overflow=20, pool_pre_ping=True,
                 connect_args={"options": f"-c lock_timeout={wait_ms}"},
             )
+        self._write_lock = threading.RLock() if self.is_sqlite else None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
         """A write transaction; callbacks registered with :func:`after_commit` run once it committed."""
-        with self.engine.connect() as conn:
+        with self._writer(), self.engine.connect() as conn:
             conn.execution_options(pixelmill_write=True)
             pending: list[Callable[[], None]] = []
             setattr(conn, _AFTER_COMMIT, pending)
@@ -66,6 +73,21 @@ class Database:
                 setattr(conn, _AFTER_COMMIT, None)
         for fn in pending:  # reached only when the block committed
             fn()
+
+    @contextlib.contextmanager
+    def _writer(self) -> Iterator[None]:
+        """This process's turn to write (SQLite); a turn not given within the busy timeout is "database is locked"."""
+        if self._write_lock is None:
+            yield
+            return
+        if not self._write_lock.acquire(timeout=self.busy_timeout_s):
+            import sqlite3
+
+            raise sa.exc.OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked"))
+        try:
+            yield
+        finally:
+            self._write_lock.release()
 
     def dispose(self) -> None:
         self.engine.dispose()

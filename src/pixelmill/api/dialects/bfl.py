@@ -94,7 +94,12 @@ async def get_result(request: Request, id: str = "", who: Principal = Depends(cu
         view = rt.executions.finished(who.account_id, id) or await run_in_threadpool(rt.executions.get, who.account_id, id)
     except NotFound:
         return JSONResponse({"id": id, "status": "Task not found", "result": None, "progress": None, "details": None, "preview": None})
-    return JSONResponse(_render_result(view, lambda f: signed_url(request, f)))
+    return JSONResponse(render_finished(request, view))
+
+
+def render_finished(request: Request, view) -> dict:
+    """``get_result``'s body for an execution (also answered from memory: pixelmill.api.hot_reads)."""
+    return _render_result(view, lambda f: signed_url(request, f))
 
 
 @router.get("/v1/credits", responses=contract.responses(401, 403, 405, 429, 503, shape="bfl", ok={200: schemas.CreditsResponse}))

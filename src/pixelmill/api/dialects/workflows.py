@@ -190,7 +190,9 @@ def cancel_execution(execution_id: str, request: Request, who: Principal = Depen
 @router.delete("/executions/{execution_id}/outputs", status_code=204, responses=contract.responses(*contract.COMMON, 409, ok={204: None}))
 def delete_execution_outputs(execution_id: str, request: Request, who: Principal = Depends(principal)):
     """Delete a finished execution's result files now (its record stays until retention removes it); 409 while it runs."""
-    request.app.state.runtime.janitor.delete_outputs(who.account_id, execution_id)
+    rt = request.app.state.runtime
+    rt.janitor.delete_outputs(who.account_id, execution_id)
+    rt.executions.forget(execution_id)
     return Response(status_code=204)
 
 

@@ -1,0 +1,76 @@
+"""Polls of a finished execution, answered from memory before routing.
+
+A client waiting for a result polls it, often many times a second, and a
+finished execution never changes: :meth:`ExecutionService.finished` keeps its
+view in memory.  For such a poll by a key whose principal is cached, the
+accounts step (:class:`pixelmill.api.middleware.AccountsMiddleware`, which has
+already authenticated the key and read its rate-limit state) answers at once
+through the same renderer as the route, instead of passing the request through
+routing, dependency injection and a thread-pool hop.  The answer is the route's
+answer byte for byte; anything else (an unfinished or unknown execution, an
+uncached key, another method) goes the normal way.
+
+Each dialect's route is registered in :func:`pixelmill.api.app.create_app` with
+its path template and renderer.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from starlette.datastructures import QueryParams
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import Scope
+
+from pixelmill.engine.views import ExecutionView
+from pixelmill.errors import NotFound
+
+#: a renderer: the route's JSON body for a finished execution
+Render = Callable[[Request, ExecutionView], Any]
+
+
+@dataclass(frozen=True)
+class HotRoute:
+    path: str  # the route's template, as metrics label requests
+    pattern: re.Pattern
+    query_id: str | None  # the execution id is this query parameter (else the path's one parameter)
+    render: Render
+
+
+class HotReads:
+    """The poll routes that may be answered from memory (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._routes: list[HotRoute] = []
+
+    def add(self, path: str, render: Render, query_id: str | None = None) -> None:
+        """``path`` is a route template with at most one ``{parameter}``, the execution id unless ``query_id`` names it."""
+        regex = re.escape(path)
+        regex = re.sub(r"\\\{[a-z_]+\\\}", "([^/]+)", regex)
+        self._routes.append(HotRoute(path, re.compile(f"^{regex}$"), query_id, render))
+
+    def answer(self, scope: Scope, runtime: Any, account_id: str) -> JSONResponse | None:
+        """The route's answer for a poll of a finished execution the account may see; None when it is not one."""
+        if scope["method"] != "GET" or not self._routes:
+            return None
+        path = scope["path"]
+        for route in self._routes:
+            m = route.pattern.match(path)
+            if m is None:
+                continue
+            if route.query_id is not None:
+                execution_id = QueryParams(scope["query_string"]).get(route.query_id, "")
+            else:
+                execution_id = m.group(1)
+            try:
+                view = runtime.executions.finished(account_id, execution_id)
+            except NotFound:
+                return None  # the route answers in its dialect's shape
+            if view is None:
+                return None
+            scope["route"] = route  # metrics and logs name the route's template
+            return JSONResponse(route.render(Request(scope), view))
+        return None
