@@ -265,10 +265,61 @@ def test_batch_runs_from_a_table_of_inputs(page, server):
     assert batch.is_visible()
 
 
+def test_rerun_a_bfl_request_and_open_it_in_the_canvas(page, server):
+    prompt = "a blue triangle on a white background"
+    r = httpx.post(
+        server["base"] + "/v1/flux-dev", headers={"x-key": server["key"]},
+        json={"prompt": prompt, "width": 256, "height": 256, "steps": 2, "output_format": "png"},
+    )
+    assert r.status_code == 200, r.text
+    eid = r.json()["id"]
+    page.goto(server["base"] + f"/#/runs/{eid}")
+    page.wait_for_selector("[data-testid=run-detail][data-status=COMPLETED]", timeout=180_000)
+    page.click("[data-testid=rerun]")
+    wait_until(lambda: re.fullmatch(r"#/runs/[0-9a-f-]{20,}", page.evaluate("location.hash")) and eid not in page.evaluate("location.hash"))
+    again = page.evaluate("location.hash").rsplit("/", 1)[1]
+    page.wait_for_selector("[data-testid=run-detail][data-status=COMPLETED]", timeout=180_000)
+    img = page.wait_for_selector("[data-testid=noderun-generate] img")
+    wait_until(lambda: img.evaluate("i => i.complete && i.naturalWidth") == 256)
+    shot(page, "08b-runs-rerun")
+    graph = httpx.get(server["base"] + f"/api/v1/executions/{again}?include=graph", headers={"x-key": server["key"]}).json()["graph"]
+    assert graph["nodes"]["generate"]["params"]["prompt"] == prompt  # the same graph, submitted again
+    page.click("button:has-text('Open in canvas')")
+    page.wait_for_selector("[data-testid=node-generate]")
+    assert page.evaluate("location.hash") == "#/workflows/new"
+    page.click("[data-testid=node-generate] .pm-node-head")
+    assert page.input_value("#p-generate-prompt") == prompt
+    shot(page, "08c-canvas-from-a-run")
+    assert not page.problems, page.problems
+
+
 def test_account_and_webhooks_pages(page, server):
     page.goto(server["base"] + "/#/account")
     page.wait_for_selector("[data-testid=usage-chart]")
     shot(page, "09-credits-usage")
+    # the account's keys: the one signed in, then a new one (its secret shown once) that is revoked again
+    page.wait_for_selector("[data-testid=keys-table] tbody tr:has-text('this browser')")
+    assert page.locator("[data-testid=keys-table] tbody tr").count() == 1
+    assert server["key"] not in page.content()
+    page.fill("input[name=keyName]", "ci runner")
+    page.click("button:has-text('Create key')")
+    secret = page.inner_text("[data-testid=new-key-secret]").strip()
+    assert secret.startswith("sk-")
+    assert httpx.get(server["base"] + "/api/v1/account", headers={"x-key": secret}).json()["name"] == "studio"
+    row = f"[data-testid='key-{secret[:10]}']"
+    page.wait_for_selector(f"{row}:has-text('ci runner')")
+    shot(page, "09a-account-key-created")
+    page.click("button:has-text('I have saved it')")
+    page.wait_for_selector("[data-testid=new-key]", state="detached")
+    assert secret not in page.content()  # shown once
+    page.click(f"{row} button:has-text('Revoke…')")
+    page.wait_for_selector(f"{row}:has-text('stops working at once')")
+    shot(page, "09b-account-key-revoke")
+    page.click(f"{row} button:has-text('Revoke key')")
+    page.wait_for_selector(row, state="detached")
+    r = httpx.get(server["base"] + "/api/v1/account", headers={"x-key": secret})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "revoked_api_key"
+    assert page.locator("[data-testid=keys-table] tbody tr").count() == 1
     page.goto(server["base"] + "/#/webhooks")
     page.wait_for_selector("[data-testid=webhook-secret]")
     shot(page, "10-webhooks")

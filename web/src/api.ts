@@ -185,6 +185,11 @@ export interface Execution {
   streamUrl?: string;
 }
 
+/** The graph a run ran (``GET /api/v1/executions/{id}?include=graph``). */
+export interface ExecutionGraph {
+  nodes: Record<string, { type: string; params?: Record<string, unknown>; inputs?: Record<string, [string, string]> }>;
+}
+
 export const TERMINAL = new Set(["COMPLETED", "FAILED", "CANCELLED"]);
 
 export interface NodeTypeInfo {
@@ -288,6 +293,11 @@ export async function streamEvents(executionId: string, onEvent: (e: StreamEvent
     // the server closes the stream after the terminal event; anything else: resume
     await new Promise((r) => setTimeout(r, 500));
   }
+}
+
+/** A run's id in a few characters: ids are time-ordered (UUIDv7), so their last characters, the random ones, tell runs apart. */
+export function shortId(id: string): string {
+  return id.slice(-8);
 }
 
 export function fmtCredits(n: number | null | undefined): string {

@@ -1,6 +1,6 @@
-import { useEffect, useState } from "react";
-import { api, fmtCredits, fmtTime, session } from "../api";
-import { Empty, ErrorBox } from "../components/ErrorBox";
+import { useCallback, useEffect, useState } from "react";
+import { api, fmtCredits, fmtTime, session, shortId } from "../api";
+import { CopyButton, Empty, ErrorBox } from "../components/ErrorBox";
 
 interface AccountInfo {
   id: string;
@@ -89,6 +89,7 @@ export function Account() {
             </div>
             <UsageChart days={info.usageByDay} />
           </div>
+          <ApiKeys />
           <div className="card">
             <h2>Ledger</h2>
             {info.ledger.length === 0 ? <Empty title="No ledger entries" /> : (
@@ -101,7 +102,7 @@ export function Account() {
                         <td>{fmtTime(l.created_at)}</td>
                         <td>{l.kind}</td>
                         <td className={`num ${l.amount < 0 ? "neg" : "pos"}`}>{l.amount > 0 ? "+" : ""}{fmtCredits(l.amount)}</td>
-                        <td>{l.execution_id ? <a href={`#/runs/${l.execution_id}`}>{l.execution_id.slice(0, 8)}</a> : ""}</td>
+                        <td>{l.execution_id ? <a href={`#/runs/${l.execution_id}`}>{shortId(l.execution_id)}</a> : ""}</td>
                         <td>{l.note ?? ""}</td>
                       </tr>
                     ))}
@@ -110,15 +111,130 @@ export function Account() {
               </div>
             )}
           </div>
-          <div className="card">
-            <h2>API keys</h2>
-            <p className="muted">
-              Keys are created and revoked by an administrator: on the server with <code>pixelmill keys create --account {info.name}</code> / <code>pixelmill keys revoke KEY_ID</code>
-              {session.adminKey() ? <>, or on the <a href={`#/admin/${info.id}`}>admin page of this account</a></> : ", or on Studio's admin pages with an admin key"}.
-            </p>
-          </div>
         </>
       )}
+    </div>
+  );
+}
+
+interface ApiKey {
+  id: string;
+  prefix: string;
+  name: string;
+  createdAt: number;
+  lastUsedAt: number | null;
+  current: boolean;
+}
+
+/** The account's keys: list, create (the secret shown once), revoke (after a confirmation). */
+function ApiKeys() {
+  const [keys, setKeys] = useState<ApiKey[] | null>(null);
+  const [name, setName] = useState("");
+  const [created, setCreated] = useState<(ApiKey & { key: string }) | null>(null);
+  const [confirming, setConfirming] = useState<string | null>(null);
+  const [busy, setBusy] = useState(false);
+  const [error, setError] = useState<unknown>(null);
+
+  const load = useCallback(async () => {
+    try {
+      setKeys((await api<{ data: ApiKey[] }>("/api/v1/account/keys")).data);
+    } catch (e) {
+      setError(e);
+    }
+  }, []);
+  useEffect(() => {
+    load();
+  }, [load]);
+
+  const create = async (ev: React.FormEvent) => {
+    ev.preventDefault();
+    setBusy(true);
+    setError(null);
+    try {
+      setCreated(await api<ApiKey & { key: string }>("/api/v1/account/keys", { body: { name: name.trim() } }));
+      setName("");
+      await load();
+    } catch (e) {
+      setError(e);
+    } finally {
+      setBusy(false);
+    }
+  };
+
+  const revoke = async (k: ApiKey) => {
+    setBusy(true);
+    setError(null);
+    try {
+      await api(`/api/v1/account/keys/${encodeURIComponent(k.id)}`, { method: "DELETE" });
+      setConfirming(null);
+      if (created?.id === k.id) setCreated(null);
+      if (k.current) {
+        // Studio's own key stops working now: back to the sign-in page
+        session.clear();
+        window.location.hash = "";
+        window.location.reload();
+        return;
+      }
+      await load();
+    } catch (e) {
+      setError(e);
+    } finally {
+      setBusy(false);
+    }
+  };
+
+  return (
+    <div className="card" data-testid="api-keys">
+      <h2>API keys</h2>
+      <p className="muted">
+        Keys of this account. A key is shown once, when it is created; the server keeps only its hash. Revoking a key stops it at once.
+      </p>
+      <ErrorBox error={error} />
+      {created && (
+        <div className="notice" role="status" data-testid="new-key">
+          <strong>New key{created.name ? ` “${created.name}”` : ""}: copy it now, it will not be shown again.</strong>
+          <div className="secret key-secret"><code data-testid="new-key-secret">{created.key}</code></div>
+          <div className="actions">
+            <CopyButton text={created.key} />
+            <button className="secondary small" onClick={() => setCreated(null)}>I have saved it</button>
+          </div>
+        </div>
+      )}
+      {keys && keys.length > 0 && (
+        <div className="table-wrap">
+          <table className="list" data-testid="keys-table">
+            <thead><tr><th>Name</th><th>Key</th><th>Created</th><th>Last used</th><th></th></tr></thead>
+            <tbody>
+              {keys.map((k) => (
+                <tr key={k.id} data-testid={`key-${k.prefix}`}>
+                  <td>{k.name || <span className="muted">unnamed</span>}{k.current && <> <span className="badge COMPLETED">this browser</span></>}</td>
+                  <td><code>{k.prefix}…</code></td>
+                  <td>{fmtTime(k.createdAt)}</td>
+                  <td>{k.lastUsedAt ? fmtTime(k.lastUsedAt) : <span className="muted">never</span>}</td>
+                  <td className="key-actions">
+                    {confirming === k.id ? (
+                      <span className="confirm" role="group" aria-label={`Revoke ${k.prefix}`}>
+                        <span className="small-text">{k.current ? "Studio is signed in with this key: you will be signed out. Revoke?" : "It stops working at once. Revoke?"}</span>{" "}
+                        <button className="danger small" onClick={() => revoke(k)} disabled={busy}>Revoke key</button>{" "}
+                        <button className="secondary small" onClick={() => setConfirming(null)} disabled={busy}>Cancel</button>
+                      </span>
+                    ) : (
+                      <button className="secondary small" onClick={() => setConfirming(k.id)}>Revoke…</button>
+                    )}
+                  </td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        </div>
+      )}
+      <form className="form-inline" onSubmit={create}>
+        <label>
+          New key name
+          <input name="keyName" value={name} maxLength={200} placeholder="e.g. ci runner" onChange={(e) => setName(e.target.value)} />
+        </label>
+        <button type="submit" disabled={busy}>Create key</button>
+      </form>
     </div>
   );
 }

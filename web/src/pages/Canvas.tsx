@@ -18,7 +18,7 @@ import {
   type NodeChange,
   type NodeProps,
 } from "@xyflow/react";
-import { api, ApiError, Execution, fmtCredits, fmtMs, ModelInfo, NodeRun, NodeTypeInfo, origin, Problem, streamEvents, TERMINAL } from "../api";
+import { api, ApiError, Execution, fmtCredits, fmtMs, ModelInfo, NodeRun, NodeTypeInfo, origin, Problem, streamEvents, TERMINAL, shortId } from "../api";
 import { CopyButton, ErrorBox } from "../components/ErrorBox";
 import { defaultParams, SchemaForm } from "../components/SchemaForm";
 
@@ -749,7 +749,7 @@ function Editor({ workflowId }: { workflowId: string }) {
       )}
       {execution && (
         <div className="run-strip" data-testid="run-status" data-status={execution.status}>
-          Run <a href={`#/runs/${execution.id}`}>{execution.id.slice(0, 8)}</a>: <strong>{execution.status}</strong>
+          Run <a href={`#/runs/${execution.id}`}>{shortId(execution.id)}</a>: <strong>{execution.status}</strong>
           {execution.status === "QUEUED" && execution.queuePosition !== null ? ` (position ${execution.queuePosition + 1})` : ""}
           {" · "}{Math.round(execution.progress * 100)}%
           {TERMINAL.has(execution.status) && ` · charged ${fmtCredits(execution.credits.charged)} credits · ${fmtMs(execution.durationMs)}`}
@@ -805,7 +805,7 @@ function Editor({ workflowId }: { workflowId: string }) {
             <ul className="batch-runs" data-testid="batch-runs">
               {batchRuns.map((r, i) => (
                 <li key={r.id}>
-                  {i + 1}. <a href={`#/runs/${r.id}`}>{r.id.slice(0, 8)}</a> <span className={`badge ${r.status}`}>{r.status.toLowerCase()}</span>
+                  {i + 1}. <a href={`#/runs/${r.id}`}>{shortId(r.id)}</a> <span className={`badge ${r.status}`}>{r.status.toLowerCase()}</span>
                   {r.outputs[0] && <img className="thumb" src={r.outputs[0]} alt={`run ${i + 1} output`} />}
                 </li>
               ))}

@@ -1,5 +1,5 @@
 import { useCallback, useEffect, useMemo, useRef, useState } from "react";
-import { api, ApiError, Execution, fmtCredits, fmtMs, ModelInfo, origin, streamEvents, TERMINAL } from "../api";
+import { api, ApiError, Execution, fmtCredits, fmtMs, ModelInfo, origin, streamEvents, TERMINAL, shortId } from "../api";
 import { CopyButton, Empty, ErrorBox } from "../components/ErrorBox";
 import { go, refreshCredits } from "../App";
 import { useDebounced } from "../hooks";
@@ -463,7 +463,7 @@ export function Playground() {
             <div className="card job" data-testid="job" data-status={job.status}>
               <div className="job-head">
                 <strong>{job.status}</strong>
-                <span className="muted">{job.execution.id.slice(0, 8)}</span>
+                <span className="muted">{shortId(job.execution.id)}</span>
                 <div className="spacer" />
                 {TERMINAL.has(job.status) ? (
                   <span data-testid="charged">

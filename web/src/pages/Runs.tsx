@@ -1,5 +1,5 @@
 import { useCallback, useEffect, useState } from "react";
-import { api, Execution, fmtCredits, fmtMs, fmtTime, streamEvents, TERMINAL } from "../api";
+import { api, Execution, ExecutionGraph, fmtCredits, fmtMs, fmtTime, streamEvents, TERMINAL, shortId } from "../api";
 import { Empty, ErrorBox } from "../components/ErrorBox";
 import { go, refreshCredits } from "../App";
 
@@ -78,7 +78,7 @@ function RunList() {
             <tbody>
               {data.data.map((e) => (
                 <tr key={e.id} className="clickable" onClick={() => go(`runs/${e.id}`)}>
-                  <td><a href={`#/runs/${e.id}`} onClick={(ev) => ev.stopPropagation()}><code>{e.id.slice(0, 8)}</code></a></td>
+                  <td><a href={`#/runs/${e.id}`} onClick={(ev) => ev.stopPropagation()}><code>{shortId(e.id)}</code></a></td>
                   <td><StatusBadge status={e.status} />{!TERMINAL.has(e.status) && ` ${Math.round(e.progress * 100)}%`}</td>
                   <td>{e.nodeRuns.map((n) => n.type).join(" → ")}</td>
                   <td>{fmtTime(e.createdAt)}</td>
@@ -138,14 +138,35 @@ function RunDetail({ id }: { id: string }) {
       setError(e);
     }
   };
+  const [busy, setBusy] = useState<"" | "rerun" | "canvas">("");
+  const graphOf = async (): Promise<ExecutionGraph> =>
+    (await api<Execution & { graph: ExecutionGraph }>(`/api/v1/executions/${encodeURIComponent(id)}?include=graph`)).graph;
+  // the exact graph this run ran (whichever API submitted it), submitted again as an ad-hoc graph
   const rerun = async () => {
-    if (!ex?.workflowId) return;
+    setBusy("rerun");
+    setError(null);
     try {
-      const r = await api<{ executionId: string }>(`/api/v1/workflows/${ex.workflowId}/execute`, { body: { inputs: ex.inputs ?? {} } });
+      const graph = await graphOf();
+      const r = await api<Execution>("/api/v1/executions", { body: { nodes: graph.nodes, label: `Re-run of ${shortId(id)}` } });
       refreshCredits();
-      go(`runs/${r.executionId}`);
+      go(`runs/${r.id}`);
     } catch (e) {
       setError(e);
+    } finally {
+      setBusy("");
+    }
+  };
+  const openInCanvas = async () => {
+    setBusy("canvas");
+    setError(null);
+    try {
+      const graph = await graphOf();
+      sessionStorage.setItem("pixelmill.canvasDraft", JSON.stringify({ name: `Run ${shortId(id)}`, nodes: graph.nodes }));
+      go("workflows/new");
+    } catch (e) {
+      setError(e instanceof DOMException ? new Error("This run's graph is too large to open in the canvas (its input images do not fit the tab's storage).") : e);
+    } finally {
+      setBusy("");
     }
   };
 
@@ -153,11 +174,12 @@ function RunDetail({ id }: { id: string }) {
     <div className="page">
       <div className="page-head">
         <a href="#/runs" className="button secondary small">← Runs</a>
-        <h1>Run <code>{id.slice(0, 8)}</code></h1>
+        <h1>Run <code>{shortId(id)}</code></h1>
         <div className="spacer" />
         {live && <button className="danger small" onClick={cancel}>Cancel</button>}
         {ex?.workflowId && <a className="button secondary small" href={`#/workflows/${ex.workflowId}`}>Open workflow</a>}
-        <button className="secondary small" onClick={rerun} disabled={!ex?.workflowId} title={ex?.workflowId ? "Run the workflow again with the same inputs" : "Only workflow runs can be re-run from here"}>Re-run</button>
+        <button className="secondary small" onClick={openInCanvas} disabled={!ex || !!busy} title="Open this run's graph as a new workflow in the canvas">{busy === "canvas" ? "Opening…" : "Open in canvas"}</button>
+        <button className="small" onClick={rerun} disabled={!ex || !!busy} data-testid="rerun" title={ex ? `Run the same graph again (about ${fmtCredits(ex.credits.estimated)} credits)` : undefined}>{busy === "rerun" ? "Submitting…" : "Re-run"}</button>
       </div>
       <ErrorBox error={error} />
       {ex && (

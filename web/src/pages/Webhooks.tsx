@@ -1,5 +1,5 @@
 import { Fragment, useCallback, useEffect, useState } from "react";
-import { api, fmtTime } from "../api";
+import { api, fmtTime, shortId } from "../api";
 import { CopyButton, Empty, ErrorBox } from "../components/ErrorBox";
 
 interface Delivery {
@@ -136,7 +136,7 @@ export function Webhooks() {
                   <tr>
                     <td>
                       <button className="link" onClick={() => setOpen(open === ev.id ? null : ev.id)} aria-expanded={open === ev.id}>{ev.type}</button>
-                      {ev.executionId && <div className="small-text"><a href={`#/runs/${ev.executionId}`}>{ev.executionId.slice(0, 8)}</a></div>}
+                      {ev.executionId && <div className="small-text"><a href={`#/runs/${ev.executionId}`}>{shortId(ev.executionId)}</a></div>}
                     </td>
                     <td><span className={`badge ${ev.state}`}>{ev.state}</span>{ev.nextAttemptAt ? <div className="muted small-text">next {fmtTime(ev.nextAttemptAt)}</div> : null}</td>
                     <td>{ev.attempts}</td>
