@@ -8,7 +8,8 @@ already authenticated the key and read its rate-limit state) answers at once
 through the same renderer as the route, instead of passing the request through
 routing, dependency injection and a thread-pool hop.  The answer is the route's
 answer byte for byte; anything else (an unfinished or unknown execution, an
-uncached key, another method) goes the normal way.
+uncached key, another method, a query parameter besides the execution id such
+as ``?include=graph``) goes the normal way.
 
 Each dialect's route is registered in :func:`pixelmill.api.app.create_app` with
 its path template and renderer.
@@ -61,10 +62,10 @@ class HotReads:
             m = route.pattern.match(path)
             if m is None:
                 continue
-            if route.query_id is not None:
-                execution_id = QueryParams(scope["query_string"]).get(route.query_id, "")
-            else:
-                execution_id = m.group(1)
+            query = QueryParams(scope["query_string"])
+            if any(name != route.query_id for name in query.keys()):
+                return None  # options (``?include=graph``) and their validation are the route's
+            execution_id = query.get(route.query_id, "") if route.query_id is not None else m.group(1)
             try:
                 view = runtime.executions.finished(account_id, execution_id)
             except NotFound:
