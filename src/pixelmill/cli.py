@@ -572,7 +572,9 @@ def _model_control(action: str, name: str, server: str | None, as_json: bool) ->
         raise CliError("set PIXELMILL_ADMIN_KEY to the server's admin key", 2)
     with Client(server, admin_key, timeout=900, max_retries=0) as px:
         state = px.load_model(name) if action == "load" else px.unload_model(name)
-    workers = ", ".join(f"{w.get('worker')} on {w.get('device')}" for w in state.get("workers") or [])
+    workers = ", ".join(
+        f"{w.get('worker')}: {w['outcome']}" if "outcome" in w else f"{w.get('worker')} on {w.get('device')}" for w in state.get("workers") or []
+    )
     memory = f", {state['memory_bytes'] / 2**20:.1f} MiB" if state.get("memory_bytes") else ""
     _out(state, as_json, f"{state['name']}: {state['state']}{' (' + workers + memory + ')' if workers else ''}")
 
@@ -583,7 +585,7 @@ def models_load(
     server: Optional[str] = typer.Option(None, "--server", help="the server's URL (default: $PIXELMILL_BASE_URL or http://127.0.0.1:8000)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Load a model on a running embedded server now (admin key from PIXELMILL_ADMIN_KEY)."""
+    """Load a model on a running server now, or on its workers in scale-out (admin key from PIXELMILL_ADMIN_KEY)."""
     _model_control("load", name, server, as_json)
 
 
@@ -593,7 +595,7 @@ def models_unload(
     server: Optional[str] = typer.Option(None, "--server", help="the server's URL (default: $PIXELMILL_BASE_URL or http://127.0.0.1:8000)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Free an idle model's memory on a running embedded server (admin key from PIXELMILL_ADMIN_KEY)."""
+    """Free an idle model's memory on a running server, or on its workers in scale-out (admin key from PIXELMILL_ADMIN_KEY)."""
     _model_control("unload", name, server, as_json)
 
 

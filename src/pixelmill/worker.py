@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from typing import Sequence
+import threading
+from typing import Any, Callable, Sequence
 
 from pixelmill.config import Settings
 from pixelmill.models.catalog import ModelCatalog
@@ -47,6 +48,48 @@ def parse_queues(text: str | None) -> list[str]:
         if name and name not in out:
             out.append(name)
     return out
+
+
+class ModelControl:
+    """Loads or unloads this worker's models when an operator asks (``POST /api/v1/models/{model}/load|unload``
+    on an API node, broadcast to every worker).  Only models of queues the worker consumes are touched; a
+    load runs in the background (the answer says ``loading``), and what the worker holds is advertised again
+    once it changed."""
+
+    def __init__(self, models: ModelRegistry, served: Sequence[str], advertise: Callable[[], None]):
+        self.models = models
+        self.served = set(served)
+        self.advertise = advertise
+
+    def __call__(self, model: str, action: str) -> dict[str, Any]:
+        if model not in self.served:
+            return {"outcome": "not_served"}
+        if action == "load":
+            if self.models.is_loaded(model):
+                return {"outcome": "resident"}
+            threading.Thread(target=self._load, args=(model,), name=f"pixelmill-load-{model}", daemon=True).start()
+            return {"outcome": "loading"}
+        if action == "unload":
+            outcome = self.models.unload_idle(model)
+            self._advertise_soon()
+            return {"outcome": outcome.value}
+        return {"outcome": "failed", "error": f"unknown action {action!r}"}
+
+    def _load(self, model: str) -> None:
+        try:
+            self.models.backend(model)
+        except Exception:
+            log.exception("loading model %s on request failed", model)
+        self._advertise()
+
+    def _advertise(self) -> None:
+        try:
+            self.advertise()
+        except Exception:  # the periodic advertisement reports it later
+            log.warning("could not advertise the models after a change", exc_info=True)
+
+    def _advertise_soon(self) -> None:
+        threading.Thread(target=self._advertise, name="pixelmill-advertise-now", daemon=True).start()
 
 
 def build_worker_runtime(settings: Settings, catalog: ModelCatalog | None = None, models: ModelRegistry | None = None) -> Runtime:
@@ -93,6 +136,7 @@ def run_worker(
 
         advertiser = Advertiser(runtime.db, runtime.models, runtime.runner.worker_name)
         advertiser.start()  # API nodes show what this worker holds (GET /api/v1/models)
+        runtime.queue.serve_model_control(ModelControl(runtime.models, models_of(queues), advertiser.advertise))
         if health_port is not None:
             from pixelmill.ops.server import serve_health
 

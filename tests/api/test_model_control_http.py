@@ -1,6 +1,6 @@
 """Loading and unloading a model with the admin key, on a real server: over HTTP and with
-``pixelmill models load|unload``; refused while the model is in use, for an unknown model,
-without the admin key, and in scale-out mode."""
+``pixelmill models load|unload``; refused while the model is in use, for an unknown model
+and without the admin key.  (Scale-out: tests/queue/test_model_control_scaleout.py.)"""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_an_admin_loads_and_unloads_a_model(server):
     assert _post(base, "/api/v1/models/tiny/unload").json()["state"] == "cold"
 
 
-def test_refusals_carry_stable_codes(server, monkeypatch):
+def test_refusals_carry_stable_codes(server):
     rt, base = server
     user = create_key(rt)
     r = _post(base, "/api/v1/models/no-such-model/load")
@@ -81,10 +81,6 @@ def test_refusals_carry_stable_codes(server, monkeypatch):
     r = _post(base, "/api/v1/models/fake/unload")  # registered by the embedding process
     assert r.status_code == 409 and r.json()["error"]["code"] == "model_pinned"
     assert _state(base, user, "tiny") == "cold"
-
-    monkeypatch.setattr(rt.settings, "queue", "celery")  # scale-out: the workers decide what they hold
-    r = _post(base, "/api/v1/models/tiny/load")
-    assert r.status_code == 501 and r.json()["error"]["code"] == "model_control_not_offered"
 
 
 def test_the_command_line_loads_and_unloads(server, monkeypatch, capsys):

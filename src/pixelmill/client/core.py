@@ -335,11 +335,11 @@ class Client(_Base):
     # -- administration (the client's key is the server's admin key) -------------------------
 
     def load_model(self, name: str) -> dict[str, Any]:
-        """Load a model on an embedded server now; its state once resident."""
+        """Load a model now: its state once resident (embedded), or ``loading`` while the workers load it (scale-out)."""
         return self.request("POST", f"/api/v1/models/{quote(name, safe='')}/load")
 
     def unload_model(self, name: str) -> dict[str, Any]:
-        """Free an idle model's memory on an embedded server (409 ``model_in_use`` while it runs)."""
+        """Free an idle model's memory (409 ``model_in_use`` while it runs)."""
         return self.request("POST", f"/api/v1/models/{quote(name, safe='')}/unload")
 
 

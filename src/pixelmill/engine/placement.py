@@ -83,6 +83,16 @@ class Advertiser:
             log.warning("could not withdraw the models of %s", self.worker, exc_info=True)
 
 
+def live_workers(db: Database) -> list[str]:
+    """The workers that advertised their models lately (running ones)."""
+    with db.engine.connect() as conn:
+        return list(
+            conn.execute(
+                sa.select(worker_models.c.worker).where(worker_models.c.updated_at >= time.time() - STALE_AFTER_S).distinct()
+            ).scalars()
+        )
+
+
 def residency_report(runtime: Any) -> dict[str, Any]:
     """The catalog with each model's residency: this process's own, or (scale-out API) the workers'."""
     catalog = runtime.catalog

@@ -15,9 +15,10 @@ entry key, so a repeat never runs a finished node again nor bills twice.
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence, TypedDict
+from typing import Any, Callable, Sequence, TypedDict
 
 from celery import Celery
+from celery.worker.control import control_command
 from sqlalchemy.exc import OperationalError
 
 from pixelmill.config import Settings
@@ -28,6 +29,23 @@ log = logging.getLogger("pixelmill.queue")
 
 TASK_NAME = "pixelmill.run_node"
 POOLS = ("threads", "solo")
+MODEL_CONTROL = "pixelmill_model"
+"""The remote-control command (a broadcast to every worker) that loads or unloads a model."""
+
+ModelControlHandler = Callable[[str, str], dict[str, Any]]
+
+
+@control_command(args=[("model", str), ("action", str)], signature="<model> <load|unload>")
+def pixelmill_model(state, model: str, action: str) -> dict[str, Any]:
+    """Load or unload ``model`` on this worker (runs in the worker's consumer: answers at once)."""
+    handler: ModelControlHandler | None = getattr(state.app, "pixelmill_model_control", None)
+    if handler is None:
+        return {"outcome": "not_served"}
+    try:
+        return handler(model, action)
+    except Exception as exc:  # the caller reads the reply; the consumer must not die
+        log.exception("model control %s %s failed", action, model)
+        return {"outcome": "failed", "error": f"{type(exc).__name__}: {exc}"}
 
 
 class NodeTaskMessage(TypedDict):
@@ -180,6 +198,23 @@ class CeleryQueue:
     def stop(self) -> None:
         """Release broker connections held for publishing."""
         self.app.close()
+
+    # --- model control ------------------------------------------------------
+    def serve_model_control(self, handler: ModelControlHandler) -> None:
+        """This worker answers :data:`MODEL_CONTROL` broadcasts with ``handler(model, action)``."""
+        self.app.pixelmill_model_control = handler  # type: ignore[attr-defined]
+
+    def broadcast_model_control(self, model: str, action: str, workers: int, timeout_s: float = 5.0) -> dict[str, dict[str, Any]]:
+        """Ask every worker to load or unload ``model``; their replies by worker name (waits for ``workers``
+        replies or ``timeout_s``)."""
+        replies = self.app.control.broadcast(
+            MODEL_CONTROL, arguments={"model": model, "action": action}, reply=True, timeout=timeout_s, limit=max(1, workers) if workers else None
+        )
+        out: dict[str, dict[str, Any]] = {}
+        for reply in replies or []:
+            for worker, answer in reply.items():
+                out[worker] = answer if isinstance(answer, dict) else {"outcome": "failed", "error": str(answer)}
+        return out
 
     # --- consuming --------------------------------------------------------
     def worker(
