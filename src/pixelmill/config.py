@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     queue: Literal["inprocess", "celery"] = "inprocess"
     broker_url: str = "redis://127.0.0.1:6379/0"
     worker_threads: int = 1
+    #: CPU threads each node run gives PyTorch; 0: automatic (the cores, less one for the API and
+    #: database where this process serves them too, shared by the node runs at a time).  One
+    #: thread per core at most: a torch thread that waits for a core holds its peers back
+    torch_threads: int = Field(default=0, ge=0)
     node_timeout_s: float = 600.0
     #: scale-out: a queued node run whose task never reached the queue (broker down at
     #: that moment) is published again after this many seconds; 0 turns the sweeper off

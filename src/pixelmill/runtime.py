@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from pixelmill.accounts.admission import Admission
@@ -64,6 +65,7 @@ class Runtime:
             budget=MemoryBudget.from_megabytes(settings.model_ram_budget_mb, settings.model_vram_budget_mb),
             idle_unload_s=settings.model_idle_unload_s,
         )
+        self.models.torch_threads = torch_threads(settings.torch_threads, serves_api=settings.queue == "inprocess", node_threads=settings.worker_threads)
         self.storage = LocalStorage(settings.files_dir)
         self.files = FileService(self.db, self.storage)
         self.signer = UrlSigner(settings.resolved_secret_key(), settings.signed_url_ttl_s)
@@ -206,3 +208,12 @@ class Runtime:
         if self.tracing is not None:
             self.tracing.shutdown()
         self.db.dispose()
+
+
+def torch_threads(configured: int, serves_api: bool, node_threads: int) -> int:
+    """PyTorch CPU threads per node run: ``configured``, or the cores (less one where this process also
+    serves the API and its database work) shared by ``node_threads`` node runs at a time, at least 1."""
+    if configured:
+        return configured
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, (cores - (1 if serves_api else 0)) // max(1, node_threads))

@@ -184,3 +184,36 @@ def test_models_endpoint_shows_state_device_memory_and_load_time(make_runtime, s
     assert tiny["workers"][0]["device"] == "cpu"
     assert body["memory"]["ram"]["used_bytes"] >= tiny["memory_bytes"]
     assert client.get("/api/v1/models", headers={"x-key": "nope"}).status_code in (401, 403)
+
+
+def test_a_thread_that_uses_a_model_runs_torch_on_the_registrys_thread_count(folder, catalog):
+    """Node runs give PyTorch the thread count the runtime chose (one per core at most, one core
+    left to the API in an embedded server), set in the thread that runs the model."""
+    import torch
+
+    from pixelmill.runtime import torch_threads
+
+    assert torch_threads(3, serves_api=True, node_threads=1) == 3  # configured wins
+    cores = len(__import__("os").sched_getaffinity(0))
+    assert torch_threads(0, serves_api=True, node_threads=1) == max(1, cores - 1)
+    assert torch_threads(0, serves_api=False, node_threads=1) == cores
+    assert torch_threads(0, serves_api=False, node_threads=4 * cores) == 1
+
+    registry = ModelRegistry(catalog)
+    registry.torch_threads = 3
+    seen: dict[str, int] = {}
+
+    def node_run(name: str, how: str) -> None:
+        torch.set_num_threads(1)  # whatever the thread had before
+        if how == "use":
+            with registry.use(name):
+                seen[how] = torch.get_num_threads()
+        else:
+            registry.backend(name)
+            seen[how] = torch.get_num_threads()
+
+    for how in ("use", "backend"):
+        t = threading.Thread(target=node_run, args=("red", how))
+        t.start()
+        t.join()
+    assert seen == {"use": 3, "backend": 3}

@@ -14,6 +14,7 @@ name (a fake in tests, a backend built elsewhere): such a model is pinned.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -67,6 +68,8 @@ class ModelRegistry:
         self._backends: dict[str, TextToImageBackend] = {}
         self._models: dict[str, Residence] = {}
         self._cond = threading.Condition()
+        #: PyTorch CPU threads for the threads that use a model (None: PyTorch's default)
+        self.torch_threads: int | None = None
         self._sweeper: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -80,6 +83,7 @@ class ModelRegistry:
     def use(self, name: str) -> Iterator[TextToImageBackend]:
         """The loaded backend of ``name``, marked in use (never unloaded) until the block ends."""
         backend = self._acquire(name, mark_use=True)
+        self._pin_threads()
         try:
             yield backend
         finally:
@@ -96,7 +100,16 @@ class ModelRegistry:
         catalog, and whatever the backend raises when its weights cannot be
         loaded (nothing is kept then, so a later call tries again).
         """
-        return self._acquire(name, mark_use=False)
+        backend = self._acquire(name, mark_use=False)
+        self._pin_threads()
+        return backend
+
+    def _pin_threads(self) -> None:
+        """Give PyTorch ``torch_threads`` CPU threads, set from the thread that is about to use it."""
+        n = self.torch_threads
+        torch = sys.modules.get("torch")  # loaded by the backend; never imported here
+        if n and torch is not None and torch.get_num_threads() != n:
+            torch.set_num_threads(n)
 
     def _acquire(self, name: str, mark_use: bool) -> TextToImageBackend:
         with self._cond:
