@@ -114,3 +114,61 @@ def test_a_worker_and_cli_commands_refuse_a_schema_that_is_behind_and_only_migra
     for out in (r, cli("keys", "create", "--account", "a"), cli("keys", "list")):
         assert out.returncode == 0, out.stderr
         assert "alembic" not in (out.stdout + out.stderr).lower(), out.stdout + out.stderr
+
+
+def _price_rows(url: str) -> None:
+    """Executions and node runs as a 0008 schema stored them: float credits rounded to 4 decimals."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO accounts (id, name, plan, created_at, webhook_secrets) VALUES ('a', 'a', 'free', 1, '[]')"))
+        for i, (estimate, actual) in enumerate([(0.0123, 0.0123), (1234.5678, 1234.5677), (0.3, None), (33.3333, 0.0), (9876543.2109, 9876543.2109)]):
+            conn.execute(sa.text(
+                "INSERT INTO executions (id, account_id, dialect, label, status, graph, request, created_at, expires_at, cost_estimate, "
+                "cost_actual, cancel_requested, priority) VALUES (:id, 'a', 'bfl', 'x', 'succeeded', '{}', '{}', 1, 2, :e, :a, false, 0)"
+            ), {"id": f"e{i}", "e": estimate, "a": actual})
+            conn.execute(sa.text(
+                "INSERT INTO node_runs (id, execution_id, node_id, node_type, status, params, links, progress, cost, attempts, cached) "
+                "VALUES (:id, :eid, 'gen', 'text_to_image', 'succeeded', '{}', '{}', 1, :c, 1, false)"
+            ), {"id": f"r{i}", "eid": f"e{i}", "c": estimate})
+    engine.dispose()
+
+
+def _read(url: str, sql: str) -> list[tuple]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(sa.text(sql))]
+    finally:
+        engine.dispose()
+
+
+def _check_exact_credits_migration(url: str) -> None:
+    migrate.upgrade(url, "0008")
+    _price_rows(url)
+    migrate.upgrade(url)
+    assert _read(url, "SELECT id, cost_estimate_micro, cost_actual_micro FROM executions ORDER BY id") == [
+        ("e0", 12_300, 12_300), ("e1", 1_234_567_800, 1_234_567_700), ("e2", 300_000, None), ("e3", 33_333_300, 0),
+        ("e4", 9_876_543_210_900, 9_876_543_210_900),
+    ]
+    assert _read(url, "SELECT id, cost_micro FROM node_runs ORDER BY id") == [
+        ("r0", 12_300), ("r1", 1_234_567_800), ("r2", 300_000), ("r3", 33_333_300), ("r4", 9_876_543_210_900),
+    ]
+    migrate.downgrade(url, "0008")  # and back, to the same floats
+    assert _read(url, "SELECT id, cost_estimate, cost_actual FROM executions ORDER BY id") == [
+        ("e0", 0.0123, 0.0123), ("e1", 1234.5678, 1234.5677), ("e2", 0.3, None), ("e3", 33.3333, 0.0), ("e4", 9876543.2109, 9876543.2109),
+    ]
+
+
+def test_credits_on_executions_and_node_runs_become_exact_micro_credits_on_sqlite(tmp_path):
+    _check_exact_credits_migration(f"sqlite:///{tmp_path / 'old.db'}")
+
+
+def test_credits_on_executions_and_node_runs_become_exact_micro_credits_on_postgresql():
+    admin, name, url = _fresh_pg_database()
+    try:
+        _check_exact_credits_migration(url)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"))
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()

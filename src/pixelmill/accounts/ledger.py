@@ -157,9 +157,16 @@ def hold(conn: Connection, account_id: str, execution_id: str, amount: float) ->
 
 def settle(conn: Connection, account_id: str, execution_id: str, held: float, actual: float) -> bool:
     """Give back ``held - actual`` (all of it when actual is 0).  Exactly once per execution."""
-    refund = max(0, to_micro(held) - to_micro(actual))
-    kind = "capture" if actual > 0 else "release"
-    return add_entry(conn, account_id, kind, 0, f"settle:{execution_id}", execution_id, note=f"actual={actual}", micro=refund)
+    return settle_micro(conn, account_id, execution_id, to_micro(held), to_micro(actual))
+
+
+def settle_micro(conn: Connection, account_id: str, execution_id: str, held_micro: int, actual_micro: int) -> bool:
+    """:func:`settle` with both amounts in micro-credits."""
+    refund = max(0, int(held_micro) - int(actual_micro))
+    kind = "capture" if actual_micro > 0 else "release"
+    return add_entry(
+        conn, account_id, kind, 0, f"settle:{execution_id}", execution_id, note=f"actual={from_micro(actual_micro)}", micro=refund
+    )
 
 
 def entries(conn: Connection, account_id: str, limit: int = 100) -> list[dict]:

@@ -31,9 +31,10 @@ def account_usage(conn: Connection, account_id: str, since: float | None = None,
         status: int(n)
         for status, n in conn.execute(sa.select(executions.c.status, sa.func.count()).where(*where).group_by(executions.c.status))
     }
-    spent = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(executions.c.cost_actual), 0.0)).where(*where)).scalar_one()
+    spent = conn.execute(sa.select(sa.func.coalesce(sa.func.sum(executions.c.cost_actual_micro), 0)).where(*where)).scalar_one()
     held = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(executions.c.cost_estimate), 0.0)).where(*where, executions.c.status.in_(ExecutionStatus.active()))
+        sa.select(sa.func.coalesce(sa.func.sum(executions.c.cost_estimate_micro), 0))
+        .where(*where, executions.c.status.in_(ExecutionStatus.active()))
     ).scalar_one()
     return {
         "account_id": account_id,
@@ -42,8 +43,8 @@ def account_usage(conn: Connection, account_id: str, since: float | None = None,
         "since": since,
         "as_of": time.time(),
         "executions": {"total": sum(by_status.values()), "by_status": by_status},
-        "credits_spent": round(float(spent), 4),
-        "credits_held": round(float(held), 4),
+        "credits_spent": ledger.from_micro(int(spent)),
+        "credits_held": ledger.from_micro(int(held)),
         "ledger": ledger.entries(conn, account_id, limit=entries) if entries else [],
     }
 
@@ -60,7 +61,7 @@ def usage_by_day(conn: Connection, account_id: str, days: int = 30, now: float |
     now = time.time() if now is None else now
     start_day = int(now // 86400) - (days - 1)
     rows = conn.execute(
-        sa.select(node_runs.c.finished_at, node_runs.c.node_type, node_runs.c.params, node_runs.c.cost)
+        sa.select(node_runs.c.finished_at, node_runs.c.node_type, node_runs.c.params, node_runs.c.cost_micro)
         .join(executions, executions.c.id == node_runs.c.execution_id)
         .where(
             executions.c.account_id == account_id,
@@ -69,7 +70,7 @@ def usage_by_day(conn: Connection, account_id: str, days: int = 30, now: float |
             node_runs.c.finished_at >= start_day * 86400,
         )
     )
-    totals: dict[int, dict[str, float]] = {d: {} for d in range(start_day, start_day + days)}
+    totals: dict[int, dict[str, int]] = {d: {} for d in range(start_day, start_day + days)}  # micro-credits
     for finished_at, node_type, params, cost in rows:
         day = int(finished_at // 86400)
         if day not in totals or not cost:
@@ -78,14 +79,14 @@ def usage_by_day(conn: Connection, account_id: str, days: int = 30, now: float |
         # (remove_background's own "model" parameter names a cut-out method, not a catalog model)
         name = params.get("model") if node_type == "text_to_image" and isinstance(params, dict) else None
         key = str(name or node_type)
-        totals[day][key] = totals[day].get(key, 0.0) + float(cost)
+        totals[day][key] = totals[day].get(key, 0) + int(cost)
     out = []
     for day, by_model in totals.items():
         out.append(
             {
                 "day": time.strftime("%Y-%m-%d", time.gmtime(day * 86400)),
-                "credits": round(sum(by_model.values()), 4),
-                "byModel": {k: round(v, 4) for k, v in sorted(by_model.items())},
+                "credits": ledger.from_micro(sum(by_model.values())),
+                "byModel": {k: ledger.from_micro(v) for k, v in sorted(by_model.items())},
             }
         )
     return out

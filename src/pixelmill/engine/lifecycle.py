@@ -85,13 +85,14 @@ class Lifecycle:
         self.event(conn, run.execution_id, "node.started", {"node": run.node_id, "attempt": run.attempts + 1})
         return True
 
-    def succeed_node(self, conn: Connection, run, outputs: dict[str, Any], cost: float, cached: bool) -> list[NodeTask]:
-        """Record a node's outputs; queue the nodes that became runnable; finish the execution if done."""
+    def succeed_node(self, conn: Connection, run, outputs: dict[str, Any], cost_micro: int, cached: bool) -> list[NodeTask]:
+        """Record a node's outputs and what it costs (micro-credits); queue the nodes that became runnable;
+        finish the execution if done."""
         now = time.time()
         conn.execute(
             sa.update(node_runs)
             .where(node_runs.c.id == run.id)
-            .values(status=NodeStatus.SUCCEEDED, finished_at=now, progress=1.0, outputs=outputs, cost=cost, cached=cached)
+            .values(status=NodeStatus.SUCCEEDED, finished_at=now, progress=1.0, outputs=outputs, cost_micro=int(cost_micro), cached=cached)
         )
         data: dict[str, Any] = {"node": run.node_id, "outputs": outputs, "cached": cached}
         if not cached and run.started_at is not None:  # what run-time estimates learn from
@@ -164,18 +165,18 @@ class Lifecycle:
             .where(node_runs.c.execution_id == execution_id, node_runs.c.status.in_([NodeStatus.WAITING, NodeStatus.QUEUED, NodeStatus.RUNNING]))
             .values(status=open_state, finished_at=now)
         )
-        actual = 0.0
+        actual = 0
         if new == ExecutionStatus.SUCCEEDED:
-            actual = float(
+            actual = int(
                 conn.execute(
-                    sa.select(sa.func.coalesce(sa.func.sum(node_runs.c.cost), 0.0)).where(node_runs.c.execution_id == execution_id)
+                    sa.select(sa.func.coalesce(sa.func.sum(node_runs.c.cost_micro), 0)).where(node_runs.c.execution_id == execution_id)
                 ).scalar()
             )
         conn.execute(
             sa.update(executions)
             .where(executions.c.id == execution_id)
-            .values(status=new, finished_at=now, cost_actual=round(actual, 4), error_code=code, error_message=(message or None) and message[:2000])
+            .values(status=new, finished_at=now, cost_actual_micro=actual, error_code=code, error_message=(message or None) and message[:2000])
         )
-        ledger.settle(conn, ex.account_id, execution_id, ex.cost_estimate, actual)
+        ledger.settle_micro(conn, ex.account_id, execution_id, ex.cost_estimate_micro, actual)
         self.event(conn, execution_id, f"execution.{new.value}", {"error": message} if message else {})
         return True

@@ -79,7 +79,7 @@ class NodeRunner:
             self._failed(run, None, e)
             return
         if cached is not None:
-            self._finish(run, cached, cost=0.0, cached=True)
+            self._finish(run, cached, cost_micro=0, cached=True)
             return
         self._run_claimed(run)
 
@@ -103,7 +103,7 @@ class NodeRunner:
                 continue
             cached = self._cached_outputs(run)
             if cached is not None:
-                self._finish(run, cached, cost=0.0, cached=True)
+                self._finish(run, cached, cost_micro=0, cached=True)
                 continue
             runs.append(run)
         if len(runs) <= 1:
@@ -169,7 +169,7 @@ class NodeRunner:
 
     def _succeed(self, run, result) -> None:
         outputs = {"images": self._store_images(run, result.images, result.output_format, result.metadata)}
-        self._finish(run, outputs, cost=run.cost, cached=False)
+        self._finish(run, outputs, cost_micro=run.cost_micro, cached=False)
 
     def _failed(self, run, control, error: Exception) -> None:
         """Record why a run stopped: its deadline, a cancel, or a failure (never lost)."""
@@ -336,12 +336,12 @@ class NodeRunner:
         ).first()
         return current is not None and NodeStatus(current.status) == NodeStatus.RUNNING and current.attempts == run.attempts
 
-    def _finish(self, run, outputs: dict, cost: float, cached: bool) -> None:
+    def _finish(self, run, outputs: dict, cost_micro: int, cached: bool) -> None:
         def write() -> list[NodeTask]:
             with self.db.transaction() as conn:
                 if not self._still_mine(conn, run):
                     return []  # cancelled or taken over meanwhile: outputs stay unreferenced
-                return self.lifecycle.succeed_node(conn, run, outputs, cost, cached)
+                return self.lifecycle.succeed_node(conn, run, outputs, cost_micro, cached)
 
         tasks = retry_when_busy(write, self.busy_retry_s, f"completion of node {run.node_id}")
         if not tasks:

@@ -253,7 +253,7 @@ class ExecutionService:
                 request=sub.request,
                 created_at=now,
                 expires_at=now + min(self.result_ttl_s, wanted.retention_s or self.result_ttl_s),  # a client may ask for less
-                cost_estimate=cost,
+                cost_estimate_micro=ledger.to_micro(cost),
                 cancel_requested=False,
                 webhook_url=sub.webhook_url,
                 webhook_secret=sub.webhook_secret,
@@ -297,7 +297,7 @@ class ExecutionService:
                     queued_at=now if runnable else None,
                     progress=0.0,
                     seed=seed,
-                    cost=node.cost,
+                    cost_micro=ledger.to_micro(node.cost),
                     attempts=0,
                     cache_key=key,
                     cached=False,

@@ -8,6 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from pixelmill.accounts.ledger import from_micro
 from pixelmill.domain.status import ExecutionStatus, NodeStatus
 from pixelmill.models.imageops import extension_for
 from pixelmill.store.tables import execution_events, executions, files, node_runs
@@ -200,7 +201,7 @@ def load_execution(conn: Connection, execution_id: str, account_id: str | None =
                 error_code=r.error_code,
                 error_message=r.error_message,
                 seed=r.seed,
-                cost=r.cost or 0.0,
+                cost=from_micro(r.cost_micro or 0),
                 cached=bool(r.cached),
                 links={name: (src, out) for name, (src, out) in (r.links or {}).items()},
                 queue=r.queue or "default",
@@ -224,8 +225,8 @@ def load_execution(conn: Connection, execution_id: str, account_id: str | None =
         expires_at=row.expires_at,
         error_code=row.error_code,
         error_message=row.error_message,
-        cost_estimate=row.cost_estimate,
-        cost_actual=row.cost_actual,
+        cost_estimate=from_micro(row.cost_estimate_micro or 0),
+        cost_actual=None if row.cost_actual_micro is None else from_micro(row.cost_actual_micro),
         cancel_requested=bool(row.cancel_requested),
         webhook_url=row.webhook_url,
         workflow_id=row.workflow_id,

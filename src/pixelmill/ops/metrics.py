@@ -69,7 +69,7 @@ class MetricsHook(Hooks):
                 with self._lock:
                     self._pending[(event.execution_id, event.type + str(event.data.get("node")))] = dict(row._mapping)
         elif event.is_terminal:
-            row = conn.execute(sa.select(executions.c.dialect, executions.c.cost_actual).where(executions.c.id == event.execution_id)).first()
+            row = conn.execute(sa.select(executions.c.dialect, executions.c.cost_actual_micro).where(executions.c.id == event.execution_id)).first()
             if row is not None:
                 with self._lock:
                     self._pending[(event.execution_id, event.type)] = dict(row._mapping)
@@ -91,8 +91,8 @@ class MetricsHook(Hooks):
                 NODE_RUNNING.labels(row["node_type"], model, outcome).observe(max(0.0, end - row["started_at"]))
             return
         EXECUTIONS_FINISHED.labels(row.get("dialect") or "", event.type.split(".", 1)[1]).inc()
-        if event.type == "execution.succeeded" and row.get("cost_actual"):
-            CREDITS_CHARGED.inc(float(row["cost_actual"]))
+        if event.type == "execution.succeeded" and row.get("cost_actual_micro"):
+            CREDITS_CHARGED.inc(row["cost_actual_micro"] / 1_000_000)
 
 
 class RuntimeCollector:

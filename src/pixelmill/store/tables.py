@@ -61,8 +61,9 @@ executions = sa.Table(
     sa.Column("expires_at", TS, nullable=False),
     sa.Column("error_code", sa.String(64)),
     sa.Column("error_message", sa.Text),
-    sa.Column("cost_estimate", sa.Float, nullable=False, default=0.0),
-    sa.Column("cost_actual", sa.Float),
+    # credits in integer micro-credits, as the ledger counts them: the hold, and the charge once finished
+    sa.Column("cost_estimate_micro", sa.BigInteger, nullable=False, default=0),
+    sa.Column("cost_actual_micro", sa.BigInteger),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, default=False),
     sa.Column("webhook_url", sa.String(2083)),
     sa.Column("webhook_secret", sa.String(512)),
@@ -102,7 +103,7 @@ node_runs = sa.Table(
     sa.Column("error_message", sa.Text),
     sa.Column("outputs", sa.JSON),  # output name -> value (file ids for images)
     sa.Column("seed", sa.BigInteger),
-    sa.Column("cost", sa.Float, nullable=False, default=0.0),
+    sa.Column("cost_micro", sa.BigInteger, nullable=False, default=0),  # the node's price, in micro-credits
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("cache_key", sa.String(64)),
     sa.Column("cached", sa.Boolean, nullable=False, default=False),
