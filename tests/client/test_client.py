@@ -131,3 +131,35 @@ def test_verify_webhook_accepts_signed_and_refuses_forged():
     assert verify_webhook(payload, headers, secret)["data"]["executionId"] == "e1"
     with pytest.raises(Exception):
         verify_webhook(payload.replace("e1", "e2"), headers, secret)
+
+
+def test_both_clients_retry_lost_connections_and_give_up_after_max_retries():
+    calls: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if len(calls) == 1:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(503, json={"error": {"code": "queue_unavailable", "message": "later"}}, headers={"Retry-After": "0"})
+
+    with Client("http://pixelmill.test", "sk-x", max_retries=2, transport=httpx.MockTransport(handler)) as px:
+        with pytest.raises(PixelmillError) as err:
+            px.credits()
+    assert err.value.status == 503 and err.value.code == "queue_unavailable" and len(calls) == 3
+    assert all("idempotency-key" not in r.headers for r in calls)  # a GET needs none
+
+    async def main():
+        async with AsyncClient("http://pixelmill.test", "sk-x", max_retries=2, transport=httpx.MockTransport(handler)) as px:
+            return await px.request("POST", "/api/v1/executions", json_body={"nodes": {}})
+
+    calls.clear()
+    with pytest.raises(PixelmillError) as err:
+        asyncio.run(main())
+    assert err.value.status == 503 and len(calls) == 3
+    assert len({r.headers["idempotency-key"] for r in calls}) == 1
+
+    calls.clear()
+    with Client("http://pixelmill.test", "sk-x", max_retries=0, transport=httpx.MockTransport(handler)) as px:
+        with pytest.raises(httpx.ConnectError):
+            px.credits()
+    assert len(calls) == 1

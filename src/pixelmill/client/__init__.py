@@ -26,8 +26,9 @@ from pixelmill.client.core import (
     Event,
     Execution,
     PixelmillError,
+    RetryPolicy,
     Workflow,
     verify_webhook,
 )
 
-__all__ = ["AsyncClient", "Client", "Event", "Execution", "PixelmillError", "Workflow", "verify_webhook"]
+__all__ = ["AsyncClient", "Client", "Event", "Execution", "PixelmillError", "RetryPolicy", "Workflow", "verify_webhook"]

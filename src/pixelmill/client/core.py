@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -112,10 +113,47 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-def _backoff(attempt: int, retry_after: float | None, cap: float) -> float:
-    if retry_after is not None:
-        return min(retry_after, cap)
-    return min(cap, 0.25 * 2**attempt) * (0.5 + random.random() / 2)
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When a call is tried again, the same for :class:`Client` and :class:`AsyncClient`.
+
+    429 and 5xx answers and connection failures are tried again up to ``max_retries``
+    times, after what ``Retry-After`` says (at most ``max_backoff_s``), else after an
+    exponential backoff with jitter.  A POST carries one ``Idempotency-Key`` across all
+    its tries, so a retry after a lost answer never runs the work twice.
+    """
+
+    max_retries: int = 3
+    max_backoff_s: float = 30.0
+
+    def headers(self, method: str, idempotency_key: str | None = None) -> dict[str, str]:
+        """The headers that make the call safe to repeat: one ``Idempotency-Key`` per POST."""
+        return {"Idempotency-Key": idempotency_key or str(uuid.uuid4())} if method == "POST" else {}
+
+    def delay(self, attempt: int, outcome: httpx.Response | httpx.TransportError) -> float | None:
+        """Seconds to wait before trying again after try ``attempt`` (0 first) ended in ``outcome``;
+        None when the outcome is final (an answer to decode, or the error to raise)."""
+        if attempt >= self.max_retries:
+            return None
+        if isinstance(outcome, httpx.TransportError):
+            return self.backoff(attempt, None)
+        if outcome.status_code in RETRY_STATUSES:
+            return self.backoff(attempt, _retry_after(outcome))
+        return None
+
+    def backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_backoff_s)
+        return min(self.max_backoff_s, 0.25 * 2**attempt) * (0.5 + random.random() / 2)
+
+
+def _answer(outcome: httpx.Response | httpx.TransportError) -> Any:
+    """A call's final outcome: its decoded JSON (None when empty), else raised."""
+    if isinstance(outcome, httpx.TransportError):
+        raise outcome
+    if outcome.status_code >= 400:
+        raise PixelmillError.from_response(outcome)
+    return outcome.json() if outcome.content else None
 
 
 class _SseParser:
@@ -143,19 +181,34 @@ class _SseParser:
 
 
 class _Base:
-    def __init__(self, base_url: str | None, api_key: str | None, max_retries: int, max_backoff_s: float):
+    _http_class: type = httpx.Client
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 60.0,
+        max_retries: int = 3,
+        max_backoff_s: float = 30.0,
+        transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
+    ):
         self.base_url = (base_url or os.environ.get("PIXELMILL_BASE_URL") or "http://127.0.0.1:8000").rstrip("/")
         self.api_key = api_key or os.environ.get("PIXELMILL_API_KEY")
-        self.max_retries = max_retries
-        self.max_backoff_s = max_backoff_s
+        self.retry = RetryPolicy(max_retries, max_backoff_s)
+        self._http = self._http_class(base_url=self.base_url, timeout=timeout, transport=transport)
 
-    def _headers(self, method: str, idempotency_key: str | None) -> dict[str, str]:
+    def _headers(self, method: str, idempotency_key: str | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
         headers = {"Accept": "application/json", "User-Agent": "pixelmill-client"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        if method == "POST":
-            headers["Idempotency-Key"] = idempotency_key or str(uuid.uuid4())
-        return headers
+        return {**headers, **self.retry.headers(method, idempotency_key), **(extra or {})}
+
+    def _event_headers(self, last_event_id: int | None) -> dict[str, str]:
+        extra = {"Accept": "text/event-stream"}
+        if last_event_id is not None:
+            extra["Last-Event-ID"] = str(last_event_id)
+        return self._headers("GET", extra=extra)
 
     @staticmethod
     def _generate_body(prompt: str, model: str, width, height, steps, seed, n, output_format, guidance, negative_prompt, safety_tolerance, webhook_url):
@@ -175,6 +228,13 @@ class _Base:
         return body
 
     @staticmethod
+    def _execute_body(inputs: dict[str, Any] | None, webhook_url: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"inputs": inputs or {}}
+        if webhook_url:
+            body["webhook_url"] = webhook_url
+        return body
+
+    @staticmethod
     def _first_model(body: dict[str, Any]) -> str:
         models = body.get("data") or body.get("models") or []
         if not models:
@@ -186,18 +246,7 @@ class _Base:
 class Client(_Base):
     """The synchronous client (see the package docstring)."""
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        *,
-        timeout: float = 60.0,
-        max_retries: int = 3,
-        max_backoff_s: float = 30.0,
-        transport: httpx.BaseTransport | None = None,
-    ):
-        super().__init__(base_url, api_key, max_retries, max_backoff_s)
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport)
+    _http_class = httpx.Client
 
     def close(self) -> None:
         self._http.close()
@@ -212,23 +261,17 @@ class Client(_Base):
 
     def request(self, method: str, path: str, *, json_body: Any = None, params: dict | None = None,
                 idempotency_key: str | None = None, headers: dict[str, str] | None = None) -> Any:
-        """One API call with retries; the decoded JSON answer (None for an empty one)."""
-        sent = {**self._headers(method, idempotency_key), **(headers or {})}
-        for attempt in range(self.max_retries + 1):
+        """One API call, tried again as :class:`RetryPolicy` says; the decoded JSON answer (None for an empty one)."""
+        sent = self._headers(method, idempotency_key, headers)
+        for attempt in itertools.count():
             try:
-                response = self._http.request(method, path, json=json_body, params=params, headers=sent)
-            except httpx.TransportError:
-                if attempt >= self.max_retries:
-                    raise
-                time.sleep(_backoff(attempt, None, self.max_backoff_s))
-                continue
-            if response.status_code in RETRY_STATUSES and attempt < self.max_retries:
-                time.sleep(_backoff(attempt, _retry_after(response), self.max_backoff_s))
-                continue
-            if response.status_code >= 400:
-                raise PixelmillError.from_response(response)
-            return response.json() if response.content else None
-        raise AssertionError("unreachable")
+                outcome = self._http.request(method, path, json=json_body, params=params, headers=sent)
+            except httpx.TransportError as exc:
+                outcome = exc
+            delay = self.retry.delay(attempt, outcome)
+            if delay is None:
+                return _answer(outcome)
+            time.sleep(delay)
 
     # -- executions --------------------------------------------------------------------------
 
@@ -255,10 +298,7 @@ class Client(_Base):
 
     def events(self, execution_id: str, last_event_id: int | None = None) -> Iterator[Event]:
         """The execution's events, live, until its terminal event (resumable from ``last_event_id``)."""
-        headers = self._headers("GET", None)
-        headers["Accept"] = "text/event-stream"
-        if last_event_id is not None:
-            headers["Last-Event-ID"] = str(last_event_id)
+        headers = self._event_headers(last_event_id)
         with self._http.stream("GET", f"/api/v1/executions/{execution_id}/events", headers=headers, timeout=None) as response:
             if response.status_code >= 400:
                 response.read()
@@ -306,10 +346,7 @@ class Client(_Base):
 
     def execute(self, workflow_id: str, inputs: dict[str, Any] | None = None, *, wait: bool = False,
                 timeout: float | None = None, webhook_url: str | None = None) -> Execution:
-        body: dict[str, Any] = {"inputs": inputs or {}}
-        if webhook_url:
-            body["webhook_url"] = webhook_url
-        started = self.request("POST", f"/api/v1/workflows/{workflow_id}/execute", json_body=body)
+        started = self.request("POST", f"/api/v1/workflows/{workflow_id}/execute", json_body=self._execute_body(inputs, webhook_url))
         eid = started["executionId"]
         return self.wait(eid, timeout=timeout) if wait else self.get(eid)
 
@@ -346,18 +383,7 @@ class Client(_Base):
 class AsyncClient(_Base):
     """The asynchronous client: the same methods as coroutines."""
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        *,
-        timeout: float = 60.0,
-        max_retries: int = 3,
-        max_backoff_s: float = 30.0,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ):
-        super().__init__(base_url, api_key, max_retries, max_backoff_s)
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport)
+    _http_class = httpx.AsyncClient
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -370,22 +396,16 @@ class AsyncClient(_Base):
 
     async def request(self, method: str, path: str, *, json_body: Any = None, params: dict | None = None,
                       idempotency_key: str | None = None, headers: dict[str, str] | None = None) -> Any:
-        sent = {**self._headers(method, idempotency_key), **(headers or {})}
-        for attempt in range(self.max_retries + 1):
+        sent = self._headers(method, idempotency_key, headers)
+        for attempt in itertools.count():
             try:
-                response = await self._http.request(method, path, json=json_body, params=params, headers=sent)
-            except httpx.TransportError:
-                if attempt >= self.max_retries:
-                    raise
-                await asyncio.sleep(_backoff(attempt, None, self.max_backoff_s))
-                continue
-            if response.status_code in RETRY_STATUSES and attempt < self.max_retries:
-                await asyncio.sleep(_backoff(attempt, _retry_after(response), self.max_backoff_s))
-                continue
-            if response.status_code >= 400:
-                raise PixelmillError.from_response(response)
-            return response.json() if response.content else None
-        raise AssertionError("unreachable")
+                outcome = await self._http.request(method, path, json=json_body, params=params, headers=sent)
+            except httpx.TransportError as exc:
+                outcome = exc
+            delay = self.retry.delay(attempt, outcome)
+            if delay is None:
+                return _answer(outcome)
+            await asyncio.sleep(delay)
 
     async def models(self) -> list[dict[str, Any]]:
         body = await self.request("GET", "/api/v1/models")
@@ -408,10 +428,7 @@ class AsyncClient(_Base):
         return await self.get(execution_id)
 
     async def events(self, execution_id: str, last_event_id: int | None = None) -> AsyncIterator[Event]:
-        headers = self._headers("GET", None)
-        headers["Accept"] = "text/event-stream"
-        if last_event_id is not None:
-            headers["Last-Event-ID"] = str(last_event_id)
+        headers = self._event_headers(last_event_id)
         async with self._http.stream("GET", f"/api/v1/executions/{execution_id}/events", headers=headers, timeout=None) as response:
             if response.status_code >= 400:
                 await response.aread()
@@ -442,8 +459,9 @@ class AsyncClient(_Base):
         return Workflow.parse(await self.request("POST", "/api/v1/workflows", json_body=spec))
 
     async def execute(self, workflow_id: str, inputs: dict[str, Any] | None = None, *, wait: bool = False,
-                      timeout: float | None = None) -> Execution:
-        started = await self.request("POST", f"/api/v1/workflows/{workflow_id}/execute", json_body={"inputs": inputs or {}})
+                      timeout: float | None = None, webhook_url: str | None = None) -> Execution:
+        body = self._execute_body(inputs, webhook_url)
+        started = await self.request("POST", f"/api/v1/workflows/{workflow_id}/execute", json_body=body)
         eid = started["executionId"]
         return await self.wait(eid, timeout=timeout) if wait else await self.get(eid)
 
