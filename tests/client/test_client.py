@@ -163,3 +163,28 @@ def test_both_clients_retry_lost_connections_and_give_up_after_max_retries():
         with pytest.raises(httpx.ConnectError):
             px.credits()
     assert len(calls) == 1
+
+
+def test_an_executions_graph_runs_again(server):
+    rt, base, key = server
+    with Client(base, key) as px:
+        first = px.generate("a red circle", model="fake", width=64, height=64, seed=7, wait=True)
+        graph = px.execution_graph(first.id)
+        node = next(iter(graph.nodes.values()))
+        assert node["type"] == "text_to_image" and node["params"]["seed"] == 7
+        again = px.run_graph(graph, label="again", wait=True, timeout=30)
+        assert again.id != first.id and again.status == "COMPLETED" and len(again.outputs) == 1
+        assert px.execution_graph(again.id) == graph
+        with pytest.raises(PixelmillError) as err:
+            px.run_graph({"nodes": {"x": {"type": "no_such_node", "params": {}}}})
+        assert err.value.status in (400, 422) and err.value.code == "invalid_graph"
+
+    async def main():
+        async with AsyncClient(base, key) as px:
+            graph = await px.execution_graph(first.id)
+            started = await px.run_graph(graph.to_dict())
+            return graph, started, await px.wait(started.id, timeout=30)
+
+    graph_async, started, done = asyncio.run(main())
+    assert graph_async == graph and started.status in ("QUEUED", "RUNNING", "COMPLETED")
+    assert done.status == "COMPLETED" and len(done.outputs) == 1

@@ -8,6 +8,7 @@
             print(event.type, event.data.get("progress"))
         done = px.wait(job.id)
         px.download(done.outputs[0], "out.png")
+        again = px.run_graph(px.execution_graph(done.id), wait=True)   # the same graph, run again
 
 ``AsyncClient`` has the same methods as coroutines (``events`` is an async
 iterator).  Every POST carries an ``Idempotency-Key`` (one per call, kept
@@ -25,10 +26,11 @@ from pixelmill.client.core import (
     Client,
     Event,
     Execution,
+    Graph,
     PixelmillError,
     RetryPolicy,
     Workflow,
     verify_webhook,
 )
 
-__all__ = ["AsyncClient", "Client", "Event", "Execution", "PixelmillError", "RetryPolicy", "Workflow", "verify_webhook"]
+__all__ = ["AsyncClient", "Client", "Event", "Execution", "Graph", "PixelmillError", "RetryPolicy", "Workflow", "verify_webhook"]

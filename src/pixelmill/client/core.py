@@ -105,6 +105,21 @@ class Workflow:
         return cls(id=body["id"], name=body.get("name", ""), raw=body)
 
 
+@dataclass(frozen=True)
+class Graph:
+    """A graph as ``POST /api/v1/executions`` runs it: ``nodes`` by id, each ``{"type", "params", …}``
+    (``execution_graph`` gives the one an execution ran; ``run_graph`` runs it again)."""
+
+    nodes: dict[str, dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"nodes": self.nodes}
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> "Graph":
+        return cls(nodes=dict(body.get("nodes") or {}))
+
+
 def _retry_after(response: httpx.Response) -> float | None:
     value = response.headers.get("retry-after")
     try:
@@ -228,6 +243,13 @@ class _Base:
         return body
 
     @staticmethod
+    def _graph_body(graph: "Graph | dict[str, Any]", label: str | None) -> dict[str, Any]:
+        body = graph.to_dict() if isinstance(graph, Graph) else {"nodes": graph["nodes"]}
+        if label is not None:
+            body["label"] = label
+        return body
+
+    @staticmethod
     def _execute_body(inputs: dict[str, Any] | None, webhook_url: str | None) -> dict[str, Any]:
         body: dict[str, Any] = {"inputs": inputs or {}}
         if webhook_url:
@@ -295,6 +317,16 @@ class Client(_Base):
     def cancel(self, execution_id: str) -> Execution:
         self.request("POST", f"/api/v1/executions/{execution_id}/cancel")
         return self.get(execution_id)
+
+    def execution_graph(self, execution_id: str) -> Graph:
+        """The graph an execution ran (``?include=graph``); :meth:`run_graph` runs it again."""
+        return Graph.parse(self.request("GET", f"/api/v1/executions/{execution_id}", params={"include": "graph"})["graph"])
+
+    def run_graph(self, graph: Graph | dict[str, Any], *, label: str | None = None, wait: bool = False,
+                  timeout: float | None = None) -> Execution:
+        """Run a graph as it is (``POST /api/v1/executions``); with ``wait`` until it finished."""
+        started = Execution.parse(self.request("POST", "/api/v1/executions", json_body=self._graph_body(graph, label)))
+        return self.wait(started.id, timeout=timeout) if wait else started
 
     def events(self, execution_id: str, last_event_id: int | None = None) -> Iterator[Event]:
         """The execution's events, live, until its terminal event (resumable from ``last_event_id``)."""
@@ -426,6 +458,15 @@ class AsyncClient(_Base):
     async def cancel(self, execution_id: str) -> Execution:
         await self.request("POST", f"/api/v1/executions/{execution_id}/cancel")
         return await self.get(execution_id)
+
+    async def execution_graph(self, execution_id: str) -> Graph:
+        body = await self.request("GET", f"/api/v1/executions/{execution_id}", params={"include": "graph"})
+        return Graph.parse(body["graph"])
+
+    async def run_graph(self, graph: Graph | dict[str, Any], *, label: str | None = None, wait: bool = False,
+                        timeout: float | None = None) -> Execution:
+        started = Execution.parse(await self.request("POST", "/api/v1/executions", json_body=self._graph_body(graph, label)))
+        return await self.wait(started.id, timeout=timeout) if wait else started
 
     async def events(self, execution_id: str, last_event_id: int | None = None) -> AsyncIterator[Event]:
         headers = self._event_headers(last_event_id)
