@@ -20,7 +20,6 @@ now (``DELETE /api/v1/executions/{id}/outputs``).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass
 
@@ -28,6 +27,7 @@ import sqlalchemy as sa
 
 from pixelmill.domain.status import ExecutionStatus
 from pixelmill.errors import Conflict, NotFound
+from pixelmill.periodic import Periodic
 from pixelmill.store.db import Database
 from pixelmill.store.tables import execution_events, executions, files, node_runs, webhook_attempts, webhook_events
 
@@ -63,8 +63,7 @@ class Janitor:
         self.idempotency = idempotency
         self.dispatcher = dispatcher
         self.clock = clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._sweeper = Periodic("pixelmill-janitor", self._sweep_backlog, lambda: self.interval_s, what="retention sweep", log=log)
 
     # --- one pass ---------------------------------------------------------------
     def sweep(self) -> Swept:
@@ -157,21 +156,12 @@ class Janitor:
 
     # --- background ---------------------------------------------------------------
     def start(self) -> None:
-        if self._thread is None and self.interval_s > 0:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._loop, name="pixelmill-janitor", daemon=True)
-            self._thread.start()
+        if self.interval_s > 0:
+            self._sweeper.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        self._sweeper.stop(timeout=10)
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                while self.sweep().total() >= self.batch and not self._stop.is_set():
-                    pass  # a backlog: keep going in batches
-            except Exception:  # a busy database or a bug must not stop the janitor for good
-                log.exception("retention sweep failed; trying again in %.0f s", self.interval_s)
+    def _sweep_backlog(self) -> None:
+        while self.sweep().total() >= self.batch and not self._sweeper.stopping.is_set():
+            pass  # a backlog: keep going in batches

@@ -10,13 +10,13 @@ worker that is gone and is ignored.  The embedded server reports its own registr
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 
 import sqlalchemy as sa
 
 from pixelmill.models.registry import ModelRegistry
+from pixelmill.periodic import Periodic
 from pixelmill.store.db import Database
 from pixelmill.store.tables import worker_models
 
@@ -34,8 +34,11 @@ class Advertiser:
         self.models = models
         self.worker = worker
         self.every_s = every_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # the database briefly away: reported next time
+        self._advertising = Periodic(
+            "pixelmill-advertise", self.advertise, lambda: self.every_s, what=f"advertising the models of {worker}",
+            log=log, level=logging.WARNING, first_now=True,
+        )
 
     def advertise(self) -> None:
         now = time.time()
@@ -56,27 +59,10 @@ class Advertiser:
             conn.execute(sa.delete(worker_models).where(worker_models.c.worker == self.worker))
 
     def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-
-        def loop() -> None:
-            while True:
-                try:
-                    self.advertise()
-                except Exception:  # the database is briefly away: report next time
-                    log.warning("could not advertise the models of %s", self.worker, exc_info=True)
-                if self._stop.wait(self.every_s):
-                    return
-
-        self._thread = threading.Thread(target=loop, name="pixelmill-advertise", daemon=True)
-        self._thread.start()
+        self._advertising.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        self._advertising.stop()
         try:
             self.withdraw()
         except Exception:

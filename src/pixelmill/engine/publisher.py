@@ -19,7 +19,6 @@ no longer QUEUED.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Callable
 
@@ -27,6 +26,7 @@ import sqlalchemy as sa
 
 from pixelmill.domain.status import ExecutionStatus, NodeStatus
 from pixelmill.engine.lifecycle import NodeTask
+from pixelmill.periodic import Periodic
 from pixelmill.store.db import Database
 from pixelmill.store.tables import executions, node_runs
 
@@ -40,8 +40,9 @@ class Publisher:
         self.db = db
         self.enqueue = enqueue
         self.republish_after_s = republish_after_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._sweeper = Periodic(
+            "pixelmill-republish", self.republish, lambda: max(0.5, self.republish_after_s / 2), what="republish sweep", log=log
+        )
 
     def __call__(self, task: NodeTask) -> None:
         self.publish_many([task])
@@ -120,25 +121,11 @@ class Publisher:
     # --- sweeper thread ---------------------------------------------------
     def start(self) -> None:
         """Sweep every half ``republish_after_s`` in a daemon thread (no-op when it is 0)."""
-        if self.republish_after_s <= 0 or self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="pixelmill-republish", daemon=True)
-        self._thread.start()
+        if self.republish_after_s > 0:
+            self._sweeper.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
-
-    def _loop(self) -> None:
-        interval = max(0.5, self.republish_after_s / 2)
-        while not self._stop.wait(interval):
-            try:
-                self.republish()
-            except Exception:  # the database is down: try again next time
-                log.exception("republish sweep failed")
+        self._sweeper.stop(timeout=10)
 
 
 def publish_all(enqueue: Callable[[NodeTask], None], tasks: list[NodeTask]) -> None:

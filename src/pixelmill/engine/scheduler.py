@@ -52,6 +52,7 @@ from pixelmill.accounts.plans import Plan
 from pixelmill.domain.status import ExecutionStatus, NodeStatus
 from pixelmill.engine.lifecycle import Lifecycle, NodeTask
 from pixelmill.errors import InvalidInput
+from pixelmill.periodic import Periodic
 from pixelmill.store.db import Database
 from pixelmill.store.tables import accounts, executions, node_runs
 
@@ -162,6 +163,8 @@ class Scheduler:
         self.fair = fair
         self.expire_every_s = expire_every_s
         self._expired_at: dict[str, float] = {}
+        # the database briefly away, or another process expired it first: logged at debug level
+        self._sweeper = Periodic("pixelmill-expiry", self.expire, lambda: self.expire_every_s, what="expiry sweep", log=log, level=logging.DEBUG)
 
     # --- policy -----------------------------------------------------------
     def plan(self, name: str | None) -> Plan:
@@ -427,26 +430,10 @@ class Scheduler:
 
     def start(self) -> None:
         """Expire late work every second in a daemon thread, also while every worker is busy."""
-        if getattr(self, "_sweeper", None) is not None:
-            return
-        self._stop_sweep = threading.Event()
-
-        def loop() -> None:
-            while not self._stop_sweep.wait(self.expire_every_s):
-                try:
-                    self.expire()
-                except Exception:  # the database is briefly away, or another process expired it first
-                    log.debug("expiry sweep failed", exc_info=True)
-
-        self._sweeper = threading.Thread(target=loop, name="pixelmill-expiry", daemon=True)
         self._sweeper.start()
 
     def stop(self) -> None:
-        sweeper = getattr(self, "_sweeper", None)
-        if sweeper is not None:
-            self._stop_sweep.set()
-            sweeper.join(timeout=5)
-            self._sweeper = None
+        self._sweeper.stop()
 
     # --- queue position ---------------------------------------------------
     def position(self, conn: Connection, execution_id: str) -> int | None:

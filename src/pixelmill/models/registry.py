@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Iterator
 from pixelmill.models.base import TextToImageBackend
 from pixelmill.models.catalog import ModelCatalog, ModelSpec
 from pixelmill.models.residency import MemoryBudget, ModelState, Residence, Residency, estimate_bytes, measure_bytes
+from pixelmill.periodic import Periodic
 
 log = logging.getLogger("pixelmill.models")
 
@@ -70,8 +71,10 @@ class ModelRegistry:
         self._cond = threading.Condition()
         #: PyTorch CPU threads for the threads that use a model (None: PyTorch's default)
         self.torch_threads: int | None = None
-        self._sweeper: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._sweeper = Periodic(
+            "pixelmill-model-sweeper", self.sweep, lambda: max(0.05, min(30.0, (self.residency.idle_unload_s or 0) / 4)),
+            what="idle model sweep", log=log,
+        )
 
     @property
     def catalog(self) -> ModelCatalog:
@@ -291,26 +294,11 @@ class ModelRegistry:
 
     def start(self) -> None:
         """Run :meth:`sweep` in a daemon thread (when ``idle_unload_s`` is set)."""
-        if not self.residency.idle_unload_s or self._sweeper is not None:
-            return
-        self._stop.clear()
-        interval = max(0.05, min(30.0, self.residency.idle_unload_s / 4))
-
-        def loop() -> None:
-            while not self._stop.wait(interval):
-                try:
-                    self.sweep()
-                except Exception:
-                    log.exception("idle model sweep failed")
-
-        self._sweeper = threading.Thread(target=loop, name="pixelmill-model-sweeper", daemon=True)
-        self._sweeper.start()
+        if self.residency.idle_unload_s:
+            self._sweeper.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._sweeper is not None:
-            self._sweeper.join(timeout=5)
-            self._sweeper = None
+        self._sweeper.stop()
 
 
 def _unload(backend: TextToImageBackend | None) -> None:
