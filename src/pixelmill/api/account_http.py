@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pixelmill.accounts.keys import Principal
 from pixelmill.api import contract, wire
-from pixelmill.api.deps import current_principal, json_body, principal, read_body
+from pixelmill.api.deps import json_body, principal, read_body
 from pixelmill.api.files import render_execution
 from pixelmill.engine.service import Submission
 from pixelmill.errors import InvalidInput
@@ -83,7 +83,7 @@ def list_own_keys(request: Request, who: Principal = Depends(principal)):
     openapi_extra=contract.json_request(wire.ApiKeyCreate, required=False),
     responses=contract.responses(*contract.COMMON, 409, ok={201: wire.CreatedApiKey}),
 )
-async def create_own_key(request: Request, who: Principal = Depends(current_principal)):
+async def create_own_key(request: Request, who: Principal = Depends(principal)):
     """Another key for the calling key's account; ``key`` (the secret) is shown in this answer only."""
     name = ""
     if (await read_body(request)).strip():

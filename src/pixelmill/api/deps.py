@@ -44,31 +44,19 @@ X_API_KEY = APIKeyHeader(name="X-API-Key", scheme_name="X-API-Key", auto_error=F
 BEARER = HTTPBearer(scheme_name="Bearer", auto_error=False, description="Authorization: Bearer <API key> (OpenAI's clients)")
 
 
-def principal(
+async def principal(
     request: Request,
     _x_key: Any = Security(X_KEY),
     _x_api_key: Any = Security(X_API_KEY),
     _bearer: Any = Security(BEARER),
 ) -> Principal:
+    """The calling principal, for sync and async routes: the one the middleware authenticated,
+    else the presented key checked now, off the event loop (401 without a valid key)."""
     cached = getattr(request.state, "principal", None)
-    if cached is not None:
-        return cached
-    p = request.app.state.runtime.keys.authenticate(presented_key(request))
-    request.state.principal = p
-    return p
-
-
-async def current_principal(
-    request: Request,
-    _x_key: Any = Security(X_KEY),
-    _x_api_key: Any = Security(X_API_KEY),
-    _bearer: Any = Security(BEARER),
-) -> Principal:
-    """:func:`principal` for ``async`` routes: no thread-pool hop when the middleware already authenticated."""
-    cached = getattr(request.state, "principal", None)
-    if cached is not None:
-        return cached
-    return await run_in_threadpool(principal, request)
+    if cached is None:
+        cached = await run_in_threadpool(request.app.state.runtime.keys.authenticate, presented_key(request))
+        request.state.principal = cached
+    return cached
 
 
 async def read_body(request: Request) -> bytes:

@@ -176,7 +176,7 @@ async def execution_events_stream(
         account_id = view.account_id
         headers["Access-Control-Allow-Origin"] = "*"  # the signature is the credential; no cookies involved
     else:
-        account_id = (await run_in_threadpool(principal, request)).account_id  # may read the database
+        account_id = (await principal(request)).account_id
         await run_in_threadpool(rt.executions.get, account_id, execution_id)  # 404 before the stream starts
     stream = EventStream(rt, account_id, execution_id, _last_event_id(request, lastEventId), lambda f: signed_url(request, f))
     return StreamingResponse(stream.__aiter__(), media_type="text/event-stream", headers=headers)

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pixelmill import recipes
 from pixelmill.accounts.keys import Principal
 from pixelmill.api import contract
-from pixelmill.api.deps import current_principal, json_body, principal, webhook_url_refusal
+from pixelmill.api.deps import json_body, principal, webhook_url_refusal
 from pixelmill.api.errors import allowed_methods, validation_message
 from pixelmill.api.dialects import bfl_schemas as schemas
 from pixelmill.api import wait
@@ -88,7 +88,7 @@ def _validation_error(err) -> JSONResponse:
 
 
 @router.get("/v1/get_result", responses=contract.responses(401, 403, 405, 429, 503, shape="bfl", ok={200: schemas.ResultResponse}))
-async def get_result(request: Request, id: str = "", who: Principal = Depends(current_principal)):
+async def get_result(request: Request, id: str = "", who: Principal = Depends(principal)):
     rt = request.app.state.runtime
     try:
         view = rt.executions.finished(who.account_id, id) or await run_in_threadpool(rt.executions.get, who.account_id, id)

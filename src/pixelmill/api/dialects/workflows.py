@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 
 from pixelmill.accounts.keys import Principal
 from pixelmill.api import contract, wire
-from pixelmill.api.deps import Offset, current_principal, json_body, page_limit, principal, webhook_url_error, webhook_url_refusal
+from pixelmill.api.deps import Offset, json_body, page_limit, principal, webhook_url_error, webhook_url_refusal
 from pixelmill.workflows.service import WorkflowDefinition
 from pixelmill.api import wait
 from pixelmill.api.files import render_execution
@@ -172,7 +172,7 @@ async def get_execution(
         Literal["graph"] | None,
         Query(description="graph: add the graph it ran (nodes, params, links), to submit again to POST /api/v1/executions"),
     ] = None,
-    who: Principal = Depends(current_principal),
+    who: Principal = Depends(principal),
 ):
     executions = request.app.state.runtime.executions
     view = executions.finished(who.account_id, execution_id) or await run_in_threadpool(executions.get, who.account_id, execution_id)
