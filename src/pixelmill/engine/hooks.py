@@ -47,6 +47,10 @@ class LifecycleEvent:
     type: str
     data: dict[str, Any] = field(default_factory=dict)
     created_at: float = 0.0
+    #: what the writer knew beyond the stored data, so hooks need not read it back (never stored):
+    #: node events carry ``node_type``, ``params``, ``queued_at``, ``started_at``, ``finished_at``;
+    #: terminal events ``dialect`` and ``cost_actual_micro``
+    facts: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def is_terminal(self) -> bool:

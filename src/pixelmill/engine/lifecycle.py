@@ -49,9 +49,11 @@ class Lifecycle:
             raise TypeError(f"{type(hook).__name__} is not a pixelmill.engine.hooks.Hooks")
         self.hooks.append(hook)
 
-    def event(self, conn: Connection, execution_id: str, event: str, data: dict[str, Any] | None = None) -> None:
+    def event(
+        self, conn: Connection, execution_id: str, event: str, data: dict[str, Any] | None = None, facts: dict[str, Any] | None = None
+    ) -> None:
         """Append to the execution's event log and tell the hooks (in this transaction, then after commit)."""
-        ev = LifecycleEvent(execution_id, event, data or {}, time.time())
+        ev = LifecycleEvent(execution_id, event, data or {}, time.time(), facts or {})
         conn.execute(sa.insert(execution_events).values(execution_id=execution_id, event=event, data=ev.data, created_at=ev.created_at))
         hooks = list(self.hooks)
         for hook in hooks:
@@ -82,7 +84,7 @@ class Lifecycle:
         ).rowcount
         if moved == 1:
             self.event(conn, run.execution_id, "execution.started", {})
-        self.event(conn, run.execution_id, "node.started", {"node": run.node_id, "attempt": run.attempts + 1})
+        self.event(conn, run.execution_id, "node.started", {"node": run.node_id, "attempt": run.attempts + 1}, _node_facts(run, started_at=now))
         return True
 
     def succeed_node(self, conn: Connection, run, outputs: dict[str, Any], cost_micro: int, cached: bool) -> list[NodeTask]:
@@ -97,7 +99,7 @@ class Lifecycle:
         data: dict[str, Any] = {"node": run.node_id, "outputs": outputs, "cached": cached}
         if not cached and run.started_at is not None:  # what run-time estimates learn from
             data.update(queue=run.queue or "default", seconds=round(now - run.started_at, 4))
-        self.event(conn, run.execution_id, "node.completed", data)
+        self.event(conn, run.execution_id, "node.completed", data, _node_facts(run, finished_at=now))
         runs = conn.execute(sa.select(node_runs).where(node_runs.c.execution_id == run.execution_id)).all()
         done = {r.node_id for r in runs if r.status == NodeStatus.SUCCEEDED}
         tasks = []
@@ -111,12 +113,16 @@ class Lifecycle:
 
     def fail_node(self, conn: Connection, run, code: str, message: str, cancelled: bool = False) -> None:
         status = NodeStatus.CANCELLED if cancelled else NodeStatus.FAILED
+        now = time.time()
         conn.execute(
             sa.update(node_runs)
             .where(node_runs.c.id == run.id)
-            .values(status=status, finished_at=time.time(), error_code=code, error_message=message[:2000])
+            .values(status=status, finished_at=now, error_code=code, error_message=message[:2000])
         )
-        self.event(conn, run.execution_id, "node.failed" if not cancelled else "node.cancelled", {"node": run.node_id, "error": message})
+        self.event(
+            conn, run.execution_id, "node.failed" if not cancelled else "node.cancelled", {"node": run.node_id, "error": message},
+            _node_facts(run, finished_at=now),
+        )
         final = ExecutionStatus.CANCELLED if cancelled else ExecutionStatus.FAILED
         self.finish_execution(conn, run.execution_id, final, code, message)
 
@@ -178,5 +184,19 @@ class Lifecycle:
             .values(status=new, finished_at=now, cost_actual_micro=actual, error_code=code, error_message=(message or None) and message[:2000])
         )
         ledger.settle_micro(conn, ex.account_id, execution_id, ex.cost_estimate_micro, actual)
-        self.event(conn, execution_id, f"execution.{new.value}", {"error": message} if message else {})
+        self.event(
+            conn, execution_id, f"execution.{new.value}", {"error": message} if message else {},
+            {"dialect": ex.dialect, "cost_actual_micro": actual},
+        )
         return True
+
+
+def _node_facts(run, **times: float) -> dict[str, Any]:
+    """A node event's facts (see LifecycleEvent.facts) from the run's row as the writer read it."""
+    mapping = getattr(run, "_mapping", None)
+    if mapping is None or not {"node_type", "params", "queued_at", "started_at"} <= mapping.keys():
+        return {}
+    facts = {"node_type": mapping["node_type"], "params": mapping["params"], "queued_at": mapping["queued_at"],
+             "started_at": mapping["started_at"], "finished_at": None}
+    facts.update(times)
+    return facts

@@ -60,6 +60,8 @@ class MetricsHook(Hooks):
         # read what the event does not carry, in its transaction; observe only after commit
         from pixelmill.store.tables import executions, node_runs
 
+        if event.facts:  # the writer said what the event is about: nothing to read back
+            return
         if event.type in ("node.started", "node.completed", "node.failed", "node.cancelled"):
             row = conn.execute(
                 sa.select(node_runs.c.node_type, node_runs.c.params, node_runs.c.queued_at, node_runs.c.started_at, node_runs.c.finished_at)
@@ -75,9 +77,11 @@ class MetricsHook(Hooks):
                     self._pending[(event.execution_id, event.type)] = dict(row._mapping)
 
     def after_commit(self, event: LifecycleEvent) -> None:
-        key = (event.execution_id, event.type + (str(event.data.get("node")) if event.type.startswith("node.") else ""))
-        with self._lock:
-            row = self._pending.pop(key, None)
+        row = event.facts
+        if not row:
+            key = (event.execution_id, event.type + (str(event.data.get("node")) if event.type.startswith("node.") else ""))
+            with self._lock:
+                row = self._pending.pop(key, None)
         if row is None:
             return
         if event.type.startswith("node."):
