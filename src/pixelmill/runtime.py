@@ -178,17 +178,19 @@ class Runtime:
         if self.started:
             return
         self.started = True
-        self.queue.start()
         self.janitor.start()
         self.models.start()  # idle models unload after model_idle_unload_s
         if self.settings.webhook_dispatcher:
             self.dispatcher.start()
         if self.settings.queue == "inprocess":
             self.scheduler.start()  # late work expires even while the worker is busy with a long job
+            # before the worker threads start: a run they claimed would look like one a dead process left RUNNING
             n = self.executions.recover()
             if n:
                 log.info("re-queued %d unfinished node runs", n)
+            self.queue.start()
         else:  # a shared broker can be down when a node is published: publish such runs again later
+            self.queue.start()
             self.publisher.start()
         if self.settings.preload_models and self.settings.queue == "inprocess":
             # only the embedded server runs nodes itself; scale-out API nodes hold no

@@ -168,8 +168,9 @@ class NodeRunner:
             return None
 
     def _succeed(self, run, result) -> None:
-        outputs = {"images": self._store_images(run, result.images, result.output_format, result.metadata)}
-        self._finish(run, outputs, cost_micro=run.cost_micro, cached=False)
+        rows: list[dict] = []
+        outputs = {"images": self._store_images(run, result.images, result.output_format, result.metadata, rows=rows)}
+        self._finish(run, outputs, cost_micro=run.cost_micro, cached=False, file_rows=rows)
 
     def _failed(self, run, control, error: Exception) -> None:
         """Record why a run stopped: its deadline, a cancel, or a failure (never lost)."""
@@ -203,17 +204,21 @@ class NodeRunner:
                 return None
             if not self.lifecycle.start_node(conn, run, self.worker_name):
                 return None  # another worker claimed it between our read and our update
-            return conn.execute(sa.select(node_runs).where(node_runs.c.id == node_run_id)).first()
+            # the run as claimed, with what the run needs of its execution (read once, here)
+            return conn.execute(
+                sa.select(node_runs, executions.c.account_id.label("execution_account_id"), executions.c.deadline_at.label("execution_deadline_at"))
+                .join(executions, executions.c.id == node_runs.c.execution_id)
+                .where(node_runs.c.id == node_run_id)
+            ).first()
 
     def _control(self, run) -> StepControl:
         node_run_id = run.id
         control = StepControl(deadline=time.monotonic() + self.node_timeout_s)
-        with self.db.engine.connect() as conn:  # the client's run deadline (Cancel-After), when sooner
-            deadline_at = conn.execute(sa.select(executions.c.deadline_at).where(executions.c.id == run.execution_id)).scalar()
+        deadline_at = run.execution_deadline_at  # the client's run deadline (Cancel-After), when sooner
         if deadline_at is not None and time.monotonic() + (deadline_at - time.time()) < control.deadline:
             control.deadline = time.monotonic() + (deadline_at - time.time())
             control.client_deadline = True
-        last = [0.0]
+        last = [time.monotonic()]  # a run quicker than one interval writes no progress at all
 
         def on_progress(fraction: float) -> None:
             now = time.monotonic()
@@ -280,11 +285,12 @@ class NodeRunner:
                         im.load()
         return inputs
 
-    def _store_images(self, run, images: list[Image.Image], fmt: str, metadata: dict, conn=None) -> list[str]:
-        """Write ``images`` to storage and their ``files`` rows (in ``conn``'s transaction when given)."""
-        with self.db.engine.connect() as read:
-            account = read.execute(sa.select(executions.c.account_id).where(executions.c.id == run.execution_id)).scalar_one()
+    def _store_images(self, run, images: list[Image.Image], fmt: str, metadata: dict, conn=None, rows: list[dict] | None = None) -> list[str]:
+        """Write ``images`` to storage and their ``files`` rows: in ``conn``'s transaction when given,
+        appended to ``rows`` for the caller's transaction when given, else in a transaction of their own."""
+        account = run.execution_account_id
         ids = []
+        out = rows
         now = time.time()
         rows = []
         for i, image in enumerate(images):
@@ -316,7 +322,9 @@ class NodeRunner:
                 )
             )
             ids.append(fid)
-        if rows and conn is not None:
+        if out is not None:
+            out.extend(rows)
+        elif rows and conn is not None:
             conn.execute(sa.insert(files), rows)
         elif rows:
             def write() -> None:
@@ -336,9 +344,11 @@ class NodeRunner:
         ).first()
         return current is not None and NodeStatus(current.status) == NodeStatus.RUNNING and current.attempts == run.attempts
 
-    def _finish(self, run, outputs: dict, cost_micro: int, cached: bool) -> None:
+    def _finish(self, run, outputs: dict, cost_micro: int, cached: bool, file_rows: list[dict] | None = None) -> None:
         def write() -> list[NodeTask]:
             with self.db.transaction() as conn:
+                if file_rows:  # the outputs' rows, with the result or (not ours any more) for the janitor
+                    conn.execute(sa.insert(files), file_rows)
                 if not self._still_mine(conn, run):
                     return []  # cancelled or taken over meanwhile: outputs stay unreferenced
                 return self.lifecycle.succeed_node(conn, run, outputs, cost_micro, cached)
