@@ -107,21 +107,30 @@ def _scenes(rng: random.Random, size: int = 384) -> list[CutoutCase]:
     return cases
 
 
-def _sample_data(name: str) -> Path | None:
+def _sample_image(name: str, mode: str) -> Image.Image | None:
+    """One of matplotlib's sample images (None without matplotlib)."""
     try:
         import matplotlib
     except ImportError:
         return None
     path = Path(matplotlib.get_data_path()) / "sample_data" / name
-    return path if path.is_file() else None
+    if not path.is_file():
+        return None
+    with Image.open(path) as im:
+        return im.convert(mode)
+
+
+def _composite(rng: random.Random, kind: str, name: str, size: tuple[int, int], rgb: np.ndarray, alpha: np.ndarray,
+               at: tuple[int, int]) -> CutoutCase:
+    """An object placed with its shadow on a random backdrop of ``size``, noised and JPEG-compressed."""
+    picture, mask = _place(rng, _backdrop(rng, size), rgb, alpha, at)
+    return CutoutCase(kind, name, _finish(Image.fromarray(np.clip(picture, 0, 255).astype(np.uint8)), rng), mask)
 
 
 def _products(rng: random.Random, count: int = 12) -> list[CutoutCase]:
-    path = _sample_data("Minduka_Present_Blue_Pack.png")
-    if path is None:
+    product = _sample_image("Minduka_Present_Blue_Pack.png", "RGBA")
+    if product is None:
         return []
-    with Image.open(path) as im:
-        product = im.convert("RGBA")
     cases = []
     for i in range(count):
         width, height = rng.choice([(512, 512), (640, 480), (480, 640)])
@@ -129,8 +138,7 @@ def _products(rng: random.Random, count: int = 12) -> list[CutoutCase]:
         obj = product.resize((max(8, round(product.width * scale)), max(8, round(product.height * scale))), Image.Resampling.LANCZOS)
         arr = np.asarray(obj, np.float32)
         at = (rng.randint(8, width - obj.width - 8), rng.randint(8, height - obj.height - 8))
-        picture, mask = _place(rng, _backdrop(rng, (width, height)), arr[..., :3], arr[..., 3] / 255, at)
-        cases.append(CutoutCase("product", f"present-{i}", _finish(Image.fromarray(np.clip(picture, 0, 255).astype(np.uint8)), rng), mask))
+        cases.append(_composite(rng, "product", f"present-{i}", (width, height), arr[..., :3], arr[..., 3] / 255, at))
     return cases
 
 
@@ -149,11 +157,9 @@ def _outline(kind: str, w: int, h: int) -> Image.Image:
 
 
 def _photos(rng: random.Random, count: int = 12) -> list[CutoutCase]:
-    path = _sample_data("grace_hopper.jpg")
-    if path is None:
+    photo = _sample_image("grace_hopper.jpg", "RGB")
+    if photo is None:
         return []
-    with Image.open(path) as im:
-        photo = im.convert("RGB")
     cases = []
     for i in range(count):
         width, height = 512, 512
@@ -165,8 +171,7 @@ def _photos(rng: random.Random, count: int = 12) -> list[CutoutCase]:
         tex = np.asarray(crop.resize((w, h), Image.Resampling.BILINEAR), np.float32)
         alpha = np.asarray(_outline(kind, w, h), np.float32) / 255
         at = (rng.randint(8, width - w - 8), rng.randint(8, height - h - 8))
-        picture, mask = _place(rng, _backdrop(rng, (width, height)), tex, alpha, at)
-        cases.append(CutoutCase("photo", f"{kind}-{i}", _finish(Image.fromarray(np.clip(picture, 0, 255).astype(np.uint8)), rng), mask))
+        cases.append(_composite(rng, "photo", f"{kind}-{i}", (width, height), tex, alpha, at))
     return cases
 
 
