@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     #: (default: <data_dir>/compile-cache)
     compile_cache_dir: Path | None = None
     fair_window_s: float = Field(default=300.0, gt=0)  # how far back an account's used run time counts
+    #: scale-out model affinity: a worker prefers waiting runs of the models it holds and leaves a run
+    #: to a better-placed worker for at most this many seconds of its wait (0: no affinity)
+    affinity_max_wait_s: float = Field(default=30.0, ge=0)
     background_onnx_path: str | None = None  # a general-object saliency model (U2-Net / IS-Net / BiRefNet) for remove_background
 
     # files

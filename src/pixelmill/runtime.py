@@ -84,6 +84,7 @@ class Runtime:
         self.scheduler = Scheduler(
             self.db, self.lifecycle, self.plans, settings.default_plan, window_s=settings.fair_window_s,
             local_leases=settings.queue == "inprocess", fair=settings.scheduler == "fair",
+            affinity_max_wait_s=settings.affinity_max_wait_s,
         )
         self.queue.handler = FairDispatch(self.scheduler, self.runner.run, self.runner.run_batch, self.runner.batch_key) if settings.scheduler == "fair" else self.runner.run
         self.limiter = RateLimiter(settings.rate_limit_storage)
@@ -149,6 +150,25 @@ class Runtime:
         from pixelmill.ops.warm import WarmStart
 
         self.warm = WarmStart(self.models, self.warm_model_names() if names is None else names).start()
+
+    def consume(self, queues: list[str]) -> None:
+        """This process is a scale-out worker consuming ``queues``: its picks follow model affinity
+        (the models it holds first; runs better placed on another worker left to it, for at most
+        ``affinity_max_wait_s``), and a delivery it does not run goes back to its queue."""
+        from pixelmill.engine.placement import free_bytes
+        from pixelmill.engine.scheduler import FairDispatch, WorkerView
+
+        handler = self.queue.handler
+        if not isinstance(handler, FairDispatch):
+            return
+        served = tuple(queues)
+
+        def view() -> WorkerView:
+            held = frozenset(n for n, st in self.models.states().items() if st["state"] in ("resident", "loading"))
+            return WorkerView(self.runner.worker_name, served, held, free_bytes(self.models))
+
+        handler.worker = view
+        handler.requeue = self.queue.enqueue
 
     def _init_webhooks(self) -> None:
         """Outbox rows with every state change; a dispatcher that delivers them (started by ``start``)."""

@@ -134,10 +134,11 @@ def run_worker(
             raise ValueError(
                 f"queue for unknown model(s) {', '.join(unknown)}; the catalog has {', '.join(runtime.catalog.names())}"
             )
+        runtime.consume(queues)  # model affinity between the workers
         runtime.start()
         from pixelmill.engine.placement import Advertiser
 
-        advertiser = Advertiser(runtime.db, runtime.models, runtime.runner.worker_name)
+        advertiser = Advertiser(runtime.db, runtime.models, runtime.runner.worker_name, serves=models_of(queues))
         advertiser.start()  # API nodes show what this worker holds (GET /api/v1/models)
         runtime.queue.serve_model_control(ModelControl(runtime.models, models_of(queues), advertiser.advertise))
         if health_port is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Iterable
 
 import sqlalchemy as sa
 
@@ -26,14 +26,29 @@ ADVERTISE_EVERY_S = 10.0
 STALE_AFTER_S = 3 * ADVERTISE_EVERY_S
 
 
-class Advertiser:
-    """Writes one worker's model residency to ``worker_models`` periodically."""
+def free_bytes(models: ModelRegistry) -> int | None:
+    """The model memory a worker can still fill without unloading anything: the smallest
+    unused budget of its kinds of memory that have one; None when none has a budget."""
+    free = [max(0, u["budget_bytes"] - u["used_bytes"]) for u in models.usage().values() if u["budget_bytes"] is not None]
+    return min(free) if free else None
 
-    def __init__(self, db: Database, models: ModelRegistry, worker: str, every_s: float = ADVERTISE_EVERY_S):
+
+class Advertiser:
+    """Writes one worker's model residency to ``worker_models`` periodically.
+
+    ``serves``: the models whose queues the worker consumes (None: every catalog
+    model); a row of a cold model says "this worker would load it", so only
+    those, and whatever it holds, are advertised.  Each row carries the
+    worker's unused memory budget (``free_bytes``), which the scheduler reads to
+    place a model resident nowhere on the worker that loads it most cheaply.
+    """
+
+    def __init__(self, db: Database, models: ModelRegistry, worker: str, every_s: float = ADVERTISE_EVERY_S, serves: Iterable[str] | None = None):
         self.db = db
         self.models = models
         self.worker = worker
         self.every_s = every_s
+        self.serves = None if serves is None else set(serves)
         # the database briefly away: reported next time
         self._advertising = Periodic(
             "pixelmill-advertise", self.advertise, lambda: self.every_s, what=f"advertising the models of {worker}",
@@ -42,12 +57,14 @@ class Advertiser:
 
     def advertise(self) -> None:
         now = time.time()
+        free = free_bytes(self.models)
         rows = [
             dict(
                 worker=self.worker, model=name, state=s["state"], device=s["device"], memory_bytes=s["memory_bytes"],
-                load_seconds=s["load_seconds"], last_used_at=s["last_used_at"], updated_at=now,
+                load_seconds=s["load_seconds"], last_used_at=s["last_used_at"], updated_at=now, free_bytes=free,
             )
             for name, s in self.models.states().items()
+            if self.serves is None or name in self.serves or s["state"] != "cold"
         ]
         with self.db.transaction() as conn:
             conn.execute(sa.delete(worker_models).where(worker_models.c.worker == self.worker))

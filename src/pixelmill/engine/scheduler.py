@@ -21,6 +21,20 @@ database, so it is the same in one process and across many workers:
 4. **Request priority, then age, inside an account**: an account's own work
    runs in ``executions.priority`` order (higher first), then oldest first.
 
+5. **Model affinity (scale-out workers).**  A worker's pick looks at the heads
+   of every queue it consumes, not only the delivered one.  Among the heads of
+   the highest plan priority it takes, in fair order, first those whose model it
+   holds (or that need none), then cold ones it is a cheapest place to load;
+   a head whose model another live worker holds, or that another worker could
+   load without unloading anything while this one could not, is left to that
+   worker (``worker_models``, advertised every few seconds).  When it is left
+   nothing, the delivery is handed back to its queue after a short pause
+   (:class:`Deferred`).  The bound: a head waiting ``affinity_max_wait_s`` or
+   longer is taken by whichever worker asks next, in fair order, so affinity
+   delays no run by more than that.  A run taken from another queue than the
+   delivered one hands the delivered wake-up back to its queue, so every queue
+   keeps a message per waiting run.
+
 Picking marks the run ``picked_at`` with a compare-and-set, a lease of
 ``pick_lease_s`` until the worker's runner claims it, so two workers never
 pick the same run; a picker that dies before claiming loses its lease.
@@ -54,7 +68,7 @@ from pixelmill.engine.lifecycle import Lifecycle, NodeTask
 from pixelmill.errors import InvalidInput
 from pixelmill.periodic import Periodic
 from pixelmill.store.db import Database
-from pixelmill.store.tables import accounts, executions, node_runs
+from pixelmill.store.tables import accounts, executions, node_runs, worker_models
 
 log = logging.getLogger("pixelmill.scheduler")
 
@@ -122,6 +136,43 @@ class _Head:
     account_id: str
     plan: str
     queued_at: float
+    queue: str = "default"
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """The worker asking for work, for model affinity: its name (as in ``worker_models``), the
+    queues it consumes, the models it holds (resident or loading) and its unused model memory."""
+
+    name: str
+    queues: tuple[str, ...]
+    resident: frozenset[str] = frozenset()
+    free_bytes: int | None = None  # None: no budget
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """Every waiting run this worker could take is better run by another worker: hand the
+    delivery back and ask again; ``retry_in_s``: until the first of them is overdue."""
+
+    retry_in_s: float
+
+
+MODEL_QUEUE_PREFIX = "model."
+
+
+def model_of(queue: str) -> str | None:
+    """The model behind a ``model.<name>`` queue; None for queues of nodes that need no model."""
+    return queue[len(MODEL_QUEUE_PREFIX):] if queue.startswith(MODEL_QUEUE_PREFIX) else None
+
+
+def load_cost(holds: bool, free: int | None, need: int) -> tuple[int, int]:
+    """How dear running a model's node is on a worker (lower is cheaper): (0, 0) it holds the
+    model; (1, 0) it loads it without unloading anything (room in its budget, or no budget);
+    (1, 1) it has to unload models to make room."""
+    if holds:
+        return (0, 0)
+    return (1, 0) if free is None or free >= max(need, 1) else (1, 1)
 
 
 @dataclass
@@ -145,6 +196,8 @@ class Scheduler:
         local_leases: bool = False,
         fair: bool = True,
         expire_every_s: float = 1.0,
+        affinity_max_wait_s: float = 30.0,
+        worker_stale_s: float = 30.0,
     ):
         self.db = db
         self.lifecycle = lifecycle
@@ -165,6 +218,10 @@ class Scheduler:
         self._expired_at: dict[str, float] = {}
         # the database briefly away, or another process expired it first: logged at debug level
         self._sweeper = Periodic("pixelmill-expiry", self.expire, lambda: self.expire_every_s, what="expiry sweep", log=log, level=logging.DEBUG)
+        #: model affinity's bound: a run waiting this long goes to the next worker that asks (0: no affinity)
+        self.affinity_max_wait_s = affinity_max_wait_s
+        #: another worker's ``worker_models`` rows older than this are ignored (the worker is gone)
+        self.worker_stale_s = worker_stale_s
 
     # --- policy -----------------------------------------------------------
     def plan(self, name: str | None) -> Plan:
@@ -184,23 +241,71 @@ class Scheduler:
         return priority
 
     # --- picking ----------------------------------------------------------
-    def pick(self, queue: str) -> NodeTask | None:
-        """Choose and lease the next node run of ``queue``; None when nothing is waiting."""
+    def pick(self, queue: str, worker: WorkerView | None = None) -> NodeTask | Deferred | None:
+        """Choose and lease the next node run of ``queue``; None when nothing is waiting.
+
+        With ``worker`` (a scale-out worker, affinity on): the next run of any
+        queue it consumes, by model affinity (the module's rule 5); ``Deferred``
+        when everything waiting is better run by another worker.
+        """
         now = self.clock()
         if now - self._expired_at.get(queue, 0.0) >= self.expire_every_s:  # late work is also never picked (below)
             self._expired_at[queue] = now
             self.expire(queue, now)
+        affine = worker is not None and self.affinity_max_wait_s > 0
+        queues = list(dict.fromkeys([queue, *worker.queues])) if affine and worker is not None else [queue]
         with self.db.engine.connect() as conn:
-            heads = self._heads(conn, queue, now)
+            heads = self._heads(conn, queues, now)
             if not heads:
                 return None
             usage = self._usage(conn, {h.account_id for h in heads}, now)
             typical = self.typical_seconds(conn)
-        order = sorted(heads, key=lambda h: self._key(h, usage.get(h.account_id), typical))
+            order = sorted(heads, key=lambda h: self._key(h, usage.get(h.account_id), typical))
+            if affine and worker is not None:
+                chosen = self._affine(conn, order, worker, now)
+                if isinstance(chosen, Deferred):
+                    return chosen
+                order = chosen
         for head in order:
             if self._lease(head.run_id, now):
-                return NodeTask(head.run_id, head.execution_id, queue)
+                return NodeTask(head.run_id, head.execution_id, head.queue)
         return None  # every head was leased by another worker meanwhile
+
+    def _affine(self, conn: Connection, order: list[_Head], worker: WorkerView, now: float) -> list[_Head] | Deferred:
+        """``order`` (fair order) cut to what ``worker`` should take, cheapest first (rule 5)."""
+        top = self.plan(order[0].plan).priority
+        eligible = [h for h in order if self.plan(h.plan).priority == top]
+        overdue = [h for h in eligible if now - h.queued_at >= self.affinity_max_wait_s]
+        if overdue:  # the bound: waited long enough, whoever asks takes it
+            return overdue
+        places = self._places(conn, worker.name, now)
+        ranked = []
+        for head in eligible:
+            model = model_of(head.queue)
+            if model is None:
+                ranked.append(((0, 0), head))
+                continue
+            others = places.get(model, [])
+            need = max((size for _, _, size in others), default=0)
+            mine = load_cost(model in worker.resident, worker.free_bytes, need)
+            if any(load_cost(holds, free, need) < mine for holds, free, _ in others):
+                continue  # another live worker is a cheaper place for it
+            ranked.append((mine, head))
+        if not ranked:
+            return Deferred(max(0.05, min(self.affinity_max_wait_s - (now - h.queued_at) for h in eligible)))
+        return [h for _, h in sorted(ranked, key=lambda item: item[0])]  # stable: fair order within a cost
+
+    def _places(self, conn: Connection, me: str, now: float) -> dict[str, list[tuple[bool, int | None, int]]]:
+        """What the other live workers advertise, per model: (holds it, unused budget, its size there)."""
+        rows = conn.execute(
+            sa.select(worker_models.c.model, worker_models.c.state, worker_models.c.free_bytes, worker_models.c.memory_bytes).where(
+                worker_models.c.worker != me, worker_models.c.updated_at >= now - self.worker_stale_s
+            )
+        ).all()
+        out: dict[str, list[tuple[bool, int | None, int]]] = {}
+        for r in rows:
+            out.setdefault(r.model, []).append((r.state in ("resident", "loading"), r.free_bytes, int(r.memory_bytes or 0)))
+        return out
 
     def _key(self, head: _Head, usage: _Usage | None, typical: float) -> tuple:
         plan = self.plan(head.plan)
@@ -224,6 +329,7 @@ class Scheduler:
                 node_runs.c.id,
                 node_runs.c.execution_id,
                 node_runs.c.queued_at,
+                node_runs.c.queue,
                 executions.c.account_id,
                 executions.c.priority,
                 accounts.c.plan,
@@ -231,7 +337,7 @@ class Scheduler:
             .join(executions, executions.c.id == node_runs.c.execution_id)
             .join(accounts, accounts.c.id == executions.c.account_id)
             .where(
-                node_runs.c.queue == sa.bindparam("queue"),
+                node_runs.c.queue.in_(sa.bindparam("queues", expanding=True)),
                 node_runs.c.status == NodeStatus.QUEUED,
                 leased,
                 executions.c.status.in_(ExecutionStatus.active()),
@@ -241,8 +347,8 @@ class Scheduler:
             )
         )
 
-    def _waiting_params(self, queue: str, now: float) -> dict:
-        params = {"queue": queue, "now": now}
+    def _waiting_params(self, queue: str | list[str], now: float) -> dict:
+        params: dict = {"queues": [queue] if isinstance(queue, str) else list(queue), "now": now}
         if self.local_leases:
             with self._lease_lock:
                 params["taken"] = list(self._leases)
@@ -255,17 +361,17 @@ class Scheduler:
         waiting = self._waiting().add_columns(
             sa.func.row_number()
             .over(
-                partition_by=executions.c.account_id,
+                partition_by=(executions.c.account_id, node_runs.c.queue),
                 order_by=(executions.c.priority.desc(), node_runs.c.queued_at, node_runs.c.id),
             )
             .label("rank")
         ).subquery()
         return sa.select(waiting).where(waiting.c.rank == 1)
 
-    def _heads(self, conn: Connection, queue: str, now: float) -> list[_Head]:
-        """The first waiting run of each account (request priority, then age)."""
-        rows = conn.execute(self._heads_statement, self._waiting_params(queue, now)).all()
-        return [_Head(r.id, r.execution_id, r.account_id, r.plan, r.queued_at or 0.0) for r in rows]
+    def _heads(self, conn: Connection, queues: list[str], now: float) -> list[_Head]:
+        """The first waiting run of each account in each of ``queues`` (request priority, then age)."""
+        rows = conn.execute(self._heads_statement, self._waiting_params(queues, now)).all()
+        return [_Head(r.id, r.execution_id, r.account_id, r.plan, r.queued_at or 0.0, r.queue) for r in rows]
 
     @functools.cached_property
     def _usage_statement(self):
@@ -509,24 +615,43 @@ class FairDispatch:
     compatible waiting runs with it, run as one call (batching).
     """
 
+    #: longest pause before a deferred delivery goes back to its queue
+    MAX_DEFER_PAUSE_S = 0.5
+
     def __init__(
         self,
         scheduler: Scheduler,
         run: Callable[[NodeTask], None],
         run_batch: Callable[[list[NodeTask]], None] | None = None,
         batch_key: Callable[[object], tuple[str, int] | None] | None = None,
+        worker: Callable[[], WorkerView] | None = None,
+        requeue: Callable[[NodeTask], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ):
         self.scheduler = scheduler
         self.run = run
         self.run_batch = run_batch
         self.batch_key = batch_key
+        #: model affinity (scale-out workers): who is asking, and how a delivery goes back to its queue
+        self.worker = worker
+        self.requeue = requeue
+        self.sleep = sleep
 
     def __call__(self, task: NodeTask) -> None:
+        queue = task.queue or "default"
         try:
-            chosen = self.scheduler.pick(task.queue or "default")
+            view = self.worker() if self.worker is not None and self.requeue is not None else None
+            chosen = self.scheduler.pick(queue, view)
         except Exception:  # the pick failed (database hiccup): run the delivered task as it is
             log.warning("fair pick failed for queue %s; running the delivered node run", task.queue, exc_info=True)
             chosen = None
+        if isinstance(chosen, Deferred):  # a better-placed worker should run what waits: hand the wake-up back
+            self.sleep(min(chosen.retry_in_s, self.MAX_DEFER_PAUSE_S))
+            if self._requeue(task):
+                return
+            chosen = None  # it could not go back: run the delivered node run here
+        if chosen is not None and chosen.queue != queue:  # another queue's run: this queue keeps its wake-up
+            self._requeue(task)
         if chosen is None and self.scheduler.leased_elsewhere(task.node_run_id):
             return  # another worker picked the delivered run and is about to claim it
         batch = [chosen] if chosen is not None else []
@@ -543,3 +668,13 @@ class FairDispatch:
         finally:
             for t in batch:
                 self.scheduler.release(t.node_run_id)
+
+    def _requeue(self, task: NodeTask) -> bool:
+        if self.requeue is None:
+            return False
+        try:
+            self.requeue(task)
+            return True
+        except Exception:  # the broker is away
+            log.warning("could not hand node run %s back to queue %s", task.node_run_id, task.queue, exc_info=True)
+            return False

@@ -242,4 +242,5 @@ worker_models = sa.Table(
     sa.Column("load_seconds", sa.Float),
     sa.Column("last_used_at", TS),
     sa.Column("updated_at", TS, nullable=False),  # the worker's last report; stale rows are ignored
+    sa.Column("free_bytes", sa.BigInteger),  # the worker's unused model memory budget (None: no budget)
 )
