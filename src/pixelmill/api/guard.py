@@ -12,6 +12,7 @@ from __future__ import annotations
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from pixelmill.api.asgi import HttpMiddleware
 from pixelmill.api.errors import error_response
 from pixelmill.errors import BadRequest, PixelmillError
 
@@ -28,17 +29,12 @@ def render_for(path: str, err: PixelmillError):
     return error_response(err)
 
 
-class RequestGuard:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            problem = _problem(scope)
-            if problem is not None:
-                err = BadRequest(problem, code="invalid_characters")
-                await render_for(scope["path"], err)(scope, receive, send)
-                return
+class RequestGuard(HttpMiddleware):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        problem = _problem(scope)
+        if problem is not None:
+            await render_for(scope["path"], BadRequest(problem, code="invalid_characters"))(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 

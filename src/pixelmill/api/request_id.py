@@ -2,8 +2,6 @@
 
 The client's id is kept when it is sane (``[A-Za-z0-9._:-]``, at most 128
 characters), else a UUID is made; routes read it from ``request.state.request_id``.
-A plain ASGI class rather than ``@app.middleware("http")``: it adds no task
-group and no body streams to each request.
 """
 
 from __future__ import annotations
@@ -14,7 +12,9 @@ import time
 import uuid
 
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+
+from pixelmill.api.asgi import HttpMiddleware
 
 from pixelmill.ops.logs import request_id as request_id_var
 from pixelmill.ops.metrics import observe_request
@@ -23,14 +23,8 @@ access_log = logging.getLogger("pixelmill.access")
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-class RequestIdMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+class RequestIdMiddleware(HttpMiddleware):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         rid = Headers(scope=scope).get("x-request-id") or ""
         if not _REQUEST_ID_RE.match(rid):
             rid = str(uuid.uuid4())

@@ -10,19 +10,14 @@ so a malformed value is a 422 in the dialect's own error shape.
 from __future__ import annotations
 
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
+from pixelmill.api.asgi import HttpMiddleware
 from pixelmill.engine.scheduler import SCHEDULING_HEADERS, request_scheduling
 
 
-class SchedulingHeadersMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+class SchedulingHeadersMiddleware(HttpMiddleware):
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
         raw = {name: headers[name] for name in SCHEDULING_HEADERS if name in headers}
         if not raw:

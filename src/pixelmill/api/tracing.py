@@ -13,18 +13,16 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pixelmill.api.asgi import HttpMiddleware
 from pixelmill.ops.tracing import Tracing
 
 
-class TracingMiddleware:
+class TracingMiddleware(HttpMiddleware):
     def __init__(self, app: ASGIApp, tracing: Tracing) -> None:
-        self.app = app
+        super().__init__(app)
         self.tracer = tracing.tracer
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
         parent = propagate.extract(Headers(scope=scope))
         attributes = {"http.request.method": method, "url.path": scope["path"], "url.scheme": scope.get("scheme", "http")}
