@@ -542,6 +542,30 @@ class Scheduler:
         self._sweeper.stop()
 
     # --- queue position ---------------------------------------------------
+    @functools.cached_property
+    def _position_statement(self):
+        """Per account waiting in ``:queue``: how many runs, the oldest, and (for ``:mine_account``) how many
+        of its own runs go before the run ``:mine_id`` (request priority, then age)."""
+        waiting = self._waiting().subquery()
+        priority, queued_at = sa.bindparam("mine_priority"), sa.bindparam("mine_queued_at")
+        before_mine = sa.and_(
+            waiting.c.account_id == sa.bindparam("mine_account"),
+            sa.or_(
+                waiting.c.priority > priority,
+                sa.and_(
+                    waiting.c.priority == priority,
+                    sa.or_(waiting.c.queued_at < queued_at, sa.and_(waiting.c.queued_at == queued_at, waiting.c.id < sa.bindparam("mine_id"))),
+                ),
+            ),
+        )
+        return sa.select(
+            waiting.c.account_id,
+            waiting.c.plan,
+            sa.func.count().label("n"),
+            sa.func.min(waiting.c.queued_at).label("oldest"),
+            sa.func.sum(sa.case((before_mine, 1), else_=0)).label("ahead"),
+        ).group_by(waiting.c.account_id, waiting.c.plan)
+
     def position(self, conn: Connection, execution_id: str) -> int | None:
         """How many waiting node runs the scheduler will start before this execution's next one.
 
@@ -563,28 +587,10 @@ class Scheduler:
         ).first()
         if mine is None:
             return None
-        waiting = self._waiting().subquery()
         bound = self._waiting_params(mine.queue, now)
-        per_account = conn.execute(
-            sa.select(waiting.c.account_id, waiting.c.plan, sa.func.count().label("n"), sa.func.min(waiting.c.queued_at).label("oldest"))
-            .group_by(waiting.c.account_id, waiting.c.plan),
-            bound,
-        ).all()
-        own_ahead = conn.execute(
-            sa.select(sa.func.count())
-            .select_from(waiting)
-            .where(
-                waiting.c.account_id == mine.account_id,
-                sa.or_(
-                    waiting.c.priority > mine.priority,
-                    sa.and_(
-                        waiting.c.priority == mine.priority,
-                        sa.or_(waiting.c.queued_at < mine.queued_at, sa.and_(waiting.c.queued_at == mine.queued_at, waiting.c.id < mine.id)),
-                    ),
-                ),
-            ),
-            bound,
-        ).scalar_one()
+        bound.update(mine_account=mine.account_id, mine_priority=mine.priority, mine_queued_at=mine.queued_at, mine_id=mine.id)
+        per_account = conn.execute(self._position_statement, bound).all()  # one pass over the waiting runs
+        own_ahead = sum(int(r.ahead or 0) for r in per_account)
         usage = self._usage(conn, {r.account_id for r in per_account} | {mine.account_id}, now)
         typical = self.typical_seconds(conn)
         my_plan = self.plan(mine.plan)
