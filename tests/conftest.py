@@ -115,6 +115,19 @@ class FakeBackend:
         return out
 
 
+
+class RecordingBackend(FakeBackend):
+    """A fake image model that keeps every request it was given, to see what reached the model."""
+
+    def __init__(self):
+        super().__init__()
+        self.requests = []
+
+    def generate(self, request, control):
+        self.requests.append(request)
+        return super().generate(request, control)
+
+
 FAKE_CATALOG = """
 [[models]]
 name = "fake"

@@ -170,9 +170,10 @@ def test_failed_generation_reports_the_error_and_charges_nothing(start):
 def test_image_prompt_makes_an_image_to_image_job(start):
     import base64
 
-    from tests.api.test_openai_http import EDIT_MODEL, RecordingEditBackend
+    from tests.api.test_openai_http import EDIT_MODEL
+    from tests.conftest import RecordingBackend
 
-    backend = RecordingEditBackend()
+    backend = RecordingBackend()
     rt, client = start(extra_models={"fake-edit": (EDIT_MODEL, backend)})
     buf = io.BytesIO()
     Image.new("RGB", (48, 32), (0, 128, 255)).save(buf, "PNG")

@@ -251,9 +251,10 @@ def test_image_input_goes_through_a_load_image_node(make_runtime, sqlite_url):
 @pytest.fixture
 def fill_server(make_runtime, sqlite_url):
     """A server whose image model also serves /v1/flux-pro-1.0-fill and Kontext; records what the model got."""
-    from tests.api.test_openai_http import EDIT_MODEL, RecordingEditBackend
+    from tests.api.test_openai_http import EDIT_MODEL
+    from tests.conftest import RecordingBackend
 
-    backend = RecordingEditBackend()
+    backend = RecordingBackend()
     entry = EDIT_MODEL + '\nbfl_endpoints = ["flux-pro-1.0-fill", "flux-pro-1.0-expand", "flux-kontext-pro"]'
     rt = make_runtime(sqlite_url, extra_models={"fake-edit": (entry, backend)})
     client = TestClient(create_app(rt, manage_runtime=False))

@@ -11,21 +11,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from pixelmill.api.app import create_app
-from tests.conftest import FakeBackend, create_key, wait_for
+from tests.conftest import FakeBackend, RecordingBackend, create_key, wait_for
 
 REFS = 'path = "/nonexistent"\nsupports_image_input = true\nprice_per_megapixel = 3.0\nbfl_endpoints = ["flux-2-pro", "flux-2-klein-9b"]'
-
-
-class RecordingBackend(FakeBackend):
-    """Keeps every request it is given, to see what reached the model."""
-
-    def __init__(self):
-        super().__init__()
-        self.requests = []
-
-    def generate(self, request, control):
-        self.requests.append(request)
-        return super().generate(request, control)
 
 
 @pytest.fixture

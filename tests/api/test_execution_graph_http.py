@@ -13,14 +13,15 @@ import pytest
 from PIL import Image
 
 from pixelmill.api.app import create_app
-from tests.api.test_openai_http import EDIT_MODEL, RecordingEditBackend
+from tests.api.test_openai_http import EDIT_MODEL
+from tests.conftest import RecordingBackend
 from tests.conftest import create_key, wait_for
 from tests.helpers.servers import serve
 
 
 @pytest.fixture
 def api(make_runtime, sqlite_url):
-    rt = make_runtime(sqlite_url, extra_models={"fake-edit": (EDIT_MODEL, RecordingEditBackend())})
+    rt = make_runtime(sqlite_url, extra_models={"fake-edit": (EDIT_MODEL, RecordingBackend())})
     with serve(create_app(rt, manage_runtime=False)) as base:
         with httpx.Client(base_url=base, headers={"x-key": create_key(rt, plan="enterprise")}, timeout=30) as client:
             client.rt = rt

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from pixelmill.api.app import create_app
-from tests.conftest import FakeBackend, create_key, wait_for
+from tests.conftest import FakeBackend, RecordingBackend, create_key, wait_for
 from tests.helpers.servers import serve
 
 
@@ -223,24 +223,12 @@ def test_waiting_does_not_block_the_server_and_a_client_that_leaves_cancels(star
 # --- edits and variations ------------------------------------------------------------------
 
 
-class RecordingEditBackend(FakeBackend):
-    """A fake image model that keeps every request it was given."""
-
-    def __init__(self):
-        super().__init__()
-        self.requests = []
-
-    def generate(self, request, control):
-        self.requests.append(request)
-        return super().generate(request, control)
-
-
 EDIT_MODEL = 'path = "/nonexistent"\nprice_per_megapixel = 2.0\ndefault_steps = 4\nsupports_image_input = true'
 
 
 @pytest.fixture
 def edit_server(start):
-    backend = RecordingEditBackend()
+    backend = RecordingBackend()
     return start(extra_models={"fake-edit": (EDIT_MODEL, backend)}), backend
 
 
