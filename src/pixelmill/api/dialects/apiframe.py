@@ -266,18 +266,19 @@ async def generate(request: Request, who: Principal = Depends(principal)):
 
 @router.get("/jobs/{job_id}", responses=contract.responses(*contract.COMMON, ok={200: wire.Job}))
 def get_job(job_id: str, request: Request, who: Principal = Depends(principal)):
-    try:
-        view = request.app.state.runtime.executions.get(who.account_id, job_id)
-    except NotFound:
-        raise NotFound(f"Job {job_id} not found", code="job_not_found") from None
-    return render_job(view, lambda f: signed_url(request, f))
+    return _job(request, request.app.state.runtime.executions.get, who, job_id)
 
 
 @router.post("/jobs/{job_id}/cancel", responses=contract.responses(*contract.COMMON, ok={200: wire.Job}))
 def cancel_job(job_id: str, request: Request, who: Principal = Depends(principal)):
     """Cancel a queued or running job; a finished job is returned unchanged."""
+    return _job(request, request.app.state.runtime.executions.cancel, who, job_id)
+
+
+def _job(request: Request, action, who: Principal, job_id: str) -> dict:
+    """``action(account, job_id)`` rendered as a job; an unknown job is 404 ``job_not_found``."""
     try:
-        view = request.app.state.runtime.executions.cancel(who.account_id, job_id)
+        view = action(who.account_id, job_id)
     except NotFound:
         raise NotFound(f"Job {job_id} not found", code="job_not_found") from None
     return render_job(view, lambda f: signed_url(request, f))
