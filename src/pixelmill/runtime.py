@@ -16,7 +16,7 @@ from pixelmill.config import Settings
 from pixelmill.engine.lifecycle import Lifecycle
 from pixelmill.engine.notify import Notice, PostgresNotifier, make_notifier
 from pixelmill.engine.publisher import Publisher
-from pixelmill.engine.runner import NodeRunner
+from pixelmill.engine.runner import Finisher, NodeRunner
 from pixelmill.engine.scheduler import FairDispatch, Scheduler
 from pixelmill.engine.service import ExecutionService
 from pixelmill.files.service import FileService
@@ -86,7 +86,13 @@ class Runtime:
             local_leases=settings.queue == "inprocess", fair=settings.scheduler == "fair",
             affinity_max_wait_s=settings.affinity_max_wait_s,
         )
-        self.queue.handler = FairDispatch(self.scheduler, self.runner.run, self.runner.run_batch, self.runner.batch_key) if settings.scheduler == "fair" else self.runner.run
+        if settings.queue == "inprocess":  # a run's outputs are finished beside the next run (see Finisher)
+            self.runner.finisher = Finisher()
+            self.queue.drain = self.runner.finisher.join
+            run, run_batch = self.runner.run_pipelined, self.runner.run_batch_pipelined
+        else:  # a scale-out worker acknowledges a message only once its run is recorded
+            run, run_batch = self.runner.run, self.runner.run_batch
+        self.queue.handler = FairDispatch(self.scheduler, run, run_batch, self.runner.batch_key) if settings.scheduler == "fair" else run
         self.limiter = RateLimiter(settings.rate_limit_storage)
         self.admission = Admission(self.plans, self.limiter, settings.default_plan)
         self.accounts = AccountDirectory(self.db, self.plans, settings.default_plan)
@@ -208,6 +214,8 @@ class Runtime:
             n = self.executions.recover()
             if n:
                 log.info("re-queued %d unfinished node runs", n)
+            if self.runner.finisher is not None:
+                self.runner.finisher.start()
             self.queue.start()
         else:  # a shared broker can be down when a node is published: publish such runs again later
             self.queue.start()
@@ -223,6 +231,8 @@ class Runtime:
             self.dispatcher.stop()
             self.janitor.stop()
             self.queue.stop()
+            if self.runner.finisher is not None:
+                self.runner.finisher.stop()  # after the workers: what they handed over is finished
             self.scheduler.stop()
             self.models.stop()
             self.started = False

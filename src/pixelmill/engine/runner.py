@@ -8,12 +8,15 @@ for up to the node deadline; a progress write that finds it busy is skipped.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
+import queue
 import socket
+import threading
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import sqlalchemy as sa
 from PIL import Image
@@ -66,6 +69,8 @@ class NodeRunner:
         self.node_timeout_s = node_timeout_s
         self.file_retention_s = file_retention_s
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
+        #: finishes runs handed over by :meth:`run_pipelined` (None: every run finishes where it ran)
+        self.finisher: Finisher | None = None
         #: how long a write this runner must not lose is retried while the database is busy
         self.busy_retry_s = max(30.0, node_timeout_s)
 
@@ -145,14 +150,36 @@ class NodeRunner:
         self._record(run, control, result)
 
     def _record(self, run, control, result) -> None:
-        """Store a finished run's outputs.  A database still busy after every retry is not the
-        node's failure: it propagates, the run stays RUNNING and is taken over after its deadline."""
+        """Finish a run whose node computed ``result``: here, or on the finisher thread when this
+        thread is a pipelined worker's (it goes on with its next run meanwhile)."""
+        finisher = self.finisher
+        if finisher is not None and getattr(_pipelined, "on", False):
+            finisher.submit(lambda: self._record_now(run, control, result), f"node {run.node_id} of execution {run.execution_id}")
+        else:
+            self._record_now(run, control, result)
+
+    def _record_now(self, run, control, result) -> None:
+        """Check, store and record a finished run's outputs.  A database still busy after every retry
+        is not the node's failure: it propagates, the run stays RUNNING and is taken over after its deadline."""
         try:
+            if result.release_check is not None:
+                result.release_check()  # e.g. output moderation: raises to withhold the images
             self._succeed(run, result)
         except Exception as e:
             if database_busy(e) is not None:
                 raise
-            self._failed(run, control, e)  # e.g. an image that cannot be encoded or stored
+            self._failed(run, control, e)  # withheld, or an image that cannot be encoded or stored
+
+    def run_pipelined(self, task: NodeTask) -> None:
+        """:meth:`run`, leaving the run's finishing (output checks, encoding, storage, the completion
+        write) to the finisher thread, so the next run starts at once (embedded mode)."""
+        with _pipelining():
+            self.run(task)
+
+    def run_batch_pipelined(self, tasks: list[NodeTask]) -> None:
+        """:meth:`run_batch`, finishing each run on the finisher thread (see :meth:`run_pipelined`)."""
+        with _pipelining():
+            self.run_batch(tasks)
 
     def batch_key(self, row) -> tuple[str, int] | None:
         """(compatibility key, largest batch) of a waiting ``node_runs`` row; None if it runs alone."""
@@ -369,3 +396,68 @@ class NodeRunner:
                 self.lifecycle.fail_node(conn, run, code, message, cancelled=cancelled)
 
         retry_when_busy(write, self.busy_retry_s, f"failure of node {run.node_id}")
+
+
+_pipelined = threading.local()
+
+
+@contextlib.contextmanager
+def _pipelining() -> Iterator[None]:
+    _pipelined.on = True
+    try:
+        yield
+    finally:
+        _pipelined.on = False
+
+
+class Finisher:
+    """One thread that finishes node runs for the worker threads of this process.
+
+    A run's outputs are checked (output moderation), encoded, stored and recorded
+    there while its worker thread already starts the next run: on a GPU the next
+    generation overlaps the last one's CPU work, on a CPU the core left to the API
+    does it.  At most ``depth`` runs wait to be finished; a worker handing over
+    more waits for room, so finishing can never fall behind without bound.  Only
+    for embedded mode, where a crash loses nothing the restart does not re-queue:
+    a scale-out worker acknowledges its message only once the run is recorded.
+    """
+
+    def __init__(self, depth: int = 2):
+        self._q: "queue.Queue[tuple[Callable[[], None], str] | None]" = queue.Queue(maxsize=depth)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="pixelmill-finisher", daemon=True)
+            self._thread.start()
+
+    def submit(self, fn: Callable[[], None], what: str) -> None:
+        if self._thread is None:  # not started (or stopped): finish here
+            fn()
+            return
+        self._q.put((fn, what))
+
+    def join(self) -> None:
+        """Wait until every run handed over is finished."""
+        self._q.join()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish what was handed over, then stop the thread."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._q.put(None)
+            thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            item = self._q.get()
+            try:
+                if item is None:
+                    return
+                fn, what = item
+                try:
+                    fn()
+                except Exception:  # e.g. the database stayed busy: the run stays RUNNING and is taken over after its deadline
+                    log.exception("finishing %s failed", what)
+            finally:
+                self._q.task_done()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
@@ -37,6 +37,10 @@ class NodeResult:
     images: list[Image.Image]
     output_format: str = "png"
     metadata: dict[str, str] = field(default_factory=dict)
+    #: a check the outputs must pass before they are stored and released (output moderation);
+    #: it raises to withhold them.  The runner calls it when it finishes the run, which may be
+    #: on another thread while the worker already runs the next node
+    release_check: Callable[[], None] | None = None
 
 
 class NodeType(ABC):

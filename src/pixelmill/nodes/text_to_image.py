@@ -167,11 +167,14 @@ class TextToImage(NodeType):
 
     @staticmethod
     def _result(ctx: NodeContext, params: TextToImageParams, images) -> NodeResult:
-        verdict = ctx.services.moderator.check_images(images, params.safety_tolerance)
-        if verdict is not None:
-            raise ContentModerated(verdict.reason)
+        def moderate() -> None:  # when the run is finished (possibly beside the next generation)
+            verdict = ctx.services.moderator.check_images(images, params.safety_tolerance)
+            if verdict is not None:
+                raise ContentModerated(verdict.reason)
+
         return NodeResult(
             images=images,
             output_format=params.output_format,
             metadata={"seed": str(ctx.seed), "prompt": params.prompt, "model": params.model},
+            release_check=moderate,
         )

@@ -20,6 +20,8 @@ class InProcessQueue:
         self._workers: list[threading.Thread] = []
         self._idle = threading.Condition()
         self._busy = 0
+        #: waits for work the handler handed on (the runner's finisher); :meth:`join` calls it
+        self.drain: Callable[[], None] | None = None
 
     def enqueue(self, task: NodeTask) -> None:
         self._q.put(task)
@@ -41,9 +43,13 @@ class InProcessQueue:
         return self._q.qsize()
 
     def join(self, timeout: float = 30.0) -> bool:
-        """Wait until the queue is empty and no task runs (tests)."""
+        """Wait until the queue is empty and no task runs (tests); a handler that hands work on
+        (:attr:`drain`) is waited for too."""
         with self._idle:
-            return self._idle.wait_for(lambda: self._q.unfinished_tasks == 0, timeout)
+            done = self._idle.wait_for(lambda: self._q.unfinished_tasks == 0, timeout)
+        if done and self.drain is not None:
+            self.drain()
+        return done
 
     def _loop(self) -> None:
         while True:
