@@ -198,3 +198,30 @@ def test_late_work_expires_while_the_worker_is_busy(make_runtime, db_url):
     assert rt.executions.get(busy.account_id, long_job.id).status == ExecutionStatus.RUNNING  # it did not wait for a pick
     rt.executions.cancel(busy.account_id, long_job.id)
     wait_for(lambda: rt.executions.get(busy.account_id, long_job.id).status.is_terminal())
+
+
+def test_a_worker_that_loses_the_head_to_another_worker_picks_the_next_waiting_run(idle):
+    """Two workers (schedulers leasing in the database, as in scale-out) pick at the same moment: the
+    one whose lease of the account's oldest run loses still gets the next run, not nothing. (With
+    nothing, its delivery ran no node, and the last waiting run had no delivery left to start it.)"""
+    from pixelmill.engine.scheduler import Scheduler
+
+    rt = idle
+    a = principal(rt, "racer")
+    first, second = submit(rt, a, "one"), submit(rt, a, "two")
+    worker_a = Scheduler(rt.db, rt.lifecycle, rt.plans, local_leases=False)
+    worker_b = Scheduler(rt.db, rt.lifecycle, rt.plans, local_leases=False)
+    read_heads = worker_a._heads
+    b_picked = []
+
+    def heads_then_b_picks(conn, queues, now):  # b leases the head between a's read and a's lease
+        heads = read_heads(conn, queues, now)
+        if not b_picked:
+            b_picked.append(worker_b.pick(QUEUE))
+        return heads
+
+    worker_a._heads = heads_then_b_picks
+    a_picked = worker_a.pick(QUEUE)
+    assert b_picked[0].execution_id == first.id
+    assert a_picked is not None and a_picked.execution_id == second.id
+    assert worker_a.pick(QUEUE) is None and worker_b.pick(QUEUE) is None  # both leased: nothing waits

@@ -73,6 +73,7 @@ from pixelmill.store.tables import accounts, executions, node_runs, worker_model
 log = logging.getLogger("pixelmill.scheduler")
 
 DEFAULT_TYPICAL_S = 1.0
+PICK_ROUNDS = 50  # reads of the heads one pick makes while other workers lease each head it read
 
 
 @dataclass(frozen=True)
@@ -247,6 +248,10 @@ class Scheduler:
         With ``worker`` (a scale-out worker, affinity on): the next run of any
         queue it consumes, by model affinity (the module's rule 5); ``Deferred``
         when everything waiting is better run by another worker.
+
+        When other workers lease every head this pick read (they picked at the same moment),
+        it reads the heads again: runs behind those heads still wait, and the delivery asking
+        may be the last one that can start them (its own run may be among the leased ones).
         """
         now = self.clock()
         if now - self._expired_at.get(queue, 0.0) >= self.expire_every_s:  # late work is also never picked (below)
@@ -254,22 +259,24 @@ class Scheduler:
             self.expire(queue, now)
         affine = worker is not None and self.affinity_max_wait_s > 0
         queues = list(dict.fromkeys([queue, *worker.queues])) if affine and worker is not None else [queue]
-        with self.db.engine.connect() as conn:
-            heads = self._heads(conn, queues, now)
-            if not heads:
-                return None
-            usage = self._usage(conn, {h.account_id for h in heads}, now)
-            typical = self.typical_seconds(conn)
-            order = sorted(heads, key=lambda h: self._key(h, usage.get(h.account_id), typical))
-            if affine and worker is not None:
-                chosen = self._affine(conn, order, worker, now)
-                if isinstance(chosen, Deferred):
-                    return chosen
-                order = chosen
-        for head in order:
-            if self._lease(head.run_id, now):
-                return NodeTask(head.run_id, head.execution_id, head.queue)
-        return None  # every head was leased by another worker meanwhile
+        for _ in range(PICK_ROUNDS):  # each lost round means another worker took a run, so the waiting set shrank
+            with self.db.engine.connect() as conn:
+                heads = self._heads(conn, queues, now)
+                if not heads:
+                    return None
+                usage = self._usage(conn, {h.account_id for h in heads}, now)
+                typical = self.typical_seconds(conn)
+                order = sorted(heads, key=lambda h: self._key(h, usage.get(h.account_id), typical))
+                if affine and worker is not None:
+                    chosen = self._affine(conn, order, worker, now)
+                    if isinstance(chosen, Deferred):
+                        return chosen
+                    order = chosen
+            for head in order:
+                if self._lease(head.run_id, now):
+                    return NodeTask(head.run_id, head.execution_id, head.queue)
+        log.warning("every pick of queue %s lost to other workers %d times in a row", queue, PICK_ROUNDS)
+        return None
 
     def _affine(self, conn: Connection, order: list[_Head], worker: WorkerView, now: float) -> list[_Head] | Deferred:
         """``order`` (fair order) cut to what ``worker`` should take, cheapest first (rule 5)."""
