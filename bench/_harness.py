@@ -2,6 +2,12 @@
 
 ``python bench/_harness.py serve PORT`` runs the API from ``PIXELMILL_*``
 environment settings (uvicorn, no access log); the benches start it that way.
+
+The load and fault benches run the real commands instead (:class:`Command`:
+``pixelmill serve`` / ``pixelmill worker`` subprocesses that can be SIGKILLed),
+on a PostgreSQL database and a Redis database of their own
+(:func:`postgres_database`, :func:`redis_database`), and check what the
+database recorded afterwards (:func:`audit`).
 """
 
 from __future__ import annotations
@@ -10,11 +16,14 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import time
+import uuid
+from collections import Counter
 from pathlib import Path
 
 BENCH_PLAN = {"bench": {"max_active_tasks": 1_000_000}}  # a plan whose limits never trigger
@@ -45,6 +54,7 @@ def bench_env(data_dir: Path, **settings) -> dict[str, str]:
         PIXELMILL_WEBHOOK_DISPATCHER="false",
         PIXELMILL_PLANS=json.dumps(BENCH_PLAN),
         PIXELMILL_DEFAULT_PLAN="bench",
+        HF_HUB_OFFLINE="1",  # the benches' models are local folders
     )
     for k, v in settings.items():
         env[f"PIXELMILL_{k.upper()}"] = v if isinstance(v, str) else json.dumps(v)
@@ -192,6 +202,233 @@ def _floor(port: int) -> None:
         return {"id": jid}
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# ---------------------------------------------------------------- real commands, shared services, audits
+
+PIXELMILL = [sys.executable, "-m", "pixelmill.cli"]
+PG_ADMIN_URL = os.environ.get("PIXELMILL_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("PIXELMILL_BENCH_REDIS", "redis://127.0.0.1:6379")
+BENCH_REDIS_DBS = (15, 7, 6, 5)  # the tests take 14..8; a bench run reserves one of these
+_REDIS_LOCK = "pixelmill-bench-lock"
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (``timeout``, a terminal closing) ends this process as Ctrl-C would: ``finally`` blocks
+    stop the subprocesses it started and drop the databases it made."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def tiny_catalog(path: Path, **fields) -> Path:
+    """A catalog with only the shipped pixelmill-tiny (on the CPU), serving the BFL endpoint ``flux-dev``."""
+    entry = {"name": "pixelmill-tiny", "path": "builtin:pixelmill-tiny", "device": "cpu", "price_per_megapixel": 1.0,
+             "bfl_endpoints": ["flux-dev"], **fields}
+    path.write_text("[[models]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in entry.items()))
+    return path
+
+
+@contextlib.contextmanager
+def postgres_database(admin_url: str = PG_ADMIN_URL):
+    """A fresh PostgreSQL database (its URL) for the block, dropped afterwards."""
+    import sqlalchemy as sa
+
+    name = f"pixelmill_bench_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"))
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def redis_database(base_url: str = REDIS_URL):
+    """A Redis database no test and no other bench uses (its URL), emptied before and after the block."""
+    import redis
+
+    token = uuid.uuid4().hex
+    for db in BENCH_REDIS_DBS:
+        client = redis.Redis.from_url(f"{base_url}/{db}", socket_connect_timeout=2)
+        if not client.set(_REDIS_LOCK, token, nx=True, ex=3600):
+            client.close()
+            continue
+        try:
+            for key in client.scan_iter(count=500):
+                if key != _REDIS_LOCK.encode():
+                    client.delete(key)
+            yield f"{base_url}/{db}"
+        finally:
+            client.flushdb()  # the lock goes with the rest
+            client.close()
+        return
+    raise RuntimeError(f"every Redis database in {BENCH_REDIS_DBS} is taken by another bench run")
+
+
+def wait_http(url: str, proc: subprocess.Popen | None = None, timeout: float = 180.0, status: int = 200) -> float:
+    """Poll ``url`` until it answers ``status``; the seconds it took.  Raises if ``proc`` exits meanwhile."""
+    import httpx
+
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{' '.join(map(str, proc.args[2:4]))} exited with {proc.returncode} while starting")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == status:
+                return time.monotonic() - start
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer {status} in {timeout:.0f} s")
+
+
+class Command:
+    """One ``pixelmill`` command (``serve`` or ``worker``) in a subprocess with its own log, started and killed at will.
+
+    ``start()`` waits until it is ready: ``/readyz`` answers 200 on ``port`` (the server's port, or a
+    worker's ``--health-port``), so its models are loaded.  Each start appends to the same log."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path, port: int | None = None):
+        self.name, self.args, self.env, self.port = name, args, env, port
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    @classmethod
+    def serve(cls, name: str, env: dict[str, str], log_dir: Path) -> Command:
+        port = free_port()
+        return cls(name, ["serve", "--port", str(port), "--log-level", "warning"], env, log_dir, port)
+
+    @classmethod
+    def worker(cls, name: str, env: dict[str, str], log_dir: Path, *args: str) -> Command:
+        port = free_port()
+        return cls(name, ["worker", "--health-port", str(port), "--log-level", "warning", *args], env, log_dir, port)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def start(self, timeout: float = 240.0) -> float:
+        """Start and wait until ready; the seconds that took."""
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(PIXELMILL + self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            return wait_http(self.base + "/readyz", self.proc, timeout)
+        except RuntimeError as e:
+            raise RuntimeError(f"{self.name}: {e}\n{self.tail()}") from None
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def tail(self, chars: int = 3000) -> str:
+        with contextlib.suppress(OSError):
+            return f"--- {self.name} log ({self.log_path}):\n" + self.log_path.read_bytes()[-chars:].decode(errors="replace")
+        return ""
+
+
+@contextlib.contextmanager
+def running(*commands: Command):
+    """Start the commands one after the other; stop (SIGTERM) every one still running when the block ends."""
+    try:
+        for c in commands:
+            c.start()
+        yield commands
+    finally:
+        for c in commands:
+            c.stop()
+
+
+def drain(db_url: str, execution_ids: list[str], stall_s: float = 60.0) -> float:
+    """Wait until every one of these executions is finished (succeeded, failed or cancelled), or until
+    none finished for ``stall_s`` seconds (what is left then is lost); the seconds waited."""
+    import sqlalchemy as sa
+
+    from pixelmill.domain.status import ExecutionStatus
+    from pixelmill.store.tables import executions
+
+    ids, start = set(execution_ids), time.monotonic()
+    engine = sa.create_engine(db_url)
+    try:
+        finished, changed = -1, time.monotonic()
+        while time.monotonic() - changed < stall_s:
+            with engine.connect() as conn:
+                rows = conn.execute(sa.select(executions.c.id, executions.c.status)).all()
+            now = sum(1 for r in rows if r.id in ids and ExecutionStatus(r.status).is_terminal())
+            if now == len(ids):
+                break
+            if now != finished:
+                finished, changed = now, time.monotonic()
+            time.sleep(0.5)
+    finally:
+        engine.dispose()
+    return time.monotonic() - start
+
+
+def audit(db_url: str, execution_ids: list[str]) -> dict:
+    """What the database recorded for these executions, from its own tables.
+
+    ``double_charged``: executions with more than one hold or more than one settle (capture or
+    release) entry in the credit ledger; ``charged_once``: exactly one hold and one capture;
+    ``unsettled``: a hold and no settle yet; ``completed_twice``: node runs with more than one
+    ``node.completed`` event; ``rerun``: node runs attempted more than once (a kill's victims);
+    ``unreconciled``: accounts whose stored balance differs from their ledger sum; ``status``: the
+    executions by status; ``node_seconds``: each finished node run's run time."""
+    import sqlalchemy as sa
+
+    from pixelmill.accounts import ledger
+    from pixelmill.store.tables import credit_ledger, execution_events, executions, node_runs
+
+    ids = set(execution_ids)
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            entries = Counter()
+            for eid, kind in conn.execute(sa.select(credit_ledger.c.execution_id, credit_ledger.c.kind).where(credit_ledger.c.execution_id.is_not(None))):
+                if eid in ids:
+                    entries[(eid, kind)] += 1
+                    if kind in ("capture", "release"):
+                        entries[(eid, "settle")] += 1
+            completions = Counter()
+            for eid, data in conn.execute(sa.select(execution_events.c.execution_id, execution_events.c.data).where(execution_events.c.event == "node.completed")):
+                if eid in ids:
+                    completions[(eid, data.get("node"))] += 1
+            status = Counter()
+            for eid, st in conn.execute(sa.select(executions.c.id, executions.c.status)):
+                if eid in ids:
+                    status[st] += 1
+            runs = [
+                r for r in conn.execute(sa.select(node_runs.c.execution_id, node_runs.c.node_id, node_runs.c.attempts, node_runs.c.started_at, node_runs.c.finished_at))
+                if r.execution_id in ids
+            ]
+            unreconciled = ledger.reconcile(conn)
+    finally:
+        engine.dispose()
+    return {
+        "status": dict(status),
+        "double_charged": sum(1 for e in ids if entries[(e, "hold")] > 1 or entries[(e, "settle")] > 1),
+        "charged_once": sum(1 for e in ids if entries[(e, "hold")] == 1 and entries[(e, "settle")] == 1 and entries[(e, "capture")] == 1),
+        "unsettled": sum(1 for e in ids if entries[(e, "hold")] and not entries[(e, "settle")]),
+        "node_runs": len(runs),
+        "completed_twice": sum(1 for n in completions.values() if n > 1),
+        "never_completed": sum(1 for r in runs if completions[(r.execution_id, r.node_id)] == 0),
+        "rerun": sum(1 for r in runs if r.attempts > 1),
+        "unreconciled": len(unreconciled),
+        "node_seconds": [r.finished_at - r.started_at for r in runs if r.started_at and r.finished_at],
+    }
 
 
 if __name__ == "__main__":
