@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import sqlalchemy as sa
 import pytest
 
@@ -10,7 +12,7 @@ from pixelmill.accounts.keys import authenticate
 from pixelmill.domain.status import ExecutionStatus, IllegalTransition, NodeStatus
 from pixelmill.engine.lifecycle import NodeTask
 from pixelmill.engine.service import Submission
-from pixelmill.store.tables import credit_ledger, node_runs
+from pixelmill.store.tables import credit_ledger, execution_events, node_runs
 from tests.conftest import FakeBackend, create_key, wait_for
 
 
@@ -244,3 +246,43 @@ def test_the_sweeper_thread_publishes_lost_runs_once_each(make_runtime, db_url):
     finally:
         rt.publisher.stop()
     assert switch["calls"] - calls_before == 2  # "small" once by the sweeper, then "jpeg" by the worker
+
+
+def test_a_run_left_running_by_a_dead_worker_goes_back_on_the_queue_once(make_runtime, db_url):
+    """Scale-out: a worker died mid-run and the message the broker hands out again started other
+    work, so nothing would ever run the dead worker's run.  The sweep queues it again once it is
+    older than the node deadline plus a margin; it then runs (attempt 2) and completes once."""
+    rt = make_runtime(db_url, start=False)
+    rt.publisher.abandoned_after_s = 30.0  # as a scale-out runtime sets it from the node deadline
+    published = []
+    rt.publisher.enqueue = published.append
+    p = principal(rt)
+    dead = rt.executions.submit(Submission(p, one_node("dead"), "workflow", "t")).id
+    alive = rt.executions.submit(Submission(p, one_node("alive"), "workflow", "t")).id
+    published.clear()
+    for eid, started in ((dead, time.time() - 100), (alive, time.time() - 1)):  # one dead worker's, one still running
+        with rt.db.transaction() as conn:
+            conn.execute(
+                sa.update(node_runs).where(node_runs.c.execution_id == eid)
+                .values(status=NodeStatus.RUNNING, started_at=started, attempts=1, worker="gone:1", progress=0.4)
+            )
+    assert rt.publisher.sweep() == 1
+    assert [t.execution_id for t in published] == [dead]
+    row = _node(rt, dead, "gen")
+    assert row.status == NodeStatus.QUEUED and row.published_at is not None
+    assert _node(rt, alive, "gen").status == NodeStatus.RUNNING  # within its deadline: left alone
+    assert rt.publisher.sweep() == 0  # moved once
+    rt.runner.run(published[0])
+    view = finished(rt, p, dead)
+    assert view.status == ExecutionStatus.SUCCEEDED
+    assert _node(rt, dead, "gen").attempts == 2
+    with rt.db.engine.connect() as conn:
+        completed = conn.execute(
+            sa.select(sa.func.count()).select_from(execution_events).where(execution_events.c.execution_id == dead, execution_events.c.event == "node.completed")
+        ).scalar()
+    assert completed == 1
+
+
+def test_the_embedded_server_never_takes_a_run_from_its_own_workers(make_runtime, db_url):
+    rt = make_runtime(db_url, start=False)  # one process: a RUNNING run is its own thread's (re-queued at start after a crash)
+    assert rt.publisher.abandoned_after_s is None and rt.publisher.requeue_abandoned() == 0

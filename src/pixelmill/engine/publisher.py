@@ -14,6 +14,16 @@ for re-publication moves its ``queued_at`` forward with a compare-and-set, so
 several sweepers (every API node and worker runs one) publish it once.  A
 duplicate delivery is harmless anyway: ``NodeRunner`` ignores runs that are
 no longer QUEUED.
+
+In scale-out (``abandoned_after_s``) the sweep also puts back on the queue the
+runs a dead worker left RUNNING: a run still RUNNING that long after it
+started (past the node deadline, which stops a live worker's run, plus a
+margin) goes back to QUEUED and is published again.  A worker's message is
+only a wake-up (the scheduler picks what it runs), so the message the broker
+hands out again after the death may start another run and leave the dead
+worker's run with no message at all.  The move is a compare-and-set on the
+run's status and start time, so it loses to a worker that took the run over
+meanwhile, and a run is moved once.
 """
 
 from __future__ import annotations
@@ -36,12 +46,16 @@ log = logging.getLogger("pixelmill.publisher")
 class Publisher:
     """``publisher(task)`` enqueues a task and records that it was published."""
 
-    def __init__(self, db: Database, enqueue: Callable[[NodeTask], None], republish_after_s: float = 30.0):
+    def __init__(
+        self, db: Database, enqueue: Callable[[NodeTask], None], republish_after_s: float = 30.0, abandoned_after_s: float | None = None
+    ):
         self.db = db
         self.enqueue = enqueue
         self.republish_after_s = republish_after_s
+        #: scale-out: a run RUNNING this long after its start was left by a dead worker (None: never)
+        self.abandoned_after_s = abandoned_after_s
         self._sweeper = Periodic(
-            "pixelmill-republish", self.republish, lambda: max(0.5, self.republish_after_s / 2), what="republish sweep", log=log
+            "pixelmill-republish", self.sweep, lambda: max(0.5, self.republish_after_s / 2), what="republish sweep", log=log
         )
 
     def __call__(self, task: NodeTask) -> None:
@@ -101,6 +115,45 @@ class Publisher:
                 log.warning("re-publishing node run %s failed (%s); next sweep in %.0f s", row.id, exc, self.republish_after_s)
                 break
             log.info("re-published node run %s of execution %s", row.id, row.execution_id)
+            sent += 1
+        return sent
+
+    def sweep(self) -> int:
+        """One sweep: abandoned runs back on the queue, then unpublished runs published; how many went out."""
+        return self.requeue_abandoned() + self.republish()
+
+    def requeue_abandoned(self) -> int:
+        """Put back on the queue the RUNNING runs of active executions that started more than
+        ``abandoned_after_s`` ago (their worker died); returns how many were published."""
+        if self.abandoned_after_s is None:
+            return 0
+        with self.db.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(node_runs.c.id, node_runs.c.execution_id, node_runs.c.queue, node_runs.c.started_at, node_runs.c.worker)
+                .join(executions, executions.c.id == node_runs.c.execution_id)
+                .where(
+                    node_runs.c.status == NodeStatus.RUNNING,
+                    node_runs.c.started_at < time.time() - self.abandoned_after_s,
+                    executions.c.status.in_(ExecutionStatus.active()),
+                )
+                .limit(500)
+            ).all()
+        sent = 0
+        for row in rows:
+            with self.db.transaction() as conn:
+                moved = conn.execute(
+                    sa.update(node_runs)
+                    .where(node_runs.c.id == row.id, node_runs.c.status == NodeStatus.RUNNING, node_runs.c.started_at == row.started_at)
+                    .values(status=NodeStatus.QUEUED, progress=0.0, picked_at=None, published_at=None, queued_at=time.time())
+                ).rowcount
+            if moved != 1:
+                continue  # a worker took it over, or it finished, or another sweeper moved it
+            log.warning("node run %s of execution %s was left running by %s; queued again", row.id, row.execution_id, row.worker)
+            try:
+                self(NodeTask.of(row))
+            except Exception as exc:  # queued and unstamped: the republish sweep sends it once the broker is back
+                log.warning("publishing node run %s again failed (%s)", row.id, exc)
+                break
             sent += 1
         return sent
 
