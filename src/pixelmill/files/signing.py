@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 
 class UrlSigner:
@@ -21,8 +21,8 @@ class UrlSigner:
         """A file's URL.  The filename is part of what is signed, so the name a
         download is saved under cannot be changed without breaking the signature."""
         expires = int((now if now is not None else time.time()) + (ttl_s or self.ttl_s))
-        query = urlencode({"exp": expires, "sig": self._sig(_file_subject(file_id, filename), expires)})
-        return f"{base_url.rstrip('/')}/files/{quote(file_id, safe='')}/{quote(filename, safe='')}?{query}"
+        sig = self._sig(_file_subject(file_id, filename), expires)  # hex: nothing in the query needs escaping
+        return f"{base_url.rstrip('/')}/files/{quote(file_id, safe='')}/{quote(filename, safe='')}?exp={expires}&sig={sig}"
 
     def verify_file(self, file_id: str, filename: str, exp: str | int, sig: str, now: float | None = None) -> str | None:
         """None when a file URL (id, filename, expiry) is valid, else 'expired' or 'bad_signature'."""
@@ -45,8 +45,8 @@ class UrlSigner:
 
     def stream_url(self, base_url: str, execution_id: str, now: float | None = None, ttl_s: int | None = None) -> str:
         expires = int((now if now is not None else time.time()) + (ttl_s or STREAM_TTL_S))
-        query = urlencode({"exp": expires, "sig": self._sig(f"events:{execution_id}", expires)})
-        return f"{base_url.rstrip('/')}/api/v1/executions/{execution_id}/events?{query}"
+        sig = self._sig(f"events:{execution_id}", expires)
+        return f"{base_url.rstrip('/')}/api/v1/executions/{execution_id}/events?exp={expires}&sig={sig}"
 
     def verify_stream(self, execution_id: str, exp: str | int, sig: str, now: float | None = None) -> str | None:
         """None when the stream URL is valid, else 'expired' or 'bad_signature'."""
