@@ -144,9 +144,10 @@ class AccountsMiddleware:
         client = (scope.get("client") or ("unknown", 0))[0]
         counted = method not in READ_METHODS and not _checks_only(scope)
         try:
-            if not counted and runtime.limiter.in_memory and runtime.keys.cached(key) is not None:
+            known = runtime.keys.cached(key) if not counted and runtime.limiter.in_memory else None
+            if known is not None:
                 # a read by a known key on in-memory limits does no I/O: no thread-pool hop
-                admitted = self._admit(runtime, key, counted, idem_key, fp, client)
+                admitted = self._admit(runtime, key, counted, idem_key, fp, client, known)
             else:
                 admitted = await run_in_threadpool(self._admit, runtime, key, counted, idem_key, fp, client)
         except Exception as exc:
@@ -171,7 +172,9 @@ class AccountsMiddleware:
 
     # -- step 1, in a worker thread: auth, request window, idempotency claim ---------
 
-    def _admit(self, runtime: Any, key: str, counted: bool, idem_key: str | None, fp: str | None, client: str) -> _Admitted:
+    def _admit(
+        self, runtime: Any, key: str, counted: bool, idem_key: str | None, fp: str | None, client: str, known: Principal | None = None
+    ) -> _Admitted:
         failures = runtime.settings.auth_failures_per_minute
         if failures is not None:
             try:
@@ -181,7 +184,7 @@ class AccountsMiddleware:
             if gate is not None and not gate.allowed:
                 return _Admitted(refused=gate)
         try:
-            principal = runtime.keys.authenticate(key)
+            principal = known or runtime.keys.authenticate(key)  # ``known``: the cache's answer a moment ago
         except PixelmillError:
             if failures is not None:
                 try:
