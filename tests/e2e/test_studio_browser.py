@@ -8,24 +8,16 @@ The tests share one server and one browser and run in file order.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.test_serve_subprocess import free_port, wait_until_serving
+from tests.helpers.studio import ADMIN_KEY, ARTIFACTS, studio_server, wait_until
 
 CHROMIUM = os.environ.get("PIXELMILL_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "studio"
-PIXELMILL = [sys.executable, "-m", "pixelmill.cli"]
-ADMIN_KEY = "studio-admin-key-for-tests"
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed (pip install -e '.[test]')")
 if not Path(CHROMIUM).exists():
@@ -34,36 +26,11 @@ if not Path(CHROMIUM).exists():
 pytestmark = pytest.mark.slow
 
 
-def _key(env, account: str, credits: float) -> str:
-    args = ["keys", "create", "--account", account, "--credits", str(credits), "--plan", "pro", "--json"]
-    out = subprocess.check_output(PIXELMILL + args, env=env)
-    return json.loads(out)["key"]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("studio")
-    port = free_port()
-    env = {**os.environ, "PIXELMILL_DATA_DIR": str(tmp / "data"), "PIXELMILL_ADMIN_KEY": ADMIN_KEY, "HF_HUB_OFFLINE": "1"}
-    env.pop("PIXELMILL_MODELS_CATALOG", None)  # the shipped catalog: pixelmill-tiny
-    rich, poor = _key(env, "studio", 100), _key(env, "poor", 0.0001)
-    log = open(tmp / "server.log", "wb")  # a file, not a pipe: a full pipe would stall the server
-    proc = subprocess.Popen(PIXELMILL + ["serve", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        try:
-            wait_until_serving(base, proc)
-        except AssertionError:
-            raise AssertionError((tmp / "server.log").read_text(errors="replace")[-4000:]) from None
-        yield {"base": base, "key": rich, "poor": poor}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-        shutil.copy(tmp / "server.log", ARTIFACTS / "server.log") if ARTIFACTS.is_dir() else None
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with studio_server(tmp_path_factory.mktemp("studio")) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
@@ -86,13 +53,6 @@ def page(browser, server):
     pg.problems = problems
     yield pg
     context.close()
-
-
-def wait_until(predicate, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
 
 
 def shot(page, name: str) -> None:
