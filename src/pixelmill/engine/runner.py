@@ -195,8 +195,8 @@ class NodeRunner:
             return None
 
     def _succeed(self, run, result) -> None:
-        rows: list[dict] = []
-        outputs = {"images": self._store_images(run, result.images, result.output_format, result.metadata, rows=rows)}
+        rows = self._store_images(run, result.images, result.output_format, result.metadata)
+        outputs = {"images": [r["id"] for r in rows]}
         self._finish(run, outputs, cost_micro=run.cost_micro, cached=False, file_rows=rows)
 
     def _failed(self, run, control, error: Exception) -> None:
@@ -264,9 +264,11 @@ class NodeRunner:
         def on_preview(index: int, images: list[Image.Image]) -> None:
             try:
                 fmt = run.params.get("output_format") if run.params.get("output_format") in MIME_TYPES else "png"
+                rows = self._store_images(run, images, fmt, {"preview": str(index)})  # encoded before the write turn
                 with self.db.transaction() as conn:
-                    ids = self._store_images(run, images, fmt, {"preview": str(index)}, conn=conn)
-                    self.lifecycle.event(conn, run.execution_id, "node.preview", {"node": run.node_id, "index": index, "files": ids})
+                    if rows:
+                        conn.execute(sa.insert(files), rows)
+                    self.lifecycle.event(conn, run.execution_id, "node.preview", {"node": run.node_id, "index": index, "files": [r["id"] for r in rows]})
             except Exception:  # a preview is a courtesy: the run goes on without it
                 log.warning("preview %d of node %s could not be stored", index, run.node_id, exc_info=True)
 
@@ -312,12 +314,9 @@ class NodeRunner:
                         im.load()
         return inputs
 
-    def _store_images(self, run, images: list[Image.Image], fmt: str, metadata: dict, conn=None, rows: list[dict] | None = None) -> list[str]:
-        """Write ``images`` to storage and their ``files`` rows: in ``conn``'s transaction when given,
-        appended to ``rows`` for the caller's transaction when given, else in a transaction of their own."""
+    def _store_images(self, run, images: list[Image.Image], fmt: str, metadata: dict) -> list[dict]:
+        """Write ``images`` to storage; their ``files`` rows, for the caller to insert in its transaction."""
         account = run.execution_account_id
-        ids = []
-        out = rows
         now = time.time()
         rows = []
         for i, image in enumerate(images):
@@ -348,18 +347,7 @@ class NodeRunner:
                     expires_at=now + self.file_retention_s,
                 )
             )
-            ids.append(fid)
-        if out is not None:
-            out.extend(rows)
-        elif rows and conn is not None:
-            conn.execute(sa.insert(files), rows)
-        elif rows:
-            def write() -> None:
-                with self.db.transaction() as tx:
-                    tx.execute(sa.insert(files), rows)
-
-            retry_when_busy(write, self.busy_retry_s, f"outputs of node {run.node_id}")
-        return ids
+        return rows
 
     def _still_mine(self, conn, run) -> bool:
         """Whether ``run`` is still RUNNING under this claim (row locked on PostgreSQL until the transaction ends).

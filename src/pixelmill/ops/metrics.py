@@ -14,9 +14,7 @@ that rolled back.
 from __future__ import annotations
 
 import os
-import threading
 import time
-from typing import Any
 
 import sqlalchemy as sa
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -52,37 +50,10 @@ def observe_model_load(model: str, seconds: float) -> None:
 class MetricsHook(Hooks):
     """Node queue/run times, finished executions and charged credits, from the lifecycle events."""
 
-    def __init__(self) -> None:
-        self._pending: dict[tuple[str, str], dict[str, Any]] = {}
-        self._lock = threading.Lock()
-
-    def on_event(self, conn, event: LifecycleEvent) -> None:
-        # read what the event does not carry, in its transaction; observe only after commit
-        from pixelmill.store.tables import executions, node_runs
-
-        if event.facts:  # the writer said what the event is about: nothing to read back
-            return
-        if event.type in ("node.started", "node.completed", "node.failed", "node.cancelled"):
-            row = conn.execute(
-                sa.select(node_runs.c.node_type, node_runs.c.params, node_runs.c.queued_at, node_runs.c.started_at, node_runs.c.finished_at)
-                .where(node_runs.c.execution_id == event.execution_id, node_runs.c.node_id == event.data.get("node"))
-            ).first()
-            if row is not None:
-                with self._lock:
-                    self._pending[(event.execution_id, event.type + str(event.data.get("node")))] = dict(row._mapping)
-        elif event.is_terminal:
-            row = conn.execute(sa.select(executions.c.dialect, executions.c.cost_actual_micro).where(executions.c.id == event.execution_id)).first()
-            if row is not None:
-                with self._lock:
-                    self._pending[(event.execution_id, event.type)] = dict(row._mapping)
-
     def after_commit(self, event: LifecycleEvent) -> None:
+        # node events and terminal events carry what they are about (LifecycleEvent.facts): nothing is read back
         row = event.facts
         if not row:
-            key = (event.execution_id, event.type + (str(event.data.get("node")) if event.type.startswith("node.") else ""))
-            with self._lock:
-                row = self._pending.pop(key, None)
-        if row is None:
             return
         if event.type.startswith("node."):
             model = str((row.get("params") or {}).get("model") or "")
