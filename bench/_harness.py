@@ -25,6 +25,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 BENCH_PLAN = {"bench": {"max_active_tasks": 1_000_000}}  # a plan whose limits never trigger
 
@@ -433,3 +434,11 @@ def audit(db_url: str, execution_ids: list[str]) -> dict:
 
 if __name__ == "__main__":
     {"serve": _serve, "floor": _floor}[sys.argv[1]](int(sys.argv[2]))
+
+
+def print_columns(columns: dict[str, dict], rows: list[tuple[str, Callable[[dict], str]]], cell: int) -> None:
+    """A table: one column per named result, one line per ``(label, fn)`` row (``fn(result)`` is the cell)."""
+    width = max(len(label) for label, _ in rows)
+    print(f"{'':{width}}  " + "  ".join(f"{name:>{cell}}" for name in columns))
+    for label, fn in rows:
+        print(f"{label:{width}}  " + "  ".join(f"{fn(r):>{cell}}" for r in columns.values()))

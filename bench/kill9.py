@@ -35,7 +35,7 @@ import httpx
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import Command, audit, bench_env, drain, exit_on_sigterm, make_key, postgres_database, redis_database, tiny_catalog  # noqa: E402
+from _harness import Command, audit, bench_env, drain, exit_on_sigterm, make_key, postgres_database, print_columns, redis_database, tiny_catalog  # noqa: E402
 
 from pixelmill.domain.status import NodeStatus  # noqa: E402
 from pixelmill.store.tables import node_runs  # noqa: E402
@@ -132,10 +132,7 @@ def report(columns: dict[str, dict]) -> None:
         ("balances reconcile", lambda r: "yes" if not r["audit"]["unreconciled"] else f"NO ({r['audit']['unreconciled']})"),
         ("kill to all finished", lambda r: f"{r['recovery']:.1f} s"),
     ]
-    width = max(len(label) for label, _ in rows)
-    print(f"{'':{width}}  " + "  ".join(f"{name:>40}" for name in columns))
-    for label, fn in rows:
-        print(f"{label:{width}}  " + "  ".join(f"{fn(r):>40}" for r in columns.values()))
+    print_columns(columns, rows, 40)
 
 
 def main() -> None:

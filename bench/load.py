@@ -42,7 +42,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _harness import Command, audit, bench_env, drain, exit_on_sigterm, make_key, percentile, postgres_database, redis_database, running, tiny_catalog  # noqa: E402
+from _harness import Command, audit, bench_env, drain, exit_on_sigterm, make_key, percentile, postgres_database, print_columns, redis_database, running, tiny_catalog  # noqa: E402
 
 JOB = {"width": 256, "height": 256, "steps": 1}
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -181,10 +181,7 @@ def report(columns: dict[str, dict]) -> None:
         ("drained after the clients", lambda r: f"{r['drain']:.1f} s"),
         ("completed / s", lambda r: f"{sum(1 for s in r['final'].values() if s == 'Ready') / r['wall']:.1f}"),
     ]
-    width = max(len(label) for label, _ in rows)
-    print(f"{'':{width}}  " + "  ".join(f"{name:>18}" for name in columns))
-    for label, fn in rows:
-        print(f"{label:{width}}  " + "  ".join(f"{fn(r):>18}" for r in columns.values()))
+    print_columns(columns, rows, 18)
 
 
 def main() -> None:
