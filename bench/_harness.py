@@ -290,15 +290,17 @@ class Command:
     ``start()`` waits until it is ready: ``/readyz`` answers 200 on ``port`` (the server's port, or a
     worker's ``--health-port``), so its models are loaded.  Each start appends to the same log."""
 
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path, port: int | None = None):
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path, port: int | None = None,
+                 program: list[str] | None = None):
         self.name, self.args, self.env, self.port = name, args, env, port
+        self.program = program or PIXELMILL  # the argv before the command's own arguments
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
 
     @classmethod
-    def serve(cls, name: str, env: dict[str, str], log_dir: Path) -> Command:
+    def serve(cls, name: str, env: dict[str, str], log_dir: Path, program: list[str] | None = None) -> Command:
         port = free_port()
-        return cls(name, ["serve", "--port", str(port), "--log-level", "warning"], env, log_dir, port)
+        return cls(name, ["serve", "--port", str(port), "--log-level", "warning"], env, log_dir, port, program)
 
     @classmethod
     def worker(cls, name: str, env: dict[str, str], log_dir: Path, *args: str) -> Command:
@@ -316,7 +318,7 @@ class Command:
     def start(self, timeout: float = 240.0) -> float:
         """Start and wait until ready; the seconds that took."""
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(PIXELMILL + self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(self.program + self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         try:
             return wait_http(self.base + "/readyz", self.proc, timeout)
         except RuntimeError as e:

@@ -50,6 +50,18 @@ class CliError(Exception):
 
 _global: dict[str, Any] = {}
 
+#: what runs nodes needs the model runtime (``pixelmill[worker]``); an API node does not
+MODEL_RUNTIME = ("torch", "diffusers")
+
+
+def _need_model_runtime(what: str, install: str) -> None:
+    """Refuse to start a process that runs nodes where the model runtime is not installed."""
+    import importlib.util
+
+    missing = [m for m in MODEL_RUNTIME if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CliError(f"{what} runs models in this process, and {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed: pip install '{install}'", 2)
+
 
 @app.callback()
 def _options(
@@ -141,6 +153,8 @@ def serve(
 
     configure_logging()  # JSON lines, or plain text on a terminal
     settings = _settings(host=host, port=port)
+    if settings.queue == "inprocess":
+        _need_model_runtime("the embedded server (an API node sets PIXELMILL_QUEUE=celery)", "pixelmill[all]")
     runtime = Runtime(settings)
     application = create_app(runtime)
     print(f"pixelmill serving on {settings.resolved_base_url()} (data in {settings.data_dir})", flush=True)
@@ -169,6 +183,7 @@ def worker(
 
     if pool not in ("threads", "solo"):
         raise CliError("--pool is threads or solo", 2)
+    _need_model_runtime("pixelmill worker", "pixelmill[worker]")
     from pixelmill.ops.logs import configure_logging
 
     configure_logging()  # JSON lines, or plain text on a terminal
