@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     #: that moment) is published again after this many seconds; 0 turns the sweeper off
     republish_after_s: float = 30.0
     result_ttl_s: int = 24 * 3600  # how long get_result knows an execution
+    #: a poll of an unfinished execution may be answered from a view read this many seconds ago at
+    #: most, unless a notice of a change came since (every state change sends one); 0: always read
+    live_view_ttl_s: float = Field(default=0.5, ge=0)
     #: load the default models in the background at start in every process that runs nodes
     #: (the embedded server, `pixelmill worker`); /readyz reports the progress
     preload_models: bool = True

@@ -101,11 +101,12 @@ class Runtime:
         self.idempotency = IdempotencyStore(self.db, ttl_s=settings.idempotency_ttl_s)
         self.executions = ExecutionService(
             self.db, self.nodes, self.services, self.publisher, self.lifecycle, result_ttl_s=settings.result_ttl_s,
-            admission=self.admission, scheduler=self.scheduler,
+            admission=self.admission, scheduler=self.scheduler, live_view_ttl_s=settings.live_view_ttl_s,
         )
         self.keys = KeyCache(self.db, usable=self._key_cache_usable)
         self.notifier.listen("keys", lambda _notice: self.keys.clear())
         self.notifier.listen("execution", self._learn_run_time)
+        self.notifier.listen("execution", lambda notice: self.executions.changed(notice.id))
         from pixelmill.workflows.service import WorkflowService
 
         self.workflows = WorkflowService(self.db, self.executions)
@@ -154,10 +155,13 @@ class Runtime:
         return [n for n in names if n in self.catalog]
 
     def warm_start(self, names: list[str] | None = None) -> None:
-        """Load the default models (or ``names``) in the background; readiness reports the progress."""
+        """Load the default models (or ``names``) in the background, then the output classifier;
+        readiness reports the models' progress."""
         from pixelmill.ops.warm import WarmStart
 
-        self.warm = WarmStart(self.models, self.warm_model_names() if names is None else names).start()
+        moderator = getattr(self.services, "moderator", None)
+        also = [moderator.load] if moderator is not None else []
+        self.warm = WarmStart(self.models, self.warm_model_names() if names is None else names, also=also).start()
 
     def consume(self, queues: list[str]) -> None:
         """This process is a scale-out worker consuming ``queues``: its picks follow model affinity
@@ -222,6 +226,7 @@ class Runtime:
         else:  # a shared broker can be down when a node is published: publish such runs again later
             self.queue.start()
             self.publisher.start()
+            self.notifier.start()  # other processes' changes drop this one's views of running executions
         if self.settings.preload_models and self.settings.queue == "inprocess":
             # only the embedded server runs nodes itself; scale-out API nodes hold no
             # models, and `pixelmill worker` loads the models of the queues it consumes

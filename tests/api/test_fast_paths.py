@@ -168,3 +168,52 @@ def test_polls_of_a_finished_execution_answered_from_memory_match_the_routes_ans
     assert client.get(f"/v1/get_result?id={eid}", headers={"x-key": other}).json()["status"] == "Task not found"
     assert client.get(f"/api/v1/executions/{eid}", headers={"x-key": other}).status_code == 404
     assert client.get("/v1/get_result?id=nope").json()["status"] == "Task not found"
+
+
+def test_a_running_execution_is_polled_from_memory_until_a_notice_says_it_changed(make_runtime, sqlite_url):
+    from pixelmill.engine.notify import Notice
+
+    rt = make_runtime(sqlite_url, start=False, live_view_ttl_s=60)  # no worker: the execution stays queued
+    key, other = create_key(rt, "acme"), create_key(rt, "other")
+    client = _client(rt, key)
+    eid = client.post("/v1/flux-dev", json={"prompt": "x", "width": 256, "height": 256}).json()["id"]
+    routed = client.get(f"/v1/get_result?id={eid}")
+    assert routed.json()["status"] == "Pending"
+    assert rt.executions.cached(rt.keys.authenticate(key).account_id, eid) is not None  # the submit's own view
+    # another process changes the record, and its notice has not arrived: the poll is answered from memory
+    with rt.db.transaction() as conn:
+        conn.execute(sa.update(executions).where(executions.c.id == eid).values(status="cancelled", finished_at=time.time()))
+    assert client.get(f"/v1/get_result?id={eid}").content == routed.content
+    assert client.get(f"/v1/get_result?id={eid}", headers={"x-key": other}).json()["status"] == "Task not found"
+    assert client.get(f"/api/v1/executions/{eid}", headers={"x-key": other}).status_code == 404
+    # the notice arrives: the next poll reads the record
+    rt.notifier.publish(None, Notice("execution", eid, "execution.cancelled"))
+    assert rt.executions.cached(None, eid) is None
+    assert client.get(f"/api/v1/executions/{eid}").json()["status"] == "CANCELLED"
+
+
+def test_a_running_executions_view_is_at_most_the_ttl_old_without_notices(make_runtime, sqlite_url):
+    rt = make_runtime(sqlite_url, start=False, live_view_ttl_s=0.3)
+    client = _client(rt, create_key(rt))
+    eid = client.post("/api/v1/executions", json=GEN).json()["id"]
+    assert client.get(f"/api/v1/executions/{eid}").json()["status"] == "QUEUED"
+    with rt.db.transaction() as conn:  # changed where no notice is sent
+        conn.execute(sa.update(executions).where(executions.c.id == eid).values(status="cancelled", finished_at=time.time()))
+    time.sleep(0.35)
+    assert client.get(f"/api/v1/executions/{eid}").json()["status"] == "CANCELLED"
+
+
+def test_a_view_read_before_a_change_notice_is_not_kept(make_runtime, sqlite_url):
+    from pixelmill.engine.service import LiveViews
+
+    rt = make_runtime(sqlite_url, start=False)
+    client = _client(rt, create_key(rt))
+    eid = client.post("/api/v1/executions", json=GEN).json()["id"]
+    view = rt.executions.get(None, eid)
+    live = LiveViews(ttl_s=60)
+    read_at = live.stamp()
+    live.changed(eid)  # the notice came while the view was being read
+    live.put(view, read_at)
+    assert live.get(eid) is None
+    live.put(view, live.stamp())
+    assert live.get(eid) is view

@@ -67,7 +67,7 @@ class HotReads:
                 return None  # options (``?include=graph``) and their validation are the route's
             execution_id = query.get(route.query_id, "") if route.query_id is not None else m.group(1)
             try:
-                view = runtime.executions.finished(account_id, execution_id)
+                view = runtime.executions.cached(account_id, execution_id)
             except NotFound:
                 return None  # the route answers in its dialect's shape
             if view is None:

@@ -72,6 +72,59 @@ class FinishedViews:
                 self._views.popitem(last=False)
 
 
+class LiveViews:
+    """Recent views of unfinished executions, each kept until a notice says it changed, ``ttl_s`` at most.
+
+    A poll of a running execution is answered from here (:meth:`ExecutionService.cached`)
+    instead of the database.  Every state change an execution logs reaches every process as
+    a notice (:mod:`pixelmill.engine.notify`) and drops its view, so a poll never shows an
+    execution unfinished after this process heard it finish; a lost notice costs at most
+    ``ttl_s`` of staleness (progress and queue position may be that old).  A view read
+    before the latest notice about its execution is never stored.
+    """
+
+    def __init__(self, ttl_s: float, max_size: int = 20_000):
+        self.ttl_s = ttl_s
+        self.max_size = max_size
+        self._views: OrderedDict[str, tuple[float, ExecutionView]] = OrderedDict()
+        self._changed: OrderedDict[str, float] = OrderedDict()  # the latest notice per execution (bounded)
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def stamp() -> float:
+        """Take before reading what a view is built from; give it to :meth:`put`."""
+        return time.monotonic()
+
+    def get(self, execution_id: str) -> ExecutionView | None:
+        with self._lock:
+            entry = self._views.get(execution_id)
+            if entry is None:
+                return None
+            if time.monotonic() - entry[0] > self.ttl_s:
+                del self._views[execution_id]
+                return None
+            return entry[1]
+
+    def put(self, view: ExecutionView, read_at: float) -> None:
+        if self.ttl_s <= 0 or view.status.is_terminal():
+            return
+        with self._lock:
+            if self._changed.get(view.id, float("-inf")) >= read_at:
+                return  # it changed while it was read
+            self._views[view.id] = (read_at, view)
+            self._views.move_to_end(view.id)
+            if len(self._views) > self.max_size:
+                self._views.popitem(last=False)
+
+    def changed(self, execution_id: str) -> None:
+        with self._lock:
+            self._views.pop(execution_id, None)
+            self._changed[execution_id] = time.monotonic()
+            self._changed.move_to_end(execution_id)
+            if len(self._changed) > self.max_size:
+                self._changed.popitem(last=False)
+
+
 @dataclass
 class Submission:
     principal: Principal
@@ -99,6 +152,7 @@ class ExecutionService:
         result_ttl_s: int = 24 * 3600,
         admission: AdmissionPolicy | None = None,
         scheduler: Scheduler | None = None,
+        live_view_ttl_s: float = 0.5,
     ):
         self.db = db
         self.nodes = nodes
@@ -110,6 +164,7 @@ class ExecutionService:
         self.scheduler = scheduler
         self.run_times = RunTimes(db)
         self._finished = FinishedViews()
+        self._live = LiveViews(live_view_ttl_s)
 
     def prepare(self, graph: dict[str, Any]) -> PreparedGraph:
         return prepare(graph, self.nodes, self.services)
@@ -146,6 +201,7 @@ class ExecutionService:
         ids: list[str] = []
         views: list[ExecutionView | None] = []
         binding = claim is not None and claim.execution_id is None
+        read_at = self._live.stamp()
         with claim.lock if binding else contextlib.nullcontext(), self.db.transaction() as conn:
             ledger.lock_account(conn, account)
             # admission: checks that consume nothing run now; what consumes quota
@@ -198,6 +254,7 @@ class ExecutionService:
             for view in views:
                 if view is not None:
                     self._with_queue_state(conn, view)
+                    self._live.put(view, read_at)
         return [view if view is not None else self.get(account, eid) for view, eid in zip(views, ids)]
 
     def _moderate(self, prepared: PreparedGraph, override: int | None) -> moderation.Verdict | None:
@@ -348,18 +405,41 @@ class ExecutionService:
         return [self.get(account_id, i) for i in ids] if len(ids) == count else None
 
     def get(self, account_id: str | None, execution_id: str) -> ExecutionView:
-        """The execution if it exists, belongs to the account and has not expired; else NotFound."""
+        """The execution if it exists, belongs to the account and has not expired; else NotFound.
+
+        Read from the database unless it is finished and in memory."""
         view = self.finished(account_id, execution_id)
         if view is not None:
             return view
+        read_at = self._live.stamp()
         with self.db.engine.connect() as conn:
             view = load_execution(conn, execution_id, account_id)
             if view is None or view.expires_at < time.time():
                 raise NotFound("Task not found", code="execution_not_found")
             if not view.status.is_terminal():
-                return self._with_queue_state(conn, view)
+                self._with_queue_state(conn, view)
+                self._live.put(view, read_at)
+                return view
         self._finished.put(view)
         return view
+
+    def cached(self, account_id: str | None, execution_id: str) -> ExecutionView | None:
+        """The execution from memory (no I/O): finished, or unfinished and read recently with no
+        change heard since (:class:`LiveViews`); None when not in memory: ask :meth:`get`.
+        NotFound for another account's execution or an expired one."""
+        view = self.finished(account_id, execution_id)
+        if view is not None:
+            return view
+        view = self._live.get(execution_id)
+        if view is None:
+            return None
+        if (account_id is not None and view.account_id != account_id) or view.expires_at < time.time():
+            raise NotFound("Task not found", code="execution_not_found")
+        return view
+
+    def changed(self, execution_id: str) -> None:
+        """A notice said the execution changed: its next read goes to the database."""
+        self._live.changed(execution_id)
 
     def finished(self, account_id: str | None, execution_id: str) -> ExecutionView | None:
         """A finished execution from memory (no I/O); None when not cached: ask :meth:`get`.
@@ -377,6 +457,7 @@ class ExecutionService:
     def forget(self, execution_id: str) -> None:
         """Drop a finished execution's view from memory: its files were deleted, the next read loads it again."""
         self._finished.discard(execution_id)
+        self._live.changed(execution_id)
 
     def _with_queue_state(self, conn, view: ExecutionView) -> ExecutionView:
         """Set an unfinished execution's queue position and estimated start (as every view shows them)."""

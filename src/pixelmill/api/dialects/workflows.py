@@ -175,7 +175,7 @@ async def get_execution(
     who: Principal = Depends(principal),
 ):
     executions = request.app.state.runtime.executions
-    view = executions.finished(who.account_id, execution_id) or await run_in_threadpool(executions.get, who.account_id, execution_id)
+    view = executions.cached(who.account_id, execution_id) or await run_in_threadpool(executions.get, who.account_id, execution_id)
     body = render_execution(request, view)
     if include == "graph":
         body["graph"] = await run_in_threadpool(executions.graph, who.account_id, execution_id)
