@@ -261,3 +261,22 @@ def test_probe_refuses_what_is_not_a_whole_image():
     for bad in (b"", b"not an image", data[: len(data) // 2], data[:-20] + b"\0" * 20):
         with pytest.raises(ImageDecodeError):
             probe_image(bad)
+
+
+def test_png_outputs_use_the_configured_compression_level_and_stay_lossless():
+    import numpy as np
+    from PIL import ImageFilter
+
+    from pixelmill.config import Settings
+    from pixelmill.files.provenance import Provenance
+
+    noise = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    image = Image.fromarray(noise).resize((256, 256), Image.BICUBIC).filter(ImageFilter.GaussianBlur(2))
+    assert Settings().png_compress_level == 1
+    sizes = {}
+    for level in (0, 1, 9):
+        data = Provenance.from_settings(Settings(png_compress_level=level)).encode(image, "png", {"prompt": "p"})
+        decoded = Image.open(io.BytesIO(data))
+        assert np.array_equal(np.asarray(decoded.convert("RGB")), np.asarray(image))
+        sizes[level] = len(data)
+    assert sizes[0] > sizes[1] > sizes[9]

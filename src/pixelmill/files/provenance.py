@@ -143,6 +143,7 @@ class Provenance:
 
     signer: C2paSigner | None = None
     watermark: Watermarker | None = None
+    png_compress_level: int = 1
 
     @classmethod
     def from_settings(cls, settings) -> "Provenance":
@@ -153,12 +154,12 @@ class Provenance:
         if cert and key:
             signer = C2paSigner.from_files(cert, key, getattr(settings, "c2pa_alg", "es256"), getattr(settings, "c2pa_tsa_url", None))
         text = getattr(settings, "watermark_text", None)
-        return cls(signer, Watermarker.for_text(text) if text else None)
+        return cls(signer, Watermarker.for_text(text) if text else None, getattr(settings, "png_compress_level", 1))
 
     def encode(self, image: Image.Image, fmt: str, metadata: dict, quality: int = 92, node: str | None = None) -> bytes:
         if self.watermark is not None:
             image = self.watermark.apply(image)
-        data = encode_image(image, fmt, quality=quality, metadata=metadata)
+        data = encode_image(image, fmt, quality=quality, metadata=metadata, png_compress_level=self.png_compress_level)
         if self.signer is not None:
             data = self.signer.sign(data, fmt, {**metadata, "node": node} if node else metadata)
         return data

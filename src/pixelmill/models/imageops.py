@@ -149,10 +149,12 @@ def encode_image(
     format: OutputFormat = "png",
     quality: int = 90,
     metadata: dict[str, str] | None = None,
+    png_compress_level: int = 1,
 ) -> bytes:
     """Encode ``image`` and embed ``metadata`` (see the module docstring).
 
-    ``quality`` (1-100) applies to JPEG and WebP; PNG is lossless.  JPEG has no
+    ``quality`` (1-100) applies to JPEG and WebP; PNG is lossless, ``png_compress_level``
+    (zlib 0-9) trading encoding time for size.  JPEG has no
     alpha: transparent images are flattened onto white.  Metadata of the
     source image (EXIF, text chunks) is not carried over; the ICC profile is.
     """
@@ -175,7 +177,7 @@ def encode_image(
             for key, value in metadata.items():
                 chunks.add_text(key, value)
             options["pnginfo"] = chunks
-        options["compress_level"] = 6
+        options["compress_level"] = png_compress_level
     else:
         image = _flatten(image) if fmt == "jpeg" else _for_webp(image)
         options["quality"] = quality
