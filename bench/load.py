@@ -18,6 +18,10 @@ charged exactly once, node runs completed twice (``node.completed`` events), whe
 balance reconciles with the ledger, submit and poll latency (p50/p99), and the slowest
 ``/healthz`` seen while the load ran (probed every 50 ms; target < 100 ms).
 
+The client processes run at nice 10 (``--client-nice``; 0 for the server's own priority): in
+production they are other machines, and on a small machine at equal priority they take the CPU
+time the server needs, so that latency would be the load generator's, not the server's.
+
 Needs PostgreSQL (``PIXELMILL_BENCH_PG``, default postgres@127.0.0.1:5432) and Redis
 (``PIXELMILL_BENCH_REDIS``, default 127.0.0.1:6379) for the scale-out column.  Takes a few
 minutes on a 2-core CPU::
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import socket
 import statistics
 import sys
@@ -117,7 +122,9 @@ def run_load(base: str, key: str, args) -> dict:
     firsts = [sum(sum(g) for g in groups[:i]) for i in range(procs)]
     t0 = time.perf_counter()
     # the clients run in processes of their own: they do not share a GIL with the health probe
-    with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    # at a lower CPU priority (``--client-nice``): in production the clients are other machines, here
+    # they share the server's two cores, and at equal priority they take what the server needs
+    with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn"), initializer=os.nice, initargs=(args.client_nice,)) as pool:
         results = list(pool.map(client_group, [base] * procs, [key] * procs, groups, firsts, [args.wait] * procs, [args.poll_every] * procs))
     wall = time.perf_counter() - t0
     stop.set()
@@ -191,6 +198,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="worker threads (embedded) and worker processes (scale-out)")
     ap.add_argument("--procs", type=int, default=5, help="client processes the clients are spread over")
     ap.add_argument("--only", choices=["embedded", "scale-out"])
+    ap.add_argument("--client-nice", type=int, default=10, help="niceness of the client processes (0: the server's priority)")
     ap.add_argument("--poll-every", type=float, default=0.5, help="seconds between a client's rounds of polls")
     ap.add_argument("--wait", type=float, default=300.0, help="seconds a client polls its jobs after its last submit before counting the rest lost")
     args = ap.parse_args()
@@ -204,7 +212,7 @@ def main() -> None:
     if args.only != "embedded":
         columns["scale-out"] = scale_out(tmp, catalog, args)
     print(f"load: {args.n} submissions (BFL flux-dev, pixelmill-tiny 256x256, 1 step) from {args.clients} clients in "
-          f"{args.procs} processes; embedded: `pixelmill serve`, SQLite, {args.workers} worker threads; "
+          f"{args.procs} processes at nice {args.client_nice}; embedded: `pixelmill serve`, SQLite, {args.workers} worker threads; "
           f"scale-out: API node + {args.workers} `pixelmill worker`, PostgreSQL + Redis (logs in {tmp})")
     report(columns)
 
