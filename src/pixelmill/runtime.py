@@ -77,7 +77,9 @@ class Runtime:
         self.queue = self._make_queue()
         # scale-out: a run still RUNNING past the node deadline plus a margin was left by a dead worker
         abandoned = settings.node_timeout_s + max(2.0, 0.1 * settings.node_timeout_s) if settings.queue == "celery" else None
-        self.publisher = Publisher(self.db, self.queue.enqueue, settings.republish_after_s, abandoned_after_s=abandoned)
+        self.publisher = Publisher(
+            self.db, self.queue.enqueue, settings.republish_after_s, abandoned_after_s=abandoned, stamp=settings.queue != "inprocess",
+        )
         self.runner = NodeRunner(
             self.db, self.nodes, self.services, self.storage, self.lifecycle, self.publisher,
             node_timeout_s=settings.node_timeout_s, file_retention_s=settings.file_retention_s,

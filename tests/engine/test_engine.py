@@ -211,6 +211,7 @@ def _node(rt, eid, node_id):
 
 def test_a_follow_up_node_whose_publish_failed_is_published_again(make_runtime, db_url):
     rt = make_runtime(db_url)
+    rt.publisher.stamp = True  # as with a broker (an in-process queue's publish cannot fail on the way)
     p = principal(rt)
     switch = _publishing_fails_after(rt, 1)  # the submit publishes "gen"; publishing "small" fails on the worker
     eid = rt.executions.submit(Submission(p, chain(), "workflow", "chain")).id
@@ -231,6 +232,7 @@ def test_a_follow_up_node_whose_publish_failed_is_published_again(make_runtime, 
 
 def test_the_sweeper_thread_publishes_lost_runs_once_each(make_runtime, db_url):
     rt = make_runtime(db_url)
+    rt.publisher.stamp = True  # as with a broker
     p = principal(rt)
     switch = _publishing_fails_after(rt, 1)
     eid = rt.executions.submit(Submission(p, chain(), "workflow", "chain")).id
@@ -254,6 +256,7 @@ def test_a_run_left_running_by_a_dead_worker_goes_back_on_the_queue_once(make_ru
     older than the node deadline plus a margin; it then runs (attempt 2) and completes once."""
     rt = make_runtime(db_url, start=False)
     rt.publisher.abandoned_after_s = 30.0  # as a scale-out runtime sets it from the node deadline
+    rt.publisher.stamp = True  # and, with a broker, stamps what it publishes
     published = []
     rt.publisher.enqueue = published.append
     p = principal(rt)

@@ -65,6 +65,14 @@ def active_task_error(limit: int, active: int) -> RateLimited:
     )
 
 
+#: the account's unfinished executions (built once: it is read on every submit)
+_ACTIVE = (
+    sa.select(sa.func.count())
+    .select_from(executions)
+    .where(executions.c.account_id == sa.bindparam("account"), executions.c.status.in_(ExecutionStatus.active()))
+)
+
+
 class AdmissionPolicy:
     """Whether a submit may go ahead; admits everything unless a subclass overrides a step.
 
@@ -108,11 +116,7 @@ class Admission(AdmissionPolicy):
         """Grant due plan credits, then the active-task cap: :class:`RateLimited` (``active_task_limit``)."""
         plan = self.plan_for(principal)
         ledger.grant_monthly(conn, principal.account_id, plan.monthly_credits)
-        active = conn.execute(
-            sa.select(sa.func.count())
-            .select_from(executions)
-            .where(executions.c.account_id == principal.account_id, executions.c.status.in_(ExecutionStatus.active()))
-        ).scalar_one()
+        active = conn.execute(_ACTIVE, {"account": principal.account_id}).scalar_one()
         if active >= plan.max_active_tasks:
             raise active_task_error(plan.max_active_tasks, int(active))
 

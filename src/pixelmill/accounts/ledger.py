@@ -43,9 +43,20 @@ def from_micro(micro: int) -> float:
     return int(micro) / MICRO
 
 
+# Statements built once: building one per call costs more than executing it.
+_BALANCE = sa.select(accounts.c.credit_balance_micro).where(accounts.c.id == sa.bindparam("account"))
+_ENTRY = sa.select(credit_ledger.c.id).where(credit_ledger.c.entry_key == sa.bindparam("entry_key"))
+_INSERT_ENTRY = sa.insert(credit_ledger)
+_MOVE_BALANCE = (
+    sa.update(accounts)
+    .where(accounts.c.id == sa.bindparam("account"))
+    .values(credit_balance_micro=accounts.c.credit_balance_micro + sa.bindparam("change", type_=sa.BigInteger))
+)
+
+
 def balance_micro(conn: Connection, account_id: str) -> int:
     """The stored balance: one indexed row, kept in step with the ledger by :func:`add_entry`."""
-    value = conn.execute(sa.select(accounts.c.credit_balance_micro).where(accounts.c.id == account_id)).scalar()
+    value = conn.execute(_BALANCE, {"account": account_id}).scalar()
     return int(value or 0)
 
 
@@ -91,27 +102,17 @@ def add_entry(
 ) -> bool:
     """Append one entry and move the stored balance by it; False (nothing written) if ``entry_key`` was used."""
     change = to_micro(amount) if micro is None else int(micro)
-    exists = conn.execute(sa.select(credit_ledger.c.id).where(credit_ledger.c.entry_key == entry_key)).first()
+    exists = conn.execute(_ENTRY, {"entry_key": entry_key}).first()
     if exists:
         return False
     try:
         with conn.begin_nested():
             conn.execute(
-                sa.insert(credit_ledger).values(
-                    account_id=account_id,
-                    execution_id=execution_id,
-                    kind=kind,
-                    amount_micro=change,
-                    entry_key=entry_key,
-                    note=note,
-                    created_at=time.time(),
-                )
+                _INSERT_ENTRY,
+                dict(account_id=account_id, execution_id=execution_id, kind=kind, amount_micro=change, entry_key=entry_key, note=note,
+                     created_at=time.time()),
             )
-            conn.execute(
-                sa.update(accounts)
-                .where(accounts.c.id == account_id)
-                .values(credit_balance_micro=accounts.c.credit_balance_micro + change)
-            )
+            conn.execute(_MOVE_BALANCE, {"account": account_id, "change": change})
     except IntegrityError:
         return False
     return True
@@ -135,7 +136,7 @@ def monthly_grant_due(conn: Connection, account_id: str, amount: float, now: flo
         return None
     month = _month(time.time() if now is None else now)
     key = f"monthly:{account_id}:{month}"
-    if conn.execute(sa.select(credit_ledger.c.id).where(credit_ledger.c.entry_key == key)).first():
+    if conn.execute(_ENTRY, {"entry_key": key}).first():
         return None  # the usual case once granted: one indexed lookup
     created = conn.execute(sa.select(accounts.c.created_at).where(accounts.c.id == account_id)).scalar()
     if created is None or _month(created) == month:

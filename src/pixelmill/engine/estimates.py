@@ -34,6 +34,10 @@ def recent_node_seconds(conn: Connection, limit: int = RECENT_RUNS) -> float | N
     return float(mean) if mean is not None else None
 
 
+#: when the work running now started (built once: it is read on every view of a queued execution)
+BUSY_SINCE = sa.select(sa.func.min(node_runs.c.started_at)).where(node_runs.c.status == NodeStatus.RUNNING)
+
+
 def estimate_start_at(
     conn: Connection, view: ExecutionView, now: float | None = None, mean_s: Callable[[], float | None] | None = None
 ) -> float | None:
@@ -52,9 +56,7 @@ def estimate_start_at(
         return view.started_at
     if view.status != ExecutionStatus.QUEUED or view.queue_position is None:
         return None
-    busy_since = conn.execute(
-        sa.select(sa.func.min(node_runs.c.started_at)).where(node_runs.c.status == NodeStatus.RUNNING)
-    ).scalar()
+    busy_since = conn.execute(BUSY_SINCE).scalar()
     mean = mean_s() if mean_s is not None else recent_node_seconds(conn)
     if busy_since is None and view.queue_position == 0:
         return _queued_at(view)

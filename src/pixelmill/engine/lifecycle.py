@@ -22,6 +22,24 @@ from pixelmill.store.db import after_commit
 from pixelmill.store.tables import execution_events, executions, node_runs
 
 
+# Statements built once: building one per call costs more than executing it.  Parameters named
+# ``b_…`` are the WHERE clause's; the others set the columns of the same name.
+INSERT_EVENT = sa.insert(execution_events)
+UPDATE_RUN = sa.update(node_runs).where(node_runs.c.id == sa.bindparam("b_id"))
+CLAIM_RUN = UPDATE_RUN.where(node_runs.c.status == sa.bindparam("b_status"), node_runs.c.attempts == sa.bindparam("b_attempts"))
+RUNS_OF_EXECUTION = sa.select(node_runs).where(node_runs.c.execution_id == sa.bindparam("b_execution_id"))
+CLOSE_OPEN_RUNS = sa.update(node_runs).where(
+    node_runs.c.execution_id == sa.bindparam("b_execution_id"),
+    node_runs.c.status.in_([NodeStatus.WAITING, NodeStatus.QUEUED, NodeStatus.RUNNING]),
+)
+EXECUTION_COST = sa.select(sa.func.coalesce(sa.func.sum(node_runs.c.cost_micro), 0)).where(
+    node_runs.c.execution_id == sa.bindparam("b_execution_id")
+)
+EXECUTION_ROW = sa.select(executions).where(executions.c.id == sa.bindparam("b_id"))
+UPDATE_EXECUTION = sa.update(executions).where(executions.c.id == sa.bindparam("b_id"))
+START_EXECUTION = UPDATE_EXECUTION.where(executions.c.status == ExecutionStatus.QUEUED).values(status=ExecutionStatus.RUNNING)
+
+
 @dataclass(frozen=True)
 class NodeTask:
     """The message a queue carries: which node run to execute."""
@@ -54,7 +72,7 @@ class Lifecycle:
     ) -> None:
         """Append to the execution's event log and tell the hooks (in this transaction, then after commit)."""
         ev = LifecycleEvent(execution_id, event, data or {}, time.time(), facts or {})
-        conn.execute(sa.insert(execution_events).values(execution_id=execution_id, event=event, data=ev.data, created_at=ev.created_at))
+        conn.execute(INSERT_EVENT, {"execution_id": execution_id, "event": event, "data": ev.data, "created_at": ev.created_at})
         hooks = list(self.hooks)
         for hook in hooks:
             hook.on_event(conn, ev)
@@ -71,17 +89,13 @@ class Lifecycle:
         ``node.started`` written, by the winner only."""
         now = time.time()
         won = conn.execute(
-            sa.update(node_runs)
-            .where(node_runs.c.id == run.id, node_runs.c.status == run.status, node_runs.c.attempts == run.attempts)
-            .values(status=NodeStatus(run.status).start(), started_at=now, attempts=run.attempts + 1, worker=worker, progress=0.0)
+            CLAIM_RUN,
+            {"b_id": run.id, "b_status": run.status, "b_attempts": run.attempts,
+             "status": NodeStatus(run.status).start(), "started_at": now, "attempts": run.attempts + 1, "worker": worker, "progress": 0.0},
         ).rowcount
         if won != 1:
             return False
-        moved = conn.execute(
-            sa.update(executions)
-            .where(executions.c.id == run.execution_id, executions.c.status == ExecutionStatus.QUEUED)
-            .values(status=ExecutionStatus.RUNNING, started_at=now)
-        ).rowcount
+        moved = conn.execute(START_EXECUTION, {"b_id": run.execution_id, "started_at": now}).rowcount
         if moved == 1:
             self.event(conn, run.execution_id, "execution.started", {})
         self.event(conn, run.execution_id, "node.started", {"node": run.node_id, "attempt": run.attempts + 1}, _node_facts(run, started_at=now))
@@ -92,20 +106,20 @@ class Lifecycle:
         finish the execution if done."""
         now = time.time()
         conn.execute(
-            sa.update(node_runs)
-            .where(node_runs.c.id == run.id)
-            .values(status=NodeStatus.SUCCEEDED, finished_at=now, progress=1.0, outputs=outputs, cost_micro=int(cost_micro), cached=cached)
+            UPDATE_RUN,
+            {"b_id": run.id, "status": NodeStatus.SUCCEEDED, "finished_at": now, "progress": 1.0, "outputs": outputs,
+             "cost_micro": int(cost_micro), "cached": cached},
         )
         data: dict[str, Any] = {"node": run.node_id, "outputs": outputs, "cached": cached}
         if not cached and run.started_at is not None:  # what run-time estimates learn from
             data.update(queue=run.queue or "default", seconds=round(now - run.started_at, 4))
         self.event(conn, run.execution_id, "node.completed", data, _node_facts(run, finished_at=now))
-        runs = conn.execute(sa.select(node_runs).where(node_runs.c.execution_id == run.execution_id)).all()
+        runs = conn.execute(RUNS_OF_EXECUTION, {"b_execution_id": run.execution_id}).all()
         done = {r.node_id for r in runs if r.status == NodeStatus.SUCCEEDED}
         tasks = []
         for r in runs:
             if r.status == NodeStatus.WAITING and all(src in done for src, _ in r.links.values()):
-                conn.execute(sa.update(node_runs).where(node_runs.c.id == r.id).values(status=NodeStatus.QUEUED, queued_at=now))
+                conn.execute(UPDATE_RUN, {"b_id": r.id, "status": NodeStatus.QUEUED, "queued_at": now})
                 tasks.append(NodeTask.of(r))
         if all(r.status == NodeStatus.SUCCEEDED for r in runs):
             self.finish_execution(conn, run.execution_id, ExecutionStatus.SUCCEEDED)
@@ -159,29 +173,21 @@ class Lifecycle:
         self, conn: Connection, execution_id: str, status: ExecutionStatus, code: str | None = None, message: str | None = None
     ) -> bool:
         """Move the execution to a terminal status, close open nodes, settle credits.  Idempotent."""
-        ex = conn.execute(sa.select(executions).where(executions.c.id == execution_id)).first()
+        ex = conn.execute(EXECUTION_ROW, {"b_id": execution_id}).first()
         if ex is None or ExecutionStatus(ex.status).is_terminal():
             return False
         current = ExecutionStatus(ex.status)
         new = {ExecutionStatus.SUCCEEDED: current.succeed, ExecutionStatus.FAILED: current.fail, ExecutionStatus.CANCELLED: current.cancel}[status]()
         now = time.time()
         open_state = NodeStatus.CANCELLED if new == ExecutionStatus.CANCELLED else NodeStatus.SKIPPED
-        conn.execute(
-            sa.update(node_runs)
-            .where(node_runs.c.execution_id == execution_id, node_runs.c.status.in_([NodeStatus.WAITING, NodeStatus.QUEUED, NodeStatus.RUNNING]))
-            .values(status=open_state, finished_at=now)
-        )
+        conn.execute(CLOSE_OPEN_RUNS, {"b_execution_id": execution_id, "status": open_state, "finished_at": now})
         actual = 0
         if new == ExecutionStatus.SUCCEEDED:
-            actual = int(
-                conn.execute(
-                    sa.select(sa.func.coalesce(sa.func.sum(node_runs.c.cost_micro), 0)).where(node_runs.c.execution_id == execution_id)
-                ).scalar()
-            )
+            actual = int(conn.execute(EXECUTION_COST, {"b_execution_id": execution_id}).scalar())
         conn.execute(
-            sa.update(executions)
-            .where(executions.c.id == execution_id)
-            .values(status=new, finished_at=now, cost_actual_micro=actual, error_code=code, error_message=(message or None) and message[:2000])
+            UPDATE_EXECUTION,
+            {"b_id": execution_id, "status": new, "finished_at": now, "cost_actual_micro": actual, "error_code": code,
+             "error_message": (message or None) and message[:2000]},
         )
         ledger.settle_micro(conn, ex.account_id, execution_id, ex.cost_estimate_micro, actual)
         self.event(

@@ -47,10 +47,14 @@ class Publisher:
     """``publisher(task)`` enqueues a task and records that it was published."""
 
     def __init__(
-        self, db: Database, enqueue: Callable[[NodeTask], None], republish_after_s: float = 30.0, abandoned_after_s: float | None = None
+        self, db: Database, enqueue: Callable[[NodeTask], None], republish_after_s: float = 30.0, abandoned_after_s: float | None = None,
+        stamp: bool = True,
     ):
         self.db = db
         self.enqueue = enqueue
+        #: record each publish; False for a queue in this process's memory, whose enqueue cannot fail
+        #: on the way (its runs are recovered from the database at start, stamped or not)
+        self.stamp = stamp
         self.republish_after_s = republish_after_s
         #: scale-out: a run RUNNING this long after its start was left by a dead worker (None: never)
         self.abandoned_after_s = abandoned_after_s
@@ -73,7 +77,7 @@ class Publisher:
                 self.enqueue(task)  # raises when the broker is unreachable; the run stays unstamped
                 sent.append(task.node_run_id)
         finally:
-            if sent:
+            if sent and self.stamp:
                 self._stamp(sent)
 
     def _stamp(self, run_ids: list[str]) -> None:

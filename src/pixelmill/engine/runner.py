@@ -48,6 +48,29 @@ class NodeBusy(Exception):
         self.retry_after_s = max(1.0, retry_after_s)
 
 
+# Statements built once: building one per call costs more than executing it.
+_RUN = sa.select(node_runs).where(node_runs.c.id == sa.bindparam("id"))
+_EXECUTION_STATE = sa.select(executions.c.status, executions.c.cancel_requested).where(executions.c.id == sa.bindparam("id"))
+#: the run as claimed, with what the run needs of its execution
+_CLAIMED_RUN = (
+    sa.select(node_runs, executions.c.account_id.label("execution_account_id"), executions.c.deadline_at.label("execution_deadline_at"))
+    .join(executions, executions.c.id == node_runs.c.execution_id)
+    .where(node_runs.c.id == sa.bindparam("id"))
+)
+#: a finished run of the same account with the same cache key
+_CACHE_HIT = (
+    sa.select(node_runs.c.outputs)
+    .join(executions, executions.c.id == node_runs.c.execution_id)
+    .where(
+        node_runs.c.cache_key == sa.bindparam("cache_key"),
+        node_runs.c.status == NodeStatus.SUCCEEDED,
+        node_runs.c.id != sa.bindparam("id"),
+        executions.c.account_id == sa.select(executions.c.account_id).where(executions.c.id == sa.bindparam("execution_id")).scalar_subquery(),
+    )
+    .limit(1)
+)
+
+
 class NodeRunner:
     def __init__(
         self,
@@ -217,13 +240,13 @@ class NodeRunner:
     # --- steps ------------------------------------------------------------
     def _claim(self, node_run_id: str):
         with self.db.transaction() as conn:
-            run = conn.execute(sa.select(node_runs).where(node_runs.c.id == node_run_id)).first()
+            run = conn.execute(_RUN, {"id": node_run_id}).first()
             if run is None or NodeStatus(run.status) not in (NodeStatus.QUEUED, NodeStatus.RUNNING):
                 return None  # already done (a duplicate delivery) or cancelled
             if NodeStatus(run.status) == NodeStatus.RUNNING and (run.started_at or 0) + self.node_timeout_s > time.time():
                 # another worker runs it now; if that worker died, the run is taken over once its deadline passed
                 raise NodeBusy(run.started_at + self.node_timeout_s - time.time())
-            ex = conn.execute(sa.select(executions.c.status, executions.c.cancel_requested).where(executions.c.id == run.execution_id)).first()
+            ex = conn.execute(_EXECUTION_STATE, {"id": run.execution_id}).first()
             if ExecutionStatus(ex.status).is_terminal():
                 return None
             if ex.cancel_requested:
@@ -232,11 +255,7 @@ class NodeRunner:
             if not self.lifecycle.start_node(conn, run, self.worker_name):
                 return None  # another worker claimed it between our read and our update
             # the run as claimed, with what the run needs of its execution (read once, here)
-            return conn.execute(
-                sa.select(node_runs, executions.c.account_id.label("execution_account_id"), executions.c.deadline_at.label("execution_deadline_at"))
-                .join(executions, executions.c.id == node_runs.c.execution_id)
-                .where(node_runs.c.id == node_run_id)
-            ).first()
+            return conn.execute(_CLAIMED_RUN, {"id": node_run_id}).first()
 
     def _control(self, run) -> StepControl:
         node_run_id = run.id
@@ -280,17 +299,7 @@ class NodeRunner:
         if not run.cache_key:
             return None
         with self.db.engine.connect() as conn:
-            hit = conn.execute(
-                sa.select(node_runs.c.outputs)
-                .join(executions, executions.c.id == node_runs.c.execution_id)
-                .where(
-                    node_runs.c.cache_key == run.cache_key,
-                    node_runs.c.status == NodeStatus.SUCCEEDED,
-                    node_runs.c.id != run.id,
-                    executions.c.account_id == sa.select(executions.c.account_id).where(executions.c.id == run.execution_id).scalar_subquery(),
-                )
-                .limit(1)
-            ).first()
+            hit = conn.execute(_CACHE_HIT, {"cache_key": run.cache_key, "id": run.id, "execution_id": run.execution_id}).first()
             if hit is None or not hit.outputs:
                 return None
             ids = hit.outputs.get("images", [])

@@ -573,6 +573,18 @@ class Scheduler:
             sa.func.sum(sa.case((before_mine, 1), else_=0)).label("ahead"),
         ).group_by(waiting.c.account_id, waiting.c.plan)
 
+    @functools.cached_property
+    def _next_waiting_statement(self):
+        """An execution's first waiting run, with its account, request priority and plan."""
+        return (
+            sa.select(node_runs.c.id, node_runs.c.queue, node_runs.c.queued_at, executions.c.account_id, executions.c.priority, accounts.c.plan)
+            .join(executions, executions.c.id == node_runs.c.execution_id)
+            .join(accounts, accounts.c.id == executions.c.account_id)
+            .where(node_runs.c.execution_id == sa.bindparam("execution_id"), node_runs.c.status == NodeStatus.QUEUED)
+            .order_by(node_runs.c.queued_at)
+            .limit(1)
+        )
+
     def position(self, conn: Connection, execution_id: str) -> int | None:
         """How many waiting node runs the scheduler will start before this execution's next one.
 
@@ -584,14 +596,7 @@ class Scheduler:
         with the queue, not with the clock.  None when nothing of it waits.
         """
         now = self.clock()
-        mine = conn.execute(
-            sa.select(node_runs.c.id, node_runs.c.queue, node_runs.c.queued_at, executions.c.account_id, executions.c.priority, accounts.c.plan)
-            .join(executions, executions.c.id == node_runs.c.execution_id)
-            .join(accounts, accounts.c.id == executions.c.account_id)
-            .where(node_runs.c.execution_id == execution_id, node_runs.c.status == NodeStatus.QUEUED)
-            .order_by(node_runs.c.queued_at)
-            .limit(1)
-        ).first()
+        mine = conn.execute(self._next_waiting_statement, {"execution_id": execution_id}).first()
         if mine is None:
             return None
         bound = self._waiting_params(mine.queue, now)

@@ -42,6 +42,11 @@ _QUEUED_BEFORE = (
 )
 
 
+#: built once: building an insert of this many columns per call costs more than executing it
+INSERT_EXECUTION = sa.insert(executions)
+INSERT_NODE_RUN = sa.insert(node_runs)
+
+
 class FinishedViews:
     """A bounded, thread-safe LRU of finished executions' views (they never change)."""
 
@@ -300,7 +305,8 @@ class ExecutionService:
         graph_json = dict(prepared.raw)
         graph_json["order"] = list(prepared.nodes)
         conn.execute(
-            sa.insert(executions).values(
+            INSERT_EXECUTION,
+            dict(
                 id=eid,
                 account_id=account,
                 dialect=sub.dialect,
@@ -342,7 +348,8 @@ class ExecutionService:
             runnable = not node.links
             run_id = new_id()
             conn.execute(
-                sa.insert(node_runs).values(
+                INSERT_NODE_RUN,
+                dict(
                     id=run_id,
                     execution_id=eid,
                     node_id=node_id,

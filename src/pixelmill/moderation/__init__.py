@@ -22,6 +22,7 @@ An account may be pinned to one tolerance by the operator (admin API,
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import re
@@ -194,11 +195,16 @@ def effective_tolerance(requested: int | None, account_override: int | None) -> 
 
 def account_override(conn, account_id: str) -> int | None:
     """The tolerance the operator pinned for an account (None: the request decides)."""
+    return conn.execute(_override_statement(), {"account": account_id}).scalar()
+
+
+@functools.cache
+def _override_statement():
     import sqlalchemy as sa
 
     from pixelmill.store.tables import accounts
 
-    return conn.execute(sa.select(accounts.c.safety_tolerance).where(accounts.c.id == account_id)).scalar()
+    return sa.select(accounts.c.safety_tolerance).where(accounts.c.id == sa.bindparam("account"))
 
 
 def set_account_override(conn, account_id: str, tolerance: int | None) -> None:

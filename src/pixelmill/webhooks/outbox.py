@@ -90,6 +90,22 @@ def wanted_types(filter_: Iterable[str] | None, dialect: str) -> frozenset[str]:
     return frozenset(out)
 
 
+#: an execution's webhook targets (built once: it is read for every state change)
+_TARGETS = (
+    sa.select(
+        executions.c.account_id,
+        executions.c.dialect,
+        executions.c.webhook_url,
+        executions.c.webhook_secret,
+        executions.c.webhook_events,
+        accounts.c.webhook_url.label("account_webhook_url"),
+    )
+    .join(accounts, accounts.c.id == executions.c.account_id)
+    .where(executions.c.id == sa.bindparam("execution_id"))
+)
+_INSERT = sa.insert(webhook_events)
+
+
 class Outbox(Hooks):
     """Queues webhook deliveries for execution events, inside the event's transaction."""
 
@@ -114,18 +130,7 @@ class Outbox(Hooks):
         wtype = WEBHOOK_TYPES.get(event.type)
         if wtype is None:
             return
-        row = conn.execute(
-            sa.select(
-                executions.c.account_id,
-                executions.c.dialect,
-                executions.c.webhook_url,
-                executions.c.webhook_secret,
-                executions.c.webhook_events,
-                accounts.c.webhook_url.label("account_webhook_url"),
-            )
-            .join(accounts, accounts.c.id == executions.c.account_id)
-            .where(executions.c.id == execution_id)
-        ).first()
+        row = conn.execute(_TARGETS, {"execution_id": execution_id}).first()
         if row is None:
             return
         targets: list[tuple[str, str | None]] = []
@@ -142,7 +147,8 @@ class Outbox(Hooks):
         payload = json.dumps(self.payload(view, wtype, data, now), separators=(",", ":"), default=str)
         for url, bfl_secret in targets:
             conn.execute(
-                sa.insert(webhook_events).values(
+                _INSERT,
+                dict(
                     id=new_id(),
                     account_id=row.account_id,
                     execution_id=execution_id,

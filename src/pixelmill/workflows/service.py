@@ -107,6 +107,12 @@ def _sample_values(nodes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: an account's workflow, unless deleted (built once: it is read on every execute)
+_WORKFLOW = sa.select(workflows).where(
+    workflows.c.id == sa.bindparam("id"), workflows.c.account_id == sa.bindparam("account"), workflows.c.deleted_at.is_(None)
+)
+
+
 class WorkflowService:
     def __init__(self, db: Database, executions: ExecutionService):
         self.db = db
@@ -175,11 +181,7 @@ class WorkflowService:
 
     def _row(self, principal: Principal, workflow_id: str):
         with self.db.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(workflows).where(
-                    workflows.c.id == workflow_id, workflows.c.account_id == principal.account_id, workflows.c.deleted_at.is_(None)
-                )
-            ).first()
+            row = conn.execute(_WORKFLOW, {"id": workflow_id, "account": principal.account_id}).first()
         if row is None:
             raise NotFound("Workflow not found", code="workflow_not_found")
         return row
