@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     #: a poll of an unfinished execution may be answered from a view read this many seconds ago at
     #: most, unless a notice of a change came since (every state change sends one); 0: always read
     live_view_ttl_s: float = Field(default=0.5, ge=0)
+    #: the same for a queued execution, whose view changes by notices (it starts, it is cancelled) but
+    #: for its queue position, which costs a pass over the waiting runs: that may be this old
+    queued_view_ttl_s: float = Field(default=2.0, ge=0)
     #: load the default models in the background at start in every process that runs nodes
     #: (the embedded server, `pixelmill worker`); /readyz reports the progress
     preload_models: bool = True

@@ -104,6 +104,7 @@ class Runtime:
         self.executions = ExecutionService(
             self.db, self.nodes, self.services, self.publisher, self.lifecycle, result_ttl_s=settings.result_ttl_s,
             admission=self.admission, scheduler=self.scheduler, live_view_ttl_s=settings.live_view_ttl_s,
+            queued_view_ttl_s=settings.queued_view_ttl_s,
         )
         self.keys = KeyCache(self.db, usable=self._key_cache_usable)
         self.notifier.listen("keys", lambda _notice: self.keys.clear())

@@ -192,14 +192,20 @@ def test_a_running_execution_is_polled_from_memory_until_a_notice_says_it_change
     assert client.get(f"/api/v1/executions/{eid}").json()["status"] == "CANCELLED"
 
 
-def test_a_running_executions_view_is_at_most_the_ttl_old_without_notices(make_runtime, sqlite_url):
-    rt = make_runtime(sqlite_url, start=False, live_view_ttl_s=0.3)
+def test_an_unfinished_executions_view_is_at_most_the_ttl_old_without_notices(make_runtime, sqlite_url):
+    rt = make_runtime(sqlite_url, start=False, live_view_ttl_s=0.2, queued_view_ttl_s=0.8)
     client = _client(rt, create_key(rt))
     eid = client.post("/api/v1/executions", json=GEN).json()["id"]
     assert client.get(f"/api/v1/executions/{eid}").json()["status"] == "QUEUED"
     with rt.db.transaction() as conn:  # changed where no notice is sent
+        conn.execute(sa.update(executions).where(executions.c.id == eid).values(status="running", started_at=time.time()))
+    time.sleep(0.3)
+    assert client.get(f"/api/v1/executions/{eid}").json()["status"] == "QUEUED"  # a queued view is kept longer
+    time.sleep(0.6)
+    assert client.get(f"/api/v1/executions/{eid}").json()["status"] == "RUNNING"
+    with rt.db.transaction() as conn:
         conn.execute(sa.update(executions).where(executions.c.id == eid).values(status="cancelled", finished_at=time.time()))
-    time.sleep(0.35)
+    time.sleep(0.3)
     assert client.get(f"/api/v1/executions/{eid}").json()["status"] == "CANCELLED"
 
 

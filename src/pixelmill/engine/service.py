@@ -78,18 +78,23 @@ class FinishedViews:
 
 
 class LiveViews:
-    """Recent views of unfinished executions, each kept until a notice says it changed, ``ttl_s`` at most.
+    """Recent views of unfinished executions, each kept until a notice says it changed, ``ttl_s`` at most
+    (``queued_ttl_s`` for a queued one).
 
     A poll of a running execution is answered from here (:meth:`ExecutionService.cached`)
     instead of the database.  Every state change an execution logs reaches every process as
     a notice (:mod:`pixelmill.engine.notify`) and drops its view, so a poll never shows an
     execution unfinished after this process heard it finish; a lost notice costs at most
-    ``ttl_s`` of staleness (progress and queue position may be that old).  A view read
+    ``ttl_s`` of staleness (progress and queue position may be that old).  A queued execution
+    changes by notices only (it starts, it is cancelled); what moves meanwhile is its queue
+    position, which costs a pass over the waiting runs to work out, so its view is kept longer
+    (``queued_ttl_s``) and a crowd polling a long queue does not recompute it.  A view read
     before the latest notice about its execution is never stored.
     """
 
-    def __init__(self, ttl_s: float, max_size: int = 20_000):
+    def __init__(self, ttl_s: float, queued_ttl_s: float | None = None, max_size: int = 20_000):
         self.ttl_s = ttl_s
+        self.queued_ttl_s = ttl_s if queued_ttl_s is None else queued_ttl_s
         self.max_size = max_size
         self._views: OrderedDict[str, tuple[float, ExecutionView]] = OrderedDict()
         self._changed: OrderedDict[str, float] = OrderedDict()  # the latest notice per execution (bounded)
@@ -105,7 +110,8 @@ class LiveViews:
             entry = self._views.get(execution_id)
             if entry is None:
                 return None
-            if time.monotonic() - entry[0] > self.ttl_s:
+            ttl = self.queued_ttl_s if entry[1].status == ExecutionStatus.QUEUED else self.ttl_s
+            if time.monotonic() - entry[0] > ttl:
                 del self._views[execution_id]
                 return None
             return entry[1]
@@ -158,6 +164,7 @@ class ExecutionService:
         admission: AdmissionPolicy | None = None,
         scheduler: Scheduler | None = None,
         live_view_ttl_s: float = 0.5,
+        queued_view_ttl_s: float = 2.0,
     ):
         self.db = db
         self.nodes = nodes
@@ -169,7 +176,7 @@ class ExecutionService:
         self.scheduler = scheduler
         self.run_times = RunTimes(db)
         self._finished = FinishedViews()
-        self._live = LiveViews(live_view_ttl_s)
+        self._live = LiveViews(live_view_ttl_s, queued_view_ttl_s)
 
     def prepare(self, graph: dict[str, Any]) -> PreparedGraph:
         return prepare(graph, self.nodes, self.services)
