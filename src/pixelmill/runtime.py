@@ -109,7 +109,7 @@ class Runtime:
         self.keys = KeyCache(self.db, usable=self._key_cache_usable)
         self.notifier.listen("keys", lambda _notice: self.keys.clear())
         self.notifier.listen("execution", self._learn_run_time)
-        self.notifier.listen("execution", lambda notice: self.executions.changed(notice.id))
+        self.notifier.listen("execution", self._execution_changed)
         from pixelmill.workflows.service import WorkflowService
 
         self.workflows = WorkflowService(self.db, self.executions)
@@ -147,6 +147,13 @@ class Runtime:
             self.notifier.start()
             return self.notifier.connected.is_set()
         return False
+
+    def _execution_changed(self, notice: Notice) -> None:
+        """Drop what this process keeps of the execution; queue positions read the queue again unless
+        only its progress moved."""
+        self.executions.changed(notice.id)
+        if notice.event not in ("execution.progress", "node.preview"):
+            self.scheduler.changed()
 
     def _learn_run_time(self, notice: Notice) -> None:
         if notice.event == "node.completed" and "seconds" in notice.data:

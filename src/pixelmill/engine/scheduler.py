@@ -223,6 +223,12 @@ class Scheduler:
         self.affinity_max_wait_s = affinity_max_wait_s
         #: another worker's ``worker_models`` rows older than this are ignored (the worker is gone)
         self.worker_stale_s = worker_stale_s
+        #: queue positions are worked out from one read of a queue's waiting runs, shared by the
+        #: position reads of the next ``position_snapshot_s`` until a change is heard (:meth:`changed`)
+        self.position_snapshot_s = 1.0
+        self._snapshots: dict[str, _Snapshot] = {}
+        self._generation = 0
+        self._snapshot_lock = threading.Lock()
 
     # --- policy -----------------------------------------------------------
     def plan(self, name: str | None) -> Plan:
@@ -550,30 +556,6 @@ class Scheduler:
 
     # --- queue position ---------------------------------------------------
     @functools.cached_property
-    def _position_statement(self):
-        """Per account waiting in ``:queue``: how many runs, the oldest, and (for ``:mine_account``) how many
-        of its own runs go before the run ``:mine_id`` (request priority, then age)."""
-        waiting = self._waiting().subquery()
-        priority, queued_at = sa.bindparam("mine_priority"), sa.bindparam("mine_queued_at")
-        before_mine = sa.and_(
-            waiting.c.account_id == sa.bindparam("mine_account"),
-            sa.or_(
-                waiting.c.priority > priority,
-                sa.and_(
-                    waiting.c.priority == priority,
-                    sa.or_(waiting.c.queued_at < queued_at, sa.and_(waiting.c.queued_at == queued_at, waiting.c.id < sa.bindparam("mine_id"))),
-                ),
-            ),
-        )
-        return sa.select(
-            waiting.c.account_id,
-            waiting.c.plan,
-            sa.func.count().label("n"),
-            sa.func.min(waiting.c.queued_at).label("oldest"),
-            sa.func.sum(sa.case((before_mine, 1), else_=0)).label("ahead"),
-        ).group_by(waiting.c.account_id, waiting.c.plan)
-
-    @functools.cached_property
     def _next_waiting_statement(self):
         """An execution's first waiting run, with its account, request priority and plan."""
         return (
@@ -584,6 +566,30 @@ class Scheduler:
             .order_by(node_runs.c.queued_at)
             .limit(1)
         )
+
+    def changed(self) -> None:
+        """A run was queued, started or ended somewhere: the next position read reads the queue again."""
+        with self._snapshot_lock:
+            self._generation += 1
+
+    def _snapshot(self, conn: Connection, mine, now: float) -> "_Snapshot":
+        """The waiting runs of ``mine``'s queue with their accounts' use, read once and shared (see ``changed``)."""
+        with self._snapshot_lock:
+            snap, generation = self._snapshots.get(mine.queue), self._generation
+        if snap is not None and snap.generation == generation and time.monotonic() - snap.read_at < self.position_snapshot_s \
+                and mine.id in snap.ids:
+            return snap
+        read_at = time.monotonic()
+        rows = conn.execute(self._waiting_statement, self._waiting_params(mine.queue, now)).all()  # one pass over the waiting runs
+        usage = self._usage(conn, {r.account_id for r in rows} | {mine.account_id}, now)
+        snap = _Snapshot(generation, read_at, rows, usage, self.typical_seconds(conn))
+        with self._snapshot_lock:
+            self._snapshots[mine.queue] = snap
+        return snap
+
+    @functools.cached_property
+    def _waiting_statement(self):
+        return self._waiting()
 
     def position(self, conn: Connection, execution_id: str) -> int | None:
         """How many waiting node runs the scheduler will start before this execution's next one.
@@ -599,12 +605,10 @@ class Scheduler:
         mine = conn.execute(self._next_waiting_statement, {"execution_id": execution_id}).first()
         if mine is None:
             return None
-        bound = self._waiting_params(mine.queue, now)
-        bound.update(mine_account=mine.account_id, mine_priority=mine.priority, mine_queued_at=mine.queued_at, mine_id=mine.id)
-        per_account = conn.execute(self._position_statement, bound).all()  # one pass over the waiting runs
-        own_ahead = sum(int(r.ahead or 0) for r in per_account)
-        usage = self._usage(conn, {r.account_id for r in per_account} | {mine.account_id}, now)
-        typical = self.typical_seconds(conn)
+        snapshot = self._snapshot(conn, mine, now)
+        per_account = snapshot.per_account(mine)
+        own_ahead = sum(r.ahead for r in per_account)
+        usage, typical = snapshot.usage, snapshot.typical
         my_plan = self.plan(mine.plan)
         my_turn = (self._normalised(usage.get(mine.account_id), typical) + own_ahead * typical) / my_plan.weight
         ahead = int(own_ahead)
@@ -624,6 +628,40 @@ class Scheduler:
                 picks = round(x) + 1
             ahead += max(0, min(int(r.n), picks))
         return ahead
+
+
+@dataclass
+class _Account:
+    account_id: str
+    plan: str | None
+    n: int = 0
+    oldest: float | None = None
+    ahead: int = 0
+
+
+class _Snapshot:
+    """One read of a queue's waiting runs (request priority, age) and their accounts' recent use."""
+
+    def __init__(self, generation: int, read_at: float, rows, usage: dict, typical: float):
+        self.generation, self.read_at, self.rows, self.usage, self.typical = generation, read_at, rows, usage, typical
+        self.ids = {r.id for r in rows}
+
+    def per_account(self, mine) -> list[_Account]:
+        """Per account: its waiting runs, the oldest, and (``mine``'s account) how many go before ``mine``."""
+        out: dict[tuple, _Account] = {}
+        for r in self.rows:
+            acc = out.get((r.account_id, r.plan))
+            if acc is None:
+                acc = out[(r.account_id, r.plan)] = _Account(r.account_id, r.plan)
+            acc.n += 1
+            queued = r.queued_at or 0.0
+            acc.oldest = queued if acc.oldest is None else min(acc.oldest, queued)
+            if r.account_id == mine.account_id and (
+                r.priority > mine.priority
+                or (r.priority == mine.priority and (queued < (mine.queued_at or 0.0) or (queued == (mine.queued_at or 0.0) and r.id < mine.id)))
+            ):
+                acc.ahead += 1
+        return list(out.values())
 
 
 class FairDispatch:
