@@ -227,6 +227,7 @@ class Scheduler:
         #: position reads of the next ``position_snapshot_s`` until a change is heard (:meth:`changed`)
         self.position_snapshot_s = 1.0
         self._snapshots: dict[str, _Snapshot] = {}
+        self._refreshing: dict[str, threading.Lock] = {}
         self._generation = 0
         self._snapshot_lock = threading.Lock()
 
@@ -345,10 +346,8 @@ class Scheduler:
                 node_runs.c.queue,
                 executions.c.account_id,
                 executions.c.priority,
-                accounts.c.plan,
             )
             .join(executions, executions.c.id == node_runs.c.execution_id)
-            .join(accounts, accounts.c.id == executions.c.account_id)
             .where(
                 node_runs.c.queue.in_(sa.bindparam("queues", expanding=True)),
                 node_runs.c.status == NodeStatus.QUEUED,
@@ -384,7 +383,19 @@ class Scheduler:
     def _heads(self, conn: Connection, queues: list[str], now: float) -> list[_Head]:
         """The first waiting run of each account in each of ``queues`` (request priority, then age)."""
         rows = conn.execute(self._heads_statement, self._waiting_params(queues, now)).all()
-        return [_Head(r.id, r.execution_id, r.account_id, r.plan, r.queued_at or 0.0, r.queue) for r in rows]
+        plans = self._plans(conn, {r.account_id for r in rows})
+        return [_Head(r.id, r.execution_id, r.account_id, plans.get(r.account_id), r.queued_at or 0.0, r.queue) for r in rows]
+
+    @functools.cached_property
+    def _plans_statement(self):
+        return sa.select(accounts.c.id, accounts.c.plan).where(accounts.c.id.in_(sa.bindparam("ids", expanding=True)))
+
+    def _plans(self, conn: Connection, account_ids: set[str]) -> dict[str, str | None]:
+        """The plan of each account, read apart from the waiting runs: one account's row is locked by each
+        of its submits and charges, and joined to every waiting run it slowed every scan (PostgreSQL)."""
+        if not account_ids:
+            return {}
+        return {r.id: r.plan for r in conn.execute(self._plans_statement, {"ids": sorted(account_ids)})}
 
     @functools.cached_property
     def _usage_statement(self):
@@ -480,12 +491,13 @@ class Scheduler:
                 return []
             usage = self._usage(conn, {r.account_id for r in rows}, now)
             typical = self.typical_seconds(conn)
+            plans = self._plans(conn, {r.account_id for r in rows})
         taken_per_account: dict[str, int] = {}
         keyed = []
         for r in rows:  # rows come in each account's own order (priority, then age)
             k = taken_per_account.get(r.account_id, 0)
             taken_per_account[r.account_id] = k + 1
-            plan = self.plan(r.plan)
+            plan = self.plan(plans.get(r.account_id))
             share = (self._normalised(usage.get(r.account_id), typical) + k * typical) / plan.weight
             keyed.append(((-plan.priority, share, r.queued_at or 0.0, r.id), r))
         batch = []
@@ -559,9 +571,8 @@ class Scheduler:
     def _next_waiting_statement(self):
         """An execution's first waiting run, with its account, request priority and plan."""
         return (
-            sa.select(node_runs.c.id, node_runs.c.queue, node_runs.c.queued_at, executions.c.account_id, executions.c.priority, accounts.c.plan)
+            sa.select(node_runs.c.id, node_runs.c.queue, node_runs.c.queued_at, executions.c.account_id, executions.c.priority)
             .join(executions, executions.c.id == node_runs.c.execution_id)
-            .join(accounts, accounts.c.id == executions.c.account_id)
             .where(node_runs.c.execution_id == sa.bindparam("execution_id"), node_runs.c.status == NodeStatus.QUEUED)
             .order_by(node_runs.c.queued_at)
             .limit(1)
@@ -574,15 +585,28 @@ class Scheduler:
 
     def _snapshot(self, conn: Connection, mine, now: float) -> "_Snapshot":
         """The waiting runs of ``mine``'s queue with their accounts' use, read once and shared (see ``changed``)."""
+        def fresh(snap: _Snapshot | None) -> bool:
+            return snap is not None and snap.generation == self._generation and mine.id in snap.ids \
+                and time.monotonic() - snap.read_at < self.position_snapshot_s
+
         with self._snapshot_lock:
-            snap, generation = self._snapshots.get(mine.queue), self._generation
-        if snap is not None and snap.generation == generation and time.monotonic() - snap.read_at < self.position_snapshot_s \
-                and mine.id in snap.ids:
+            snap = self._snapshots.get(mine.queue)
+            refresh = self._refreshing.setdefault(mine.queue, threading.Lock())
+        if fresh(snap):
             return snap
+        with refresh:  # one reader per queue: the others wait for its snapshot instead of all reading at once
+            with self._snapshot_lock:
+                snap, generation = self._snapshots.get(mine.queue), self._generation
+            if fresh(snap):
+                return snap
+            return self._read_snapshot(conn, mine, now, generation)
+
+    def _read_snapshot(self, conn: Connection, mine, now: float, generation: int) -> "_Snapshot":
         read_at = time.monotonic()
         rows = conn.execute(self._waiting_statement, self._waiting_params(mine.queue, now)).all()  # one pass over the waiting runs
         usage = self._usage(conn, {r.account_id for r in rows} | {mine.account_id}, now)
-        snap = _Snapshot(generation, read_at, rows, usage, self.typical_seconds(conn))
+        plans = self._plans(conn, {r.account_id for r in rows} | {mine.account_id})
+        snap = _Snapshot(generation, read_at, rows, usage, self.typical_seconds(conn), plans)
         with self._snapshot_lock:
             self._snapshots[mine.queue] = snap
         return snap
@@ -609,7 +633,7 @@ class Scheduler:
         per_account = snapshot.per_account(mine)
         own_ahead = sum(r.ahead for r in per_account)
         usage, typical = snapshot.usage, snapshot.typical
-        my_plan = self.plan(mine.plan)
+        my_plan = self.plan(snapshot.plans.get(mine.account_id))
         my_turn = (self._normalised(usage.get(mine.account_id), typical) + own_ahead * typical) / my_plan.weight
         ahead = int(own_ahead)
         for r in per_account:
@@ -642,17 +666,17 @@ class _Account:
 class _Snapshot:
     """One read of a queue's waiting runs (request priority, age) and their accounts' recent use."""
 
-    def __init__(self, generation: int, read_at: float, rows, usage: dict, typical: float):
-        self.generation, self.read_at, self.rows, self.usage, self.typical = generation, read_at, rows, usage, typical
+    def __init__(self, generation: int, read_at: float, rows, usage: dict, typical: float, plans: dict):
+        self.generation, self.read_at, self.rows, self.usage, self.typical, self.plans = generation, read_at, rows, usage, typical, plans
         self.ids = {r.id for r in rows}
 
     def per_account(self, mine) -> list[_Account]:
         """Per account: its waiting runs, the oldest, and (``mine``'s account) how many go before ``mine``."""
-        out: dict[tuple, _Account] = {}
+        out: dict[str, _Account] = {}
         for r in self.rows:
-            acc = out.get((r.account_id, r.plan))
+            acc = out.get(r.account_id)
             if acc is None:
-                acc = out[(r.account_id, r.plan)] = _Account(r.account_id, r.plan)
+                acc = out[r.account_id] = _Account(r.account_id, self.plans.get(r.account_id))
             acc.n += 1
             queued = r.queued_at or 0.0
             acc.oldest = queued if acc.oldest is None else min(acc.oldest, queued)
