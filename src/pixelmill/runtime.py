@@ -149,10 +149,10 @@ class Runtime:
         return False
 
     def _execution_changed(self, notice: Notice) -> None:
-        """Drop what this process keeps of the execution; queue positions read the queue again when a
-        run started or ended (a new run of another account shows in positions within a second)."""
+        """Drop what this process keeps of the execution; the next queue position reads the queue again
+        unless only a run's progress moved."""
         self.executions.changed(notice.id)
-        if notice.event.startswith("node.") and notice.event != "node.preview" or notice.event == "execution.cancelled":
+        if notice.event not in ("execution.progress", "node.preview"):
             self.scheduler.changed()
 
     def _learn_run_time(self, notice: Notice) -> None:

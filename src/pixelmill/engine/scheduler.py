@@ -579,25 +579,38 @@ class Scheduler:
         )
 
     def changed(self) -> None:
-        """A run was queued, started or ended somewhere: the next position read reads the queue again."""
+        """A run was queued, started or ended somewhere: the next position read reads the queue again
+        (one request at a time; the others meanwhile answer from the snapshot there is)."""
         with self._snapshot_lock:
             self._generation += 1
 
     def _snapshot(self, conn: Connection, mine, now: float) -> "_Snapshot":
-        """The waiting runs of ``mine``'s queue with their accounts' use, read once and shared (see ``changed``)."""
-        def fresh(snap: _Snapshot | None) -> bool:
-            return snap is not None and snap.generation == self._generation and mine.id in snap.ids \
-                and time.monotonic() - snap.read_at < self.position_snapshot_s
+        """The waiting runs of ``mine``'s queue with their accounts' use and plans, read once and shared.
+
+        Read again once older than ``position_snapshot_s`` or after :meth:`changed`, by one request
+        at a time: meanwhile the others answer from the snapshot there is, when it holds their run."""
+        def current(snap: _Snapshot, generation: int) -> bool:
+            return snap.generation == generation and time.monotonic() - snap.read_at < self.position_snapshot_s
 
         with self._snapshot_lock:
-            snap = self._snapshots.get(mine.queue)
+            snap, generation = self._snapshots.get(mine.queue), self._generation
             refresh = self._refreshing.setdefault(mine.queue, threading.Lock())
-        if fresh(snap):
-            return snap
-        with refresh:  # one reader per queue: the others wait for its snapshot instead of all reading at once
+        # a run queued after the snapshot was read is behind every run in it of its account, so a
+        # snapshot that knows its account's plan serves it too
+        if snap is not None and mine.account_id in snap.plans:
+            if current(snap, generation):
+                return snap
+            # out of date: one request reads the queue again, the others answer from the snapshot there is
+            if not refresh.acquire(blocking=False):
+                return snap
+            try:
+                return self._read_snapshot(conn, mine, now, generation)
+            finally:
+                refresh.release()
+        with refresh:  # no snapshot knows this account: wait for the one being read, or read it
             with self._snapshot_lock:
                 snap, generation = self._snapshots.get(mine.queue), self._generation
-            if fresh(snap):
+            if snap is not None and mine.account_id in snap.plans and current(snap, generation):
                 return snap
             return self._read_snapshot(conn, mine, now, generation)
 
