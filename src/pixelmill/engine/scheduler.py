@@ -49,6 +49,7 @@ retried later (``NodeBusy``).
 
 from __future__ import annotations
 
+import bisect
 import functools
 import logging
 import math
@@ -677,28 +678,30 @@ class _Account:
 
 
 class _Snapshot:
-    """One read of a queue's waiting runs (request priority, age) and their accounts' recent use."""
+    """One read of a queue's waiting runs (request priority, age) and their accounts' recent use and plans."""
 
     def __init__(self, generation: int, read_at: float, rows, usage: dict, typical: float, plans: dict):
-        self.generation, self.read_at, self.rows, self.usage, self.typical, self.plans = generation, read_at, rows, usage, typical, plans
-        self.ids = {r.id for r in rows}
-
-    def per_account(self, mine) -> list[_Account]:
-        """Per account: its waiting runs, the oldest, and (``mine``'s account) how many go before ``mine``."""
-        out: dict[str, _Account] = {}
-        for r in self.rows:
-            acc = out.get(r.account_id)
+        self.generation, self.read_at, self.usage, self.typical, self.plans = generation, read_at, usage, typical, plans
+        self.accounts: dict[str, _Account] = {}
+        #: per account, its waiting runs in the order it runs them: (-request priority, queued at, id)
+        self.order: dict[str, list[tuple]] = {}
+        for r in rows:
+            acc = self.accounts.get(r.account_id)
             if acc is None:
-                acc = out[r.account_id] = _Account(r.account_id, self.plans.get(r.account_id))
+                acc = self.accounts[r.account_id] = _Account(r.account_id, plans.get(r.account_id))
             acc.n += 1
             queued = r.queued_at or 0.0
             acc.oldest = queued if acc.oldest is None else min(acc.oldest, queued)
-            if r.account_id == mine.account_id and (
-                r.priority > mine.priority
-                or (r.priority == mine.priority and (queued < (mine.queued_at or 0.0) or (queued == (mine.queued_at or 0.0) and r.id < mine.id)))
-            ):
-                acc.ahead += 1
-        return list(out.values())
+            self.order.setdefault(r.account_id, []).append((-r.priority, queued, r.id))
+        for keys in self.order.values():
+            keys.sort()
+
+    def per_account(self, mine) -> list[_Account]:
+        """Per account: its waiting runs, the oldest, and (``mine``'s account) how many go before ``mine``."""
+        ahead = bisect.bisect_left(self.order.get(mine.account_id, []), (-mine.priority, mine.queued_at or 0.0, mine.id))
+        return [
+            _Account(a.account_id, a.plan, a.n, a.oldest, ahead if a.account_id == mine.account_id else 0) for a in self.accounts.values()
+        ]
 
 
 class FairDispatch:
