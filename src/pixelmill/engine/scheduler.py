@@ -570,7 +570,7 @@ class Scheduler:
     # --- queue position ---------------------------------------------------
     @functools.cached_property
     def _next_waiting_statement(self):
-        """An execution's first waiting run, with its account, request priority and plan."""
+        """An execution's first waiting run, with its account and request priority."""
         return (
             sa.select(node_runs.c.id, node_runs.c.queue, node_runs.c.queued_at, executions.c.account_id, executions.c.priority)
             .join(executions, executions.c.id == node_runs.c.execution_id)
@@ -644,13 +644,12 @@ class Scheduler:
         if mine is None:
             return None
         snapshot = self._snapshot(conn, mine, now)
-        per_account = snapshot.per_account(mine)
-        own_ahead = sum(r.ahead for r in per_account)
+        own_ahead = snapshot.own_ahead(mine)
         usage, typical = snapshot.usage, snapshot.typical
         my_plan = self.plan(snapshot.plans.get(mine.account_id))
         my_turn = (self._normalised(usage.get(mine.account_id), typical) + own_ahead * typical) / my_plan.weight
-        ahead = int(own_ahead)
-        for r in per_account:
+        ahead = own_ahead
+        for r in snapshot.accounts.values():
             if r.account_id == mine.account_id:
                 continue
             plan = self.plan(r.plan)
@@ -674,7 +673,6 @@ class _Account:
     plan: str | None
     n: int = 0
     oldest: float | None = None
-    ahead: int = 0
 
 
 class _Snapshot:
@@ -696,12 +694,9 @@ class _Snapshot:
         for keys in self.order.values():
             keys.sort()
 
-    def per_account(self, mine) -> list[_Account]:
-        """Per account: its waiting runs, the oldest, and (``mine``'s account) how many go before ``mine``."""
-        ahead = bisect.bisect_left(self.order.get(mine.account_id, []), (-mine.priority, mine.queued_at or 0.0, mine.id))
-        return [
-            _Account(a.account_id, a.plan, a.n, a.oldest, ahead if a.account_id == mine.account_id else 0) for a in self.accounts.values()
-        ]
+    def own_ahead(self, mine) -> int:
+        """How many waiting runs of ``mine``'s account it runs before ``mine`` (request priority, then age)."""
+        return bisect.bisect_left(self.order.get(mine.account_id, []), (-mine.priority, mine.queued_at or 0.0, mine.id))
 
 
 class FairDispatch:

@@ -136,6 +136,13 @@ class LiveViews:
                 self._changed.popitem(last=False)
 
 
+def _visible(view: ExecutionView, account_id: str | None) -> ExecutionView:
+    """``view`` if the account may see it (None: any account) and it has not expired; else NotFound."""
+    if (account_id is not None and view.account_id != account_id) or view.expires_at < time.time():
+        raise NotFound("Task not found", code="execution_not_found")
+    return view
+
+
 @dataclass
 class Submission:
     principal: Principal
@@ -445,11 +452,7 @@ class ExecutionService:
         if view is not None:
             return view
         view = self._live.get(execution_id)
-        if view is None:
-            return None
-        if (account_id is not None and view.account_id != account_id) or view.expires_at < time.time():
-            raise NotFound("Task not found", code="execution_not_found")
-        return view
+        return None if view is None else _visible(view, account_id)
 
     def changed(self, execution_id: str) -> None:
         """A notice said the execution changed: its next read goes to the database."""
@@ -462,11 +465,7 @@ class ExecutionService:
         recently used dropped); expiry is checked on every read.
         """
         view = self._finished.get(execution_id)
-        if view is None:
-            return None
-        if (account_id is not None and view.account_id != account_id) or view.expires_at < time.time():
-            raise NotFound("Task not found", code="execution_not_found")
-        return view
+        return None if view is None else _visible(view, account_id)
 
     def forget(self, execution_id: str) -> None:
         """Drop a finished execution's view from memory: its files were deleted, the next read loads it again."""
