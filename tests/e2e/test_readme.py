@@ -24,7 +24,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.e2e.test_serve_subprocess import PIXELMILL, free_port, wait_until_serving
+from tests.e2e.test_serve_subprocess import PIXELMILL, free_port, stop, wait_until_serving
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 README_BASE = "http://127.0.0.1:8000"
@@ -136,11 +136,7 @@ def server(tmp_path_factory):
         wait_until_serving(base, proc)
         yield {"base": base, "key": key, "env": env, "work": work}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 def keys_in(comment: str) -> set[str]:

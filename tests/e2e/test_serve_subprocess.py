@@ -42,6 +42,15 @@ def wait_until_serving(base: str, proc: subprocess.Popen, timeout: float = 60, l
             raise AssertionError(log.read_text(errors="replace") if log is not None else f"server exited with {proc.returncode}")
 
 
+def stop(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout`` seconds."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 @pytest.fixture
 def server(tmp_path):
     catalog = tmp_path / "models.toml"
@@ -65,11 +74,7 @@ bfl_endpoints = ["flux-dev", "flux-pro-1.1"]
     base = f"http://127.0.0.1:{port}"
     wait_until_serving(base, proc, log=log)
     yield base, key, env
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop(proc)
 
 
 def test_bfl_round_trip_through_a_real_server(server):

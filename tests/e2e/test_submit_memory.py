@@ -20,7 +20,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.e2e.test_serve_subprocess import PIXELMILL, free_port, wait_until_serving
+from tests.e2e.test_serve_subprocess import PIXELMILL, free_port, stop, wait_until_serving
 from tests.queue.conftest import broker_db, broker_url  # noqa: F401  (Redis fixtures)
 
 PARALLEL = 20
@@ -91,8 +91,4 @@ def test_twenty_parallel_near_limit_images_keep_the_api_node_small(tmp_path, bro
         assert all(r.status_code == 200 for r in answers), [r.text[:200] for r in answers if r.status_code != 200][:3]
         assert peak - baseline < BOUND_MB
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc, 15)

@@ -11,7 +11,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.e2e.test_serve_subprocess import free_port, wait_until_serving
+from tests.e2e.test_serve_subprocess import free_port, stop, wait_until_serving
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "studio"
 PIXELMILL = [sys.executable, "-m", "pixelmill.cli"]
@@ -41,11 +41,7 @@ def studio_server(tmp: Path, log_name: str = "server.log"):
             raise AssertionError((tmp / "server.log").read_text(errors="replace")[-4000:]) from None
         yield {"base": base, "key": rich, "poor": poor}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         log.close()
         shutil.copy(tmp / "server.log", ARTIFACTS / log_name) if ARTIFACTS.is_dir() else None
 

@@ -20,7 +20,7 @@ from pixelmill.config import Settings
 from pixelmill.runtime import Runtime
 from pixelmill.store import migrate
 from tests.conftest import create_key
-from tests.e2e.test_serve_subprocess import free_port, wait_until_serving
+from tests.e2e.test_serve_subprocess import free_port, stop, wait_until_serving
 from tests.helpers import lean_env
 
 pytestmark = pytest.mark.redis
@@ -99,11 +99,7 @@ def test_an_api_node_serves_with_the_model_stack_absent(tmp_path, lean_site, bro
         print(f"API node RSS after serving: {_rss_mb(proc.pid):.0f} MB (goal <= 150 MB; bench/api_node_memory.py)")
         assert proc.poll() is None
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
     assert "Traceback" not in log.read_text(errors="replace"), log.read_text(errors="replace")[-3000:]
 
 
