@@ -90,6 +90,8 @@ def server(env: dict[str, str], port: int, target: str = "serve", log: Path | No
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 break
             time.sleep(0.1)
+        if target == "serve":  # its default models loaded: a bench measures the server at work, not its warm start
+            wait_http(f"http://127.0.0.1:{port}/readyz", proc, timeout=180)
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()

@@ -227,6 +227,8 @@ class Scheduler:
         #: queue positions are worked out from one read of a queue's waiting runs, shared by the
         #: position reads of the next ``position_snapshot_s`` until a change is heard (:meth:`changed`)
         self.position_snapshot_s = 1.0
+        #: a snapshot is read again after a change once it is this many times its own read time old
+        self.position_reread_factor = 20.0
         self._snapshots: dict[str, _Snapshot] = {}
         self._refreshing: dict[str, threading.Lock] = {}
         self._generation = 0
@@ -591,7 +593,13 @@ class Scheduler:
         Read again once older than ``position_snapshot_s`` or after :meth:`changed`, by one request
         at a time: meanwhile the others answer from the snapshot there is, when it holds their run."""
         def current(snap: _Snapshot, generation: int) -> bool:
-            return snap.generation == generation and time.monotonic() - snap.read_at < self.position_snapshot_s
+            age = time.monotonic() - snap.read_at
+            if age >= self.position_snapshot_s:
+                return False
+            # after a change, a deep queue is read again only once its last read is this many times its
+            # cost old: while runs are queued faster than one read takes, reading after every change
+            # would keep a thread busy for nothing but positions that move again at once
+            return snap.generation == generation or age < snap.cost * self.position_reread_factor
 
         with self._snapshot_lock:
             snap, generation = self._snapshots.get(mine.queue), self._generation
@@ -621,6 +629,7 @@ class Scheduler:
         usage = self._usage(conn, {r.account_id for r in rows} | {mine.account_id}, now)
         plans = self._plans(conn, {r.account_id for r in rows} | {mine.account_id})
         snap = _Snapshot(generation, read_at, rows, usage, self.typical_seconds(conn), plans)
+        snap.cost = time.monotonic() - read_at
         with self._snapshot_lock:
             self._snapshots[mine.queue] = snap
         return snap
@@ -680,6 +689,7 @@ class _Snapshot:
 
     def __init__(self, generation: int, read_at: float, rows, usage: dict, typical: float, plans: dict):
         self.generation, self.read_at, self.usage, self.typical, self.plans = generation, read_at, usage, typical, plans
+        self.cost = 0.0  # seconds the read took
         self.accounts: dict[str, _Account] = {}
         #: per account, its waiting runs in the order it runs them: (-request priority, queued at, id)
         self.order: dict[str, list[tuple]] = {}

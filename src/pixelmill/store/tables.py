@@ -115,6 +115,8 @@ node_runs = sa.Table(
     sa.Index("ix_node_runs_cache_key", "cache_key"),
     sa.Index("ix_node_runs_status_queued", "status", "queued_at"),
     sa.Index("ix_node_runs_status_finished", "status", "finished_at"),
+    # an execution's next waiting run (its queue position), without walking the whole queue
+    sa.Index("ix_node_runs_execution_status", "execution_id", "status", "queued_at"),
 )
 
 files = sa.Table(
