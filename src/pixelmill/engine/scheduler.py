@@ -49,7 +49,6 @@ retried later (``NodeBusy``).
 
 from __future__ import annotations
 
-import bisect
 import functools
 import logging
 import math
@@ -227,8 +226,6 @@ class Scheduler:
         #: queue positions are worked out from one read of a queue's waiting runs, shared by the
         #: position reads of the next ``position_snapshot_s`` until a change is heard (:meth:`changed`)
         self.position_snapshot_s = 1.0
-        #: a snapshot is read again after a change once it is this many times its own read time old
-        self.position_reread_factor = 20.0
         self._snapshots: dict[str, _Snapshot] = {}
         self._refreshing: dict[str, threading.Lock] = {}
         self._generation = 0
@@ -334,8 +331,9 @@ class Scheduler:
             return 0.0
         return max(usage.seconds, 0.0) + usage.running * typical
 
-    def _waiting(self):
-        """Waiting, pickable runs of ``:queue`` (statement built once; bound: queue, now, lease_cutoff, taken)."""
+    def _waiting(self, queues: bool = True):
+        """Waiting, pickable runs of ``:queues`` (bound: queues, now, lease_cutoff, taken; without ``queues``,
+        of any queue: the caller says which)."""
         if self.local_leases:
             leased = node_runs.c.id.not_in(sa.bindparam("taken", expanding=True))
         else:
@@ -352,7 +350,7 @@ class Scheduler:
             )
             .join(executions, executions.c.id == node_runs.c.execution_id)
             .where(
-                node_runs.c.queue.in_(sa.bindparam("queues", expanding=True)),
+                node_runs.c.queue.in_(sa.bindparam("queues", expanding=True)) if queues else sa.true(),
                 node_runs.c.status == NodeStatus.QUEUED,
                 leased,
                 executions.c.status.in_(ExecutionStatus.active()),
@@ -373,15 +371,29 @@ class Scheduler:
 
     @functools.cached_property
     def _heads_statement(self):
-        waiting = self._waiting().add_columns(
-            sa.func.row_number()
-            .over(
-                partition_by=(executions.c.account_id, node_runs.c.queue),
-                order_by=(executions.c.priority.desc(), node_runs.c.queued_at, node_runs.c.id),
-            )
-            .label("rank")
-        ).subquery()
-        return sa.select(waiting).where(waiting.c.rank == 1)
+        """The first waiting run of each account in each of ``:queues``, read by index in time that grows
+        with the accounts waiting, not with their runs: the accounts waiting on each queue (a covering
+        index range of ``ix_node_runs_waiting``), then each one's first run in pick order (the same
+        index, walked until a run that may start)."""
+        waiting_accounts = (
+            sa.select(node_runs.c.queue, node_runs.c.account_id)
+            .where(node_runs.c.queue.in_(sa.bindparam("queues", expanding=True)), node_runs.c.status == NodeStatus.QUEUED)
+            .distinct()
+            .subquery("waiting_accounts")
+        )
+        first = (
+            self._waiting(queues=False)
+            .with_only_columns(node_runs.c.id)
+            .where(node_runs.c.queue == waiting_accounts.c.queue, node_runs.c.account_id == waiting_accounts.c.account_id)
+            .order_by(node_runs.c.priority.desc(), node_runs.c.queued_at, node_runs.c.id)
+            .limit(1)
+            .correlate(waiting_accounts)
+            .scalar_subquery()
+        )
+        head, its = node_runs.alias("head"), executions.alias("head_execution")
+        return sa.select(head.c.id, head.c.execution_id, head.c.queued_at, head.c.queue, its.c.account_id, its.c.priority).select_from(
+            waiting_accounts.join(head, head.c.id == first).join(its, its.c.id == head.c.execution_id)
+        )
 
     def _heads(self, conn: Connection, queues: list[str], now: float) -> list[_Head]:
         """The first waiting run of each account in each of ``queues`` (request priority, then age)."""
@@ -572,13 +584,43 @@ class Scheduler:
     # --- queue position ---------------------------------------------------
     @functools.cached_property
     def _next_waiting_statement(self):
-        """An execution's first waiting run, with its account and request priority."""
+        """An execution's first waiting run, with its account and request priority (one index lookup)."""
         return (
-            sa.select(node_runs.c.id, node_runs.c.queue, node_runs.c.queued_at, executions.c.account_id, executions.c.priority)
-            .join(executions, executions.c.id == node_runs.c.execution_id)
+            sa.select(node_runs.c.id, node_runs.c.queue, node_runs.c.queued_at, node_runs.c.account_id, node_runs.c.priority)
             .where(node_runs.c.execution_id == sa.bindparam("execution_id"), node_runs.c.status == NodeStatus.QUEUED)
             .order_by(node_runs.c.queued_at)
             .limit(1)
+        )
+
+    @functools.cached_property
+    def _accounts_waiting_statement(self):
+        """Per account, its waiting runs of ``:queue`` and when the oldest was queued (a covering index range)."""
+        return (
+            sa.select(node_runs.c.account_id, sa.func.count().label("n"), sa.func.min(node_runs.c.queued_at).label("oldest"))
+            .where(node_runs.c.queue == sa.bindparam("queue"), node_runs.c.status == NodeStatus.QUEUED)
+            .group_by(node_runs.c.account_id)
+        )
+
+    @functools.cached_property
+    def _own_ahead_statement(self):
+        """How many waiting runs of an account on a queue it runs before one of them (request priority, then
+        age): counted where it is asked, so runs its account queued a moment ago are never missed."""
+        priority, queued_at, run_id = sa.bindparam("priority"), sa.bindparam("queued_at"), sa.bindparam("id")
+        return (
+            sa.select(sa.func.count())
+            .select_from(node_runs)
+            .where(
+                node_runs.c.queue == sa.bindparam("queue"),
+                node_runs.c.status == NodeStatus.QUEUED,
+                node_runs.c.account_id == sa.bindparam("account_id"),
+                sa.or_(
+                    node_runs.c.priority > priority,
+                    sa.and_(
+                        node_runs.c.priority == priority,
+                        sa.or_(node_runs.c.queued_at < queued_at, sa.and_(node_runs.c.queued_at == queued_at, node_runs.c.id < run_id)),
+                    ),
+                ),
+            )
         )
 
     def changed(self) -> None:
@@ -588,24 +630,18 @@ class Scheduler:
             self._generation += 1
 
     def _snapshot(self, conn: Connection, mine, now: float) -> "_Snapshot":
-        """The waiting runs of ``mine``'s queue with their accounts' use and plans, read once and shared.
+        """How many runs each account has waiting on ``mine``'s queue, with the accounts' use and plans,
+        read once and shared (``mine``'s own account's runs ahead of it are counted apart, live).
 
         Read again once older than ``position_snapshot_s`` or after :meth:`changed`, by one request
-        at a time: meanwhile the others answer from the snapshot there is, when it holds their run."""
+        at a time: meanwhile the others answer from the snapshot there is, when it knows their account."""
         def current(snap: _Snapshot, generation: int) -> bool:
-            age = time.monotonic() - snap.read_at
-            if age >= self.position_snapshot_s:
-                return False
-            # after a change, a deep queue is read again only once its last read is this many times its
-            # cost old: while runs are queued faster than one read takes, reading after every change
-            # would keep a thread busy for nothing but positions that move again at once
-            return snap.generation == generation or age < snap.cost * self.position_reread_factor
+            return snap.generation == generation and time.monotonic() - snap.read_at < self.position_snapshot_s
 
         with self._snapshot_lock:
             snap, generation = self._snapshots.get(mine.queue), self._generation
             refresh = self._refreshing.setdefault(mine.queue, threading.Lock())
-        # a run queued after the snapshot was read is behind every run in it of its account, so a
-        # snapshot that knows its account's plan serves it too
+        # a snapshot that knows the account's plan and use serves a run queued after it was read
         if snap is not None and mine.account_id in snap.plans:
             if current(snap, generation):
                 return snap
@@ -625,18 +661,13 @@ class Scheduler:
 
     def _read_snapshot(self, conn: Connection, mine, now: float, generation: int) -> "_Snapshot":
         read_at = time.monotonic()
-        rows = conn.execute(self._waiting_statement, self._waiting_params(mine.queue, now)).all()  # one pass over the waiting runs
+        rows = conn.execute(self._accounts_waiting_statement, {"queue": mine.queue}).all()
         usage = self._usage(conn, {r.account_id for r in rows} | {mine.account_id}, now)
         plans = self._plans(conn, {r.account_id for r in rows} | {mine.account_id})
-        snap = _Snapshot(generation, read_at, rows, usage, self.typical_seconds(conn), plans)
-        snap.cost = time.monotonic() - read_at
+        snap = _Snapshot(generation, read_at, rows, usage, plans)
         with self._snapshot_lock:
             self._snapshots[mine.queue] = snap
         return snap
-
-    @functools.cached_property
-    def _waiting_statement(self):
-        return self._waiting()
 
     def position(self, conn: Connection, execution_id: str) -> int | None:
         """How many waiting node runs the scheduler will start before this execution's next one.
@@ -653,8 +684,11 @@ class Scheduler:
         if mine is None:
             return None
         snapshot = self._snapshot(conn, mine, now)
-        own_ahead = snapshot.own_ahead(mine)
-        usage, typical = snapshot.usage, snapshot.typical
+        own_ahead = conn.execute(
+            self._own_ahead_statement,
+            {"queue": mine.queue, "account_id": mine.account_id, "priority": mine.priority, "queued_at": mine.queued_at, "id": mine.id},
+        ).scalar_one()
+        usage, typical = snapshot.usage, self.typical_seconds(conn)
         my_plan = self.plan(snapshot.plans.get(mine.account_id))
         my_turn = (self._normalised(usage.get(mine.account_id), typical) + own_ahead * typical) / my_plan.weight
         ahead = own_ahead
@@ -685,28 +719,11 @@ class _Account:
 
 
 class _Snapshot:
-    """One read of a queue's waiting runs (request priority, age) and their accounts' recent use and plans."""
+    """One read of how many runs each account has waiting on a queue, and the accounts' recent use and plans."""
 
-    def __init__(self, generation: int, read_at: float, rows, usage: dict, typical: float, plans: dict):
-        self.generation, self.read_at, self.usage, self.typical, self.plans = generation, read_at, usage, typical, plans
-        self.cost = 0.0  # seconds the read took
-        self.accounts: dict[str, _Account] = {}
-        #: per account, its waiting runs in the order it runs them: (-request priority, queued at, id)
-        self.order: dict[str, list[tuple]] = {}
-        for r in rows:
-            acc = self.accounts.get(r.account_id)
-            if acc is None:
-                acc = self.accounts[r.account_id] = _Account(r.account_id, plans.get(r.account_id))
-            acc.n += 1
-            queued = r.queued_at or 0.0
-            acc.oldest = queued if acc.oldest is None else min(acc.oldest, queued)
-            self.order.setdefault(r.account_id, []).append((-r.priority, queued, r.id))
-        for keys in self.order.values():
-            keys.sort()
-
-    def own_ahead(self, mine) -> int:
-        """How many waiting runs of ``mine``'s account it runs before ``mine`` (request priority, then age)."""
-        return bisect.bisect_left(self.order.get(mine.account_id, []), (-mine.priority, mine.queued_at or 0.0, mine.id))
+    def __init__(self, generation: int, read_at: float, rows, usage: dict, plans: dict):
+        self.generation, self.read_at, self.usage, self.plans = generation, read_at, usage, plans
+        self.accounts = {r.account_id: _Account(r.account_id, plans.get(r.account_id), int(r.n), r.oldest) for r in rows}
 
 
 class FairDispatch:

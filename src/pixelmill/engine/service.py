@@ -379,6 +379,8 @@ class ExecutionService:
                     attempts=0,
                     cache_key=key,
                     cached=False,
+                    account_id=account,
+                    priority=priority,
                 )
             )
             if runnable:

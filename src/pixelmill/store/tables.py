@@ -108,6 +108,10 @@ node_runs = sa.Table(
     sa.Column("cache_key", sa.String(64)),
     sa.Column("cached", sa.Boolean, nullable=False, default=False),
     sa.Column("worker", sa.String(200)),
+    # the execution's account and request priority, copied (neither changes) so the scheduler finds
+    # each account's next waiting run of a queue by index instead of walking the whole queue
+    sa.Column("account_id", ID),
+    sa.Column("priority", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.UniqueConstraint("execution_id", "node_id", name="uq_node_runs_execution_node"),
     sa.Index("ix_node_runs_status", "status"),
     sa.Index("ix_node_runs_queue_status", "queue", "status"),
@@ -117,6 +121,11 @@ node_runs = sa.Table(
     sa.Index("ix_node_runs_status_finished", "status", "finished_at"),
     # an execution's next waiting run (its queue position), without walking the whole queue
     sa.Index("ix_node_runs_execution_status", "execution_id", "status", "queued_at"),
+)
+# the accounts waiting on a queue, and each one's first waiting run in pick order
+sa.Index(
+    "ix_node_runs_waiting", node_runs.c.queue, node_runs.c.status, node_runs.c.account_id, node_runs.c.priority.desc(),
+    node_runs.c.queued_at, node_runs.c.id,
 )
 
 files = sa.Table(
