@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     queue: Literal["inprocess", "celery"] = "inprocess"
     broker_url: str = "redis://127.0.0.1:6379/0"
     worker_threads: int = 1
+    #: embedded mode: threads for node runs that use no image model (load, resize, crop, upscale,
+    #: background removal…), apart from the model threads, so they never wait behind a generation;
+    #: 0: they share the model threads
+    light_worker_threads: int = Field(default=1, ge=0)
     #: CPU threads each node run gives PyTorch; 0: automatic (the cores, less one for the API and
     #: database where this process serves them too, shared by the node runs at a time).  One
     #: thread per core at most: a torch thread that waits for a core holds its peers back

@@ -213,7 +213,7 @@ class Runtime:
             return CeleryQueue(self.settings)
         from pixelmill.queue.inprocess import InProcessQueue
 
-        return InProcessQueue(threads=self.settings.worker_threads)
+        return InProcessQueue(threads=self.settings.worker_threads, light_threads=self.settings.light_worker_threads)
 
     def start(self) -> None:
         """Start workers (embedded) and re-queue work a previous process left unfinished."""

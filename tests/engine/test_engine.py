@@ -289,3 +289,42 @@ def test_a_run_left_running_by_a_dead_worker_goes_back_on_the_queue_once(make_ru
 def test_the_embedded_server_never_takes_a_run_from_its_own_workers(make_runtime, db_url):
     rt = make_runtime(db_url, start=False)  # one process: a RUNNING run is its own thread's (re-queued at start after a crash)
     assert rt.publisher.abandoned_after_s is None and rt.publisher.requeue_abandoned() == 0
+
+
+def test_an_edit_does_not_wait_behind_a_long_generation(make_runtime, sqlite_url):
+    """Embedded mode: node runs that use no image model have worker threads of their own."""
+    backend = FakeBackend(steps=40, step_delay=0.1)  # a 4 s generation
+    rt = make_runtime(sqlite_url, backend=backend)
+    p = principal(rt)
+    slow = rt.executions.submit(Submission(p, one_node(steps=40), "workflow", "slow"))
+    assert backend.started.wait(10)
+    quick = finished(rt, p, rt.executions.submit(Submission(p, _edit_graph(), "workflow", "edit")).id)
+    assert quick.status == ExecutionStatus.SUCCEEDED
+    assert not rt.executions.get(p.account_id, slow.id).status.is_terminal()  # the generation still runs
+    assert finished(rt, p, slow.id).status == ExecutionStatus.SUCCEEDED
+
+
+def _edit_graph() -> dict:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 40, 40)).save(buf, "PNG")
+    return {"nodes": {
+        "in": {"type": "load_image", "params": {"data": base64.b64encode(buf.getvalue()).decode()}},
+        "small": {"type": "resize", "params": {"width": 4, "height": 4}, "inputs": {"image": ["in", "images"]}},
+    }}
+
+
+def test_with_no_light_threads_an_edit_waits_for_the_model_thread(make_runtime, sqlite_url):
+    backend = FakeBackend(steps=10, step_delay=0.1)
+    rt = make_runtime(sqlite_url, backend=backend, light_worker_threads=0)
+    p = principal(rt)
+    slow = rt.executions.submit(Submission(p, one_node(steps=10), "workflow", "slow"))
+    assert backend.started.wait(10)
+    edit = finished(rt, p, rt.executions.submit(Submission(p, _edit_graph(), "workflow", "edit")).id)
+    assert edit.status == ExecutionStatus.SUCCEEDED
+    generation = finished(rt, p, slow.id).nodes[0]
+    assert edit.nodes[0].started_at >= generation.started_at + 10 * 0.1  # after the generation's steps

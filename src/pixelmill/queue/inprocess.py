@@ -1,4 +1,10 @@
-"""The embedded queue: worker threads in the server process, FIFO."""
+"""The embedded queue: worker threads in the server process, FIFO per lane.
+
+Two lanes: node runs of an image model's queue (``model.<name>``) on ``threads`` threads, and
+every other node run (load, resize, crop, upscale, background removal…) on ``light_threads``
+threads of its own, so a quick edit never waits behind a long generation, and the database
+work of one lane overlaps the other's compute.
+"""
 
 from __future__ import annotations
 
@@ -8,52 +14,65 @@ import threading
 from typing import Callable
 
 from pixelmill.engine.lifecycle import NodeTask
+from pixelmill.engine.scheduler import MODEL_QUEUE_PREFIX
 
 log = logging.getLogger("pixelmill.queue")
 
 
 class InProcessQueue:
-    def __init__(self, handler: Callable[[NodeTask], None] | None = None, threads: int = 1):
+    def __init__(self, handler: Callable[[NodeTask], None] | None = None, threads: int = 1, light_threads: int = 1):
         self.handler = handler
         self.threads = threads
-        self._q: "queue.Queue[NodeTask | None]" = queue.Queue()
-        self._workers: list[threading.Thread] = []
+        self.light_threads = light_threads
+        self._model: "queue.Queue[NodeTask | None]" = queue.Queue()
+        # no light threads: everything shares the model lane
+        self._light: "queue.Queue[NodeTask | None]" = queue.Queue() if light_threads > 0 else self._model
+        self._workers: list[tuple[threading.Thread, queue.Queue]] = []
         self._idle = threading.Condition()
-        self._busy = 0
         #: waits for work the handler handed on (the runner's finisher); :meth:`join` calls it
         self.drain: Callable[[], None] | None = None
 
+    def _lane(self, task: NodeTask) -> "queue.Queue[NodeTask | None]":
+        return self._model if (task.queue or "").startswith(MODEL_QUEUE_PREFIX) else self._light
+
     def enqueue(self, task: NodeTask) -> None:
-        self._q.put(task)
+        self._lane(task).put(task)
 
     def start(self) -> None:
-        for i in range(self.threads):
-            t = threading.Thread(target=self._loop, name=f"pixelmill-worker-{i}", daemon=True)
-            t.start()
-            self._workers.append(t)
+        lanes = [("worker", self._model, self.threads)]
+        if self._light is not self._model:
+            lanes.append(("light-worker", self._light, self.light_threads))
+        for name, lane, count in lanes:
+            for i in range(count):
+                t = threading.Thread(target=self._loop, args=(lane,), name=f"pixelmill-{name}-{i}", daemon=True)
+                t.start()
+                self._workers.append((t, lane))
 
     def stop(self, timeout: float = 10.0) -> None:
-        for _ in self._workers:
-            self._q.put(None)
-        for t in self._workers:
+        for _, lane in self._workers:
+            lane.put(None)
+        for t, _ in self._workers:
             t.join(timeout)
         self._workers.clear()
 
+    def _lanes(self) -> list["queue.Queue[NodeTask | None]"]:
+        return [self._model] if self._light is self._model else [self._model, self._light]
+
     def pending(self) -> int:
-        return self._q.qsize()
+        return sum(lane.qsize() for lane in self._lanes())
 
     def join(self, timeout: float = 30.0) -> bool:
         """Wait until the queue is empty and no task runs (tests); a handler that hands work on
         (:attr:`drain`) is waited for too."""
         with self._idle:
-            done = self._idle.wait_for(lambda: self._q.unfinished_tasks == 0, timeout)
+            done = self._idle.wait_for(lambda: all(lane.unfinished_tasks == 0 for lane in self._lanes()), timeout)
         if done and self.drain is not None:
             self.drain()
         return done
 
-    def _loop(self) -> None:
+    def _loop(self, lane: "queue.Queue[NodeTask | None]") -> None:
         while True:
-            task = self._q.get()
+            task = lane.get()
             try:
                 if task is None:
                     return
@@ -61,6 +80,6 @@ class InProcessQueue:
             except Exception:
                 log.exception("task %s crashed", task)
             finally:
-                self._q.task_done()
+                lane.task_done()
                 with self._idle:
                     self._idle.notify_all()
