@@ -225,3 +225,21 @@ def test_a_worker_that_loses_the_head_to_another_worker_picks_the_next_waiting_r
     assert b_picked[0].execution_id == first.id
     assert a_picked is not None and a_picked.execution_id == second.id
     assert worker_a.pick(QUEUE) is None and worker_b.pick(QUEUE) is None  # both leased: nothing waits
+
+
+def test_a_run_another_thread_claimed_is_not_picked_from_an_older_read(idle):
+    """Embedded workers lease in memory and drop the lease once the run is claimed: a pick whose read
+    began before that claim committed must not take the run again (its delivery would run nothing)."""
+    rt = idle
+    assert rt.scheduler.local_leases
+    a = principal(rt, "a")
+    submit(rt, a, "one")
+    second = submit(rt, a, "two")
+    with rt.db.engine.connect() as conn:  # another thread's pick read the queue...
+        stale = rt.scheduler._heads(conn, [QUEUE], time.time())
+    task = rt.scheduler.pick(QUEUE)  # ...while this one picked, claimed and let go of the same run
+    assert rt.runner._claim(task.node_run_id) is not None
+    rt.scheduler.release(task.node_run_id)
+    assert [h.run_id for h in stale] == [task.node_run_id]
+    assert not rt.scheduler._lease(stale[0].run_id, time.time())
+    assert rt.scheduler.pick(QUEUE).execution_id == second.id

@@ -470,7 +470,13 @@ class Scheduler:
                 if run_id in self._leases:
                     return False
                 self._leases[run_id] = now
-                return True
+            # a read that began before another thread's claim committed still shows that run waiting
+            # after the thread dropped its lease: a lease holds only for a run still waiting now
+            with self.db.engine.connect() as conn:
+                if conn.execute(self._still_waiting_statement, {"id": run_id}).first() is not None:
+                    return True
+            self.release(run_id)
+            return False
         with self.db.transaction() as conn:
             result = conn.execute(
                 sa.update(node_runs)
@@ -482,6 +488,10 @@ class Scheduler:
                 .values(picked_at=now)
             )
             return result.rowcount == 1
+
+    @functools.cached_property
+    def _still_waiting_statement(self):
+        return sa.select(node_runs.c.id).where(node_runs.c.id == sa.bindparam("id"), node_runs.c.status == NodeStatus.QUEUED)
 
     def companions(self, first: NodeTask, batch_key: Callable[[object], tuple[str, int] | None], limit: int = 256) -> list[NodeTask]:
         """Waiting runs of ``first``'s queue that may run in one call with it, leased, in the pick order.
