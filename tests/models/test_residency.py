@@ -217,3 +217,23 @@ def test_a_thread_that_uses_a_model_runs_torch_on_the_registrys_thread_count(fol
         t.start()
         t.join()
     assert seen == {"use": 3, "backend": 3}
+
+
+def test_a_loaded_model_is_kept_out_of_the_cycle_collectors_scans_and_freed_whole_on_unload(folder, catalog):
+    """A full collection over a model's objects holds the GIL for a long time (every request of the
+    process waits): once loaded they are outside the collector, and an unload hands them back, so a
+    reference cycle in the dropped pipeline is freed, not kept for good."""
+    import gc
+    import weakref
+
+    registry, _, clock = two_of_three(folder, catalog)
+    use_once(registry, clock, "red")
+    pipe = registry.backend("red")._pipe
+    assert pipe is not None
+    tracked = {id(o) for o in gc.get_objects()}  # what the collector scans (not what it was told to leave)
+    assert id(pipe) not in tracked and id(pipe.transformer) not in tracked
+    pipe.cycle = pipe  # a reference cycle: reference counting alone never frees it
+    gone = weakref.ref(pipe)
+    del pipe, tracked
+    assert registry.unload("red")
+    assert gone() is None

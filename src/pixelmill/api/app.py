@@ -25,6 +25,7 @@ from pixelmill.api.files import router as files_router
 from pixelmill.api.models_http import router as models_router
 from pixelmill.api.studio import router as studio_router
 from pixelmill.api.webhooks_http import router as webhooks_router
+from pixelmill.ops import heap
 from pixelmill.ops.metrics import exposition
 
 
@@ -73,6 +74,7 @@ def create_app(runtime, manage_runtime: bool = True) -> FastAPI:
         if manage_runtime:
             runtime.start()
         await _prepare_routes(_app)
+        heap.settle()  # the code and state a server keeps: out of the cycle collector's scans
         try:
             yield
         finally:

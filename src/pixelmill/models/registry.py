@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Iterator
 from pixelmill.models.base import TextToImageBackend
 from pixelmill.models.catalog import ModelCatalog, ModelSpec
 from pixelmill.models.residency import MemoryBudget, ModelState, Residence, Residency, estimate_bytes, measure_bytes
+from pixelmill.ops import heap
 from pixelmill.periodic import Periodic
 
 log = logging.getLogger("pixelmill.models")
@@ -170,7 +171,8 @@ class ModelRegistry:
                 residence.in_use += 1
             self._cond.notify_all()
             log.info("model %s resident on %s after %.2f s (%.1f MiB)", name, residence.device, took, residence.memory_bytes / 2**20)
-            return backend
+        heap.settle()  # the model's objects live as long as it stays loaded
+        return backend
 
     def _make_room(self, loading: Residence) -> list[TextToImageBackend]:
         """With the lock held: mark the idle models to unload for ``loading`` (waits while only a release can help)."""
@@ -305,6 +307,8 @@ def _unload(backend: TextToImageBackend | None) -> None:
     release = getattr(backend, "unload", None)
     if callable(release):
         release()
+    if backend is not None:  # the pipeline it dropped: any cycles in it are freed now, not kept frozen
+        heap.release()
 
 
 def _device_of(spec: ModelSpec) -> str:
