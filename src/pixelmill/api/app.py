@@ -80,6 +80,7 @@ def create_app(runtime, manage_runtime: bool = True) -> FastAPI:
         finally:
             if manage_runtime:
                 runtime.stop()
+            heap.thaw()
 
     app = FastAPI(title="pixelmill", version=__version__, lifespan=lifespan)
     app.state.runtime = runtime

@@ -301,6 +301,7 @@ class ModelRegistry:
 
     def stop(self) -> None:
         self._sweeper.stop()
+        heap.thaw()  # what it loaded is no longer kept for the process's life
 
 
 def _unload(backend: TextToImageBackend | None) -> None:

@@ -31,3 +31,9 @@ def release() -> None:
         gc.unfreeze()
         gc.collect()
         gc.freeze()
+
+
+def thaw() -> None:
+    """The server stops: nothing it froze is long-lived any more; the collector takes it back (no scan now)."""
+    with _lock:
+        gc.unfreeze()
