@@ -493,6 +493,22 @@ class Scheduler:
     def _still_waiting_statement(self):
         return sa.select(node_runs.c.id).where(node_runs.c.id == sa.bindparam("id"), node_runs.c.status == NodeStatus.QUEUED)
 
+    @functools.cached_property
+    def _batch_head_statement(self):
+        return sa.select(node_runs.c.id, node_runs.c.node_type, node_runs.c.params, node_runs.c.links).where(node_runs.c.id == sa.bindparam("id"))
+
+    @functools.cached_property
+    def _batch_statement(self):
+        """Waiting runs of ``:queues`` of one node type other than ``:first``, in each account's order
+        (bound as :meth:`_waiting`, plus first, node_type and limit)."""
+        return (
+            self._waiting()
+            .add_columns(node_runs.c.node_type, node_runs.c.params, node_runs.c.links)
+            .where(node_runs.c.id != sa.bindparam("first"), node_runs.c.node_type == sa.bindparam("node_type"))
+            .order_by(executions.c.priority.desc(), node_runs.c.queued_at)
+            .limit(sa.bindparam("limit"))
+        )
+
     def companions(self, first: NodeTask, batch_key: Callable[[object], tuple[str, int] | None], limit: int = 256) -> list[NodeTask]:
         """Waiting runs of ``first``'s queue that may run in one call with it, leased, in the pick order.
 
@@ -503,19 +519,12 @@ class Scheduler:
         """
         now = self.clock()
         with self.db.engine.connect() as conn:
-            head = conn.execute(
-                sa.select(node_runs.c.id, node_runs.c.node_type, node_runs.c.params, node_runs.c.links).where(node_runs.c.id == first.node_run_id)
-            ).first()
+            head = conn.execute(self._batch_head_statement, {"id": first.node_run_id}).first()
             wanted = batch_key(head) if head is not None else None
             if wanted is None or wanted[1] <= 1:
                 return []
-            waiting = self._waiting().add_columns(node_runs.c.node_type, node_runs.c.params, node_runs.c.links)
-            rows = conn.execute(
-                waiting.where(node_runs.c.id != first.node_run_id, node_runs.c.node_type == head.node_type)
-                .order_by(executions.c.priority.desc(), node_runs.c.queued_at)
-                .limit(limit),
-                self._waiting_params(first.queue, now),
-            ).all()
+            params = self._waiting_params(first.queue, now) | {"first": first.node_run_id, "node_type": head.node_type, "limit": limit}
+            rows = conn.execute(self._batch_statement, params).all()
             rows = [r for r in rows if (k := batch_key(r)) is not None and k[0] == wanted[0]]
             if not rows:
                 return []
