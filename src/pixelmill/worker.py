@@ -17,13 +17,11 @@ from typing import Any, Callable, Sequence
 from pixelmill.config import Settings
 from pixelmill.models.catalog import ModelCatalog
 from pixelmill.models.registry import ModelRegistry
+from pixelmill.engine.scheduler import MODEL_QUEUE_PREFIX, model_of
 from pixelmill.queue.base import DEFAULT_QUEUE
 from pixelmill.runtime import Runtime
 
 log = logging.getLogger("pixelmill.worker")
-
-MODEL_QUEUE_PREFIX = "model."
-
 
 def model_queue(model: str) -> str:
     """The queue that carries the node runs of ``model``."""
@@ -37,7 +35,7 @@ def default_queues(catalog: ModelCatalog) -> list[str]:
 
 def models_of(queues: Sequence[str]) -> list[str]:
     """The model names behind the ``model.<name>`` queues among ``queues``."""
-    return [q[len(MODEL_QUEUE_PREFIX):] for q in queues if q.startswith(MODEL_QUEUE_PREFIX)]
+    return [model for q in queues if (model := model_of(q)) is not None]
 
 
 def parse_queues(text: str | None) -> list[str]:

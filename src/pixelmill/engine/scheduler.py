@@ -390,9 +390,9 @@ class Scheduler:
             .correlate(waiting_accounts)
             .scalar_subquery()
         )
-        head, its = node_runs.alias("head"), executions.alias("head_execution")
-        return sa.select(head.c.id, head.c.execution_id, head.c.queued_at, head.c.queue, its.c.account_id, its.c.priority).select_from(
-            waiting_accounts.join(head, head.c.id == first).join(its, its.c.id == head.c.execution_id)
+        head = node_runs.alias("head")
+        return sa.select(head.c.id, head.c.execution_id, head.c.queued_at, head.c.queue, head.c.account_id, head.c.priority).select_from(
+            waiting_accounts.join(head, head.c.id == first)
         )
 
     def _heads(self, conn: Connection, queues: list[str], now: float) -> list[_Head]:

@@ -14,7 +14,7 @@ import threading
 from typing import Callable
 
 from pixelmill.engine.lifecycle import NodeTask
-from pixelmill.engine.scheduler import MODEL_QUEUE_PREFIX
+from pixelmill.engine.scheduler import model_of
 
 log = logging.getLogger("pixelmill.queue")
 
@@ -27,22 +27,21 @@ class InProcessQueue:
         self._model: "queue.Queue[NodeTask | None]" = queue.Queue()
         # no light threads: everything shares the model lane
         self._light: "queue.Queue[NodeTask | None]" = queue.Queue() if light_threads > 0 else self._model
+        #: (thread name, lane, threads) of each lane that has threads of its own
+        self._pools = [("worker", self._model, threads)] + ([("light-worker", self._light, light_threads)] if light_threads > 0 else [])
         self._workers: list[tuple[threading.Thread, queue.Queue]] = []
         self._idle = threading.Condition()
         #: waits for work the handler handed on (the runner's finisher); :meth:`join` calls it
         self.drain: Callable[[], None] | None = None
 
     def _lane(self, task: NodeTask) -> "queue.Queue[NodeTask | None]":
-        return self._model if (task.queue or "").startswith(MODEL_QUEUE_PREFIX) else self._light
+        return self._model if model_of(task.queue or "") is not None else self._light
 
     def enqueue(self, task: NodeTask) -> None:
         self._lane(task).put(task)
 
     def start(self) -> None:
-        lanes = [("worker", self._model, self.threads)]
-        if self._light is not self._model:
-            lanes.append(("light-worker", self._light, self.light_threads))
-        for name, lane, count in lanes:
+        for name, lane, count in self._pools:
             for i in range(count):
                 t = threading.Thread(target=self._loop, args=(lane,), name=f"pixelmill-{name}-{i}", daemon=True)
                 t.start()
@@ -56,7 +55,7 @@ class InProcessQueue:
         self._workers.clear()
 
     def _lanes(self) -> list["queue.Queue[NodeTask | None]"]:
-        return [self._model] if self._light is self._model else [self._model, self._light]
+        return [lane for _, lane, _ in self._pools]
 
     def pending(self) -> int:
         return sum(lane.qsize() for lane in self._lanes())
