@@ -81,25 +81,23 @@ class Lifecycle:
             after_commit(conn, lambda: run_after_commit(later, ev))
 
     # --- node level -------------------------------------------------------
-    def start_node(self, conn: Connection, run, worker: str) -> bool:
+    def start_node(self, conn: Connection, run, worker: str) -> dict[str, Any] | None:
         """Claim ``run`` (a row as read) for ``worker``: a compare-and-set on its status and attempt count.
 
-        True for the one caller whose update matched; everyone else who read the same
-        row gets False and must not run it.  The attempt is counted, and
+        The columns the claim set, for the one caller whose update matched; everyone else
+        who read the same row gets None and must not run it.  The attempt is counted, and
         ``node.started`` written, by the winner only."""
         now = time.time()
-        won = conn.execute(
-            CLAIM_RUN,
-            {"b_id": run.id, "b_status": run.status, "b_attempts": run.attempts,
-             "status": NodeStatus(run.status).start(), "started_at": now, "attempts": run.attempts + 1, "worker": worker, "progress": 0.0},
-        ).rowcount
+        claimed = {"status": NodeStatus(run.status).start(), "started_at": now, "attempts": run.attempts + 1, "worker": worker, "progress": 0.0}
+        won = conn.execute(CLAIM_RUN, {"b_id": run.id, "b_status": run.status, "b_attempts": run.attempts, **claimed}).rowcount
         if won != 1:
-            return False
-        moved = conn.execute(START_EXECUTION, {"b_id": run.execution_id, "started_at": now}).rowcount
-        if moved == 1:
+            return None
+        # a row read with its execution's status (``execution_status``) says when the execution already runs
+        running = getattr(run, "execution_status", ExecutionStatus.QUEUED) != ExecutionStatus.QUEUED
+        if not running and conn.execute(START_EXECUTION, {"b_id": run.execution_id, "started_at": now}).rowcount == 1:
             self.event(conn, run.execution_id, "execution.started", {})
         self.event(conn, run.execution_id, "node.started", {"node": run.node_id, "attempt": run.attempts + 1}, _node_facts(run, started_at=now))
-        return True
+        return claimed
 
     def succeed_node(self, conn: Connection, run, outputs: dict[str, Any], cost_micro: int, cached: bool) -> list[NodeTask]:
         """Record a node's outputs and what it costs (micro-credits); queue the nodes that became runnable;

@@ -16,7 +16,7 @@ import queue
 import socket
 import threading
 import time
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import sqlalchemy as sa
 from PIL import Image
@@ -49,14 +49,34 @@ class NodeBusy(Exception):
 
 
 # Statements built once: building one per call costs more than executing it.
-_RUN = sa.select(node_runs).where(node_runs.c.id == sa.bindparam("id"))
-_EXECUTION_STATE = sa.select(executions.c.status, executions.c.cancel_requested).where(executions.c.id == sa.bindparam("id"))
-#: the run as claimed, with what the run needs of its execution
-_CLAIMED_RUN = (
-    sa.select(node_runs, executions.c.account_id.label("execution_account_id"), executions.c.deadline_at.label("execution_deadline_at"))
+#: a run to claim, with what the claim and the run need of its execution
+_RUN = (
+    sa.select(
+        node_runs,
+        executions.c.status.label("execution_status"),
+        executions.c.cancel_requested.label("execution_cancel_requested"),
+        executions.c.account_id.label("execution_account_id"),
+        executions.c.deadline_at.label("execution_deadline_at"),
+    )
     .join(executions, executions.c.id == node_runs.c.execution_id)
     .where(node_runs.c.id == sa.bindparam("id"))
 )
+
+
+class ClaimedRun:
+    """A ``node_runs`` row as its claim left it (read with :data:`_RUN`, then the claim's values)."""
+
+    __slots__ = ("_mapping",)
+
+    def __init__(self, row: Mapping[str, Any], claimed: Mapping[str, Any]):
+        self._mapping = {**row, **claimed}
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._mapping[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
 #: a finished run of the same account with the same cache key
 _CACHE_HIT = (
     sa.select(node_runs.c.outputs)
@@ -69,6 +89,7 @@ _CACHE_HIT = (
     )
     .limit(1)
 )
+_FILE_KEYS = sa.select(files.c.id, files.c.storage_key).where(files.c.id.in_(sa.bindparam("ids", expanding=True)))
 
 
 class NodeRunner:
@@ -101,17 +122,11 @@ class NodeRunner:
         run = self._claim_retrying(task.node_run_id)
         if run is None:
             return
-        try:
-            cached = self._cached_outputs(run)
-        except Exception as e:
-            self._failed(run, None, e)
-            return
-        if cached is not None:
-            self._finish(run, cached, cost_micro=0, cached=True)
-            return
         self._run_claimed(run)
 
     def _claim_retrying(self, node_run_id: str):
+        """The run, claimed; None when there is nothing to run: it is done, cancelled, claimed by another
+        worker, or its outputs were found in the cache (then it was finished in the claim's transaction)."""
         return retry_when_busy(lambda: self._claim(node_run_id), self.busy_retry_s, "node claim")
 
     def run_batch(self, tasks: list[NodeTask]) -> None:
@@ -128,10 +143,6 @@ class NodeRunner:
             except NodeBusy:
                 continue
             if run is None:
-                continue
-            cached = self._cached_outputs(run)
-            if cached is not None:
-                self._finish(run, cached, cost_micro=0, cached=True)
                 continue
             runs.append(run)
         if len(runs) <= 1:
@@ -239,23 +250,36 @@ class NodeRunner:
 
     # --- steps ------------------------------------------------------------
     def _claim(self, node_run_id: str):
+        tasks: list[NodeTask] = []
         with self.db.transaction() as conn:
-            run = conn.execute(_RUN, {"id": node_run_id}).first()
-            if run is None or NodeStatus(run.status) not in (NodeStatus.QUEUED, NodeStatus.RUNNING):
-                return None  # already done (a duplicate delivery) or cancelled
-            if NodeStatus(run.status) == NodeStatus.RUNNING and (run.started_at or 0) + self.node_timeout_s > time.time():
-                # another worker runs it now; if that worker died, the run is taken over once its deadline passed
-                raise NodeBusy(run.started_at + self.node_timeout_s - time.time())
-            ex = conn.execute(_EXECUTION_STATE, {"id": run.execution_id}).first()
-            if ExecutionStatus(ex.status).is_terminal():
-                return None
-            if ex.cancel_requested:
-                self.lifecycle.finish_execution(conn, run.execution_id, ExecutionStatus.CANCELLED, "cancelled", "Cancelled by the client")
-                return None
-            if not self.lifecycle.start_node(conn, run, self.worker_name):
-                return None  # another worker claimed it between our read and our update
-            # the run as claimed, with what the run needs of its execution (read once, here)
-            return conn.execute(_CLAIMED_RUN, {"id": node_run_id}).first()
+            run = self._claim_in(conn, node_run_id)
+            if run is None or not run.cache_key:
+                return run
+            cached = self._cached_outputs(conn, run)
+            if cached is None:
+                return run
+            # the same outputs were made before: the run finishes in the transaction that claimed it
+            tasks = self.lifecycle.succeed_node(conn, run, cached, 0, True)
+        self._publish(run, tasks)
+        return None
+
+    def _claim_in(self, conn, node_run_id: str) -> "ClaimedRun | None":
+        """Claim the run in ``conn``'s transaction (see :meth:`_claim_retrying`)."""
+        run = conn.execute(_RUN, {"id": node_run_id}).first()
+        if run is None or NodeStatus(run.status) not in (NodeStatus.QUEUED, NodeStatus.RUNNING):
+            return None  # already done (a duplicate delivery) or cancelled
+        if NodeStatus(run.status) == NodeStatus.RUNNING and (run.started_at or 0) + self.node_timeout_s > time.time():
+            # another worker runs it now; if that worker died, the run is taken over once its deadline passed
+            raise NodeBusy(run.started_at + self.node_timeout_s - time.time())
+        if ExecutionStatus(run.execution_status).is_terminal():
+            return None
+        if run.execution_cancel_requested:
+            self.lifecycle.finish_execution(conn, run.execution_id, ExecutionStatus.CANCELLED, "cancelled", "Cancelled by the client")
+            return None
+        claimed = self.lifecycle.start_node(conn, run, self.worker_name)
+        if claimed is None:
+            return None  # another worker claimed it between our read and our update
+        return ClaimedRun(run._mapping, claimed)
 
     def _control(self, run) -> StepControl:
         node_run_id = run.id
@@ -295,17 +319,20 @@ class NodeRunner:
         control.on_preview = on_preview
         return control
 
-    def _cached_outputs(self, run) -> dict | None:
-        if not run.cache_key:
+    def _cached_outputs(self, conn, run) -> dict | None:
+        """The outputs of a finished run of the same account with ``run``'s cache key whose files are all
+        still stored; None when there is none (or the storage cannot say: then the run runs)."""
+        hit = conn.execute(_CACHE_HIT, {"cache_key": run.cache_key, "id": run.id, "execution_id": run.execution_id}).first()
+        if hit is None or not hit.outputs:
             return None
-        with self.db.engine.connect() as conn:
-            hit = conn.execute(_CACHE_HIT, {"cache_key": run.cache_key, "id": run.id, "execution_id": run.execution_id}).first()
-            if hit is None or not hit.outputs:
-                return None
-            ids = hit.outputs.get("images", [])
-            rows = conn.execute(sa.select(files.c.id, files.c.storage_key).where(files.c.id.in_(ids))).all()
+        ids = hit.outputs.get("images", [])
+        rows = conn.execute(_FILE_KEYS, {"ids": ids}).all()
+        try:
             if len(rows) != len(ids) or not all(self.storage.exists(r.storage_key) for r in rows):
                 return None
+        except OSError:
+            log.warning("could not check the cached outputs of node %s; it runs", run.node_id, exc_info=True)
+            return None
         return hit.outputs
 
     def _load_inputs(self, run) -> dict[str, list[Image.Image]]:
@@ -377,7 +404,10 @@ class NodeRunner:
                     return []  # cancelled or taken over meanwhile: outputs stay unreferenced
                 return self.lifecycle.succeed_node(conn, run, outputs, cost_micro, cached)
 
-        tasks = retry_when_busy(write, self.busy_retry_s, f"completion of node {run.node_id}")
+        self._publish(run, retry_when_busy(write, self.busy_retry_s, f"completion of node {run.node_id}"))
+
+    def _publish(self, run, tasks: list[NodeTask]) -> None:
+        """Hand the runs that ``run``'s completion made runnable to the queue."""
         if not tasks:
             return
         try:
