@@ -214,8 +214,8 @@ def test_a_worker_that_loses_the_head_to_another_worker_picks_the_next_waiting_r
     read_heads = worker_a._heads
     b_picked = []
 
-    def heads_then_b_picks(conn, queues, now):  # b leases the head between a's read and a's lease
-        heads = read_heads(conn, queues, now)
+    def heads_then_b_picks(conn, queues, now, **kw):  # b leases the head between a's read and a's lease
+        heads = read_heads(conn, queues, now, **kw)
         if not b_picked:
             b_picked.append(worker_b.pick(QUEUE))
         return heads

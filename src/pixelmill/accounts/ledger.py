@@ -24,6 +24,7 @@ import time
 from decimal import ROUND_HALF_EVEN, Decimal
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -47,6 +48,13 @@ def from_micro(micro: int) -> float:
 _BALANCE = sa.select(accounts.c.credit_balance_micro).where(accounts.c.id == sa.bindparam("account"))
 _ENTRY = sa.select(credit_ledger.c.id).where(credit_ledger.c.entry_key == sa.bindparam("entry_key"))
 _INSERT_ENTRY = sa.insert(credit_ledger)
+#: an entry whose key was used inserts nothing, and returns no row
+_INSERT_NEW_ENTRY = {
+    "sqlite": sqlite.insert(credit_ledger).on_conflict_do_nothing(index_elements=[credit_ledger.c.entry_key]).returning(credit_ledger.c.id),
+    "postgresql": postgresql.insert(credit_ledger)
+    .on_conflict_do_nothing(index_elements=[credit_ledger.c.entry_key])
+    .returning(credit_ledger.c.id),
+}
 _MOVE_BALANCE = (
     sa.update(accounts)
     .where(accounts.c.id == sa.bindparam("account"))
@@ -102,16 +110,19 @@ def add_entry(
 ) -> bool:
     """Append one entry and move the stored balance by it; False (nothing written) if ``entry_key`` was used."""
     change = to_micro(amount) if micro is None else int(micro)
-    exists = conn.execute(_ENTRY, {"entry_key": entry_key}).first()
-    if exists:
+    entry = dict(account_id=account_id, execution_id=execution_id, kind=kind, amount_micro=change, entry_key=entry_key, note=note,
+                 created_at=time.time())
+    insert_new = _INSERT_NEW_ENTRY.get(conn.dialect.name)
+    if insert_new is not None:
+        if conn.execute(insert_new, entry).first() is None:
+            return False  # the key was used: by an earlier call, or by a concurrent one that committed first
+        conn.execute(_MOVE_BALANCE, {"account": account_id, "change": change})
+        return True
+    if conn.execute(_ENTRY, {"entry_key": entry_key}).first():
         return False
     try:
         with conn.begin_nested():
-            conn.execute(
-                _INSERT_ENTRY,
-                dict(account_id=account_id, execution_id=execution_id, kind=kind, amount_micro=change, entry_key=entry_key, note=note,
-                     created_at=time.time()),
-            )
+            conn.execute(_INSERT_ENTRY, entry)
             conn.execute(_MOVE_BALANCE, {"account": account_id, "change": change})
     except IntegrityError:
         return False

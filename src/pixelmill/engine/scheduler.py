@@ -268,12 +268,15 @@ class Scheduler:
         queues = list(dict.fromkeys([queue, *worker.queues])) if affine and worker is not None else [queue]
         for _ in range(PICK_ROUNDS):  # each lost round means another worker took a run, so the waiting set shrank
             with self.db.engine.connect() as conn:
-                heads = self._heads(conn, queues, now)
+                heads = self._heads(conn, queues, now, with_plans=affine)
                 if not heads:
                     return None
-                usage = self._usage(conn, {h.account_id for h in heads}, now)
-                typical = self.typical_seconds(conn)
-                order = sorted(heads, key=lambda h: self._key(h, usage.get(h.account_id), typical))
+                if len(heads) == 1:  # nothing to order: no plans, use or typical run time to read
+                    order = heads
+                else:
+                    usage = self._usage(conn, {h.account_id for h in heads}, now)
+                    typical = self.typical_seconds(conn)
+                    order = sorted(heads, key=lambda h: self._key(h, usage.get(h.account_id), typical))
                 if affine and worker is not None:
                     chosen = self._affine(conn, order, worker, now)
                     if isinstance(chosen, Deferred):
@@ -395,10 +398,11 @@ class Scheduler:
             waiting_accounts.join(head, head.c.id == first)
         )
 
-    def _heads(self, conn: Connection, queues: list[str], now: float) -> list[_Head]:
-        """The first waiting run of each account in each of ``queues`` (request priority, then age)."""
+    def _heads(self, conn: Connection, queues: list[str], now: float, with_plans: bool = False) -> list[_Head]:
+        """The first waiting run of each account in each of ``queues`` (request priority, then age), with
+        their accounts' plans where there are several heads to order, or ``with_plans`` says."""
         rows = conn.execute(self._heads_statement, self._waiting_params(queues, now)).all()
-        plans = self._plans(conn, {r.account_id for r in rows})
+        plans = self._plans(conn, {r.account_id for r in rows}) if with_plans or len(rows) > 1 else {}
         return [_Head(r.id, r.execution_id, r.account_id, plans.get(r.account_id), r.queued_at or 0.0, r.queue) for r in rows]
 
     @functools.cached_property
@@ -798,7 +802,8 @@ class FairDispatch:
             return  # another worker picked the delivered run and is about to claim it
         batch = [chosen] if chosen is not None else []
         try:
-            if chosen is not None and self.run_batch is not None and self.batch_key is not None:
+            # batches are of one model's runs (a node type's batch key names its model): other queues never batch
+            if chosen is not None and self.run_batch is not None and self.batch_key is not None and model_of(chosen.queue) is not None:
                 try:
                     batch += self.scheduler.companions(chosen, self.batch_key)
                 except Exception:

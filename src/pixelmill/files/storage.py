@@ -22,10 +22,11 @@ class LocalStorage:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._real_root = self.root.resolve()
 
     def _resolve(self, key: str) -> Path:
-        p = (self.root / key).resolve()
-        if self.root.resolve() not in p.parents:
+        p = (self._real_root / key).resolve()
+        if self._real_root not in p.parents:
             raise ValueError(f"bad storage key {key!r}")
         return p
 
