@@ -80,12 +80,11 @@ class ClaimedRun:
 #: a finished run of the same account with the same cache key
 _CACHE_HIT = (
     sa.select(node_runs.c.outputs)
-    .join(executions, executions.c.id == node_runs.c.execution_id)
     .where(
         node_runs.c.cache_key == sa.bindparam("cache_key"),
+        node_runs.c.account_id == sa.bindparam("account_id"),
         node_runs.c.status == NodeStatus.SUCCEEDED,
         node_runs.c.id != sa.bindparam("id"),
-        executions.c.account_id == sa.select(executions.c.account_id).where(executions.c.id == sa.bindparam("execution_id")).scalar_subquery(),
     )
     .limit(1)
 )
@@ -322,7 +321,7 @@ class NodeRunner:
     def _cached_outputs(self, conn, run) -> dict | None:
         """The outputs of a finished run of the same account with ``run``'s cache key whose files are all
         still stored; None when there is none (or the storage cannot say: then the run runs)."""
-        hit = conn.execute(_CACHE_HIT, {"cache_key": run.cache_key, "id": run.id, "execution_id": run.execution_id}).first()
+        hit = conn.execute(_CACHE_HIT, {"cache_key": run.cache_key, "account_id": run.execution_account_id, "id": run.id}).first()
         if hit is None or not hit.outputs:
             return None
         ids = hit.outputs.get("images", [])

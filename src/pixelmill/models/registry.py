@@ -112,8 +112,10 @@ class ModelRegistry:
         """Give PyTorch ``torch_threads`` CPU threads, set from the thread that is about to use it."""
         n = self.torch_threads
         torch = sys.modules.get("torch")  # loaded by the backend; never imported here
-        if n and torch is not None and torch.get_num_threads() != n:
-            torch.set_num_threads(n)
+        # another thread may be importing it still (a warm start): a module without its functions yet is not in use
+        get, set_ = getattr(torch, "get_num_threads", None), getattr(torch, "set_num_threads", None)
+        if n and get is not None and set_ is not None and get() != n:
+            set_(n)
 
     def _acquire(self, name: str, mark_use: bool) -> TextToImageBackend:
         with self._cond:

@@ -86,7 +86,7 @@ node_runs = sa.Table(
     "node_runs",
     metadata,
     sa.Column("id", ID, primary_key=True),
-    sa.Column("execution_id", ID, sa.ForeignKey("executions.id"), nullable=False, index=True),
+    sa.Column("execution_id", ID, sa.ForeignKey("executions.id"), nullable=False),  # indexed first by the unique constraint
     sa.Column("node_id", sa.String(100), nullable=False),
     sa.Column("node_type", sa.String(100), nullable=False),
     sa.Column("status", sa.String(20), nullable=False),
@@ -113,10 +113,9 @@ node_runs = sa.Table(
     sa.Column("account_id", ID),
     sa.Column("priority", sa.Integer, nullable=False, default=0, server_default="0"),
     sa.UniqueConstraint("execution_id", "node_id", name="uq_node_runs_execution_node"),
-    sa.Index("ix_node_runs_status", "status"),
-    sa.Index("ix_node_runs_queue_status", "queue", "status"),
+    # each index is written by every claim and completion: none is the leading part of another
     sa.Index("ix_node_runs_started_at", "started_at"),
-    sa.Index("ix_node_runs_cache_key", "cache_key"),
+    sa.Index("ix_node_runs_cache", "cache_key", "account_id", "status"),  # a cache hit: same key, same account, succeeded
     sa.Index("ix_node_runs_status_queued", "status", "queued_at"),
     sa.Index("ix_node_runs_status_finished", "status", "finished_at"),
     # an execution's next waiting run (its queue position), without walking the whole queue
