@@ -92,6 +92,7 @@ class Runtime:
         )
         if settings.queue == "inprocess":  # a run's outputs are finished beside the next run (see Finisher)
             self.runner.finisher = Finisher()
+            self.runner.follows = True  # a restart re-queues a run it claimed in passing (see NodeRunner.follows)
             self.queue.drain = self.runner.finisher.join
             run, run_batch = self.runner.run_pipelined, self.runner.run_batch_pipelined
         else:  # a scale-out worker acknowledges a message only once its run is recorded

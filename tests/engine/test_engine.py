@@ -328,3 +328,46 @@ def test_with_no_light_threads_an_edit_waits_for_the_model_thread(make_runtime, 
     assert edit.status == ExecutionStatus.SUCCEEDED
     generation = finished(rt, p, slow.id).nodes[0]
     assert edit.nodes[0].started_at >= generation.started_at + 10 * 0.1  # after the generation's steps
+
+
+def _resize_graph(width: int) -> dict:
+    g = _edit_graph()
+    g["nodes"]["small"]["params"]["width"] = width
+    return g
+
+
+def test_a_chain_of_cache_hits_finishes_in_the_claim_of_its_first_run(make_runtime, db_url):
+    """An unchanged workflow run again finishes from the cache at once: the run its first cached node
+    makes runnable is cached too, so it is finished in the same transaction and never waits in the queue."""
+    rt = make_runtime(db_url)
+    p = principal(rt)
+    first = finished(rt, p, rt.executions.submit(Submission(p, _edit_graph(), "workflow", "a")).id)
+    rt.stop()  # no worker takes the next one: this test claims it
+    again = rt.executions.submit(Submission(p, _edit_graph(), "workflow", "b"))
+    head = next(n for n in again.nodes if n.node_id == "in")
+    assert rt.runner._claim(head.id) is None  # nothing left to run: both nodes were finished in this claim
+    view = rt.executions.get(p.account_id, again.id)
+    assert view.status == ExecutionStatus.SUCCEEDED
+    assert [n.cached for n in view.nodes] == [True, True]
+    assert view.nodes[1].files[0].id == first.nodes[1].files[0].id
+    with rt.db.engine.connect() as conn:
+        published = conn.execute(sa.select(node_runs.c.published_at).where(node_runs.c.execution_id == again.id, node_runs.c.node_id == "small")).scalar()
+    assert published is None  # the cached successor never reached a queue
+
+
+def test_an_execution_whose_first_node_is_cached_runs_its_next_node_before_later_executions_start(make_runtime, sqlite_url):
+    """Embedded: a run finished from the cache is followed at once by the run it made runnable on its
+    queue, so an execution goes on instead of queueing its next node behind every later execution."""
+    rt = make_runtime(sqlite_url)
+    p = principal(rt)
+    finished(rt, p, rt.executions.submit(Submission(p, _resize_graph(3), "workflow", "warm")).id)  # load_image is cached now
+    rt.stop()
+    views = [rt.executions.submit(Submission(p, _resize_graph(4 + i), "workflow", f"e{i}")) for i in range(4)]
+    rt.start()  # every first node waits when the worker starts
+    done = [finished(rt, p, v.id) for v in views]
+    assert all(v.status == ExecutionStatus.SUCCEEDED for v in done)
+    for earlier, later in zip(done, done[1:]):
+        e_in, e_small = earlier.nodes
+        l_in, _ = later.nodes
+        assert e_in.cached and not e_small.cached
+        assert e_small.started_at <= l_in.started_at, "the earlier execution's resize waited behind a later execution"

@@ -114,19 +114,25 @@ class NodeRunner:
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}"
         #: finishes runs handed over by :meth:`run_pipelined` (None: every run finishes where it ran)
         self.finisher: Finisher | None = None
+        #: a run finished from the cache is followed at once, on the same thread, by the run it made
+        #: runnable on the same queue (its execution goes on instead of queueing behind every other
+        #: one).  Only where a restart re-queues runs left RUNNING (embedded mode): a scale-out worker
+        #: holds a message for the run it was given, and none for a run it claims in passing
+        self.follows = False
         #: how long a write this runner must not lose is retried while the database is busy
         self.busy_retry_s = max(30.0, node_timeout_s)
 
     def run(self, task: NodeTask) -> None:
-        run = self._claim_retrying(task.node_run_id)
+        run = self._claim_retrying(task.node_run_id, follow=self.follows)
         if run is None:
             return
         self._run_claimed(run)
 
-    def _claim_retrying(self, node_run_id: str):
+    def _claim_retrying(self, node_run_id: str, follow: bool = False):
         """The run, claimed; None when there is nothing to run: it is done, cancelled, claimed by another
-        worker, or its outputs were found in the cache (then it was finished in the claim's transaction)."""
-        return retry_when_busy(lambda: self._claim(node_run_id), self.busy_retry_s, "node claim")
+        worker, or its outputs were found in the cache (then it was finished in the claim's transaction,
+        and with ``follow`` the run it made runnable on its queue is claimed and given instead)."""
+        return retry_when_busy(lambda: self._claim(node_run_id, follow), self.busy_retry_s, "node claim")
 
     def run_batch(self, tasks: list[NodeTask]) -> None:
         """Run compatible node runs of one batchable node type as one call (see ``NodeType.run_batch``).
@@ -248,23 +254,52 @@ class NodeRunner:
             self._fail(run, getattr(error, "code", "node_failed"), f"{type(error).__name__}: {error}")
 
     # --- steps ------------------------------------------------------------
-    def _claim(self, node_run_id: str):
-        tasks: list[NodeTask] = []
+    def _claim(self, node_run_id: str, follow: bool = False):
         with self.db.transaction() as conn:
-            run = self._claim_in(conn, node_run_id)
-            if run is None or not run.cache_key:
-                return run
-            cached = self._cached_outputs(conn, run)
-            if cached is None:
+            run = self._claim_in(conn, conn.execute(_RUN, {"id": node_run_id}).first())
+            cached = self._cached_outputs(conn, run) if run is not None and run.cache_key else None
+            if run is None or cached is None:
                 return run
             # the same outputs were made before: the run finishes in the transaction that claimed it
-            tasks = self.lifecycle.succeed_node(conn, run, cached, 0, True)
+            tasks = self._succeed_cached(conn, run, cached)
+            after = self._follow(conn, run.queue, tasks) if follow else None
         self._publish(run, tasks)
+        return after
+
+    def _follow(self, conn, queue: str | None, tasks: list[NodeTask]) -> "ClaimedRun | None":
+        """Claim the first of ``tasks`` (runs just made runnable) that waits on ``queue``, and take it out
+        of ``tasks``: it is not published, the caller runs it next."""
+        for task in tasks:
+            if (task.queue or "default") != (queue or "default"):
+                continue
+            run = self._claim_in(conn, conn.execute(_RUN, {"id": task.node_run_id}).first())
+            if run is not None:
+                tasks.remove(task)
+                return run
         return None
 
-    def _claim_in(self, conn, node_run_id: str) -> "ClaimedRun | None":
-        """Claim the run in ``conn``'s transaction (see :meth:`_claim_retrying`)."""
-        run = conn.execute(_RUN, {"id": node_run_id}).first()
+    def _succeed_cached(self, conn, run, outputs: dict) -> list[NodeTask]:
+        """Finish the claimed ``run`` with cached ``outputs``, and with it each run this makes runnable
+        whose outputs are cached too (a chain of cache hits is one transaction, and reaches no queue).
+        The runs made runnable that have to run, for the caller to publish once committed."""
+        return self._cached_successors(conn, self.lifecycle.succeed_node(conn, run, outputs, 0, True))
+
+    def _cached_successors(self, conn, tasks: list[NodeTask]) -> list[NodeTask]:
+        """``tasks`` (runs a completion in ``conn``'s transaction just queued), less those finished from
+        the cache here (see :meth:`_succeed_cached`), plus what those made runnable."""
+        left = []
+        for task in tasks:
+            row = conn.execute(_RUN, {"id": task.node_run_id}).first()
+            outputs = self._cached_outputs(conn, row) if row is not None and row.cache_key else None
+            run = self._claim_in(conn, row) if outputs is not None else None
+            if run is None:
+                left.append(task)
+                continue
+            left += self._succeed_cached(conn, run, outputs)
+        return left
+
+    def _claim_in(self, conn, run) -> "ClaimedRun | None":
+        """Claim ``run`` (a row read with :data:`_RUN`) in ``conn``'s transaction (see :meth:`_claim_retrying`)."""
         if run is None or NodeStatus(run.status) not in (NodeStatus.QUEUED, NodeStatus.RUNNING):
             return None  # already done (a duplicate delivery) or cancelled
         if NodeStatus(run.status) == NodeStatus.RUNNING and (run.started_at or 0) + self.node_timeout_s > time.time():
@@ -401,7 +436,7 @@ class NodeRunner:
                     conn.execute(sa.insert(files), file_rows)
                 if not self._still_mine(conn, run):
                     return []  # cancelled or taken over meanwhile: outputs stay unreferenced
-                return self.lifecycle.succeed_node(conn, run, outputs, cost_micro, cached)
+                return self._cached_successors(conn, self.lifecycle.succeed_node(conn, run, outputs, cost_micro, cached))
 
         self._publish(run, retry_when_busy(write, self.busy_retry_s, f"completion of node {run.node_id}"))
 

@@ -344,6 +344,7 @@ class ExecutionService:
         )
         keys: dict[str, str] = {}
         written: list[NodeRunView] = []
+        rows: list[dict] = []
         for node_id, node in prepared.nodes.items():
             params = node.params.model_dump(mode="json")
             if safety_override is not None and "safety_tolerance" in params:
@@ -361,8 +362,7 @@ class ExecutionService:
             queue = node.type.queue_name(node.params)
             runnable = not node.links
             run_id = new_id()
-            conn.execute(
-                INSERT_NODE_RUN,
+            rows.append(
                 dict(
                     id=run_id,
                     execution_id=eid,
@@ -394,6 +394,7 @@ class ExecutionService:
                     links={k: (src, out) for k, (src, out) in node.links.items()}, queue=queue,
                 )
             )
+        conn.execute(INSERT_NODE_RUN, rows)  # one statement for every node
         if moderated is not None:
             self.lifecycle.event(conn, eid, "execution.created", {"cost": 0.0})
             self.lifecycle.finish_execution(conn, eid, ExecutionStatus.FAILED, moderated.code, moderated.reason)
