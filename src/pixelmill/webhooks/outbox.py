@@ -104,6 +104,9 @@ _TARGETS = (
     .where(executions.c.id == sa.bindparam("execution_id"))
 )
 _INSERT = sa.insert(webhook_events)
+#: where a connection keeps the targets it read (see :meth:`Outbox.on_event`)
+_TARGETS_READ = "_pixelmill_webhook_targets"
+_UNREAD = object()
 
 
 class Outbox(Hooks):
@@ -130,7 +133,15 @@ class Outbox(Hooks):
         wtype = WEBHOOK_TYPES.get(event.type)
         if wtype is None:
             return
-        row = conn.execute(_TARGETS, {"execution_id": execution_id}).first()
+        # read once per transaction: a claim or completion writes several events of one execution
+        tx = conn.get_transaction()
+        kept = conn.__dict__.get(_TARGETS_READ)
+        if kept is None or kept[0] is not tx:
+            kept = conn.__dict__[_TARGETS_READ] = (tx, {})
+        seen = kept[1]
+        row = seen.get(execution_id, _UNREAD)
+        if row is _UNREAD:
+            row = seen[execution_id] = conn.execute(_TARGETS, {"execution_id": execution_id}).first()
         if row is None:
             return
         targets: list[tuple[str, str | None]] = []
