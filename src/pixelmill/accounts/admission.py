@@ -66,10 +66,14 @@ def active_task_error(limit: int, active: int) -> RateLimited:
 
 
 #: the account's unfinished executions (built once: it is read on every submit)
-_ACTIVE = (
-    sa.select(sa.func.count())
+#: the account's queued and running executions, counted up to the cap (``:cap``): the check reads
+#: as many index entries as the plan allows, however many run
+_ACTIVE = sa.select(sa.func.count()).select_from(
+    sa.select(sa.literal(1))
     .select_from(executions)
     .where(executions.c.account_id == sa.bindparam("account"), executions.c.status.in_(ExecutionStatus.active()))
+    .limit(sa.bindparam("cap"))
+    .subquery()
 )
 
 
@@ -116,7 +120,7 @@ class Admission(AdmissionPolicy):
         """Grant due plan credits, then the active-task cap: :class:`RateLimited` (``active_task_limit``)."""
         plan = self.plan_for(principal)
         ledger.grant_monthly(conn, principal.account_id, plan.monthly_credits)
-        active = conn.execute(_ACTIVE, {"account": principal.account_id}).scalar_one()
+        active = conn.execute(_ACTIVE, {"account": principal.account_id, "cap": plan.max_active_tasks}).scalar_one()
         if active >= plan.max_active_tasks:
             raise active_task_error(plan.max_active_tasks, int(active))
 
