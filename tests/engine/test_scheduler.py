@@ -243,3 +243,38 @@ def test_a_run_another_thread_claimed_is_not_picked_from_an_older_read(idle):
     assert [h.run_id for h in stale] == [task.node_run_id]
     assert not rt.scheduler._lease(stale[0].run_id, time.time())
     assert rt.scheduler.pick(QUEUE).execution_id == second.id
+
+
+def test_a_submits_answer_shows_the_queue_position_a_later_read_shows(idle):
+    """The submit answer's position is worked out from the runs it just queued (no read back): the
+    same as a poll's, for requests of several priorities and accounts and for two runs queued at once."""
+    rt = idle
+    a, b = principal(rt, "a"), principal(rt, "b", "vip")
+    two = {"nodes": {n: {"type": "text_to_image", "params": {"model": "fake", "prompt": n, "width": 64, "height": 64, "steps": 2, "seed": 1}}
+                     for n in ("left", "right")}}
+    steps = [
+        lambda: submit(rt, a, "first"),
+        lambda: submit(rt, b, "vip"),
+        lambda: submit(rt, a, "urgent", scheduling=RequestScheduling(priority=5)),
+        lambda: rt.executions.submit(Submission(principal=a, graph=two, dialect="workflow", label="two")),
+        lambda: submit(rt, a, "last"),
+    ]
+    answered = []
+    for step in steps:
+        view = step()
+        rt.scheduler.changed()
+        rt.executions.changed(view.id)  # the next read goes to the database
+        assert view.queue_position == rt.executions.get(None, view.id).queue_position
+        answered.append(view.queue_position)
+    assert answered == [0, 0, 1, 3, 5]  # the vip plan first, then a's urgent request, then a's by age
+
+
+def test_a_bfl_submit_answers_without_reading_the_queue(idle):
+    """A dialect whose submit answer shows no queue position does not compute one; its polls do."""
+    rt = idle
+    a = principal(rt, "a")
+    submit(rt, a, "ahead")
+    graph = {"nodes": {"gen": {"type": "text_to_image", "params": {"model": "fake", "prompt": "p", "width": 64, "height": 64, "steps": 2, "seed": 1}}}}
+    view = rt.executions.submit(Submission(principal=a, graph=graph, dialect="bfl", label="flux-dev"), queue_state=False)
+    assert view.queue_position is None
+    assert rt.executions.get(a.account_id, view.id).queue_position == 1

@@ -57,7 +57,7 @@ import time
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -128,6 +128,16 @@ def parse_scheduling_headers(get: Callable[[str], str | None]) -> RequestSchedul
             )
         values[name] = number
     return RequestScheduling(values[PRIORITY_HEADER], values[START_WITHIN_HEADER], values[CANCEL_AFTER_HEADER], values[RETENTION_HEADER])  # type: ignore[arg-type]
+
+
+class WaitingRun(NamedTuple):
+    """A waiting node run as a queue position starts from (the columns of ``_next_waiting_statement``)."""
+
+    id: str
+    queue: str
+    queued_at: float | None
+    account_id: str
+    priority: int
 
 
 @dataclass
@@ -616,7 +626,7 @@ class Scheduler:
         return (
             sa.select(node_runs.c.id, node_runs.c.queue, node_runs.c.queued_at, node_runs.c.account_id, node_runs.c.priority)
             .where(node_runs.c.execution_id == sa.bindparam("execution_id"), node_runs.c.status == NodeStatus.QUEUED)
-            .order_by(node_runs.c.queued_at)
+            .order_by(node_runs.c.queued_at, node_runs.c.id)
             .limit(1)
         )
 
@@ -697,7 +707,7 @@ class Scheduler:
             self._snapshots[mine.queue] = snap
         return snap
 
-    def position(self, conn: Connection, execution_id: str) -> int | None:
+    def position(self, conn: Connection, execution_id: str, head: "WaitingRun | None" = None) -> int | None:
         """How many waiting node runs the scheduler will start before this execution's next one.
 
         Follows :meth:`pick`'s order: every waiting run of a higher plan
@@ -706,9 +716,10 @@ class Scheduler:
         account's turn comes, given both accounts' recent use and weights (each
         pick adds the typical run time to the picked account's use).  It moves
         with the queue, not with the clock.  None when nothing of it waits.
+        ``head``: the execution's first waiting run, when the caller has it (it just queued it).
         """
         now = self.clock()
-        mine = conn.execute(self._next_waiting_statement, {"execution_id": execution_id}).first()
+        mine = head if head is not None else conn.execute(self._next_waiting_statement, {"execution_id": execution_id}).first()
         if mine is None:
             return None
         snapshot = self._snapshot(conn, mine, now)

@@ -22,7 +22,7 @@ from pixelmill.engine.estimates import RunTimes, estimate_start_at
 from pixelmill.engine.graph import PreparedGraph, cache_key, prepare
 from pixelmill.engine.lifecycle import Lifecycle, NodeTask
 from pixelmill.engine.publisher import publish_all
-from pixelmill.engine.scheduler import RequestScheduling, Scheduler, requested_scheduling
+from pixelmill.engine.scheduler import RequestScheduling, Scheduler, WaitingRun, requested_scheduling
 from pixelmill.engine.views import EventView, ExecutionView, NodeRunView, PreviewView, load_events, load_execution, load_previews
 from pixelmill.errors import InsufficientCredits, NotFound, ServiceUnavailable
 from pixelmill.ids import new_id
@@ -136,6 +136,16 @@ class LiveViews:
                 self._changed.popitem(last=False)
 
 
+def _first_waiting(view: ExecutionView, account_id: str) -> WaitingRun | None:
+    """The first waiting run of an execution just submitted, from what was written (as
+    :meth:`Scheduler.position` would read it: oldest, then lowest id)."""
+    queued = [n for n in view.nodes if n.status == NodeStatus.QUEUED]
+    if not queued:
+        return None
+    first = min(queued, key=lambda n: (n.queued_at or 0.0, n.id))
+    return WaitingRun(first.id, first.queue or "default", first.queued_at, account_id, view.priority)
+
+
 def _visible(view: ExecutionView, account_id: str | None) -> ExecutionView:
     """``view`` if the account may see it (None: any account) and it has not expired; else NotFound."""
     if (account_id is not None and view.account_id != account_id) or view.expires_at < time.time():
@@ -188,16 +198,18 @@ class ExecutionService:
     def prepare(self, graph: dict[str, Any]) -> PreparedGraph:
         return prepare(graph, self.nodes, self.services)
 
-    def submit(self, sub: Submission, prepared: PreparedGraph | None = None) -> ExecutionView:
+    def submit(self, sub: Submission, prepared: PreparedGraph | None = None, queue_state: bool = True) -> ExecutionView:
         """Create, price and queue an execution; its view.
 
         Under an ``Idempotency-Key`` (:data:`pixelmill.accounts.idempotency.current_claim`)
         the execution is written into the key's record in the same transaction, and a
         retry of a request whose execution exists gets that execution back: nothing
-        new is created, run or charged (the same holds for :meth:`submit_many`)."""
-        return self.submit_many([(sub, prepared)])[0]
+        new is created, run or charged (the same holds for :meth:`submit_many`).
+        ``queue_state=False``: the answer shows no queue position or estimated start (a
+        dialect whose submit answer has neither: its polls read them)."""
+        return self.submit_many([(sub, prepared)], queue_state)[0]
 
-    def submit_many(self, items: list[tuple[Submission, PreparedGraph | None]]) -> list[ExecutionView]:
+    def submit_many(self, items: list[tuple[Submission, PreparedGraph | None]], queue_state: bool = True) -> list[ExecutionView]:
         """Create several executions of one account all or nothing (a workflow batch).
 
         One transaction: the credit check is for the sum of their estimates (402 naming
@@ -268,12 +280,13 @@ class ExecutionService:
                 retry_after=5,
             ) from exc
         # the answers are what was written, nothing read back (a refused prompt's failed execution aside);
-        # queue positions are read after the commit, outside the write lock
-        with self.db.engine.connect() as conn:
-            for view in views:
-                if view is not None:
-                    self._with_queue_state(conn, view)
-                    self._live.put(view, read_at)
+        # queue positions are read after the commit, outside the write lock, from the runs just queued
+        if queue_state and any(view is not None for view in views):
+            with self.db.engine.connect() as conn:
+                for view in views:
+                    if view is not None:
+                        self._with_queue_state(conn, view, head=_first_waiting(view, account))
+                        self._live.put(view, read_at)
         return [view if view is not None else self.get(account, eid) for view, eid in zip(views, ids)]
 
     def _moderate(self, prepared: PreparedGraph, override: int | None) -> moderation.Verdict | None:
@@ -405,7 +418,7 @@ class ExecutionService:
                 id=eid, account_id=account, dialect=sub.dialect, label=sub.label, status=ExecutionStatus.QUEUED, request=sub.request,
                 created_at=now, started_at=None, finished_at=None, expires_at=now + self.result_ttl_s, error_code=None,
                 error_message=None, cost_estimate=cost, cost_actual=None, cancel_requested=False, webhook_url=sub.webhook_url,
-                workflow_id=sub.workflow_id, batch_id=sub.batch_id, nodes=written,
+                workflow_id=sub.workflow_id, batch_id=sub.batch_id, nodes=written, priority=priority,
             )
         )
         if cost > 0:
@@ -475,10 +488,11 @@ class ExecutionService:
         self._finished.discard(execution_id)
         self._live.changed(execution_id)
 
-    def _with_queue_state(self, conn, view: ExecutionView) -> ExecutionView:
-        """Set an unfinished execution's queue position and estimated start (as every view shows them)."""
+    def _with_queue_state(self, conn, view: ExecutionView, head: WaitingRun | None = None) -> ExecutionView:
+        """Set an unfinished execution's queue position and estimated start (as every view shows them);
+        ``head``: its first waiting run, when the caller knows it (see :meth:`Scheduler.position`)."""
         if not view.status.is_terminal():
-            view.queue_position = self._queue_position(conn, view)
+            view.queue_position = self._queue_position(conn, view, head)
             queued = [n.queue for n in view.nodes if n.status == NodeStatus.QUEUED]
             view.estimated_start_at = estimate_start_at(conn, view, mean_s=lambda: self.run_times.mean(queued[0] if queued else None))
         return view
@@ -498,12 +512,12 @@ class ExecutionService:
         with self.db.engine.connect() as conn:
             return load_events(conn, execution_id, after_seq, limit)
 
-    def _queue_position(self, conn, view: ExecutionView) -> int | None:
+    def _queue_position(self, conn, view: ExecutionView, head: WaitingRun | None = None) -> int | None:
         queued = [n for n in view.nodes if n.status == NodeStatus.QUEUED]
         if not queued:
             return 0 if view.status == ExecutionStatus.RUNNING else None
         if self.scheduler is not None and self.scheduler.fair:  # the scheduler's order, not arrival order
-            return self.scheduler.position(conn, view.id)
+            return self.scheduler.position(conn, view.id, head)
         first = min(n.queued_at or 0 for n in queued)
         return int(conn.execute(_QUEUED_BEFORE, {"before": first}).scalar())
 

@@ -72,6 +72,7 @@ class ExecutionView:
     workflow_id: str | None
     batch_id: str | None
     nodes: list[NodeRunView]
+    priority: int = 0  # the request's priority within its account (``Prefer: priority``)
     queue_position: int | None = None
     estimated_start_at: float | None = None
 
@@ -232,4 +233,5 @@ def load_execution(conn: Connection, execution_id: str, account_id: str | None =
         workflow_id=row.workflow_id,
         batch_id=row.batch_id,
         nodes=nodes,
+        priority=row.priority or 0,
     )

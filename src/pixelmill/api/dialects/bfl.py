@@ -295,7 +295,7 @@ async def _submit(built: _Built, request: Request, who: Principal) -> ExecutionV
             request=built.req.model_dump(mode="json", exclude={"webhook_secret"}),
             webhook_url=built.params.webhook_url,
             webhook_secret=built.params.webhook_secret,
-        ))
+        ), queue_state=False)  # BFL's submit answer has no queue position: its polls show one
     except GraphProblems as e:  # what the model cannot do, said about the request's own fields
         return _validation_error(_request_problems(e, built.req))
 

@@ -265,7 +265,7 @@ async def _run(
     rt = request.app.state.runtime
     submission = Submission(principal=who, graph=recipe.graph(), dialect="openai", label=model, request=logged)
     try:
-        view = await run_in_threadpool(rt.executions.submit, submission)
+        view = await run_in_threadpool(rt.executions.submit, submission, queue_state=False)  # answered once finished
     except GraphProblems as e:
         problem = recipes.first_problem(e, set(ImageGenerationRequest.model_fields) | set(ImageEditRequest.model_fields))
         param = problem.path[-1] if problem.path else None
