@@ -170,6 +170,43 @@ def test_polls_of_a_finished_execution_answered_from_memory_match_the_routes_ans
     assert client.get("/v1/get_result?id=nope").json()["status"] == "Task not found"
 
 
+def test_a_finished_executions_answer_is_rendered_once_a_second_and_its_urls_signed_that_second(make_runtime, sqlite_url, monkeypatch):
+    """Polls within one second get the same bytes (rendered once); a poll in a later second gets URLs
+    that expire that much later, as a fresh render would sign them."""
+    from urllib.parse import parse_qs, urlsplit
+
+    import pixelmill.api.hot_reads as hot_reads
+    import pixelmill.files.signing as signing
+
+    rt = make_runtime(sqlite_url, backend=FakeBackend(steps=1))
+    client = _client(rt, create_key(rt, "acme"))
+    eid = client.post("/v1/flux-dev", json={"prompt": "x", "width": 256, "height": 256}).json()["id"]
+    wait_for(lambda: client.get(f"/v1/get_result?id={eid}").json()["status"] == "Ready")
+    now = [time.time()]
+
+    class Clock:
+        @staticmethod
+        def time():
+            return now[0]
+
+    monkeypatch.setattr(hot_reads, "time", Clock)
+    monkeypatch.setattr(signing, "time", Clock)
+    rendered = []
+    response = hot_reads.JSONResponse
+    monkeypatch.setattr(hot_reads, "JSONResponse", lambda content: rendered.append(1) or response(content))
+
+    def expiry(body):
+        return int(parse_qs(urlsplit(body["result"]["sample"]).query)["exp"][0])
+
+    first = client.get(f"/v1/get_result?id={eid}")
+    same_second = client.get(f"/v1/get_result?id={eid}")
+    assert first.content == same_second.content and len(rendered) == 1
+    now[0] += 5
+    later = client.get(f"/v1/get_result?id={eid}")
+    assert expiry(later.json()) == expiry(first.json()) + 5
+    assert later.json()["result"]["sample"] != first.json()["result"]["sample"]
+
+
 def test_a_running_execution_is_polled_from_memory_until_a_notice_says_it_changed(make_runtime, sqlite_url):
     from pixelmill.engine.notify import Notice
 

@@ -29,7 +29,7 @@ def get_file(file_id: str, filename: str, request: Request, exp: str = "", sig: 
     )
 
 
-def _base_url(request: Request) -> str:
+def request_base_url(request: Request) -> str:
     """The base of the URLs this request's answer signs (worked out once per request)."""
     base = request.scope.get(_BASE_URL)
     if base is None:
@@ -41,12 +41,12 @@ _BASE_URL = "pixelmill.base_url"
 
 
 def signed_url(request: Request, file_view) -> str:
-    return request.app.state.runtime.signer.url(_base_url(request), file_view.id, file_view.filename)
+    return request.app.state.runtime.signer.url(request_base_url(request), file_view.id, file_view.filename)
 
 
 def signed_stream_url(request: Request, execution_id: str) -> str:
     """A key-less URL of an execution's live events, valid for an hour."""
-    return request.app.state.runtime.signer.stream_url(_base_url(request), execution_id)
+    return request.app.state.runtime.signer.stream_url(request_base_url(request), execution_id)
 
 
 def render_execution(request: Request, view: ExecutionView) -> dict:

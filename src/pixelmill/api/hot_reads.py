@@ -18,14 +18,16 @@ its path template and renderer.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import Scope
 
+from pixelmill.api.files import request_base_url
 from pixelmill.engine.views import ExecutionView
 from pixelmill.errors import NotFound
 
@@ -42,10 +44,21 @@ class HotRoute:
 
 
 class HotReads:
-    """The poll routes that may be answered from memory (see the module docstring)."""
+    """The poll routes that may be answered from memory (see the module docstring).
+
+    An answer's only part that moves with time is its signed URLs, whose expiry is
+    counted in whole seconds: within one second a finished execution's answer is the
+    same bytes, so each is rendered once per second however often it is polled.  Runs
+    on the event loop only (no lock).
+    """
+
+    #: rendered answers kept for the current second, at most
+    MAX_RENDERED = 10_000
 
     def __init__(self) -> None:
         self._routes: list[HotRoute] = []
+        self._second = 0
+        self._rendered: dict[tuple[str, str, str], bytes] = {}
 
     def add(self, path: str, render: Render, query_id: str | None = None) -> None:
         """``path`` is a route template with at most one ``{parameter}``, the execution id unless ``query_id`` names it."""
@@ -73,5 +86,17 @@ class HotReads:
             if view is None:
                 return None
             scope["route"] = route  # metrics and logs name the route's template
-            return JSONResponse(route.render(Request(scope), view))
+            return self._respond(route, Request(scope), view)
         return None
+
+    def _respond(self, route: HotRoute, request: Request, view: ExecutionView) -> Response:
+        second = int(time.time())
+        if second != self._second:  # the URLs signed last second expire a second earlier than this one's
+            self._second, self._rendered = second, {}
+        key = (route.path, view.id, request_base_url(request))
+        body = self._rendered.get(key)
+        if body is None:
+            body = JSONResponse(route.render(request, view)).body
+            if len(self._rendered) < self.MAX_RENDERED:
+                self._rendered[key] = body
+        return Response(body, media_type="application/json")
