@@ -56,8 +56,10 @@ def estimate_start_at(
         return view.started_at
     if view.status != ExecutionStatus.QUEUED or view.queue_position is None:
         return None
-    busy_since = conn.execute(BUSY_SINCE).scalar()
     mean = mean_s() if mean_s is not None else recent_node_seconds(conn)
+    if mean is None and view.queue_position != 0:
+        return None  # nothing to count the runs ahead with, whatever runs now
+    busy_since = conn.execute(BUSY_SINCE).scalar()
     if busy_since is None and view.queue_position == 0:
         return _queued_at(view)
     if mean is None:

@@ -238,7 +238,9 @@ class ExecutionService:
             # admission: checks that consume nothing run now; what consumes quota
             # (execution windows) runs only once the credit check has passed
             self.admission.check(conn, principal)
-            override = moderation.account_override(conn, account)
+            # the tolerance an operator pinned for the account: read only when a node has one to override
+            tolerant = any(hasattr(node.params, "safety_tolerance") for _, prepared in prepared_items for node in prepared.nodes.values())
+            override = moderation.account_override(conn, account) if tolerant else None
             verdicts = [self._moderate(prepared, override) for _, prepared in prepared_items]
             needed = sum(ledger.to_micro(prepared.cost) for (_, prepared), v in zip(prepared_items, verdicts) if v is None)
             available = ledger.balance_micro(conn, account)
