@@ -187,7 +187,8 @@ class Lifecycle:
             {"b_id": execution_id, "status": new, "finished_at": now, "cost_actual_micro": actual, "error_code": code,
              "error_message": (message or None) and message[:2000]},
         )
-        ledger.settle_micro(conn, ex.account_id, execution_id, ex.cost_estimate_micro, actual)
+        if ex.cost_estimate_micro or actual:  # nothing was held (a free execution): nothing to give back or take
+            ledger.settle_micro(conn, ex.account_id, execution_id, ex.cost_estimate_micro, actual)
         self.event(
             conn, execution_id, f"execution.{new.value}", {"error": message} if message else {},
             {"dialect": ex.dialect, "cost_actual_micro": actual},
