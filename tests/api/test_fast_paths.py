@@ -207,6 +207,27 @@ def test_a_finished_executions_answer_is_rendered_once_a_second_and_its_urls_sig
     assert later.json()["result"]["sample"] != first.json()["result"]["sample"]
 
 
+def test_an_answer_rendered_in_a_second_is_not_reused_once_the_execution_moved_on(make_runtime, sqlite_url, monkeypatch):
+    """Within one second a poll gets a new answer as soon as the execution has a new view (it finished)."""
+    import pixelmill.api.hot_reads as hot_reads
+
+    rt = make_runtime(sqlite_url, backend=FakeBackend(steps=20, step_delay=0.05))
+    client = _client(rt, create_key(rt, "acme"))
+    second = [time.time()]
+
+    class Clock:
+        @staticmethod
+        def time():
+            return second[0]
+
+    monkeypatch.setattr(hot_reads, "time", Clock)  # the whole test is one second for the answers
+    eid = client.post("/v1/flux-dev", json={"prompt": "x", "width": 256, "height": 256}).json()["id"]
+    wait_for(lambda: client.get(f"/v1/get_result?id={eid}").json()["status"] == "Pending" and rt.executions.cached(None, eid) is not None)
+    assert client.get(f"/v1/get_result?id={eid}").json()["status"] == "Pending"  # from memory, rendered this second
+    wait_for(lambda: rt.executions.get(None, eid).status.is_terminal())
+    assert client.get(f"/v1/get_result?id={eid}").json()["status"] == "Ready"
+
+
 def test_a_running_execution_is_polled_from_memory_until_a_notice_says_it_changed(make_runtime, sqlite_url):
     from pixelmill.engine.notify import Notice
 

@@ -47,9 +47,10 @@ class HotReads:
     """The poll routes that may be answered from memory (see the module docstring).
 
     An answer's only part that moves with time is its signed URLs, whose expiry is
-    counted in whole seconds: within one second a finished execution's answer is the
-    same bytes, so each is rendered once per second however often it is polled.  Runs
-    on the event loop only (no lock).
+    counted in whole seconds: within one second the answer for one view is the same
+    bytes, so each view is rendered once per second however often it is polled (a
+    running execution gets a new view with each change).  Runs on the event loop only
+    (no lock).
     """
 
     #: rendered answers kept for the current second, at most
@@ -58,7 +59,8 @@ class HotReads:
     def __init__(self) -> None:
         self._routes: list[HotRoute] = []
         self._second = 0
-        self._rendered: dict[tuple[str, str, str], bytes] = {}
+        #: (route, execution, base URL) -> (the view rendered, its bytes): reused for that very view only
+        self._rendered: dict[tuple[str, str, str], tuple[ExecutionView, bytes]] = {}
 
     def add(self, path: str, render: Render, query_id: str | None = None) -> None:
         """``path`` is a route template with at most one ``{parameter}``, the execution id unless ``query_id`` names it."""
@@ -94,9 +96,10 @@ class HotReads:
         if second != self._second:  # the URLs signed last second expire a second earlier than this one's
             self._second, self._rendered = second, {}
         key = (route.path, view.id, request_base_url(request))
-        body = self._rendered.get(key)
-        if body is None:
-            body = JSONResponse(route.render(request, view)).body
-            if len(self._rendered) < self.MAX_RENDERED:
-                self._rendered[key] = body
+        kept = self._rendered.get(key)
+        if kept is not None and kept[0] is view:  # a new view (it ran on, finished, was read again): render it
+            return Response(kept[1], media_type="application/json")
+        body = JSONResponse(route.render(request, view)).body
+        if len(self._rendered) < self.MAX_RENDERED or key in self._rendered:
+            self._rendered[key] = (view, body)
         return Response(body, media_type="application/json")

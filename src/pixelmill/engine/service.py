@@ -136,14 +136,14 @@ class LiveViews:
                 self._changed.popitem(last=False)
 
 
-def _first_waiting(view: ExecutionView, account_id: str) -> WaitingRun | None:
-    """The first waiting run of an execution just submitted, from what was written (as
-    :meth:`Scheduler.position` would read it: oldest, then lowest id)."""
+def _first_waiting(view: ExecutionView) -> WaitingRun | None:
+    """An execution's first waiting run as its view has it (as :meth:`Scheduler.position` would read
+    it: oldest, then lowest id)."""
     queued = [n for n in view.nodes if n.status == NodeStatus.QUEUED]
     if not queued:
         return None
     first = min(queued, key=lambda n: (n.queued_at or 0.0, n.id))
-    return WaitingRun(first.id, first.queue or "default", first.queued_at, account_id, view.priority)
+    return WaitingRun(first.id, first.queue or "default", first.queued_at, view.account_id, view.priority)
 
 
 def _visible(view: ExecutionView, account_id: str | None) -> ExecutionView:
@@ -287,7 +287,7 @@ class ExecutionService:
             with self.db.engine.connect() as conn:
                 for view in views:
                     if view is not None:
-                        self._with_queue_state(conn, view, head=_first_waiting(view, account))
+                        self._with_queue_state(conn, view)
                         self._live.put(view, read_at)
         return [view if view is not None else self.get(account, eid) for view, eid in zip(views, ids)]
 
@@ -490,11 +490,11 @@ class ExecutionService:
         self._finished.discard(execution_id)
         self._live.changed(execution_id)
 
-    def _with_queue_state(self, conn, view: ExecutionView, head: WaitingRun | None = None) -> ExecutionView:
-        """Set an unfinished execution's queue position and estimated start (as every view shows them);
-        ``head``: its first waiting run, when the caller knows it (see :meth:`Scheduler.position`)."""
+    def _with_queue_state(self, conn, view: ExecutionView) -> ExecutionView:
+        """Set an unfinished execution's queue position and estimated start (as every view shows them),
+        counted from its first waiting run as the view has it (written or read: not read again)."""
         if not view.status.is_terminal():
-            view.queue_position = self._queue_position(conn, view, head)
+            view.queue_position = self._queue_position(conn, view, _first_waiting(view))
             queued = [n.queue for n in view.nodes if n.status == NodeStatus.QUEUED]
             view.estimated_start_at = estimate_start_at(conn, view, mean_s=lambda: self.run_times.mean(queued[0] if queued else None))
         return view
