@@ -284,7 +284,9 @@ async def _build(endpoint: str, request: Request, *, sized_by_model: bool = Fals
     return _Built(endpoint, req, params, recipe, width, height, input_mp)
 
 
-async def _submit(built: _Built, request: Request, who: Principal) -> ExecutionView | JSONResponse:
+async def _submit(built: _Built, request: Request, who: Principal, queue_state: bool) -> ExecutionView | JSONResponse:
+    """Submit; ``queue_state``: the answer shows the view's queue position (an answer in ``get_result``'s
+    shape: the submit answer itself has none, its polls show one)."""
     rt = request.app.state.runtime
     try:
         return await run_in_threadpool(rt.executions.submit, Submission(
@@ -295,7 +297,7 @@ async def _submit(built: _Built, request: Request, who: Principal) -> ExecutionV
             request=built.req.model_dump(mode="json", exclude={"webhook_secret"}),
             webhook_url=built.params.webhook_url,
             webhook_secret=built.params.webhook_secret,
-        ), queue_state=False)  # BFL's submit answer has no queue position: its polls show one
+        ), queue_state=queue_state)
     except GraphProblems as e:  # what the model cannot do, said about the request's own fields
         return _validation_error(_request_problems(e, built.req))
 
@@ -372,10 +374,10 @@ async def submit(endpoint: str, request: Request, who: Principal = Depends(princ
     built = await _build(endpoint, request)
     if isinstance(built, JSONResponse):
         return built
-    view = await _submit(built, request, who)
+    wait_s = requested_wait(request.headers.get("prefer"), rt.settings.max_wait_s)
+    view = await _submit(built, request, who, queue_state=wait_s is not None)
     if isinstance(view, JSONResponse):
         return view
-    wait_s = requested_wait(request.headers.get("prefer"), rt.settings.max_wait_s)
     if wait_s is not None:  # Prefer: wait[=N]: hold until done or N s, answer like get_result
         return await wait.bfl_response(request, who.account_id, view, wait_s)
     return render_submit(request, view, built.width * built.height / 1_000_000, built.input_mp)
@@ -395,7 +397,7 @@ async def submit_sync(endpoint: str, request: Request, who: Principal = Depends(
     built = await _build(endpoint, request, sized_by_model=True)
     if isinstance(built, JSONResponse):
         return _with_error(built)
-    view = await _submit(built, request, who)
+    view = await _submit(built, request, who, queue_state=True)  # a timeout answers in get_result's shape
     if isinstance(view, JSONResponse):
         return _with_error(view)
     (view,) = await wait.wait_terminal(rt, who.account_id, [view], rt.settings.sync_timeout_s)
