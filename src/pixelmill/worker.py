@@ -15,13 +15,14 @@ import threading
 from typing import Any, Callable, Sequence
 
 from pixelmill.config import Settings
+from pixelmill.engine.scheduler import MODEL_QUEUE_PREFIX, model_of
 from pixelmill.models.catalog import ModelCatalog
 from pixelmill.models.registry import ModelRegistry
-from pixelmill.engine.scheduler import MODEL_QUEUE_PREFIX, model_of
 from pixelmill.queue.base import DEFAULT_QUEUE
 from pixelmill.runtime import Runtime
 
 log = logging.getLogger("pixelmill.worker")
+
 
 def model_queue(model: str) -> str:
     """The queue that carries the node runs of ``model``."""

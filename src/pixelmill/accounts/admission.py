@@ -65,9 +65,8 @@ def active_task_error(limit: int, active: int) -> RateLimited:
     )
 
 
-#: the account's unfinished executions (built once: it is read on every submit)
-#: the account's queued and running executions, counted up to the cap (``:cap``): the check reads
-#: as many index entries as the plan allows, however many run
+#: the account's unfinished executions, counted up to the cap (``:cap``; built once: it is read on
+#: every submit): the check reads as many index entries as the plan allows, however many run
 _ACTIVE = sa.select(sa.func.count()).select_from(
     sa.select(sa.literal(1))
     .select_from(executions)

@@ -5,7 +5,7 @@ so sums never drift.  The public functions take and return credits (what the
 APIs show); :func:`to_micro` rounds a credit amount to the nearest micro-credit.
 
 Every entry changes ``accounts.credit_balance_micro`` by its amount in the same
-transaction (and savepoint) that appends it, so reading a balance is one row
+transaction that appends it, so reading a balance is one row
 (:func:`balance`) however long the ledger grows.  The ledger stays the record:
 :func:`reconcile` compares the stored balance with the sum of the entries.
 
@@ -26,7 +26,6 @@ from decimal import ROUND_HALF_EVEN, Decimal
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
 
 from pixelmill.store.tables import accounts, credit_ledger
 
@@ -47,13 +46,12 @@ def from_micro(micro: int) -> float:
 # Statements built once: building one per call costs more than executing it.
 _BALANCE = sa.select(accounts.c.credit_balance_micro).where(accounts.c.id == sa.bindparam("account"))
 _ENTRY = sa.select(credit_ledger.c.id).where(credit_ledger.c.entry_key == sa.bindparam("entry_key"))
-_INSERT_ENTRY = sa.insert(credit_ledger)
-#: an entry whose key was used inserts nothing, and returns no row
+#: per dialect (the two the store runs on): an entry whose key was used inserts nothing, and returns no row
 _INSERT_NEW_ENTRY = {
-    "sqlite": sqlite.insert(credit_ledger).on_conflict_do_nothing(index_elements=[credit_ledger.c.entry_key]).returning(credit_ledger.c.id),
-    "postgresql": postgresql.insert(credit_ledger)
+    dialect.__name__.rsplit(".", 1)[-1]: dialect.insert(credit_ledger)
     .on_conflict_do_nothing(index_elements=[credit_ledger.c.entry_key])
-    .returning(credit_ledger.c.id),
+    .returning(credit_ledger.c.id)
+    for dialect in (sqlite, postgresql)
 }
 _MOVE_BALANCE = (
     sa.update(accounts)
@@ -112,20 +110,9 @@ def add_entry(
     change = to_micro(amount) if micro is None else int(micro)
     entry = dict(account_id=account_id, execution_id=execution_id, kind=kind, amount_micro=change, entry_key=entry_key, note=note,
                  created_at=time.time())
-    insert_new = _INSERT_NEW_ENTRY.get(conn.dialect.name)
-    if insert_new is not None:
-        if conn.execute(insert_new, entry).first() is None:
-            return False  # the key was used: by an earlier call, or by a concurrent one that committed first
-        conn.execute(_MOVE_BALANCE, {"account": account_id, "change": change})
-        return True
-    if conn.execute(_ENTRY, {"entry_key": entry_key}).first():
-        return False
-    try:
-        with conn.begin_nested():
-            conn.execute(_INSERT_ENTRY, entry)
-            conn.execute(_MOVE_BALANCE, {"account": account_id, "change": change})
-    except IntegrityError:
-        return False
+    if conn.execute(_INSERT_NEW_ENTRY[conn.dialect.name], entry).first() is None:
+        return False  # the key was used: by an earlier call, or by a concurrent one that committed first
+    conn.execute(_MOVE_BALANCE, {"account": account_id, "change": change})
     return True
 
 
