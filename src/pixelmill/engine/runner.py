@@ -261,32 +261,34 @@ class NodeRunner:
             if run is None or cached is None:
                 return run
             # the same outputs were made before: the run finishes in the transaction that claimed it
-            tasks = self._succeed_cached(conn, run, cached)
-            after = self._follow(conn, run.queue, tasks) if follow else None
+            read: dict[str, Any] = {}
+            tasks = self._succeed_cached(conn, run, cached, read)
+            after = self._follow(conn, run.queue, tasks, read) if follow else None
         self._publish(run, tasks)
         return after
 
-    def _follow(self, conn, queue: str | None, tasks: list[NodeTask]) -> "ClaimedRun | None":
-        """Claim the first of ``tasks`` (runs just made runnable) that waits on ``queue``, and take it out
-        of ``tasks``: it is not published, the caller runs it next."""
+    def _follow(self, conn, queue: str | None, tasks: list[NodeTask], read: dict[str, Any]) -> "ClaimedRun | None":
+        """Claim the first of ``tasks`` (runs just made runnable, their rows in ``read``) that waits on
+        ``queue``, and take it out of ``tasks``: it is not published, the caller runs it next."""
         for task in tasks:
             if (task.queue or "default") != (queue or "default"):
                 continue
-            run = self._claim_in(conn, conn.execute(_RUN, {"id": task.node_run_id}).first())
+            run = self._claim_in(conn, read[task.node_run_id])
             if run is not None:
                 tasks.remove(task)
                 return run
         return None
 
-    def _succeed_cached(self, conn, run, outputs: dict) -> list[NodeTask]:
+    def _succeed_cached(self, conn, run, outputs: dict, read: dict[str, Any] | None = None) -> list[NodeTask]:
         """Finish the claimed ``run`` with cached ``outputs``, and with it each run this makes runnable
         whose outputs are cached too (a chain of cache hits is one transaction, and reaches no queue).
         The runs made runnable that have to run, for the caller to publish once committed."""
-        return self._cached_successors(conn, self.lifecycle.succeed_node(conn, run, outputs, 0, True))
+        return self._cached_successors(conn, self.lifecycle.succeed_node(conn, run, outputs, 0, True), read)
 
-    def _cached_successors(self, conn, tasks: list[NodeTask]) -> list[NodeTask]:
+    def _cached_successors(self, conn, tasks: list[NodeTask], read: dict[str, Any] | None = None) -> list[NodeTask]:
         """``tasks`` (runs a completion in ``conn``'s transaction just queued), less those finished from
-        the cache here (see :meth:`_succeed_cached`), plus what those made runnable."""
+        the cache here (see :meth:`_succeed_cached`), plus what those made runnable; ``read`` gets the
+        row of each run left, as read here."""
         left = []
         for task in tasks:
             row = conn.execute(_RUN, {"id": task.node_run_id}).first()
@@ -294,8 +296,10 @@ class NodeRunner:
             run = self._claim_in(conn, row) if outputs is not None else None
             if run is None:
                 left.append(task)
+                if read is not None:
+                    read[task.node_run_id] = row
                 continue
-            left += self._succeed_cached(conn, run, outputs)
+            left += self._succeed_cached(conn, run, outputs, read)
         return left
 
     def _claim_in(self, conn, run) -> "ClaimedRun | None":

@@ -716,7 +716,7 @@ class Scheduler:
         account's turn comes, given both accounts' recent use and weights (each
         pick adds the typical run time to the picked account's use).  It moves
         with the queue, not with the clock.  None when nothing of it waits.
-        ``head``: the execution's first waiting run, when the caller has it (it just queued it).
+        ``head``: the execution's first waiting run, when the caller has it (else it is read).
         """
         now = self.clock()
         mine = head if head is not None else conn.execute(self._next_waiting_statement, {"execution_id": execution_id}).first()

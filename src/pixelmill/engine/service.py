@@ -136,16 +136,6 @@ class LiveViews:
                 self._changed.popitem(last=False)
 
 
-def _first_waiting(view: ExecutionView) -> WaitingRun | None:
-    """An execution's first waiting run as its view has it (as :meth:`Scheduler.position` would read
-    it: oldest, then lowest id)."""
-    queued = [n for n in view.nodes if n.status == NodeStatus.QUEUED]
-    if not queued:
-        return None
-    first = min(queued, key=lambda n: (n.queued_at or 0.0, n.id))
-    return WaitingRun(first.id, first.queue or "default", first.queued_at, view.account_id, view.priority)
-
-
 def _visible(view: ExecutionView, account_id: str | None) -> ExecutionView:
     """``view`` if the account may see it (None: any account) and it has not expired; else NotFound."""
     if (account_id is not None and view.account_id != account_id) or view.expires_at < time.time():
@@ -491,10 +481,9 @@ class ExecutionService:
         self._live.changed(execution_id)
 
     def _with_queue_state(self, conn, view: ExecutionView) -> ExecutionView:
-        """Set an unfinished execution's queue position and estimated start (as every view shows them),
-        counted from its first waiting run as the view has it (written or read: not read again)."""
+        """Set an unfinished execution's queue position and estimated start (as every view shows them)."""
         if not view.status.is_terminal():
-            view.queue_position = self._queue_position(conn, view, _first_waiting(view))
+            view.queue_position = self._queue_position(conn, view)
             queued = [n.queue for n in view.nodes if n.status == NodeStatus.QUEUED]
             view.estimated_start_at = estimate_start_at(conn, view, mean_s=lambda: self.run_times.mean(queued[0] if queued else None))
         return view
@@ -514,14 +503,17 @@ class ExecutionService:
         with self.db.engine.connect() as conn:
             return load_events(conn, execution_id, after_seq, limit)
 
-    def _queue_position(self, conn, view: ExecutionView, head: WaitingRun | None = None) -> int | None:
+    def _queue_position(self, conn, view: ExecutionView) -> int | None:
         queued = [n for n in view.nodes if n.status == NodeStatus.QUEUED]
         if not queued:
             return 0 if view.status == ExecutionStatus.RUNNING else None
+        # its first waiting run as the view has it (written or read: not read again), as the scheduler
+        # orders an execution's runs: oldest, then lowest id
+        first = min(queued, key=lambda n: (n.queued_at or 0.0, n.id))
         if self.scheduler is not None and self.scheduler.fair:  # the scheduler's order, not arrival order
+            head = WaitingRun(first.id, first.queue or "default", first.queued_at, view.account_id, view.priority)
             return self.scheduler.position(conn, view.id, head)
-        first = min(n.queued_at or 0 for n in queued)
-        return int(conn.execute(_QUEUED_BEFORE, {"before": first}).scalar())
+        return int(conn.execute(_QUEUED_BEFORE, {"before": first.queued_at or 0}).scalar())
 
     def graph(self, account_id: str | None, execution_id: str) -> dict[str, Any]:
         """The graph the execution ran, ``{"nodes": {…}}`` as submitted (what a dialect's recipe built, a
