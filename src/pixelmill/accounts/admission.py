@@ -38,6 +38,7 @@ from pixelmill.accounts.plans import Plan
 from pixelmill.accounts.ratelimit import LimitState, RateLimiter, RateLimitStorageError, rate_limited_error
 from pixelmill.domain.status import ExecutionStatus
 from pixelmill.errors import RateLimited
+from pixelmill.store.prebuilt import prebuilt
 from pixelmill.store.tables import executions
 
 log = logging.getLogger("pixelmill.accounts")
@@ -67,12 +68,14 @@ def active_task_error(limit: int, active: int) -> RateLimited:
 
 #: the account's unfinished executions, counted up to the cap (``:cap``; built once: it is read on
 #: every submit): the check reads as many index entries as the plan allows, however many run
-_ACTIVE = sa.select(sa.func.count()).select_from(
-    sa.select(sa.literal(1))
-    .select_from(executions)
-    .where(executions.c.account_id == sa.bindparam("account"), executions.c.status.in_(ExecutionStatus.active()))
-    .limit(sa.bindparam("cap"))
-    .subquery()
+_ACTIVE = prebuilt(
+    sa.select(sa.func.count()).select_from(
+        sa.select(sa.literal(1))
+        .select_from(executions)
+        .where(executions.c.account_id == sa.bindparam("account"), executions.c.status.in_(ExecutionStatus.active()))
+        .limit(sa.bindparam("cap"))
+        .subquery()
+    )
 )
 
 

@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from pixelmill.store.prebuilt import prebuilt
 from pixelmill.store.tables import accounts, credit_ledger
 
 MICRO = 1_000_000
@@ -44,16 +45,16 @@ def from_micro(micro: int) -> float:
 
 
 # Statements built once: building one per call costs more than executing it.
-_BALANCE = sa.select(accounts.c.credit_balance_micro).where(accounts.c.id == sa.bindparam("account"))
-_ENTRY = sa.select(credit_ledger.c.id).where(credit_ledger.c.entry_key == sa.bindparam("entry_key"))
+_BALANCE = prebuilt(sa.select(accounts.c.credit_balance_micro).where(accounts.c.id == sa.bindparam("account")))
+_ENTRY = prebuilt(sa.select(credit_ledger.c.id).where(credit_ledger.c.entry_key == sa.bindparam("entry_key")))
 #: per dialect (the two the store runs on): an entry whose key was used inserts nothing, and returns no row
 _INSERT_NEW_ENTRY = {
-    dialect.__name__.rsplit(".", 1)[-1]: dialect.insert(credit_ledger)
-    .on_conflict_do_nothing(index_elements=[credit_ledger.c.entry_key])
-    .returning(credit_ledger.c.id)
+    dialect.__name__.rsplit(".", 1)[-1]: prebuilt(
+        dialect.insert(credit_ledger).on_conflict_do_nothing(index_elements=[credit_ledger.c.entry_key]).returning(credit_ledger.c.id)
+    )
     for dialect in (sqlite, postgresql)
 }
-_MOVE_BALANCE = (
+_MOVE_BALANCE = prebuilt(
     sa.update(accounts)
     .where(accounts.c.id == sa.bindparam("account"))
     .values(credit_balance_micro=accounts.c.credit_balance_micro + sa.bindparam("change", type_=sa.BigInteger))

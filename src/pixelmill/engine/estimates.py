@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 
 from pixelmill.domain.status import ExecutionStatus, NodeStatus
 from pixelmill.engine.views import ExecutionView
+from pixelmill.store.prebuilt import prebuilt
 from pixelmill.store.tables import node_runs
 
 RECENT_RUNS = 50
@@ -35,7 +36,7 @@ def recent_node_seconds(conn: Connection, limit: int = RECENT_RUNS) -> float | N
 
 
 #: when the work running now started (built once: it is read on every view of a queued execution)
-BUSY_SINCE = sa.select(sa.func.min(node_runs.c.started_at)).where(node_runs.c.status == NodeStatus.RUNNING)
+BUSY_SINCE = prebuilt(sa.select(sa.func.min(node_runs.c.started_at)).where(node_runs.c.status == NodeStatus.RUNNING))
 
 
 def estimate_start_at(

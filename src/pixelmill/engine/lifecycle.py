@@ -19,25 +19,30 @@ from pixelmill.accounts import ledger
 from pixelmill.domain.status import ExecutionStatus, NodeStatus
 from pixelmill.engine.hooks import Hooks, LifecycleEvent, run_after_commit, wants_after_commit
 from pixelmill.store.db import after_commit
+from pixelmill.store.prebuilt import prebuilt
 from pixelmill.store.tables import execution_events, executions, node_runs
 
 
-# Statements built once: building one per call costs more than executing it.  Parameters named
-# ``b_…`` are the WHERE clause's; the others set the columns of the same name.
-INSERT_EVENT = sa.insert(execution_events)
-UPDATE_RUN = sa.update(node_runs).where(node_runs.c.id == sa.bindparam("b_id"))
-CLAIM_RUN = UPDATE_RUN.where(node_runs.c.status == sa.bindparam("b_status"), node_runs.c.attempts == sa.bindparam("b_attempts"))
-RUNS_OF_EXECUTION = sa.select(node_runs).where(node_runs.c.execution_id == sa.bindparam("b_execution_id"))
-CLOSE_OPEN_RUNS = sa.update(node_runs).where(
-    node_runs.c.execution_id == sa.bindparam("b_execution_id"),
-    node_runs.c.status.in_([NodeStatus.WAITING, NodeStatus.QUEUED, NodeStatus.RUNNING]),
+# Statements built once, and run through their compiled form (:mod:`pixelmill.store.prebuilt`).
+# Parameters named ``b_…`` are the WHERE clause's; the others set the columns of the same name.
+_update_run = sa.update(node_runs).where(node_runs.c.id == sa.bindparam("b_id"))
+INSERT_EVENT = prebuilt(sa.insert(execution_events))
+UPDATE_RUN = prebuilt(_update_run)
+CLAIM_RUN = prebuilt(_update_run.where(node_runs.c.status == sa.bindparam("b_status"), node_runs.c.attempts == sa.bindparam("b_attempts")))
+RUNS_OF_EXECUTION = prebuilt(sa.select(node_runs).where(node_runs.c.execution_id == sa.bindparam("b_execution_id")))
+CLOSE_OPEN_RUNS = prebuilt(
+    sa.update(node_runs).where(
+        node_runs.c.execution_id == sa.bindparam("b_execution_id"),
+        sa.or_(*(node_runs.c.status == s for s in (NodeStatus.WAITING, NodeStatus.QUEUED, NodeStatus.RUNNING))),
+    )
 )
-EXECUTION_COST = sa.select(sa.func.coalesce(sa.func.sum(node_runs.c.cost_micro), 0)).where(
-    node_runs.c.execution_id == sa.bindparam("b_execution_id")
+EXECUTION_COST = prebuilt(
+    sa.select(sa.func.coalesce(sa.func.sum(node_runs.c.cost_micro), 0)).where(node_runs.c.execution_id == sa.bindparam("b_execution_id"))
 )
-EXECUTION_ROW = sa.select(executions).where(executions.c.id == sa.bindparam("b_id"))
-UPDATE_EXECUTION = sa.update(executions).where(executions.c.id == sa.bindparam("b_id"))
-START_EXECUTION = UPDATE_EXECUTION.where(executions.c.status == ExecutionStatus.QUEUED).values(status=ExecutionStatus.RUNNING)
+EXECUTION_ROW = prebuilt(sa.select(executions).where(executions.c.id == sa.bindparam("b_id")))
+_update_execution = sa.update(executions).where(executions.c.id == sa.bindparam("b_id"))
+UPDATE_EXECUTION = prebuilt(_update_execution)
+START_EXECUTION = prebuilt(_update_execution.where(executions.c.status == ExecutionStatus.QUEUED).values(status=ExecutionStatus.RUNNING))
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from pixelmill.models.imageops import FILE_EXTENSIONS, MIME_TYPES, encode_image
 from pixelmill.nodes.base import NodeContext, NodeRegistry
 from pixelmill.nodes.services import NodeServices
 from pixelmill.store.db import Database, database_busy, retry_when_busy
+from pixelmill.store.prebuilt import prebuilt
 from pixelmill.store.tables import executions, files, node_runs
 
 log = logging.getLogger("pixelmill.runner")
@@ -50,7 +51,7 @@ class NodeBusy(Exception):
 
 # Statements built once: building one per call costs more than executing it.
 #: a run to claim, with what the claim and the run need of its execution
-_RUN = (
+_RUN = prebuilt(
     sa.select(
         node_runs,
         executions.c.status.label("execution_status"),
@@ -78,7 +79,7 @@ class ClaimedRun:
             raise AttributeError(name) from None
 
 #: a finished run of the same account with the same cache key
-_CACHE_HIT = (
+_CACHE_HIT = prebuilt(
     sa.select(node_runs.c.outputs)
     .where(
         node_runs.c.cache_key == sa.bindparam("cache_key"),
@@ -88,7 +89,7 @@ _CACHE_HIT = (
     )
     .limit(1)
 )
-_FILE_KEYS = sa.select(files.c.id, files.c.storage_key).where(files.c.id.in_(sa.bindparam("ids", expanding=True)))
+_FILE_KEYS = prebuilt(sa.select(files.c.id, files.c.storage_key).where(files.c.id.in_(sa.bindparam("ids", expanding=True))))
 
 
 class NodeRunner:

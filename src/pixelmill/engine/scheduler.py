@@ -68,6 +68,7 @@ from pixelmill.engine.lifecycle import Lifecycle, NodeTask
 from pixelmill.errors import InvalidInput
 from pixelmill.periodic import Periodic
 from pixelmill.store.db import Database
+from pixelmill.store.prebuilt import prebuilt
 from pixelmill.store.tables import accounts, executions, node_runs, worker_models
 
 log = logging.getLogger("pixelmill.scheduler")
@@ -404,8 +405,10 @@ class Scheduler:
             .scalar_subquery()
         )
         head = node_runs.alias("head")
-        return sa.select(head.c.id, head.c.execution_id, head.c.queued_at, head.c.queue, head.c.account_id, head.c.priority).select_from(
-            waiting_accounts.join(head, head.c.id == first)
+        return prebuilt(
+            sa.select(head.c.id, head.c.execution_id, head.c.queued_at, head.c.queue, head.c.account_id, head.c.priority).select_from(
+                waiting_accounts.join(head, head.c.id == first)
+            )
         )
 
     def _heads(self, conn: Connection, queues: list[str], now: float, with_plans: bool = False) -> list[_Head]:
@@ -417,7 +420,7 @@ class Scheduler:
 
     @functools.cached_property
     def _plans_statement(self):
-        return sa.select(accounts.c.id, accounts.c.plan).where(accounts.c.id.in_(sa.bindparam("ids", expanding=True)))
+        return prebuilt(sa.select(accounts.c.id, accounts.c.plan).where(accounts.c.id.in_(sa.bindparam("ids", expanding=True))))
 
     def _plans(self, conn: Connection, account_ids: set[str]) -> dict[str, str | None]:
         """The plan of each account, read apart from the waiting runs: one account's row is locked by each
@@ -505,7 +508,7 @@ class Scheduler:
 
     @functools.cached_property
     def _still_waiting_statement(self):
-        return sa.select(node_runs.c.id).where(node_runs.c.id == sa.bindparam("id"), node_runs.c.status == NodeStatus.QUEUED)
+        return prebuilt(sa.select(node_runs.c.id).where(node_runs.c.id == sa.bindparam("id"), node_runs.c.status == NodeStatus.QUEUED))
 
     @functools.cached_property
     def _batch_head_statement(self):
@@ -623,7 +626,7 @@ class Scheduler:
     @functools.cached_property
     def _next_waiting_statement(self):
         """An execution's first waiting run, with its account and request priority (one index lookup)."""
-        return (
+        return prebuilt(
             sa.select(node_runs.c.id, node_runs.c.queue, node_runs.c.queued_at, node_runs.c.account_id, node_runs.c.priority)
             .where(node_runs.c.execution_id == sa.bindparam("execution_id"), node_runs.c.status == NodeStatus.QUEUED)
             .order_by(node_runs.c.queued_at, node_runs.c.id)
@@ -633,7 +636,7 @@ class Scheduler:
     @functools.cached_property
     def _accounts_waiting_statement(self):
         """Per account, its waiting runs of ``:queue`` and when the oldest was queued (a covering index range)."""
-        return (
+        return prebuilt(
             sa.select(node_runs.c.account_id, sa.func.count().label("n"), sa.func.min(node_runs.c.queued_at).label("oldest"))
             .where(node_runs.c.queue == sa.bindparam("queue"), node_runs.c.status == NodeStatus.QUEUED)
             .group_by(node_runs.c.account_id)
@@ -644,7 +647,7 @@ class Scheduler:
         """How many waiting runs of an account on a queue it runs before one of them (request priority, then
         age): counted where it is asked, so runs its account queued a moment ago are never missed."""
         priority, queued_at, run_id = sa.bindparam("priority"), sa.bindparam("queued_at"), sa.bindparam("id")
-        return (
+        return prebuilt(
             sa.select(sa.func.count())
             .select_from(node_runs)
             .where(

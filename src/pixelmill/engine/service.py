@@ -29,6 +29,7 @@ from pixelmill.ids import new_id
 from pixelmill.nodes.base import NodeRegistry
 from pixelmill.nodes.services import NodeServices
 from pixelmill.store.db import Database
+from pixelmill.store.prebuilt import prebuilt
 from pixelmill.store.tables import executions, node_runs
 
 log = logging.getLogger("pixelmill.engine")
@@ -36,15 +37,15 @@ log = logging.getLogger("pixelmill.engine")
 
 
 # node runs queued before a moment: a queue position in arrival order
-_QUEUED_BEFORE = (
+_QUEUED_BEFORE = prebuilt(
     sa.select(sa.func.count()).select_from(node_runs)
     .where(node_runs.c.status == NodeStatus.QUEUED, node_runs.c.queued_at < sa.bindparam("before"))
 )
 
 
 #: built once: building an insert of this many columns per call costs more than executing it
-INSERT_EXECUTION = sa.insert(executions)
-INSERT_NODE_RUN = sa.insert(node_runs)
+INSERT_EXECUTION = prebuilt(sa.insert(executions))
+INSERT_NODE_RUN = prebuilt(sa.insert(node_runs))
 
 
 class FinishedViews:

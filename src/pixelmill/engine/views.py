@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 from pixelmill.accounts.ledger import from_micro
 from pixelmill.domain.status import ExecutionStatus, NodeStatus
 from pixelmill.models.imageops import extension_for
+from pixelmill.store.prebuilt import prebuilt
 from pixelmill.store.tables import execution_events, executions, files, node_runs
 
 
@@ -164,11 +165,11 @@ def load_previews(conn: Connection, execution_id: str, after_seq: int = 0) -> li
 
 
 # built once: a read binds parameters to these instead of building statements per request
-_EXECUTION_BY_ID = sa.select(executions).where(executions.c.id == sa.bindparam("eid"))
-_RUNS_OF_EXECUTION = (
+_EXECUTION_BY_ID = prebuilt(sa.select(executions).where(executions.c.id == sa.bindparam("eid")))
+_RUNS_OF_EXECUTION = prebuilt(
     sa.select(node_runs).where(node_runs.c.execution_id == sa.bindparam("eid")).order_by(node_runs.c.queued_at.nulls_last(), node_runs.c.id)
 )
-_FILES_BY_ID = sa.select(files).where(files.c.id.in_(sa.bindparam("ids", expanding=True)))
+_FILES_BY_ID = prebuilt(sa.select(files).where(files.c.id.in_(sa.bindparam("ids", expanding=True))))
 
 
 def load_execution(conn: Connection, execution_id: str, account_id: str | None = None) -> ExecutionView | None:

@@ -48,6 +48,7 @@ from pixelmill.ids import new_id
 from pixelmill.presenters.bfl import render_result
 from pixelmill.presenters.timestamps import iso_utc
 from pixelmill.presenters.workflow import render_execution
+from pixelmill.store.prebuilt import prebuilt
 from pixelmill.store.tables import accounts, executions, webhook_events
 
 WEBHOOK_TYPES: dict[str, str] = {
@@ -91,7 +92,7 @@ def wanted_types(filter_: Iterable[str] | None, dialect: str) -> frozenset[str]:
 
 
 #: an execution's webhook targets (built once: it is read for every state change)
-_TARGETS = (
+_TARGETS = prebuilt(
     sa.select(
         executions.c.account_id,
         executions.c.dialect,
@@ -103,7 +104,7 @@ _TARGETS = (
     .join(accounts, accounts.c.id == executions.c.account_id)
     .where(executions.c.id == sa.bindparam("execution_id"))
 )
-_INSERT = sa.insert(webhook_events)
+_INSERT = prebuilt(sa.insert(webhook_events))
 #: where a connection keeps the targets it read (see :meth:`Outbox.on_event`)
 _TARGETS_READ = "_pixelmill_webhook_targets"
 _UNREAD = object()

@@ -16,6 +16,7 @@ from pixelmill.engine.views import ExecutionView
 from pixelmill.errors import InvalidInput, NotFound
 from pixelmill.ids import new_id
 from pixelmill.store.db import Database
+from pixelmill.store.prebuilt import prebuilt
 from pixelmill.store.tables import workflows
 
 INPUT_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool}
@@ -108,8 +109,10 @@ def _sample_values(nodes: dict[str, Any]) -> dict[str, Any]:
 
 
 #: an account's workflow, unless deleted (built once: it is read on every execute)
-_WORKFLOW = sa.select(workflows).where(
-    workflows.c.id == sa.bindparam("id"), workflows.c.account_id == sa.bindparam("account"), workflows.c.deleted_at.is_(None)
+_WORKFLOW = prebuilt(
+    sa.select(workflows).where(
+        workflows.c.id == sa.bindparam("id"), workflows.c.account_id == sa.bindparam("account"), workflows.c.deleted_at.is_(None)
+    )
 )
 
 

@@ -1,0 +1,175 @@
+"""Prebuilt statements answer exactly as SQLAlchemy does, on SQLite and PostgreSQL, without its per-call machinery."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from pixelmill.domain.status import ExecutionStatus
+from pixelmill.store.db import Database, database_busy
+from pixelmill.store.prebuilt import Prebuilt, Rows, prebuilt
+
+metadata = sa.MetaData()
+things = sa.Table(
+    "prebuilt_things",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("queue", sa.String(20), nullable=False),
+    sa.Column("data", sa.JSON),
+    sa.Column("weight", sa.Float, nullable=False, default=0.5),
+    sa.Column("cached", sa.Boolean, nullable=False, default=False),
+    sa.Column("tries", sa.Integer, nullable=False, default=0),
+)
+
+INSERT = prebuilt(sa.insert(things))
+UPDATE = prebuilt(sa.update(things).where(things.c.id == sa.bindparam("b_id")))
+BY_ID = prebuilt(sa.select(things).where(things.c.id == sa.bindparam("id")))
+PICK = prebuilt(
+    sa.select(things.c.id, things.c.queue.label("lane"))
+    .where(
+        things.c.queue.in_(sa.bindparam("queues", expanding=True)),
+        things.c.id.not_in(sa.bindparam("taken", expanding=True)),
+        things.c.status.in_(ExecutionStatus.active()),  # a constant list
+    )
+    .order_by(things.c.id)
+)
+TOTAL = prebuilt(sa.select(sa.func.coalesce(sa.func.sum(things.c.tries), 0)).where(things.c.queue == sa.bindparam("queue")))
+
+
+@pytest.fixture
+def db(db_url):
+    database = Database(db_url, busy_timeout_s=0.2)
+    metadata.drop_all(database.engine)
+    metadata.create_all(database.engine)
+    yield database
+    metadata.drop_all(database.engine)
+    database.dispose()
+
+
+def _rows(n: int = 12) -> list[dict]:
+    return [
+        {"id": f"r{i:02d}", "status": ["queued", "running", "succeeded"][i % 3], "queue": "ab"[i % 2], "data": {"i": i, "tags": ["x"] * (i % 2)}}
+        for i in range(n)
+    ]
+
+
+def test_a_prebuilt_statement_reads_and_writes_what_sqlalchemy_does(db):
+    with db.transaction() as conn:
+        result = conn.execute(INSERT, _rows())  # executemany, with the columns' constant defaults
+        conn.execute(INSERT, {"id": "z", "status": "queued", "queue": "a", "data": [1, 2], "weight": 2.25, "cached": True, "tries": 3})
+        assert conn.execute(UPDATE, {"b_id": "r01", "tries": 7, "cached": True}).rowcount == 1
+        assert conn.execute(UPDATE, {"b_id": "missing", "tries": 1}).rowcount == 0
+    assert isinstance(result, Rows)  # it did not go through SQLAlchemy's execution
+    with db.engine.connect() as conn:
+        for rid in ("r00", "r01", "z", "nope"):
+            fast = conn.execute(BY_ID, {"id": rid}).first()
+            slow = conn.execute(BY_ID.statement, {"id": rid}).first()
+            assert (fast is None) == (slow is None)
+            if slow is not None:
+                assert tuple(fast) == tuple(slow)
+                assert fast._mapping == dict(slow._mapping)
+                assert (fast.data, fast.weight, fast.cached, fast.tries) == (slow.data, slow.weight, slow.cached, slow.tries)
+        z = conn.execute(BY_ID, {"id": "z"}).one()
+        assert (z.data, z.weight, z.cached, z.tries) == ([1, 2], 2.25, True, 3)
+        r00 = conn.execute(BY_ID, {"id": "r00"}).one()
+        assert (r00.data, r00.weight, r00.cached, r00.tries) == ({"i": 0, "tags": []}, 0.5, False, 0)
+        assert conn.execute(TOTAL, {"queue": "b"}).scalar() == 7
+        assert conn.execute(TOTAL, {"queue": "none"}).scalar_one() == 0
+
+
+@pytest.mark.parametrize(
+    "queues, taken",
+    [(["a"], []), (["a", "b"], ["r00", "r01"]), ([], ["r03"]), (["b"], ["r03"]), (["a", "b", "c"], ["r04", "r06", "r08"])],
+)
+def test_in_lists_of_every_length_bind_as_sqlalchemy_binds_them(db, queues, taken):
+    with db.transaction() as conn:
+        conn.execute(INSERT, _rows())
+    with db.engine.connect() as conn:
+        fast = conn.execute(PICK, {"queues": queues, "taken": taken}).all()
+        slow = conn.execute(PICK.statement, {"queues": queues, "taken": taken}).all()
+    assert [tuple(r) for r in fast] == [tuple(r) for r in slow]
+    assert [r.lane for r in fast] == [r.lane for r in slow]
+    expected = [r["id"] for r in _rows() if r["queue"] in queues and r["id"] not in taken and r["status"] in ("queued", "running")]
+    assert [r.id for r in fast] == expected
+
+
+def test_a_read_begins_a_transaction_that_closing_the_connection_ends(db):
+    with db.engine.connect() as conn:
+        conn.execute(INSERT, {"id": "gone", "status": "queued", "queue": "a"})
+        assert conn.in_transaction()
+    with db.engine.connect() as conn:  # never committed: rolled back on close, as with conn.execute of a statement
+        assert conn.execute(BY_ID, {"id": "gone"}).first() is None
+    with pytest.raises(RuntimeError):
+        with db.transaction() as conn:
+            conn.execute(INSERT, {"id": "half", "status": "queued", "queue": "a"})
+            raise RuntimeError("the transaction fails after its insert")
+    with db.engine.connect() as conn:
+        assert conn.execute(BY_ID, {"id": "half"}).first() is None
+
+
+def test_errors_are_sqlalchemys_and_a_locked_database_is_busy(db):
+    with db.transaction() as conn:
+        conn.execute(INSERT, {"id": "dup", "status": "queued", "queue": "a"})
+    with pytest.raises(sa.exc.IntegrityError):
+        with db.transaction() as conn:
+            conn.execute(INSERT, {"id": "dup", "status": "queued", "queue": "a"})
+    with pytest.raises(sa.exc.ArgumentError):
+        with db.engine.connect() as conn:
+            conn.execute(BY_ID, {"other": "x"})
+    if not db.is_sqlite:
+        return
+    other = sa.create_engine(db.url)  # another process's writer holds the file
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with other.connect() as c:
+            c.exec_driver_sql("BEGIN IMMEDIATE")
+            holding.set()
+            release.wait(10)
+            c.exec_driver_sql("ROLLBACK")
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert holding.wait(5)
+        started = time.monotonic()
+        with pytest.raises(sa.exc.OperationalError) as err:
+            with db.engine.connect() as conn:  # a deferred transaction's first write waits for the lock
+                conn.execute(INSERT, {"id": "late", "status": "queued", "queue": "a"})
+        assert database_busy(err.value) is not None
+        assert time.monotonic() - started < 5
+    finally:
+        release.set()
+        t.join()
+        other.dispose()
+
+
+def test_a_statement_listener_sees_every_prebuilt_statement(db):
+    """Statement counters and tracing instrumentation listen to cursor executions: with one
+    attached, a prebuilt statement runs through SQLAlchemy, so the listener sees what runs."""
+    seen: list[str] = []
+
+    def listen(conn, cursor, statement, parameters, context, executemany):
+        seen.append(statement)
+
+    sa.event.listen(db.engine, "before_cursor_execute", listen)
+    try:
+        with db.transaction() as conn:
+            result = conn.execute(INSERT, {"id": "seen", "status": "queued", "queue": "a"})
+            assert not isinstance(result, Rows)
+        with db.engine.connect() as conn:
+            assert conn.execute(BY_ID, {"id": "seen"}).one().status == "queued"
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", listen)
+    assert any(s.startswith("INSERT INTO prebuilt_things") for s in seen)
+    assert any(s.startswith("SELECT prebuilt_things.id") for s in seen)
+
+
+def test_a_prebuilt_statement_builds_on_as_its_statement():
+    narrower = BY_ID.where(things.c.status == "queued")
+    assert not isinstance(narrower, Prebuilt)
+    assert "prebuilt_things.status" in str(narrower)
