@@ -11,11 +11,13 @@ from urllib.parse import quote
 
 class UrlSigner:
     def __init__(self, secret: str, ttl_s: int = 600):
-        self._key = secret.encode()
+        self._mac = hmac.new(secret.encode(), digestmod=hashlib.sha256)  # keyed once; each signature copies it
         self.ttl_s = ttl_s
 
     def _sig(self, file_id: str, expires: int) -> str:
-        return hmac.new(self._key, f"{file_id}.{expires}".encode(), hashlib.sha256).hexdigest()[:32]
+        mac = self._mac.copy()
+        mac.update(f"{file_id}.{expires}".encode())
+        return mac.hexdigest()[:32]
 
     def url(self, base_url: str, file_id: str, filename: str, now: float | None = None, ttl_s: int | None = None) -> str:
         """A file's URL.  The filename is part of what is signed, so the name a

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from pixelmill.store.prebuilt import driver_sql
+
 if TYPE_CHECKING:
     from pixelmill.errors import ServiceUnavailable
 
@@ -121,7 +123,7 @@ def _sqlite_on_connect(dbapi_conn, busy_timeout_ms: int = 30000) -> None:
 
 def _sqlite_begin_immediate(conn) -> None:
     write = conn.get_execution_options().get("pixelmill_write", False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    driver_sql(conn, "BEGIN IMMEDIATE" if write else "BEGIN")
 
 
 BUSY_RETRY_AFTER_S = 2

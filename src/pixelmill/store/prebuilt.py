@@ -97,6 +97,34 @@ class Prebuilt:
         return compiled
 
 
+def driver_sql(conn: Connection, sql: str) -> None:
+    """``conn.exec_driver_sql(sql)`` for a statement without parameters or rows (``BEGIN``), run on the
+    driver's cursor unless a listener or echo wants SQLAlchemy's path."""
+    dispatch = conn.dispatch
+    if conn._echo or dispatch.before_cursor_execute or dispatch.after_cursor_execute:
+        conn.exec_driver_sql(sql)
+        return
+    fairy = conn.connection
+    cursor = fairy.dbapi_connection.cursor()
+    try:
+        cursor.execute(sql)
+    except conn.dialect.loaded_dbapi.Error as e:
+        _raise(conn, e, fairy, cursor, sql, [], False)
+    _close(cursor)
+
+
+def _raise(conn: Connection, e: Exception, fairy: Any, cursor: Any, sql: str, params: list, many: bool) -> None:
+    """``e``, a driver's error, raised as SQLAlchemy raises it (and the connection invalidated where it was lost)."""
+    dialect = conn.dialect
+    invalidated = dialect.is_disconnect(e, fairy.dbapi_connection, cursor)
+    _close(cursor)
+    if invalidated:
+        conn.invalidate(e)
+    raise sa.exc.DBAPIError.instance(
+        sql, params, e, dialect.loaded_dbapi.Error, connection_invalidated=invalidated, dialect=dialect, ismulti=many,
+    ) from e
+
+
 def prebuilt(statement: Any) -> Prebuilt:
     """``statement``, executed through its compiled form (see the module's documentation)."""
     return Prebuilt(statement)
@@ -196,14 +224,7 @@ class _Form:
             rowcount = cursor.rowcount
             rows = cursor.fetchall() if cursor.description is not None else None
         except self.dbapi_error as e:
-            dialect = conn.dialect
-            invalidated = dialect.is_disconnect(e, fairy.dbapi_connection, cursor)
-            _close(cursor)
-            if invalidated:
-                conn.invalidate(e)
-            raise sa.exc.DBAPIError.instance(
-                self.sql, distilled_params, e, self.dbapi_error, connection_invalidated=invalidated, dialect=dialect, ismulti=many,
-            ) from e
+            _raise(conn, e, fairy, cursor, self.sql, distilled_params, many)
         if rows is not None and self.row is not None:
             readers = self._readers
             if readers is None:
