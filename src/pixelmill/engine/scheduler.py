@@ -385,20 +385,27 @@ class Scheduler:
 
     @functools.cached_property
     def _heads_statement(self):
-        """The first waiting run of each account in each of ``:queues``, read by index in time that grows
-        with the accounts waiting, not with their runs: the accounts waiting on each queue (a covering
-        index range of ``ix_node_runs_waiting``), then each one's first run in pick order (the same
-        index, walked until a run that may start)."""
-        waiting_accounts = (
-            sa.select(node_runs.c.queue, node_runs.c.account_id)
-            .where(node_runs.c.queue.in_(sa.bindparam("queues", expanding=True)), node_runs.c.status == NodeStatus.QUEUED)
-            .distinct()
-            .subquery("waiting_accounts")
+        """The first waiting run of each account in ``:queue``, read by index in time that grows with the
+        accounts waiting, not with their runs: the accounts waiting, one index seek each (a loose scan of
+        ``ix_node_runs_waiting``: each step finds the next account after the last), then each one's first
+        run in pick order (the same index, walked until a run that may start)."""
+        queue = sa.bindparam("queue")
+
+        def account_after(after):  # the least account with a run waiting on the queue (after ``after``)
+            scan = node_runs.alias("scan")
+            q = sa.select(scan.c.account_id).where(scan.c.queue == queue, scan.c.status == NodeStatus.QUEUED, scan.c.account_id.is_not(None))
+            if after is not None:
+                q = q.where(scan.c.account_id > after)
+            return q.order_by(scan.c.account_id).limit(1).scalar_subquery()
+
+        waiting_accounts = sa.select(account_after(None).label("account_id")).cte("waiting_accounts", recursive=True)
+        waiting_accounts = waiting_accounts.union_all(
+            sa.select(account_after(waiting_accounts.c.account_id)).where(waiting_accounts.c.account_id.is_not(None))
         )
         first = (
             self._waiting(queues=False)
             .with_only_columns(node_runs.c.id)
-            .where(node_runs.c.queue == waiting_accounts.c.queue, node_runs.c.account_id == waiting_accounts.c.account_id)
+            .where(node_runs.c.queue == queue, node_runs.c.account_id == waiting_accounts.c.account_id)
             .order_by(node_runs.c.priority.desc(), node_runs.c.queued_at, node_runs.c.id)
             .limit(1)
             .correlate(waiting_accounts)
@@ -414,7 +421,11 @@ class Scheduler:
     def _heads(self, conn: Connection, queues: list[str], now: float, with_plans: bool = False) -> list[_Head]:
         """The first waiting run of each account in each of ``queues`` (request priority, then age), with
         their accounts' plans where there are several heads to order, or ``with_plans`` says."""
-        rows = conn.execute(self._heads_statement, self._waiting_params(queues, now)).all()
+        rows = []
+        for queue in queues:
+            params = self._waiting_params(queue, now)
+            del params["queues"]
+            rows += conn.execute(self._heads_statement, {**params, "queue": queue}).all()
         plans = self._plans(conn, {r.account_id for r in rows}) if with_plans or len(rows) > 1 else {}
         return [_Head(r.id, r.execution_id, r.account_id, plans.get(r.account_id), r.queued_at or 0.0, r.queue) for r in rows]
 
