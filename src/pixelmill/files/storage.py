@@ -23,12 +23,16 @@ class LocalStorage:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._real_root = self.root.resolve()
+        self._prefix = os.path.join(str(self._real_root), "")
 
     def _resolve(self, key: str) -> Path:
-        p = (self._real_root / key).resolve()
-        if self._real_root not in p.parents:
+        """The file of ``key``, which must name a file below the root once ``..`` and ``.`` are read
+        (checked on the name alone: no file system call; a link the operator made inside the root,
+        to another disk say, is followed)."""
+        p = os.path.normpath(os.path.join(self._prefix, key))
+        if not p.startswith(self._prefix) or "\x00" in key:
             raise ValueError(f"bad storage key {key!r}")
-        return p
+        return Path(p)
 
     def put(self, key: str, data: bytes) -> None:
         target = self._resolve(key)
