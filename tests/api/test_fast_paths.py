@@ -281,3 +281,24 @@ def test_a_view_read_before_a_change_notice_is_not_kept(make_runtime, sqlite_url
     assert live.get(eid) is None
     live.put(view, live.stamp())
     assert live.get(eid) is view
+
+
+def test_signed_urls_name_the_host_and_scheme_each_request_came_by(make_runtime, sqlite_url):
+    """The base of signed URLs is worked out once per scheme, host and root path, never shared
+    between requests that came by different names."""
+    rt = make_runtime(sqlite_url, backend=FakeBackend(steps=1))
+    key = create_key(rt)
+    client = _client(rt, key)
+    secure = TestClient(create_app(rt, manage_runtime=False), base_url="https://testserver")
+    secure.headers["x-key"] = key
+    wf = client.post("/api/v1/workflows", json={"name": "w", "nodes": GEN["nodes"]}).json()["id"]
+    for http, base, headers in [
+        (client, "http://testserver", {}),
+        (client, "http://images.example.com:8080", {"host": "images.example.com:8080"}),
+        (client, "http://other.example.org", {"host": "other.example.org"}),
+        (secure, "https://testserver", {}),
+        (client, "http://testserver", {}),
+        (secure, "https://images.example.com:8080", {"host": "images.example.com:8080"}),
+    ]:
+        answer = http.post(f"/api/v1/workflows/{wf}/execute", json={}, headers=headers).json()
+        assert answer["streamUrl"].startswith(base + "/api/v1/executions/"), (base, answer["streamUrl"])

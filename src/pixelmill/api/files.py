@@ -30,14 +30,26 @@ def get_file(file_id: str, filename: str, request: Request, exp: str = "", sig: 
 
 
 def request_base_url(request: Request) -> str:
-    """The base of the URLs this request's answer signs (worked out once per request)."""
-    base = request.scope.get(_BASE_URL)
+    """The base of the URLs this request's answer signs (worked out once per request, and once per
+    scheme, host and root path: building Starlette's URL costs more than signing one)."""
+    scope = request.scope
+    base = scope.get(_BASE_URL)
     if base is None:
-        base = request.scope[_BASE_URL] = request.app.state.runtime.settings.public_base_url or str(request.base_url)
+        base = request.app.state.runtime.settings.public_base_url
+        if not base:
+            host = next((v for k, v in scope["headers"] if k == b"host"), None)
+            key = (scope.get("scheme"), host, scope.get("root_path", ""), None if host else scope.get("server"))
+            base = _BASES.get(key)
+            if base is None:
+                base = str(request.base_url)
+                if len(_BASES) < 1024:  # the names a server is reached by: a few
+                    _BASES[key] = base
+        scope[_BASE_URL] = base
     return base
 
 
 _BASE_URL = "pixelmill.base_url"
+_BASES: dict[tuple, str] = {}
 
 
 def signed_url(request: Request, file_view) -> str:
