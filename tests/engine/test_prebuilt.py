@@ -173,3 +173,14 @@ def test_a_prebuilt_statement_builds_on_as_its_statement():
     narrower = BY_ID.where(things.c.status == "queued")
     assert not isinstance(narrower, Prebuilt)
     assert "prebuilt_things.status" in str(narrower)
+
+
+def test_none_is_stored_as_sqlalchemy_stores_it(db):
+    """A JSON column's None is JSON null, as through SQLAlchemy (its type says so, not the driver)."""
+    with db.transaction() as conn:
+        conn.execute(INSERT, {"id": "fast", "status": "queued", "queue": "a", "data": None})
+        conn.execute(INSERT.statement, {"id": "slow", "status": "queued", "queue": "a", "data": None})
+    with db.engine.connect() as conn:
+        stored = dict(conn.execute(sa.text("SELECT id, data IS NULL FROM prebuilt_things")).all())
+        assert stored["fast"] == stored["slow"]
+        assert conn.execute(BY_ID, {"id": "fast"}).one().data is None

@@ -137,6 +137,13 @@ class _Form:
 
     @classmethod
     def build(cls, compiled: Any, dialect: Any, params: dict, expanding: tuple[str, ...]) -> "_Form | None":
+        try:
+            return cls._build(compiled, dialect, params, expanding)
+        except AttributeError:  # a SQLAlchemy whose compiled statements read otherwise: its own path
+            return None
+
+    @classmethod
+    def _build(cls, compiled: Any, dialect: Any, params: dict, expanding: tuple[str, ...]) -> "_Form | None":
         if compiled.literal_execute_params or compiled.escaped_bind_names or compiled.update_prefetch:
             return None
         defaults = {}
@@ -205,7 +212,7 @@ class _Form:
                 raise sa.exc.ArgumentError(f"A value is required for bind parameter {source!r}")
             if index is not None:
                 value = value[index]
-            values.append(processor(value) if processor is not None and value is not None else value)
+            values.append(processor(value) if processor is not None else value)  # None too, as SQLAlchemy does (JSON null)
         if self.positional:
             return tuple(values)
         return {b[0]: v for b, v in zip(self.binds, values)}
@@ -233,7 +240,7 @@ class _Form:
                 ]
             make = self.row._make
             if any(readers):
-                rows = [make([r(v) if r is not None and v is not None else v for r, v in zip(readers, raw)]) for raw in rows]
+                rows = [make([r(v) if r is not None else v for r, v in zip(readers, raw)]) for raw in rows]
             else:
                 rows = [make(raw) for raw in rows]
         _close(cursor)
