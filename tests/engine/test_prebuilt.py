@@ -184,3 +184,23 @@ def test_none_is_stored_as_sqlalchemy_stores_it(db):
         stored = dict(conn.execute(sa.text("SELECT id, data IS NULL FROM prebuilt_things")).all())
         assert stored["fast"] == stored["slow"]
         assert conn.execute(BY_ID, {"id": "fast"}).one().data is None
+
+
+def test_each_engine_binds_with_its_own_options(tmp_path):
+    """Forms are kept per engine: an engine's options (here its JSON serializer) choose its processors."""
+    import json
+
+    plain = sa.create_engine(f"sqlite:///{tmp_path / 'plain.db'}")
+    tagged = sa.create_engine(f"sqlite:///{tmp_path / 'tagged.db'}", json_serializer=lambda o: json.dumps({"tagged": o}))
+    try:
+        for engine in (plain, tagged, plain):
+            metadata.create_all(engine)
+            with engine.begin() as conn:
+                conn.execute(INSERT, {"id": f"r{len(conn.execute(sa.text('SELECT id FROM prebuilt_things')).all())}", "status": "q", "queue": "a", "data": [1]})
+        with plain.connect() as conn:
+            assert [r[0] for r in conn.execute(sa.text("SELECT data FROM prebuilt_things"))] == ["[1]", "[1]"]
+        with tagged.connect() as conn:
+            assert [r[0] for r in conn.execute(sa.text("SELECT data FROM prebuilt_things"))] == ['{"tagged": [1]}']
+    finally:
+        plain.dispose()
+        tagged.dispose()

@@ -26,6 +26,7 @@ what is executed.
 
 from __future__ import annotations
 
+import weakref
 from collections import namedtuple
 from keyword import iskeyword
 from typing import Any, Iterator
@@ -34,7 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 _REQUIRED = object()
-#: compiled forms kept per statement (one per dialect, parameter names and IN list lengths)
+#: compiled forms kept per statement and dialect (one per parameter names and IN list lengths)
 _MAX_FORMS = 256
 
 
@@ -42,15 +43,14 @@ class Prebuilt:
     """A statement built once: see the module's documentation.  Any other attribute is the
     wrapped statement's (``PREBUILT.where(...)`` builds an ordinary statement)."""
 
-    __slots__ = ("statement", "_compiled", "_forms", "_expanding")
+    __slots__ = ("statement", "_dialects", "_expanding")
 
     def __init__(self, statement: Any):
         self.statement = statement
-        #: (dialect name, parameter names) -> SQLAlchemy's compiled statement
-        self._compiled: dict[tuple[str, frozenset], Any] = {}
-        #: (dialect name, parameter names, lengths of the lists bound to IN) -> _Form, or None
-        #: where the statement needs SQLAlchemy
-        self._forms: dict[tuple, _Form | None] = {}
+        #: per dialect (one per engine: its driver and options choose the processors), its compiled
+        #: statements by parameter names, and its forms by parameter names and the lengths of the
+        #: lists bound to IN (None where the statement needs SQLAlchemy)
+        self._dialects: "weakref.WeakKeyDictionary[Any, tuple[dict, dict]]" = weakref.WeakKeyDictionary()
         #: the parameters bound to ``IN (…)`` lists (known once compiled)
         self._expanding: tuple[str, ...] | None = None
 
@@ -67,34 +67,37 @@ class Prebuilt:
         dialect = conn.dialect
         first = distilled_params[0] if distilled_params else {}
         names = frozenset(first)
+        try:
+            compiled, forms = self._dialects[dialect]
+        except KeyError:
+            compiled, forms = self._dialects.setdefault(dialect, ({}, {}))
         expanding = self._expanding
         if expanding is None:
-            self._compile(dialect, names)
+            self._compile(compiled, dialect, names)
             expanding = self._expanding
         try:
-            key = (dialect.name, names, tuple(len(first[k]) for k in expanding) if expanding else ())
+            key = (names, tuple(len(first[k]) for k in expanding)) if expanding else names
         except (KeyError, TypeError):  # a missing or unsized IN list: SQLAlchemy's error
             return self.statement._execute_on_connection(conn, distilled_params, execution_options)
         try:
-            form = self._forms[key]
+            form = forms[key]
         except KeyError:
-            form = _Form.build(self._compile(dialect, names), dialect, first, expanding)
-            if len(self._forms) < _MAX_FORMS:  # IN lists of many lengths: the rest run through SQLAlchemy
-                self._forms[key] = form
+            form = _Form.build(self._compile(compiled, dialect, names), dialect, first, expanding)
+            if len(forms) < _MAX_FORMS:  # IN lists of many lengths: the rest run through SQLAlchemy
+                forms[key] = form
             else:
                 form = None
         if form is None or (expanding and len(distilled_params) > 1):
             return self.statement._execute_on_connection(conn, distilled_params, execution_options)
         return form.execute(conn, distilled_params)
 
-    def _compile(self, dialect: Any, names: frozenset) -> Any:
-        key = (dialect.name, names)
-        compiled = self._compiled.get(key)
-        if compiled is None:
-            compiled = self._compiled[key] = self.statement.compile(dialect=dialect, column_keys=sorted(names))
+    def _compile(self, compiled: dict, dialect: Any, names: frozenset) -> Any:
+        statement = compiled.get(names)
+        if statement is None:
+            statement = compiled[names] = self.statement.compile(dialect=dialect, column_keys=sorted(names))
             if self._expanding is None:
-                self._expanding = tuple(sorted(bp.key for bp in compiled.bind_names if bp.expanding and bp.value is None))
-        return compiled
+                self._expanding = tuple(sorted(bp.key for bp in statement.bind_names if bp.expanding and bp.value is None))
+        return statement
 
 
 def driver_sql(conn: Connection, sql: str) -> None:
