@@ -421,11 +421,9 @@ class Scheduler:
     def _heads(self, conn: Connection, queues: list[str], now: float, with_plans: bool = False) -> list[_Head]:
         """The first waiting run of each account in each of ``queues`` (request priority, then age), with
         their accounts' plans where there are several heads to order, or ``with_plans`` says."""
-        rows = []
-        for queue in queues:
-            params = self._waiting_params(queue, now)
-            del params["queues"]
-            rows += conn.execute(self._heads_statement, {**params, "queue": queue}).all()
+        params = self._waiting_params(queues, now)
+        del params["queues"]  # the heads statement reads one queue: one read per queue
+        rows = [row for queue in queues for row in conn.execute(self._heads_statement, {**params, "queue": queue}).all()]
         plans = self._plans(conn, {r.account_id for r in rows}) if with_plans or len(rows) > 1 else {}
         return [_Head(r.id, r.execution_id, r.account_id, plans.get(r.account_id), r.queued_at or 0.0, r.queue) for r in rows]
 
