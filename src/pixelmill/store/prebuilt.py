@@ -10,18 +10,18 @@ never change, so those are declared once as :func:`prebuilt` statements::
     row = conn.execute(RUN_BY_ID, {"id": run_id}).first()
 
 They are still executed with ``conn.execute`` on a connection of the transaction they
-belong to.  For each dialect and set of parameter names the statement is compiled once
-(as SQLAlchemy would compile it), with the types' own bind and result processors, and
-executed on the connection's DBAPI cursor; errors are raised as SQLAlchemy's
-(``OperationalError``, ``IntegrityError`` …), and a transaction begins as SQLAlchemy's
-autobegin would begin it.
+belong to.  For each engine's dialect, set of parameter names and lengths of the lists
+bound to ``IN``, the statement is compiled once (as SQLAlchemy would compile it), with the
+types' own bind and result processors, and executed on the connection's DBAPI cursor;
+errors are raised as SQLAlchemy's (``OperationalError``, ``IntegrityError`` …), and a
+transaction begins as SQLAlchemy's autobegin would begin it.
 
 A statement whose execution needs SQLAlchemy's machinery runs through it unchanged:
-parameters rendered at execution time (``IN`` lists), Python-side column defaults that
-are not constants, duplicate result keys, and every execution while a
-``before_cursor_execute``/``after_cursor_execute`` listener is attached (statement
-counters, tracing instrumentation) or SQL echo is on, so what such a listener sees is
-what is executed.
+Python-side column defaults that are not constants, duplicate result keys, execution
+options, ``IN`` lists of more lengths than :data:`_MAX_FORMS` forms hold, and every
+execution while a ``before_cursor_execute``/``after_cursor_execute`` listener is attached
+(statement counters, tracing instrumentation) or SQL echo is on, so what such a listener
+sees is what is executed.
 """
 
 from __future__ import annotations
