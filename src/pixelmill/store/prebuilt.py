@@ -62,7 +62,7 @@ class Prebuilt:
 
     def _execute_on_connection(self, conn: Connection, distilled_params: list, execution_options: Any) -> Any:
         dispatch = conn.dispatch
-        if execution_options or conn._echo or dispatch.before_cursor_execute or dispatch.after_cursor_execute:
+        if execution_options or getattr(conn, "_echo", True) or dispatch.before_cursor_execute or dispatch.after_cursor_execute:
             return self.statement._execute_on_connection(conn, distilled_params, execution_options)
         dialect = conn.dialect
         first = distilled_params[0] if distilled_params else {}
@@ -104,7 +104,7 @@ def driver_sql(conn: Connection, sql: str) -> None:
     """``conn.exec_driver_sql(sql)`` for a statement without parameters or rows (``BEGIN``), run on the
     driver's cursor unless a listener or echo wants SQLAlchemy's path."""
     dispatch = conn.dispatch
-    if conn._echo or dispatch.before_cursor_execute or dispatch.after_cursor_execute:
+    if getattr(conn, "_echo", True) or dispatch.before_cursor_execute or dispatch.after_cursor_execute:
         conn.exec_driver_sql(sql)
         return
     fairy = conn.connection
