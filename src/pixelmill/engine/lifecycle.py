@@ -33,7 +33,7 @@ RUNS_OF_EXECUTION = prebuilt(sa.select(node_runs).where(node_runs.c.execution_id
 CLOSE_OPEN_RUNS = prebuilt(
     sa.update(node_runs).where(
         node_runs.c.execution_id == sa.bindparam("b_execution_id"),
-        sa.or_(*(node_runs.c.status == s for s in (NodeStatus.WAITING, NodeStatus.QUEUED, NodeStatus.RUNNING))),
+        node_runs.c.status.in_([NodeStatus.WAITING, NodeStatus.QUEUED, NodeStatus.RUNNING]),
     )
 )
 EXECUTION_COST = prebuilt(

@@ -374,8 +374,11 @@ class Scheduler:
             )
         )
 
-    def _waiting_params(self, queue: str | list[str], now: float) -> dict:
-        params: dict = {"queues": [queue] if isinstance(queue, str) else list(queue), "now": now}
+    def _waiting_params(self, now: float, queue: str | list[str] | None = None) -> dict:
+        """The parameters :meth:`_waiting` binds; ``:queues`` only with ``queue``."""
+        params: dict = {"now": now}
+        if queue is not None:
+            params["queues"] = [queue] if isinstance(queue, str) else list(queue)
         if self.local_leases:
             with self._lease_lock:
                 params["taken"] = list(self._leases)
@@ -421,8 +424,7 @@ class Scheduler:
     def _heads(self, conn: Connection, queues: list[str], now: float, with_plans: bool = False) -> list[_Head]:
         """The first waiting run of each account in each of ``queues`` (request priority, then age), with
         their accounts' plans where there are several heads to order, or ``with_plans`` says."""
-        params = self._waiting_params(queues, now)
-        del params["queues"]  # the heads statement reads one queue: one read per queue
+        params = self._waiting_params(now)  # the heads statement reads one queue: one read per queue
         rows = [row for queue in queues for row in conn.execute(self._heads_statement, {**params, "queue": queue}).all()]
         plans = self._plans(conn, {r.account_id for r in rows}) if with_plans or len(rows) > 1 else {}
         return [_Head(r.id, r.execution_id, r.account_id, plans.get(r.account_id), r.queued_at or 0.0, r.queue) for r in rows]
@@ -549,7 +551,7 @@ class Scheduler:
             wanted = batch_key(head) if head is not None else None
             if wanted is None or wanted[1] <= 1:
                 return []
-            params = self._waiting_params(first.queue, now) | {"first": first.node_run_id, "node_type": head.node_type, "limit": limit}
+            params = self._waiting_params(now, first.queue) | {"first": first.node_run_id, "node_type": head.node_type, "limit": limit}
             rows = conn.execute(self._batch_statement, params).all()
             rows = [r for r in rows if (k := batch_key(r)) is not None and k[0] == wanted[0]]
             if not rows:

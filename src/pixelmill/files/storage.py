@@ -22,8 +22,7 @@ class LocalStorage:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._real_root = self.root.resolve()
-        self._prefix = os.path.join(str(self._real_root), "")
+        self._prefix = os.path.join(str(self.root.resolve()), "")  # every key's file starts with it
 
     def _resolve(self, key: str) -> Path:
         """The file of ``key``, which must name a file below the root once ``..`` and ``.`` are read
