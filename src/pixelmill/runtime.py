@@ -24,6 +24,7 @@ from pixelmill.files.signing import UrlSigner
 from pixelmill.files.storage import LocalStorage
 from pixelmill.models.catalog import ModelCatalog
 from pixelmill.models.registry import ModelRegistry
+from pixelmill.models.threads import TorchThreads
 from pixelmill.net.safe_http import SafeHttpClient, UrlPolicy
 from pixelmill.models.residency import MemoryBudget
 from pixelmill.nodes.registry import default_registry
@@ -65,7 +66,7 @@ class Runtime:
             budget=MemoryBudget.from_megabytes(settings.model_ram_budget_mb, settings.model_vram_budget_mb),
             idle_unload_s=settings.model_idle_unload_s,
         )
-        self.models.torch_threads = torch_threads(settings.torch_threads, serves_api=settings.queue == "inprocess", node_threads=settings.worker_threads)
+        self.models.threads = torch_threads(settings.torch_threads, serves_api=settings.queue == "inprocess", node_threads=settings.worker_threads)
         self.storage = LocalStorage(settings.files_dir)
         self.files = FileService(self.db, self.storage)
         self.signer = UrlSigner(settings.resolved_secret_key(), settings.signed_url_ttl_s)
@@ -260,10 +261,12 @@ class Runtime:
         self.db.dispose()
 
 
-def torch_threads(configured: int, serves_api: bool, node_threads: int) -> int:
-    """PyTorch CPU threads per node run: ``configured``, or the cores (less one where this process also
-    serves the API and its database work) shared by ``node_threads`` node runs at a time, at least 1."""
+def torch_threads(configured: int, serves_api: bool, node_threads: int) -> TorchThreads:
+    """PyTorch CPU threads per node run: ``configured``; or the cores shared by ``node_threads`` node
+    runs at a time, less one core where this process also serves the API and its database work,
+    and all of them while that core is idle (see :mod:`pixelmill.models.threads`); at least 1."""
     if configured:
-        return configured
+        return TorchThreads.fixed(configured)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, (cores - (1 if serves_api else 0)) // max(1, node_threads))
+    share = max(1, node_threads)
+    return TorchThreads(max(1, (cores - (1 if serves_api else 0)) // share), max(1, cores // share))

@@ -125,7 +125,7 @@ def run_worker(
     runtime = build_worker_runtime(settings)
     from pixelmill.runtime import torch_threads
 
-    runtime.models.torch_threads = torch_threads(settings.torch_threads, serves_api=False, node_threads=concurrency)
+    runtime.models.threads = torch_threads(settings.torch_threads, serves_api=False, node_threads=concurrency)
     try:
         queues = list(queues) if queues else default_queues(runtime.catalog)
         unknown = [m for m in models_of(queues) if m not in runtime.catalog]

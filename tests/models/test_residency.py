@@ -188,19 +188,25 @@ def test_models_endpoint_shows_state_device_memory_and_load_time(make_runtime, s
 
 def test_a_thread_that_uses_a_model_runs_torch_on_the_registrys_thread_count(folder, catalog):
     """Node runs give PyTorch the thread count the runtime chose (one per core at most, one core
-    left to the API in an embedded server), set in the thread that runs the model."""
+    left to the API in an embedded server while anything else wants it), set in the thread that
+    runs the model."""
     import torch
 
+    from pixelmill.models.threads import TorchThreads
     from pixelmill.runtime import torch_threads
 
-    assert torch_threads(3, serves_api=True, node_threads=1) == 3  # configured wins
+    configured = torch_threads(3, serves_api=True, node_threads=1)
+    assert (configured.low, configured.high, configured.adaptive) == (3, 3, False)  # configured wins
     cores = len(__import__("os").sched_getaffinity(0))
-    assert torch_threads(0, serves_api=True, node_threads=1) == max(1, cores - 1)
-    assert torch_threads(0, serves_api=False, node_threads=1) == cores
-    assert torch_threads(0, serves_api=False, node_threads=4 * cores) == 1
+    embedded = torch_threads(0, serves_api=True, node_threads=1)
+    assert (embedded.low, embedded.high) == (max(1, cores - 1), cores)
+    worker = torch_threads(0, serves_api=False, node_threads=1)
+    assert (worker.low, worker.high, worker.adaptive) == (cores, cores, False)
+    crowded = torch_threads(0, serves_api=False, node_threads=4 * cores)
+    assert (crowded.low, crowded.high) == (1, 1)
 
     registry = ModelRegistry(catalog)
-    registry.torch_threads = 3
+    registry.threads = TorchThreads.fixed(3)
     seen: dict[str, int] = {}
 
     def node_run(name: str, how: str) -> None:

@@ -13,6 +13,8 @@ from typing import Callable, Protocol
 
 from PIL import Image
 
+from pixelmill.models import threads
+
 
 class GenerationCancelled(Exception):
     """Raised inside a backend when its StepControl says the run was cancelled."""
@@ -41,6 +43,7 @@ class StepControl:
     on_preview: Callable[[int, list[Image.Image]], None] | None = None
 
     def report(self, fraction: float) -> None:
+        threads.step()  # the thread count may change between steps (see pixelmill.models.threads)
         if self.on_progress is not None:
             self.on_progress(max(0.0, min(1.0, float(fraction))))
 

@@ -14,7 +14,6 @@ name (a fake in tests, a backend built elsewhere): such a model is pinned.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from typing import Callable, Iterable, Iterator
 from pixelmill.models.base import TextToImageBackend
 from pixelmill.models.catalog import ModelCatalog, ModelSpec
 from pixelmill.models.residency import MemoryBudget, ModelState, Residence, Residency, estimate_bytes, measure_bytes
+from pixelmill.models.threads import TorchThreads, running_on
 from pixelmill.ops import heap
 from pixelmill.periodic import Periodic
 
@@ -71,7 +71,7 @@ class ModelRegistry:
         self._models: dict[str, Residence] = {}
         self._cond = threading.Condition()
         #: PyTorch CPU threads for the threads that use a model (None: PyTorch's default)
-        self.torch_threads: int | None = None
+        self.threads: TorchThreads | None = None
         self._sweeper = Periodic(
             "pixelmill-model-sweeper", self.sweep, lambda: max(0.05, min(30.0, (self.residency.idle_unload_s or 0) / 4)),
             what="idle model sweep", log=log,
@@ -87,9 +87,11 @@ class ModelRegistry:
     def use(self, name: str) -> Iterator[TextToImageBackend]:
         """The loaded backend of ``name``, marked in use (never unloaded) until the block ends."""
         backend = self._acquire(name, mark_use=True)
-        self._pin_threads()
+        if self.threads is not None:
+            self.threads.begin()
         try:
-            yield backend
+            with running_on(self.threads):
+                yield backend
         finally:
             with self._cond:
                 residence = self._models[name]
@@ -105,17 +107,9 @@ class ModelRegistry:
         loaded (nothing is kept then, so a later call tries again).
         """
         backend = self._acquire(name, mark_use=False)
-        self._pin_threads()
+        if self.threads is not None:
+            self.threads.begin()
         return backend
-
-    def _pin_threads(self) -> None:
-        """Give PyTorch ``torch_threads`` CPU threads, set from the thread that is about to use it."""
-        n = self.torch_threads
-        torch = sys.modules.get("torch")  # loaded by the backend; never imported here
-        # another thread may be importing it still (a warm start): a module without its functions yet is not in use
-        get, set_ = getattr(torch, "get_num_threads", None), getattr(torch, "set_num_threads", None)
-        if n and get is not None and set_ is not None and get() != n:
-            set_(n)
 
     def _acquire(self, name: str, mark_use: bool) -> TextToImageBackend:
         with self._cond:

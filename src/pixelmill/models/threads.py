@@ -1,0 +1,193 @@
+"""How many PyTorch CPU threads a generation gets, re-chosen while it runs.
+
+A second torch thread makes one generation faster only while its core is free.  libgomp's
+threads meet at the end of every operation, so when anything else wants one of their cores
+(the event loop answering polls, the finisher encoding a PNG, another process) the pair
+goes at the pace of the one that waits: on two cores a direct loop on two threads measured
+3.40 img/s alone and 0.11 img/s beside one busy process, against 3.18 on one thread.
+
+So a :class:`TorchThreads` with room for more threads than it needs to leave free
+(``high`` > ``low``: an embedded server, which also serves the API, leaves one core to it)
+watches the machine from the thread that generates, at the start of a run and after every
+step (:meth:`TorchThreads.step`, called through :meth:`StepControl.report
+<pixelmill.models.base.StepControl.report>`):
+
+* on ``low`` threads, how many other threads are runnable (``/proc/loadavg``'s running
+  count, less this one).  When that stays near zero, and this thread does not wait for a
+  CPU, the spare core is idle and the run goes on ``high`` threads;
+* on ``high`` threads, whether the pair is being held back: other threads runnable beyond
+  its own, or this thread waiting for a CPU (``/proc/thread-self/schedstat``).  Either sends
+  it back to ``low``.
+
+One client on a quiet machine gets every core; a server answering many requests, or a
+machine with other work, gets the safe count.  Each decision is a few microseconds (two
+small reads of ``/proc``), at most once per :data:`SAMPLE_EVERY_S`.  Where ``/proc`` cannot
+tell (not Linux, or this process may use fewer CPUs than the machine has, so the machine's
+counts are not about its CPUs), the count stays ``low``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+#: how often a running generation looks again (a step quicker than this skips the look)
+SAMPLE_EVERY_S = 0.01
+#: weight of the newest sample in the moving averages
+ALPHA = 0.25
+#: on ``low``: go up while someone else was runnable in less than this fraction of the looks
+UP_BELOW = 0.1
+#: on ``high``: go down once this thread waits for a CPU this fraction of the time, on average
+DOWN_WAIT = 0.15
+#: on ``high``: go down once someone else was runnable in this fraction of the looks (two in a row)
+DOWN_BUSY = 0.4
+
+
+def _running() -> int | None:
+    """Runnable threads on the machine now (``/proc/loadavg``), None where that cannot be read."""
+    try:
+        with open("/proc/loadavg", "rb") as f:
+            field = f.read().split()[3]
+        return int(field.split(b"/")[0])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _waited_ns() -> int | None:
+    """Nanoseconds this thread has spent runnable but waiting for a CPU, None where unknown."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _machine_is_ours() -> bool:
+    """Whether this process may run on every CPU the machine has (so the machine's counts are about its CPUs)."""
+    if not sys.platform.startswith("linux") or _running() is None or _waited_ns() is None:
+        return False
+    try:
+        return len(os.sched_getaffinity(0)) == (os.cpu_count() or 0)
+    except (AttributeError, OSError):
+        return False
+
+
+@dataclass
+class _State:
+    """One generating thread's view (each worker thread has its own)."""
+
+    threads: int
+    busy: float = 0.5  # moving average of "someone else was runnable" (0 or 1 per look)
+    wait: float = 0.0  # moving average of the fraction of time this thread waited for a CPU
+    at: float = 0.0  # time.monotonic() of the last look
+    waited: int = 0  # _waited_ns() at the last look
+
+
+class TorchThreads:
+    """PyTorch's CPU thread count for the threads that run models: ``low``, or ``high`` while the machine lets it."""
+
+    def __init__(self, low: int, high: int | None = None, adaptive: bool | None = None):
+        self.low = max(1, int(low))
+        self.high = max(self.low, int(high or self.low))
+        if adaptive is None:
+            adaptive = _machine_is_ours()
+        self.adaptive = adaptive and self.high > self.low
+        self._local = threading.local()
+
+    @classmethod
+    def fixed(cls, count: int) -> "TorchThreads":
+        """Always ``count`` threads."""
+        return cls(count, count, adaptive=False)
+
+    def __repr__(self) -> str:
+        return f"TorchThreads(low={self.low}, high={self.high}, adaptive={self.adaptive})"
+
+    # --- the generating thread's calls ----------------------------------------------------------
+    def begin(self) -> int:
+        """A run starts on this thread: choose its count and give it to PyTorch; returns the count."""
+        state = self._state()
+        if self.adaptive:
+            self._look(state, time.monotonic())
+        _set_threads(state.threads)
+        return state.threads
+
+    def step(self) -> None:
+        """A step of this thread's run ended: look again (at most every :data:`SAMPLE_EVERY_S`)."""
+        if not self.adaptive:
+            return
+        state = getattr(self._local, "state", None)
+        if state is None:
+            return
+        now = time.monotonic()
+        if now - state.at >= SAMPLE_EVERY_S:
+            before = state.threads
+            self._look(state, now)
+            if state.threads != before:
+                _set_threads(state.threads)
+
+    def current(self) -> int:
+        """The count this thread runs on now (``low`` before its first run)."""
+        state = getattr(self._local, "state", None)
+        return self.low if state is None else state.threads
+
+    # --- deciding ------------------------------------------------------------------------------------
+    def _state(self) -> _State:
+        state = getattr(self._local, "state", None)
+        if state is None:
+            state = self._local.state = _State(threads=self.low, at=time.monotonic(), waited=_waited_ns() or 0)
+        return state
+
+    def _look(self, state: _State, now: float) -> None:
+        running, waited = _running(), _waited_ns()
+        if running is None or waited is None:
+            state.threads = self.low
+            return
+        span = now - state.at
+        waited_fraction = (waited - state.waited) / 1e9 / span if span > 0 else 0.0
+        state.at, state.waited = now, waited
+        # this thread is running; on ``high`` threads its peers are either computing (counted) or
+        # asleep between operations (not counted): what is left is someone else's
+        others = max(0, running - state.threads)
+        state.busy += ALPHA * (min(1, others) - state.busy)
+        state.wait += ALPHA * (min(1.0, waited_fraction) - state.wait)
+        if state.threads == self.high:
+            if state.wait >= DOWN_WAIT or state.busy >= DOWN_BUSY:
+                state.threads = self.low
+                state.busy = max(state.busy, DOWN_BUSY)  # quiet for a while before going up again
+        elif state.busy < UP_BELOW and state.wait < DOWN_WAIT:
+            state.threads = self.high
+
+
+_active = threading.local()
+
+
+@contextmanager
+def running_on(threads: "TorchThreads | None") -> Iterator[None]:
+    """While the block runs, this thread's steps (:func:`step`) are ``threads``'s to look at."""
+    before = getattr(_active, "threads", None)
+    _active.threads = threads
+    try:
+        yield
+    finally:
+        _active.threads = before
+
+
+def step() -> None:
+    """A step of the calling thread's generation ended (backends report every step; see :meth:`TorchThreads.step`)."""
+    threads = getattr(_active, "threads", None)
+    if threads is not None:
+        threads.step()
+
+
+def _set_threads(count: int) -> None:
+    """Give PyTorch ``count`` threads in the calling thread (libgomp keeps the count per thread)."""
+    torch = sys.modules.get("torch")  # loaded by the backend; never imported here
+    # another thread may be importing it still (a warm start): a module without its functions yet is not in use
+    get, set_ = getattr(torch, "get_num_threads", None), getattr(torch, "set_num_threads", None)
+    if get is not None and set_ is not None and get() != count:
+        set_(count)

@@ -1,0 +1,167 @@
+"""PyTorch's thread count for a generation: every core while nothing else wants one, the safe count otherwise."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+from pixelmill.models import threads as threads_module
+from pixelmill.models.base import StepControl
+from pixelmill.models.threads import TorchThreads, running_on
+
+
+class Machine:
+    """What ``/proc`` tells the policy: runnable threads now, and the nanoseconds this thread has waited for a CPU."""
+
+    def __init__(self, monkeypatch):
+        self.running = 1
+        self.waited = 0
+        monkeypatch.setattr(threads_module, "_running", lambda: self.running)
+        monkeypatch.setattr(threads_module, "_waited_ns", lambda: self.waited)
+        monkeypatch.setattr(threads_module, "SAMPLE_EVERY_S", 0.0)
+
+
+def on_a_thread(fn):
+    """Run ``fn`` on a fresh thread (libgomp keeps the count per thread) and return what it returned."""
+    out = []
+    t = threading.Thread(target=lambda: out.append(fn()))
+    t.start()
+    t.join()
+    return out[0]
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    return Machine(monkeypatch)
+
+
+def test_a_quiet_machine_gives_a_generation_every_core(machine):
+    policy = TorchThreads(1, 2, adaptive=True)
+
+    def run():
+        torch.set_num_threads(1)
+        policy.begin()
+        for _ in range(10):
+            time.sleep(0.001)
+            policy.step()
+        return torch.get_num_threads()
+
+    assert on_a_thread(run) == 2
+
+
+def test_a_generation_goes_back_to_the_safe_count_when_something_else_wants_a_core_and_up_again_after(machine):
+    policy = TorchThreads(1, 2, adaptive=True)
+
+    def run():
+        counts = []
+        policy.begin()
+        for _ in range(10):  # quiet: up
+            policy.step()
+        counts.append(torch.get_num_threads())
+        machine.running = 2 + 1  # its two threads and someone else's
+        for _ in range(3):
+            policy.step()
+        counts.append(torch.get_num_threads())
+        machine.running = 1 + 1  # on one thread now, the other one still busy: stays down
+        for _ in range(20):
+            policy.step()
+        counts.append(torch.get_num_threads())
+        machine.running = 1  # quiet again
+        for _ in range(20):
+            policy.step()
+        counts.append(torch.get_num_threads())
+        return counts
+
+    assert on_a_thread(run) == [2, 1, 1, 2]
+
+
+def test_a_generation_that_waits_for_a_cpu_on_every_core_goes_back_to_the_safe_count(machine):
+    policy = TorchThreads(1, 2, adaptive=True)
+
+    def run():
+        policy.begin()
+        for _ in range(10):
+            policy.step()
+        before = torch.get_num_threads()
+        for _ in range(5):  # no one else is counted runnable, but this thread waits half the time
+            time.sleep(0.002)
+            machine.waited += 1_000_000
+            policy.step()
+        return before, torch.get_num_threads()
+
+    assert on_a_thread(run) == (2, 1)
+
+
+def test_the_count_is_chosen_per_generating_thread(machine):
+    policy = TorchThreads(1, 2, adaptive=True)
+
+    def quiet():
+        policy.begin()
+        for _ in range(10):
+            policy.step()
+        return policy.current()
+
+    assert on_a_thread(quiet) == 2
+    assert on_a_thread(policy.current) == 1  # a thread that has not run a model yet
+
+
+def test_a_step_reported_inside_a_models_use_is_what_the_policy_looks_at(machine):
+    policy = TorchThreads(1, 2, adaptive=True)
+
+    def run():
+        policy.begin()
+        StepControl().report(0.5)  # outside: nothing looks
+        outside = policy.current()
+        with running_on(policy):
+            for i in range(10):
+                StepControl().report(i / 10)
+        return outside, policy.current()
+
+    assert on_a_thread(run) == (1, 2)
+
+
+def test_a_fixed_count_or_a_process_held_to_fewer_cpus_never_changes_the_count(machine, monkeypatch):
+    assert TorchThreads.fixed(2).adaptive is False
+    assert TorchThreads(2, 2).adaptive is False  # no room to change
+    if hasattr(os, "sched_getaffinity"):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+        monkeypatch.setattr(os, "cpu_count", lambda: 8)
+        assert TorchThreads(1, 2).adaptive is False  # the machine's counts are not about this process's CPUs
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc (Linux)")
+def test_beside_busy_processes_a_real_generation_keeps_to_the_safe_count():
+    """On the machine as it is: with a spinning process per core, no step ever runs on every core
+    (two torch threads beside a busy core measured 30x slower than one)."""
+    cores = len(os.sched_getaffinity(0))
+    if cores < 2:
+        pytest.skip("one CPU: there is no second thread to give or keep")
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+    try:
+        time.sleep(0.5)
+        policy = TorchThreads(1, cores, adaptive=True)
+        x = torch.randn(256, 256)
+
+        def run():
+            seen = set()
+            policy.begin()
+            seen.add(torch.get_num_threads())
+            for _ in range(30):
+                for _ in range(5):
+                    x @ x
+                time.sleep(0.002)
+                policy.step()
+                seen.add(torch.get_num_threads())
+            return seen
+
+        assert on_a_thread(run) == {1}
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
