@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,14 +18,24 @@ from pixelmill.models.threads import TorchThreads, running_on
 
 
 class Machine:
-    """What ``/proc`` tells the policy: runnable threads now, and the nanoseconds this thread has waited for a CPU."""
+    """What ``/proc`` tells the policy (runnable threads now, the nanoseconds this thread has waited
+    for a CPU) and its clock, moved on by each step."""
 
     def __init__(self, monkeypatch):
         self.running = 1
         self.waited = 0
+        self.now = 1000.0
         monkeypatch.setattr(threads_module, "_running", lambda: self.running)
         monkeypatch.setattr(threads_module, "_waited_ns", lambda: self.waited)
-        monkeypatch.setattr(threads_module, "SAMPLE_EVERY_S", 0.0)
+        monkeypatch.setattr(threads_module, "time", SimpleNamespace(monotonic=lambda: self.now))
+
+    def steps(self, policy: TorchThreads, count: int, seconds: float = 0.015, waiting: float = 0.0) -> int:
+        """``count`` steps of ``seconds`` each (this thread waiting for a CPU ``waiting`` of each); PyTorch's count after them."""
+        for _ in range(count):
+            self.now += seconds
+            self.waited += int(waiting * seconds * 1e9)
+            policy.step()
+        return torch.get_num_threads()
 
 
 def on_a_thread(fn):
@@ -47,38 +58,41 @@ def test_a_quiet_machine_gives_a_generation_every_core(machine):
     def run():
         torch.set_num_threads(1)
         policy.begin()
-        for _ in range(10):
-            time.sleep(0.001)
-            policy.step()
-        return torch.get_num_threads()
+        return machine.steps(policy, 10)
 
     assert on_a_thread(run) == 2
 
 
-def test_a_generation_goes_back_to_the_safe_count_when_something_else_wants_a_core_and_up_again_after(machine):
+def test_a_generation_goes_back_to_the_safe_count_when_something_else_keeps_a_core_and_up_again_after(machine):
     policy = TorchThreads(1, 2, adaptive=True)
 
     def run():
         counts = []
         policy.begin()
-        for _ in range(10):  # quiet: up
-            policy.step()
-        counts.append(torch.get_num_threads())
+        counts.append(machine.steps(policy, 10))  # quiet: up
         machine.running = 2 + 1  # its two threads and someone else's
-        for _ in range(3):
-            policy.step()
-        counts.append(torch.get_num_threads())
+        counts.append(machine.steps(policy, 1))  # one step's burst (a poll answered): stays up
+        counts.append(machine.steps(policy, 3))  # still there: down
         machine.running = 1 + 1  # on one thread now, the other one still busy: stays down
-        for _ in range(20):
-            policy.step()
-        counts.append(torch.get_num_threads())
-        machine.running = 1  # quiet again
-        for _ in range(20):
-            policy.step()
-        counts.append(torch.get_num_threads())
+        counts.append(machine.steps(policy, 20))
+        machine.running = 1  # quiet again: up
+        counts.append(machine.steps(policy, 10))
         return counts
 
-    assert on_a_thread(run) == [2, 1, 1, 2]
+    assert on_a_thread(run) == [2, 2, 1, 1, 2]
+
+
+def test_a_step_slowed_down_by_a_busy_core_is_enough_to_go_back(machine):
+    """Two torch threads beside a busy core take many times as long per step: one such step decides."""
+    policy = TorchThreads(1, 2, adaptive=True)
+
+    def run():
+        policy.begin()
+        before = machine.steps(policy, 10)
+        machine.running = 2 + 1
+        return before, machine.steps(policy, 1, seconds=0.2)
+
+    assert on_a_thread(run) == (2, 1)
 
 
 def test_a_generation_that_waits_for_a_cpu_on_every_core_goes_back_to_the_safe_count(machine):
@@ -86,14 +100,9 @@ def test_a_generation_that_waits_for_a_cpu_on_every_core_goes_back_to_the_safe_c
 
     def run():
         policy.begin()
-        for _ in range(10):
-            policy.step()
-        before = torch.get_num_threads()
-        for _ in range(5):  # no one else is counted runnable, but this thread waits half the time
-            time.sleep(0.002)
-            machine.waited += 1_000_000
-            policy.step()
-        return before, torch.get_num_threads()
+        before = machine.steps(policy, 10)
+        # no one else is counted runnable, but this thread waits for a CPU half the time
+        return before, machine.steps(policy, 5, waiting=0.5)
 
     assert on_a_thread(run) == (2, 1)
 
@@ -103,8 +112,7 @@ def test_the_count_is_chosen_per_generating_thread(machine):
 
     def quiet():
         policy.begin()
-        for _ in range(10):
-            policy.step()
+        machine.steps(policy, 10)
         return policy.current()
 
     assert on_a_thread(quiet) == 2
@@ -116,10 +124,12 @@ def test_a_step_reported_inside_a_models_use_is_what_the_policy_looks_at(machine
 
     def run():
         policy.begin()
+        machine.now += 0.015
         StepControl().report(0.5)  # outside: nothing looks
         outside = policy.current()
         with running_on(policy):
             for i in range(10):
+                machine.now += 0.015
                 StepControl().report(i / 10)
         return outside, policy.current()
 

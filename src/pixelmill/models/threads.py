@@ -28,6 +28,7 @@ counts are not about its CPUs), the count stays ``low``.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -38,14 +39,18 @@ from typing import Iterator
 
 #: how often a running generation looks again (a step quicker than this skips the look)
 SAMPLE_EVERY_S = 0.01
-#: weight of the newest sample in the moving averages
-ALPHA = 0.25
-#: on ``low``: go up while someone else was runnable in less than this fraction of the looks
-UP_BELOW = 0.1
-#: on ``high``: go down once this thread waits for a CPU this fraction of the time, on average
+#: the moving averages forget with this time constant: a look weighs by the time since the
+#: one before (a 15 ms step about 0.3, a step slowed to 200 ms by a busy core all of it)
+MEMORY_S = 0.04
+#: the weight of the look a run starts with (after an idle gap it stands for less than its span)
+FIRST_LOOK = 0.25
+#: on ``low``: go up once someone else is runnable less than this fraction of the time
+UP_BELOW = 0.2
+#: on ``high``: go down once this thread waits for a CPU this fraction of the time
 DOWN_WAIT = 0.15
-#: on ``high``: go down once someone else was runnable in this fraction of the looks (two in a row)
-DOWN_BUSY = 0.4
+#: on ``high``: go down once someone else is runnable this fraction of the time (a burst of a
+#: few milliseconds, a poll answered or a PNG encoded, costs less than a step on fewer threads)
+DOWN_BUSY = 0.6
 
 
 def _running() -> int | None:
@@ -112,7 +117,7 @@ class TorchThreads:
         """A run starts on this thread: choose its count and give it to PyTorch; returns the count."""
         state = self._state()
         if self.adaptive:
-            self._look(state, time.monotonic())
+            self._look(state, time.monotonic(), FIRST_LOOK)
         _set_threads(state.threads)
         return state.threads
 
@@ -142,7 +147,7 @@ class TorchThreads:
             state = self._local.state = _State(threads=self.low, at=time.monotonic(), waited=_waited_ns() or 0)
         return state
 
-    def _look(self, state: _State, now: float) -> None:
+    def _look(self, state: _State, now: float, weight: float | None = None) -> None:
         running, waited = _running(), _waited_ns()
         if running is None or waited is None:
             state.threads = self.low
@@ -153,8 +158,10 @@ class TorchThreads:
         # this thread is running; on ``high`` threads its peers are either computing (counted) or
         # asleep between operations (not counted): what is left is someone else's
         others = max(0, running - state.threads)
-        state.busy += ALPHA * (min(1, others) - state.busy)
-        state.wait += ALPHA * (min(1.0, waited_fraction) - state.wait)
+        if weight is None:
+            weight = 1.0 - math.exp(-span / MEMORY_S) if span > 0 else 0.0
+        state.busy += weight * (min(1, others) - state.busy)
+        state.wait += weight * (min(1.0, waited_fraction) - state.wait)
         if state.threads == self.high:
             if state.wait >= DOWN_WAIT or state.busy >= DOWN_BUSY:
                 state.threads = self.low
