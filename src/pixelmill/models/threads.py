@@ -16,11 +16,15 @@ step (:meth:`TorchThreads.step`, called through :meth:`StepControl.report
   count, less this one).  When that stays near zero, and this thread does not wait for a
   CPU, the spare core is idle and the run goes on ``high`` threads;
 * on ``high`` threads, whether the pair is being held back: other threads runnable beyond
-  its own, or this thread waiting for a CPU (``/proc/thread-self/schedstat``).  Either sends
-  it back to ``low``.
+  its own, or this thread waiting for a CPU (``/proc/thread-self/schedstat``).  Either,
+  once it lasts, sends it back to ``low``.  Each look weighs by the time since the one
+  before: a burst of a few milliseconds (a poll answered, a PNG encoded) costs less than
+  steps on fewer threads and is let be, while a single step slowed to many times its
+  length by a busy core decides at once.
 
-One client on a quiet machine gets every core; a server answering many requests, or a
-machine with other work, gets the safe count.  Each decision is a few microseconds (two
+One client on a quiet machine gets every core, and so do 16 clients whose requests
+leave the API mostly waiting; a process or machine kept busy by other work gets the safe
+count.  Each decision is a few microseconds (two
 small reads of ``/proc``), at most once per :data:`SAMPLE_EVERY_S`.  Where ``/proc`` cannot
 tell (not Linux, or this process may use fewer CPUs than the machine has, so the machine's
 counts are not about its CPUs), the count stays ``low``.
