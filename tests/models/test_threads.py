@@ -175,3 +175,32 @@ def test_beside_busy_processes_a_real_generation_keeps_to_the_safe_count():
         for p in spinners:
             p.kill()
             p.wait()
+
+
+def test_a_seed_gives_the_same_pixels_whatever_the_thread_count_and_wherever_it_changes():
+    """The count may change between any two steps: a seed still means one image."""
+    import numpy as np
+
+    from pixelmill.models.base import TextToImageRequest
+    from pixelmill.models.catalog import ModelCatalog
+    from pixelmill.models.registry import ModelRegistry
+
+    backend = ModelRegistry(ModelCatalog.load(None)).backend("pixelmill-tiny")
+    request = TextToImageRequest(prompt="a red circle on a blue background", width=128, height=128, steps=6, seed=7)
+
+    def image(counts: list[int]):
+        """Generate with ``counts[i]`` threads from step i on (the last one for the rest)."""
+        done = [0]
+
+        def on_progress(_fraction: float) -> None:
+            done[0] += 1
+            torch.set_num_threads(counts[min(done[0], len(counts) - 1)])
+
+        torch.set_num_threads(counts[0])
+        return np.asarray(backend.generate(request, StepControl(on_progress=on_progress))[0])
+
+    def run():
+        one, two, changing = image([1]), image([2]), image([1, 2, 2, 1, 2, 1])
+        return bool((one == two).all()), bool((one == changing).all())
+
+    assert on_a_thread(run) == (True, True)
