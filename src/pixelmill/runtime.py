@@ -263,10 +263,12 @@ class Runtime:
 
 def torch_threads(configured: int, serves_api: bool, node_threads: int) -> TorchThreads:
     """PyTorch CPU threads per node run: ``configured``; or the cores shared by ``node_threads`` node
-    runs at a time, less one core where this process also serves the API and its database work,
-    and all of them while that core is idle (see :mod:`pixelmill.models.threads`); at least 1."""
+    runs at a time, less one core where this process also serves the API and its database work.
+    An embedded server's run takes every core while nothing else wants one (no request being
+    served, no other run; see :mod:`pixelmill.models.threads`); at least 1."""
     if configured:
         return TorchThreads.fixed(configured)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     share = max(1, node_threads)
-    return TorchThreads(max(1, (cores - (1 if serves_api else 0)) // share), max(1, cores // share))
+    low = max(1, (cores - (1 if serves_api else 0)) // share)
+    return TorchThreads(low, cores if serves_api else max(1, cores // share))

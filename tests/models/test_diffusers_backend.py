@@ -319,3 +319,44 @@ def test_a_mask_without_an_input_image_is_refused(catalog):
     backend = DiffusersBackend(catalog.get("tiny-sd"))
     with pytest.raises(ValueError, match="mask needs an input image"):
         backend.generate(TextToImageRequest(prompt="x", width=16, height=16, mask_image=Image.new("L", (16, 16))), Progress().control)
+
+
+def test_two_generations_run_side_by_side_over_one_copy_of_the_weights(catalog):
+    """On the CPU two callers generate at once (two worker threads use two cores), each on a
+    pipeline of its own over the same modules; each image is what it would be alone."""
+    backend = DiffusersBackend(catalog.get("tiny-flux"))
+    requests = [TextToImageRequest(prompt=f"a dog {i}", width=32, height=32, steps=3, seed=i) for i in range(2)]
+    alone = [pixels(backend.generate(r, StepControl())[0]) for r in requests]
+    assert backend.side_by_side
+    met = threading.Event()
+    stepped = [threading.Event(), threading.Event()]
+    results: list = [None, None]
+
+    def run(i: int) -> None:
+        def on_progress(_fraction: float) -> None:
+            stepped[i].set()
+            if stepped[1 - i].wait(10):  # the other run stepped while this one is inside its own
+                met.set()
+
+        results[i] = pixels(backend.generate(requests[i], StepControl(on_progress=on_progress))[0])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert met.is_set()
+    assert all(np.array_equal(results[i], alone[i]) for i in range(2))
+    seats = backend._free
+    assert len(seats) == 2 and seats[0] is not seats[1]
+    assert seats[0].transformer is seats[1].transformer and seats[0].scheduler is not seats[1].scheduler
+
+
+def test_a_model_with_speed_options_or_off_the_cpu_generates_one_at_a_time(catalog):
+    backend = DiffusersBackend(catalog.get("tiny-flux"))
+    assert backend.side_by_side
+    backend.speed_options = ["cache"]  # a step cache keeps its state in the shared modules
+    assert not backend.side_by_side
+    backend.speed_options = []
+    backend.device = "cuda"
+    assert not backend.side_by_side

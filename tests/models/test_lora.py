@@ -88,3 +88,49 @@ def test_unknown_loras_are_refused_before_running(catalog):
         DiffusersBackend(catalog.get("tiny")).generate(
             TextToImageRequest(prompt="x", width=32, height=32, loras=(("glitter", 1.0),)), StepControl()
         )
+
+
+def test_generations_with_other_loras_never_overlap_and_each_gets_its_own_pixels(catalog):
+    """LoRAs live in the weights every seat shares: a run that wants other LoRAs waits until the
+    running ones end (and runs with the same LoRAs go side by side), so no image mixes two sets."""
+    import threading
+    import time
+
+    backend = DiffusersBackend(catalog.get("tiny"))
+    wanted = {"base": (), "ink": (("ink", 1.0),), "neon": (("neon", 1.0),)}
+    alone = {name: image(backend, *loras) for name, loras in wanted.items()}  # neon is active last
+    apply = backend._apply_loras
+
+    def slow_apply(pipe, loras):  # a change takes a while (a LoRA read from disk): others arrive meanwhile
+        time.sleep(0.1)
+        apply(pipe, loras)
+
+    backend._apply_loras = slow_apply
+    spans: dict[str, list[float]] = {}
+    got: dict[str, np.ndarray] = {}
+
+    def run(name: str, key: str) -> None:
+        torch.set_num_threads(1)  # as the reference runs (libgomp keeps the count per thread)
+
+        def on_progress(_fraction: float) -> None:
+            spans.setdefault(key, []).append(time.monotonic())
+            time.sleep(0.05)  # long enough steps for the runs to meet
+
+        request = TextToImageRequest(prompt="a red cat", width=32, height=32, steps=2, seed=5, loras=wanted[name])
+        got[key] = np.asarray(backend.generate(request, StepControl(on_progress=on_progress))[0], dtype=np.int16)
+
+    # neon arrives while ink-1 changes the LoRAs away from neon: it must not join
+    runs = [("ink", "ink-1"), ("neon", "neon"), ("ink", "ink-2"), ("base", "base")]
+    threads = [threading.Thread(target=run, args=r) for r in runs]
+    for t in threads:
+        t.start()
+        time.sleep(0.01)
+    for t in threads:
+        t.join()
+    for name, key in runs:
+        assert np.array_equal(got[key], alone[name]), key
+    first, last = {k: v[0] for k, v in spans.items()}, {k: v[-1] for k, v in spans.items()}
+    for name_a, a in runs:
+        for name_b, b in runs:
+            if a < b and name_a != name_b:  # other LoRAs: one ended before the other began
+                assert last[a] < first[b] or last[b] < first[a], (a, b)

@@ -204,6 +204,8 @@ def test_a_thread_that_uses_a_model_runs_torch_on_the_registrys_thread_count(fol
     assert (worker.low, worker.high, worker.adaptive) == (cores, cores, False)
     crowded = torch_threads(0, serves_api=False, node_threads=4 * cores)
     assert (crowded.low, crowded.high) == (1, 1)
+    shared = torch_threads(0, serves_api=True, node_threads=2)  # a lone run may still take every core
+    assert (shared.low, shared.high) == (max(1, (cores - 1) // 2), cores)
 
     registry = ModelRegistry(catalog)
     registry.threads = TorchThreads.fixed(3)

@@ -13,12 +13,14 @@ request gives the same starting noise on any device.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from PIL import Image
@@ -104,7 +106,16 @@ class DiffusersBackend:
     """One catalog model served through a diffusers pipeline kept in memory.
 
     ``load()`` is idempotent and thread-safe; ``generate`` loads on first use.
-    One generation runs at a time per pipeline; other callers wait.
+
+    Generations run side by side, one per *seat*: a pipeline object of its own (its own
+    scheduler, tokenizers and other small stateful parts, copied) over the same weights
+    (every ``torch.nn.Module`` shared, nothing copied), so two worker threads on two
+    cores make two images at once instead of queueing on one pipeline.  Seats are made
+    when more callers than seats arrive and kept for the next ones.  Only on the CPU and
+    without speed options (a step cache keeps state in the shared modules; a compiled
+    module is compiled once): elsewhere one generation runs at a time and others wait.
+    A change of the active LoRAs (they live in the shared modules) waits until no
+    generation runs, and generations that want other LoRAs wait until it is made.
     """
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -114,10 +125,15 @@ class DiffusersBackend:
         self.device = resolve_device(spec.device)
         self.dtype = resolve_dtype(spec.dtype, self.device)
         self._pipe: Any = None
-        self._img2img: Any = None
-        self._inpaint: Any = None
         self._load_lock = threading.Lock()
-        self._run_lock = threading.Lock()
+        self._seats = threading.Condition()  # guards everything below
+        self._free: list[Any] = []  # idle seats (pipelines over the shared weights)
+        self._made = 0  # seats made for the loaded pipeline (the first is the pipeline itself)
+        self._running = 0  # generations on a seat now
+        self._changing = False  # the one running generation is still setting its LoRAs: nobody joins yet
+        self._waiting = 0  # callers waiting for a seat (while any wait, nobody joins: a LoRA change is not starved)
+        self._active: tuple[tuple[str, float], ...] | None = ()  # the LoRAs the shared modules have active (None: unknown)
+        self._siblings: dict[tuple[int, str], Any] = {}  # (id(seat), "img2img" | "inpaint") -> pipeline
         self._loras: OrderedDict[str, None] = OrderedDict()  # LoRA adapters loaded into the pipeline, LRU first
         self._loras_active = False
         self.speed_options: list[str] = []  # the catalog's speed options that applied on this device
@@ -145,10 +161,13 @@ class DiffusersBackend:
 
     def unload(self) -> None:
         """Drop the pipeline (and free accelerator memory); the next use reloads it."""
-        with self._load_lock, self._run_lock:
+        with self._load_lock, self._seats:
+            self._seats.wait_for(lambda: self._running == 0)
             self._pipe = None
-            self._img2img = None
-            self._inpaint = None
+            self._free.clear()
+            self._made = 0
+            self._siblings.clear()
+            self._active = ()
             self._loras.clear()
             self._loras_active = False
         if self.device == "cuda":
@@ -179,24 +198,92 @@ class DiffusersBackend:
         self.speed_options = apply_speed_options(pipe, spec, self.device)
         return pipe
 
-    def _image_pipeline(self, pipe: Any, masked: bool = False) -> Any:
-        """The pipeline that takes an input image (and a mask): the model's own, or its img2img / inpaint sibling."""
-        params, _ = _call_parameters(pipe)
+    @property
+    def side_by_side(self) -> bool:
+        """Whether generations of this model run at once (see the class)."""
+        return self.device == "cpu" and not self.speed_options
+
+    @contextmanager
+    def _seat(self, loras: tuple[tuple[str, float], ...]) -> Iterator[Any]:
+        """A pipeline to generate on with ``loras`` active, held until the block ends."""
+        while True:
+            pipe = self.load()
+            with self._seats:
+                self._waiting += 1
+                try:
+                    # join the generations running with these LoRAs (where side by side is on and
+                    # nobody else waits), or be alone, to change them
+                    self._seats.wait_for(
+                        lambda: self._pipe is not pipe
+                        or self._running == 0
+                        or (self.side_by_side and loras == self._active and self._waiting == 1 and not self._changing)
+                    )
+                finally:
+                    self._waiting -= 1
+                if self._pipe is not pipe:  # unloaded while this caller waited: load it again
+                    continue
+                self._running += 1
+                alone = self._running == 1
+                if alone:  # nobody joins until the LoRAs are this caller's
+                    self._changing = True
+                if self._free:
+                    seat = self._free.pop()
+                elif self._made == 0:
+                    seat, self._made = pipe, 1  # the first seat is the loaded pipeline itself
+                else:
+                    seat, self._made = None, self._made + 1
+            break
+        try:
+            if seat is None:
+                seat = self._new_seat(pipe)
+            if alone:  # nobody else generates: the shared modules are this caller's to change
+                applied = None  # a change that failed half-way matches no one's LoRAs
+                try:
+                    self._apply_loras(pipe, loras)
+                    applied = loras
+                finally:
+                    with self._seats:
+                        self._active = applied
+                        self._changing = False
+                        self._seats.notify_all()
+            yield seat
+        finally:
+            with self._seats:
+                self._running -= 1
+                if self._pipe is pipe:
+                    self._free.append(seat)
+                self._seats.notify_all()
+
+    def _new_seat(self, pipe: Any) -> Any:
+        """Another pipeline over ``pipe``'s weights: its modules shared, its other parts (scheduler, tokenizers) copied."""
+        components = {
+            name: (part if part is None or isinstance(part, torch.nn.Module) else copy.deepcopy(part))
+            for name, part in pipe.components.items()
+        }
+        seat = type(pipe)(**components)
+        seat.set_progress_bar_config(disable=True)
+        return seat
+
+    def _image_pipeline(self, seat: Any, masked: bool = False) -> Any:
+        """The pipeline that takes an input image (and a mask) on ``seat``: the model's own, or its
+        img2img / inpaint sibling (made once per seat, over the seat's parts)."""
+        params, _ = _call_parameters(seat)
         if "image" in params and (not masked or "mask_image" in params):
-            return pipe  # editing pipelines (FLUX.2, Kontext, fill) take reference images directly
-        attr = "_inpaint" if masked else "_img2img"
-        if getattr(self, attr) is None:
+            return seat  # editing pipelines (FLUX.2, Kontext, fill) take reference images directly
+        key = (id(seat), "inpaint" if masked else "img2img")
+        sibling = self._siblings.get(key)
+        if sibling is None:
             from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
 
             auto = AutoPipelineForInpainting if masked else AutoPipelineForImage2Image
             try:
-                sibling = auto.from_pipe(pipe)
+                sibling = auto.from_pipe(seat)
             except Exception as exc:
                 kind = "inpainting" if masked else "image-to-image"
-                raise ValueError(f"model {self.spec.name!r} ({type(pipe).__name__}) has no {kind} variant") from exc
+                raise ValueError(f"model {self.spec.name!r} ({type(seat).__name__}) has no {kind} variant") from exc
             sibling.set_progress_bar_config(disable=True)
-            setattr(self, attr, sibling)
-        return getattr(self, attr)
+            self._siblings[key] = sibling  # only this seat's holder reaches this key
+        return sibling
 
     # -- generation --------------------------------------------------------
 
@@ -213,12 +300,10 @@ class DiffusersBackend:
         """Run the pipeline; ``request.num_images`` RGB images of the requested size."""
         self._validate(request)
         control.check()
-        pipe = self.load()
-        with self._run_lock:
+        with self._seat(request.loras) as seat:
             control.check()
             masked = request.mask_image is not None
-            target = pipe if request.init_image is None else self._image_pipeline(pipe, masked)
-            self._apply_loras(pipe, request.loras)
+            target = seat if request.init_image is None else self._image_pipeline(seat, masked)
             kwargs = self._call_kwargs(target, request, control)
             images = target(**kwargs).images
         if "callback_on_step_end" not in kwargs:  # pipeline without step callbacks
@@ -260,9 +345,7 @@ class DiffusersBackend:
                 outcome[i] = e
         if all(o is not None for o in outcome):
             return list(outcome)  # type: ignore[arg-type]
-        pipe = self.load()
-        with self._run_lock:
-            self._apply_loras(pipe, first.loras)
+        with self._seat(first.loras) as pipe:
             kwargs = self._call_kwargs(pipe, first, controls[0])
             steps = self.steps_for(first)
             kwargs["prompt"] = [r.prompt for r in requests]
@@ -288,7 +371,7 @@ class DiffusersBackend:
         return results
 
     def _apply_loras(self, pipe: Any, loras: tuple[tuple[str, float], ...]) -> None:
-        """Make exactly ``loras`` (name, scale) active on the loaded pipeline (run lock held).
+        """Make exactly ``loras`` (name, scale) active on the loaded pipeline (no other generation running).
 
         A LoRA is loaded into the pipeline the first time a request names it and
         stays loaded (up to ``lora_cache``, least recently used dropped first);

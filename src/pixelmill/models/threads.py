@@ -196,9 +196,13 @@ def step() -> None:
 
 
 def _set_threads(count: int) -> None:
-    """Give PyTorch ``count`` threads in the calling thread (libgomp keeps the count per thread)."""
+    """Give PyTorch ``count`` threads in the calling thread.
+
+    Always set, never compared first: libgomp keeps the count per thread, while
+    ``torch.get_num_threads()`` reports the last count any thread set, so with two worker
+    threads it can say 2 to a thread whose own operations still run on 1."""
     torch = sys.modules.get("torch")  # loaded by the backend; never imported here
     # another thread may be importing it still (a warm start): a module without its functions yet is not in use
-    get, set_ = getattr(torch, "get_num_threads", None), getattr(torch, "set_num_threads", None)
-    if get is not None and set_ is not None and get() != count:
+    set_ = getattr(torch, "set_num_threads", None)
+    if set_ is not None:
         set_(count)

@@ -9,14 +9,60 @@ work of one lane overlaps the other's compute.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-from typing import Callable
+from collections import deque
+from typing import Callable, Generic, TypeVar
 
 from pixelmill.engine.lifecycle import NodeTask
 from pixelmill.engine.scheduler import model_of
 
 log = logging.getLogger("pixelmill.queue")
+
+T = TypeVar("T")
+
+
+class _Lane(Generic[T]):
+    """Tasks first in, first out; idle threads woken last in, first out.
+
+    With fewer tasks than threads (one client), the thread that just finished takes the next
+    task, so one thread does the work instead of each in turn: a thread keeps its PyTorch
+    thread team and its caches warm.  On two cores, two threads alternating generations on
+    two torch threads each took 398 ms per image against 266 ms on one thread (pixelmill-tiny,
+    256x256, 16 steps).  ``queue.Queue`` wakes the thread that waited longest.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tasks: deque[T] = deque()
+        self._idle: list[list] = []  # waiting threads, most recent last: [event, task]
+        self.unfinished_tasks = 0  # put and not yet done (as queue.Queue counts them)
+
+    def put(self, task: T) -> None:
+        with self._lock:
+            self.unfinished_tasks += 1
+            if self._idle:
+                waiter = self._idle.pop()
+                waiter[1] = task
+                waiter[0].set()
+            else:
+                self._tasks.append(task)
+
+    def get(self) -> T:
+        with self._lock:
+            if self._tasks:
+                return self._tasks.popleft()
+            waiter = [threading.Event(), None]
+            self._idle.append(waiter)
+        waiter[0].wait()
+        return waiter[1]
+
+    def task_done(self) -> None:
+        with self._lock:
+            self.unfinished_tasks -= 1
+
+    def qsize(self) -> int:
+        with self._lock:
+            return len(self._tasks)
 
 
 class InProcessQueue:
@@ -24,17 +70,17 @@ class InProcessQueue:
         self.handler = handler
         self.threads = threads
         self.light_threads = light_threads
-        self._model: "queue.Queue[NodeTask | None]" = queue.Queue()
+        self._model: _Lane[NodeTask | None] = _Lane()
         # no light threads: everything shares the model lane
-        self._light: "queue.Queue[NodeTask | None]" = queue.Queue() if light_threads > 0 else self._model
+        self._light: _Lane[NodeTask | None] = _Lane() if light_threads > 0 else self._model
         #: (thread name, lane, threads) of each lane that has threads of its own
         self._pools = [("worker", self._model, threads)] + ([("light-worker", self._light, light_threads)] if light_threads > 0 else [])
-        self._workers: list[tuple[threading.Thread, queue.Queue]] = []
+        self._workers: list[tuple[threading.Thread, _Lane]] = []
         self._idle = threading.Condition()
         #: waits for work the handler handed on (the runner's finisher); :meth:`join` calls it
         self.drain: Callable[[], None] | None = None
 
-    def _lane(self, task: NodeTask) -> "queue.Queue[NodeTask | None]":
+    def _lane(self, task: NodeTask) -> _Lane[NodeTask | None]:
         return self._model if model_of(task.queue or "") is not None else self._light
 
     def enqueue(self, task: NodeTask) -> None:
@@ -54,7 +100,7 @@ class InProcessQueue:
             t.join(timeout)
         self._workers.clear()
 
-    def _lanes(self) -> list["queue.Queue[NodeTask | None]"]:
+    def _lanes(self) -> list[_Lane[NodeTask | None]]:
         return [lane for _, lane, _ in self._pools]
 
     def pending(self) -> int:
@@ -69,7 +115,7 @@ class InProcessQueue:
             self.drain()
         return done
 
-    def _loop(self, lane: "queue.Queue[NodeTask | None]") -> None:
+    def _loop(self, lane: _Lane[NodeTask | None]) -> None:
         while True:
             task = lane.get()
             try:
