@@ -154,8 +154,13 @@ def make_runtime(tmp_path):
     made = []
 
     def make(db_url: str, backend=None, start: bool = True, extra_models: dict | None = None, **settings):
-        """``extra_models``: {name: (catalog TOML lines, backend)} added after the "fake" model."""
+        """``extra_models``: {name: (catalog TOML lines, backend)} added after the "fake" model.
+
+        One model thread unless a test asks for more (``worker_threads=2`` is the server's
+        default): the engine and API tests reason about a queue that one generation at a time
+        goes through; generations side by side have tests of their own."""
         extra_models = extra_models or {}
+        settings.setdefault("worker_threads", 1)
         toml = FAKE_CATALOG + "".join(f'\n[[models]]\nname = "{name}"\n{entry}\n' for name, (entry, _) in extra_models.items())
         catalog = ModelCatalog.from_toml(toml)
         registry = ModelRegistry(catalog)

@@ -56,7 +56,10 @@ class Settings(BaseSettings):
     # engine
     queue: Literal["inprocess", "celery"] = "inprocess"
     broker_url: str = "redis://127.0.0.1:6379/0"
-    worker_threads: int = 1
+    #: embedded mode: threads for node runs of image models.  Two by default: generations run side by
+    #: side on the CPU (each on one torch thread while the other runs, on every core while it runs
+    #: alone); a model that generates one at a time (a GPU, speed options) keeps the second waiting
+    worker_threads: int = 2
     #: embedded mode: threads for node runs that use no image model (load, resize, crop, upscale,
     #: background removal…), apart from the model threads, so they never wait behind a generation;
     #: 0: they share the model threads

@@ -39,6 +39,15 @@ class ScaleOut:
         self.workers.append((proc, log))
         return proc
 
+    def consuming(self, proc: subprocess.Popen) -> bool:
+        """Whether worker ``proc`` consumes its queues yet (Celery logs "<name> ready."): from then on
+        it answers broadcasts; it advertises itself to the API nodes a little before."""
+        for worker, log in self.workers:
+            if worker is proc:
+                log.seek(0)
+                return b" ready." in log.read()
+        return False
+
     def logs(self) -> str:
         out = []
         for proc, log in self.workers:

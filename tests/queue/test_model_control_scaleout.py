@@ -41,7 +41,7 @@ def test_an_admin_loads_and_unloads_a_model_on_the_workers(scale_out, monkeypatc
         assert r.status_code == 409 and r.json()["error"]["code"] == "model_not_served"  # no worker runs yet
 
         worker = scale_out.start_worker("--no-preload")
-        wait_for(lambda: live_workers(scale_out.api.db), timeout=120)
+        wait_for(lambda: live_workers(scale_out.api.db) and scale_out.consuming(worker), timeout=120)
         assert _model(base, key)["state"] == "cold"
 
         r = httpx.post(base + "/api/v1/models/tiny-flux/load", headers=admin, timeout=30)

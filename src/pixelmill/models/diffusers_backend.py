@@ -250,7 +250,9 @@ class DiffusersBackend:
         finally:
             with self._seats:
                 self._running -= 1
-                if self._pipe is pipe:
+                if seat is None:  # it could not be made: the next caller makes one
+                    self._made -= 1
+                elif self._pipe is pipe:
                     self._free.append(seat)
                 self._seats.notify_all()
 
