@@ -13,7 +13,7 @@ Side by side in one run, with the shipped pixelmill-tiny model (no batching):
   output with the image classifier (output moderation), so the one-client point
   is also run without it, which is the platform alone.
 
-    python bench/throughput.py [--images 16] [--size 256] [--steps 16] [--clients 1,4,16] [--worker-threads 1]
+    python bench/throughput.py [--images 16] [--size 256] [--steps 16] [--clients 1,4,16] [--worker-threads 2]
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--clients", default="1,4,16")
-    ap.add_argument("--worker-threads", type=int, default=1)
+    ap.add_argument("--worker-threads", type=int, default=2, help="the embedded server's generation threads (its default: 2)")
     a = ap.parse_args()
     clients = [int(c) for c in a.clients.split(",")]
 
