@@ -7,6 +7,7 @@ back through the real path: catalog file -> registry -> DiffusersBackend.
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -360,3 +361,43 @@ def test_a_model_with_speed_options_or_off_the_cpu_generates_one_at_a_time(catal
     backend.speed_options = []
     backend.device = "cuda"
     assert not backend.side_by_side
+
+
+def test_a_generation_waiting_for_the_one_pipeline_can_be_cancelled_meanwhile(catalog):
+    """Where generations run one at a time, the one waiting for the pipeline stops on a cancel at
+    once instead of after the running one."""
+    backend = DiffusersBackend(catalog.get("tiny-flux"))
+    backend.load()
+    backend.speed_options = ["cache"]  # one at a time
+    inside, release = threading.Event(), threading.Event()
+
+    def hold(_fraction: float) -> None:
+        inside.set()
+        release.wait(10)
+
+    first = threading.Thread(
+        target=backend.generate,
+        args=(TextToImageRequest(prompt="a dog", width=32, height=32, steps=2, seed=1), StepControl(on_progress=hold)),
+    )
+    first.start()
+    try:
+        assert inside.wait(10)
+        waiting = StepControl()
+        outcome: list = []
+
+        def second() -> None:
+            try:
+                backend.generate(TextToImageRequest(prompt="a cat", width=32, height=32, steps=2, seed=2), waiting)
+                outcome.append("generated")
+            except GenerationCancelled:
+                outcome.append("cancelled")
+
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.3)
+        waiting.cancel()
+        t.join(5)
+        assert outcome == ["cancelled"] and first.is_alive()  # the running one still holds the pipeline
+    finally:
+        release.set()
+        first.join(10)

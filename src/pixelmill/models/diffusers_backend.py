@@ -48,6 +48,8 @@ logging.getLogger("diffusers.pipelines.pipeline_utils").addFilter(_TinyVaeTypeHi
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _SEED_MASK = 0xFFFF_FFFF_FFFF_FFFF
+#: how often a generation waiting for a seat looks at its cancel and deadline
+SEAT_CHECK_S = 0.2
 
 
 class ModelLoadError(RuntimeError):
@@ -204,8 +206,11 @@ class DiffusersBackend:
         return self.device == "cpu" and not self.speed_options
 
     @contextmanager
-    def _seat(self, loras: tuple[tuple[str, float], ...]) -> Iterator[Any]:
-        """A pipeline to generate on with ``loras`` active, held until the block ends."""
+    def _seat(self, loras: tuple[tuple[str, float], ...], control: StepControl | None = None) -> Iterator[Any]:
+        """A pipeline to generate on with ``loras`` active, held until the block ends.
+
+        While it waits for one (another generation holds the only seat, or runs with other
+        LoRAs), ``control``'s cancel and deadline still apply: they raise here."""
         while True:
             pipe = self.load()
             with self._seats:
@@ -213,11 +218,14 @@ class DiffusersBackend:
                 try:
                     # join the generations running with these LoRAs (where side by side is on and
                     # nobody else waits), or be alone, to change them
-                    self._seats.wait_for(
-                        lambda: self._pipe is not pipe
+                    while not (
+                        self._pipe is not pipe
                         or self._running == 0
                         or (self.side_by_side and loras == self._active and self._waiting == 1 and not self._changing)
-                    )
+                    ):
+                        self._seats.wait(SEAT_CHECK_S)
+                        if control is not None:
+                            control.check()
                 finally:
                     self._waiting -= 1
                 if self._pipe is not pipe:  # unloaded while this caller waited: load it again
@@ -302,7 +310,7 @@ class DiffusersBackend:
         """Run the pipeline; ``request.num_images`` RGB images of the requested size."""
         self._validate(request)
         control.check()
-        with self._seat(request.loras) as seat:
+        with self._seat(request.loras, control) as seat:
             control.check()
             masked = request.mask_image is not None
             target = seat if request.init_image is None else self._image_pipeline(seat, masked)
