@@ -64,9 +64,10 @@ class Settings(BaseSettings):
     #: background removal…), apart from the model threads, so they never wait behind a generation;
     #: 0: they share the model threads
     light_worker_threads: int = Field(default=1, ge=0)
-    #: CPU threads each node run gives PyTorch; 0: automatic (the cores, less one for the API and
-    #: database where this process serves them too, shared by the node runs at a time).  One
-    #: thread per core at most: a torch thread that waits for a core holds its peers back
+    #: CPU threads each node run gives PyTorch; 0: automatic (the cores shared by the node runs at a
+    #: time, less one for the API and database where this process serves them too; there, a run
+    #: takes every core while nothing else wants one: see pixelmill.models.threads).  One thread
+    #: per core at most: a torch thread that waits for a core holds its peers back
     torch_threads: int = Field(default=0, ge=0)
     node_timeout_s: float = 600.0
     #: scale-out: a queued node run whose task never reached the queue (broker down at
