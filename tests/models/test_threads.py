@@ -29,6 +29,11 @@ class Machine:
         monkeypatch.setattr(threads_module, "_waited_ns", lambda: self.waited)
         monkeypatch.setattr(threads_module, "time", SimpleNamespace(monotonic=lambda: self.now))
 
+    def quiet_start(self, policy: TorchThreads) -> int:
+        """A run starts on a quiet machine and goes ten steps; PyTorch's count after them."""
+        policy.begin()
+        return self.steps(policy, 10)
+
     def steps(self, policy: TorchThreads, count: int, seconds: float = 0.015, waiting: float = 0.0) -> int:
         """``count`` steps of ``seconds`` each (this thread waiting for a CPU ``waiting`` of each); PyTorch's count after them."""
         for _ in range(count):
@@ -57,8 +62,7 @@ def test_a_quiet_machine_gives_a_generation_every_core(machine):
 
     def run():
         torch.set_num_threads(1)
-        policy.begin()
-        return machine.steps(policy, 10)
+        return machine.quiet_start(policy)
 
     assert on_a_thread(run) == 2
 
@@ -68,8 +72,7 @@ def test_a_generation_goes_back_to_the_safe_count_when_something_else_keeps_a_co
 
     def run():
         counts = []
-        policy.begin()
-        counts.append(machine.steps(policy, 10))  # quiet: up
+        counts.append(machine.quiet_start(policy))  # quiet: up
         machine.running = 2 + 1  # its two threads and someone else's
         counts.append(machine.steps(policy, 1))  # one step's burst (a poll answered): stays up
         counts.append(machine.steps(policy, 3))  # still there: down
@@ -87,8 +90,7 @@ def test_a_step_slowed_down_by_a_busy_core_is_enough_to_go_back(machine):
     policy = TorchThreads(1, 2, adaptive=True)
 
     def run():
-        policy.begin()
-        before = machine.steps(policy, 10)
+        before = machine.quiet_start(policy)
         machine.running = 2 + 1
         return before, machine.steps(policy, 1, seconds=0.2)
 
@@ -99,8 +101,7 @@ def test_a_generation_that_waits_for_a_cpu_on_every_core_goes_back_to_the_safe_c
     policy = TorchThreads(1, 2, adaptive=True)
 
     def run():
-        policy.begin()
-        before = machine.steps(policy, 10)
+        before = machine.quiet_start(policy)
         # no one else is counted runnable, but this thread waits for a CPU half the time
         return before, machine.steps(policy, 5, waiting=0.5)
 
@@ -111,8 +112,7 @@ def test_the_count_is_chosen_per_generating_thread(machine):
     policy = TorchThreads(1, 2, adaptive=True)
 
     def quiet():
-        policy.begin()
-        machine.steps(policy, 10)
+        machine.quiet_start(policy)
         return policy.current()
 
     assert on_a_thread(quiet) == 2
