@@ -34,6 +34,7 @@ _BACKEND = None
 def direct(images: int, size: int, steps: int, threads: int) -> tuple[float, list[float]]:
     """images/s of a sequential loop over the backend with ``threads`` torch threads, and each call's seconds."""
     global _BACKEND
+    import pixelmill  # noqa: F401  (before torch: the loop runs with the server's OpenMP settings, see pixelmill/__init__.py)
     import torch
 
     from pixelmill.models.base import StepControl, TextToImageRequest

@@ -204,3 +204,62 @@ def test_a_seed_gives_the_same_pixels_whatever_the_thread_count_and_wherever_it_
         return bool((one == two).all()), bool((one == changing).all())
 
     assert on_a_thread(run) == (True, True)
+
+
+def test_spare_cores_leave_out_other_processes_runnable_threads_and_this_processs_generations(machine, monkeypatch):
+    monkeypatch.setattr(threads_module, "_machine_is_ours", lambda: True)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    own = [1]
+    monkeypatch.setattr(threads_module, "_own_running", lambda: own[0])
+    machine.running = 1  # the caller alone
+    assert threads_module.spare_cores() == 3
+    machine.running, own[0] = 3, 3  # this process's own threads (a finished run's OpenMP threads still spinning, an encoder)
+    assert threads_module.spare_cores() == 3
+    machine.running = 5  # and two threads of another process
+    assert threads_module.spare_cores() == 1
+    machine.running = 9
+    assert threads_module.spare_cores() == 0
+
+    machine.running, own[0] = 1, 1
+    policy = TorchThreads(1, 2, adaptive=True)
+    seen = []
+
+    def generation():
+        with running_on(policy):
+            seen.append(machine.quiet_start(policy))  # a quiet machine: two threads
+            started.set()
+            finish.wait(10)
+
+    started, finish = threading.Event(), threading.Event()
+    thread = threading.Thread(target=generation)
+    thread.start()
+    try:
+        assert started.wait(10)
+        assert seen == [2]
+        assert threads_module.spare_cores() == 1  # four cores, less the caller's, less the generation's two
+    finally:
+        finish.set()
+        thread.join()
+    assert threads_module.spare_cores() == 3  # it ended
+
+    monkeypatch.setattr(threads_module, "_machine_is_ours", lambda: False)
+    assert threads_module.spare_cores() == 0  # the machine's counts are not about this process's CPUs
+
+
+def test_this_processs_runnable_threads_are_read_from_proc():
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc (Linux)")
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            pass
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        # the caller and the spinner (the GIL hands over every few ms, so one of them may be waiting for it: still R)
+        assert max(threads_module._own_running() for _ in range(20)) >= 2
+    finally:
+        stop.set()
+        spinner.join()

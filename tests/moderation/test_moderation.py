@@ -66,6 +66,22 @@ def test_open_nsfw_scores_real_images():
     assert scores[0] < 0.05 and 0.15 < scores[1] < 0.5
 
 
+def test_open_nsfw_spreads_over_free_cores_and_keeps_to_one_thread_when_they_are_wanted(monkeypatch):
+    import pixelmill.moderation as moderation
+
+    classifier = OpenNsfwClassifier()
+    classifier.wide = 2
+    images = [Image.new("RGB", (256, 256), (40, 80, 220)), Image.new("RGB", (256, 256), SKIN)]
+    monkeypatch.setattr(moderation, "spare_cores", lambda: 0)  # a generation runs beside the check
+    assert classifier.threads() == 1
+    narrow = classifier.scores(images)
+    monkeypatch.setattr(moderation, "spare_cores", lambda: 1)  # a client waits for its image on a quiet machine
+    assert classifier.threads() == 2
+    wide = classifier.scores(images)
+    assert sorted(classifier._sessions) == [1, 2]
+    assert wide == pytest.approx(narrow, abs=1e-5)  # the same verdicts whichever way it ran
+
+
 @pytest.fixture
 def bfl(make_runtime, db_url):
     def make(backend=None):
@@ -110,6 +126,40 @@ def test_a_withheld_output_is_content_moderated_refunded_and_not_stored(bfl):
     assert stored == []
     ok = poll(client, client.post("/v1/flux-dev", json={"prompt": "a beige square", "width": 256, "height": 256}).json())
     assert ok["status"] == "Ready"
+
+
+def test_the_output_is_encoded_while_it_is_checked_and_stored_only_once_it_passes(bfl, monkeypatch):
+    """The check and the encoding run side by side (a client waits for neither in turn); a withheld
+    image, encoded meanwhile, is still never stored."""
+    import threading
+
+    import pixelmill.files.provenance as provenance_module
+
+    encoding = threading.Event()
+    real_encode = provenance_module.encode_image
+
+    def encode(*args, **kwargs):
+        encoding.set()
+        return real_encode(*args, **kwargs)
+
+    monkeypatch.setattr(provenance_module, "encode_image", encode)
+    rt, client = bfl(flat(SKIN))
+    classifier = rt.services.moderator.classifier
+    real_scores = classifier.scores
+    seen = []
+
+    def scores(images):
+        seen.append(encoding.wait(10))  # sequential (check, then encode) would wait in vain
+        return real_scores(images)
+
+    monkeypatch.setattr(classifier, "scores", scores)
+    for tolerance, status in ((2, "Ready"), (0, "Content Moderated")):
+        encoding.clear()
+        body = poll(client, client.post("/v1/flux-dev", json={"prompt": "a beige square", "width": 256, "height": 256, "safety_tolerance": tolerance}).json())
+        assert body["status"] == status
+    assert seen == [True, True]
+    stored = [p for p in rt.settings.data_dir.rglob("*") if p.suffix in (".png", ".jpg", ".jpeg", ".webp")]
+    assert len(stored) == 1  # the passed image only
 
 
 def test_openai_answers_moderation_blocked(bfl):

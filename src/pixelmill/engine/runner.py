@@ -8,7 +8,9 @@ for up to the node deadline; a progress write that finds it busy is skipped.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -202,9 +204,18 @@ class NodeRunner:
         """Check, store and record a finished run's outputs.  A database still busy after every retry
         is not the node's failure: it propagates, the run stays RUNNING and is taken over after its deadline."""
         try:
-            if result.release_check is not None:
-                result.release_check()  # e.g. output moderation: raises to withhold the images
-            self._succeed(run, result)
+            if result.release_check is None:
+                encoded = self._encode_images(run, result.images, result.output_format, result.metadata)
+            else:
+                # the images are encoded while they are checked (e.g. output moderation, which raises
+                # to withhold them): both spend most of their time outside the GIL, and nothing is
+                # stored before the check passes
+                encoding = _encoder().submit(self._encode_images, run, result.images, result.output_format, result.metadata)
+                try:
+                    result.release_check()
+                finally:
+                    encoded = encoding.result()
+            self._succeed(run, self._put_images(encoded))
         except Exception as e:
             if database_busy(e) is not None:
                 raise
@@ -234,8 +245,8 @@ class NodeRunner:
         except Exception:
             return None
 
-    def _succeed(self, run, result) -> None:
-        rows = self._store_images(run, result.images, result.output_format, result.metadata)
+    def _succeed(self, run, rows: list[dict]) -> None:
+        """Record ``run`` as succeeded with the stored images whose ``files`` rows are ``rows``."""
         outputs = {"images": [r["id"] for r in rows]}
         self._finish(run, outputs, cost_micro=run.cost_micro, cached=False, file_rows=rows)
 
@@ -391,9 +402,19 @@ class NodeRunner:
 
     def _store_images(self, run, images: list[Image.Image], fmt: str, metadata: dict) -> list[dict]:
         """Write ``images`` to storage; their ``files`` rows, for the caller to insert in its transaction."""
+        return self._put_images(self._encode_images(run, images, fmt, metadata))
+
+    def _put_images(self, encoded: list[tuple[dict, bytes]]) -> list[dict]:
+        """Write encoded images to storage; their ``files`` rows."""
+        for row, data in encoded:
+            self.storage.put(row["storage_key"], data)
+        return [row for row, _ in encoded]
+
+    def _encode_images(self, run, images: list[Image.Image], fmt: str, metadata: dict) -> list[tuple[dict, bytes]]:
+        """``images`` encoded, each with its ``files`` row to be."""
         account = run.execution_account_id
         now = time.time()
-        rows = []
+        encoded = []
         for i, image in enumerate(images):
             fid = new_id()
             meta = dict(metadata)
@@ -405,8 +426,7 @@ class NodeRunner:
             else:
                 data = encode_image(image, fmt, quality=92, metadata=meta)
             key = f"{account}/{run.execution_id}/{fid}.{FILE_EXTENSIONS[fmt]}"
-            self.storage.put(key, data)
-            rows.append(
+            encoded.append((
                 dict(
                     id=fid,
                     account_id=account,
@@ -420,9 +440,10 @@ class NodeRunner:
                     meta=meta,
                     created_at=now,
                     expires_at=now + self.file_retention_s,
-                )
-            )
-        return rows
+                ),
+                data,
+            ))
+        return encoded
 
     def _still_mine(self, conn, run) -> bool:
         """Whether ``run`` is still RUNNING under this claim (row locked on PostgreSQL until the transaction ends).
@@ -465,6 +486,16 @@ class NodeRunner:
 
 
 _pipelined = threading.local()
+
+
+@functools.cache
+def _encoder() -> concurrent.futures.ThreadPoolExecutor:
+    """Threads that encode finished images while they are checked (see :meth:`NodeRunner._record_now`)."""
+    return concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="pixelmill-encode")
+
+
+if hasattr(os, "register_at_fork"):  # a forked worker process makes its own threads
+    os.register_at_fork(after_in_child=_encoder.cache_clear)
 
 
 @contextlib.contextmanager

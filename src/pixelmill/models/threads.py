@@ -86,6 +86,51 @@ def _machine_is_ours() -> bool:
         return False
 
 
+def _own_running() -> int | None:
+    """This process's runnable threads now (``/proc/self/task/*/stat``), None where unknown."""
+    try:
+        entries = list(os.scandir("/proc/self/task"))
+    except OSError:
+        return None
+    count = 0
+    for entry in entries:
+        try:
+            with open(f"/proc/self/task/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:  # the thread ended meanwhile
+            continue
+        end = stat.rfind(b")")
+        if stat[end + 2 : end + 3] == b"R":
+            count += 1
+    return count
+
+
+def spare_cores() -> int:
+    """CPUs free for short work started now on the calling thread (the output classifier after a
+    generation): the machine's CPUs less the caller's, less those the generations running in this
+    process are using, less one per thread of another process that is runnable.  0 where that
+    cannot be told (see :func:`_machine_is_ours`).
+
+    This process's other threads are not counted from ``/proc``: a finished generation's
+    OpenMP threads spin for some milliseconds before they sleep, and an image encoded beside the
+    check takes a few; what is running here for longer is a generation, and those are known.
+    One look, no history: about a millisecond with a hundred threads."""
+    if not _machine_is_ours():
+        return 0
+    running = _running()
+    if running is None:
+        return 0
+    others = 0
+    if running > 1:
+        own = _own_running()
+        if own is None:
+            return 0
+        others = max(0, running - own)
+    with _lock:
+        generating = sum(policy.current_for(ident) for ident, policy in _generating.items())
+    return max(0, (os.cpu_count() or 1) - 1 - others - generating)
+
+
 @dataclass
 class _State:
     """One generating thread's view (each worker thread has its own)."""
@@ -107,6 +152,7 @@ class TorchThreads:
             adaptive = _machine_is_ours()
         self.adaptive = adaptive and self.high > self.low
         self._local = threading.local()
+        self._counts: dict[int, int] = {}  # each generating thread's count, for spare_cores()
 
     @classmethod
     def fixed(cls, count: int) -> "TorchThreads":
@@ -123,6 +169,7 @@ class TorchThreads:
         if self.adaptive:
             self._look(state, time.monotonic(), FIRST_LOOK)
         _set_threads(state.threads)
+        self._counts[threading.get_ident()] = state.threads
         return state.threads
 
     def step(self) -> None:
@@ -138,11 +185,16 @@ class TorchThreads:
             self._look(state, now)
             if state.threads != before:
                 _set_threads(state.threads)
+                self._counts[threading.get_ident()] = state.threads
 
     def current(self) -> int:
         """The count this thread runs on now (``low`` before its first run)."""
         state = getattr(self._local, "state", None)
         return self.low if state is None else state.threads
+
+    def current_for(self, ident: int) -> int:
+        """The count the thread ``ident`` runs on now (``low`` before its first run)."""
+        return self._counts.get(ident, self.low)
 
     # --- deciding ------------------------------------------------------------------------------------
     def _state(self) -> _State:
@@ -175,17 +227,31 @@ class TorchThreads:
 
 
 _active = threading.local()
+#: the threads running a generation in this process now, with their policies (for spare_cores())
+_generating: dict[int, "TorchThreads"] = {}
+_lock = threading.Lock()
 
 
 @contextmanager
 def running_on(threads: "TorchThreads | None") -> Iterator[None]:
-    """While the block runs, this thread's steps (:func:`step`) are ``threads``'s to look at."""
+    """While the block runs, this thread's steps (:func:`step`) are ``threads``'s to look at, and
+    it counts as generating (:func:`spare_cores`)."""
     before = getattr(_active, "threads", None)
+    ident = threading.get_ident()
     _active.threads = threads
+    with _lock:
+        outer = _generating.get(ident)
+        if threads is not None:
+            _generating[ident] = threads
     try:
         yield
     finally:
         _active.threads = before
+        with _lock:
+            if outer is not None:
+                _generating[ident] = outer
+            else:
+                _generating.pop(ident, None)
 
 
 def step() -> None:
