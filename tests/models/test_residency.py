@@ -189,7 +189,7 @@ def test_models_endpoint_shows_state_device_memory_and_load_time(make_runtime, s
 def test_a_thread_that_uses_a_model_runs_torch_on_the_registrys_thread_count(folder, catalog):
     """Node runs give PyTorch the thread count the runtime chose (one per core at most, one core
     left to the API in an embedded server while anything else wants it), set in the thread that
-    runs the model."""
+    runs the model, and never more than the CPUs."""
     import torch
 
     from pixelmill.models.threads import TorchThreads
@@ -208,7 +208,8 @@ def test_a_thread_that_uses_a_model_runs_torch_on_the_registrys_thread_count(fol
     assert (shared.low, shared.high) == (max(1, (cores - 1) // 2), cores)
 
     registry = ModelRegistry(catalog)
-    registry.threads = TorchThreads.fixed(3)
+    count = 2 if cores >= 2 else 1
+    registry.threads = TorchThreads.fixed(count)
     seen: dict[str, int] = {}
 
     def node_run(name: str, how: str) -> None:
@@ -224,7 +225,14 @@ def test_a_thread_that_uses_a_model_runs_torch_on_the_registrys_thread_count(fol
         t = threading.Thread(target=node_run, args=("red", how))
         t.start()
         t.join()
-    assert seen == {"use": 3, "backend": 3}
+    assert seen == {"use": count, "backend": count}
+
+    # never more than the CPUs: OpenMP threads beyond them only wait for one another
+    registry.threads = TorchThreads.fixed(cores + 2)
+    t = threading.Thread(target=node_run, args=("red", "use"))
+    t.start()
+    t.join()
+    assert seen["use"] == cores
 
 
 def test_a_loaded_model_is_kept_out_of_the_cycle_collectors_scans_and_freed_whole_on_unload(folder, catalog):

@@ -263,3 +263,30 @@ def test_this_processs_runnable_threads_are_read_from_proc():
     finally:
         stop.set()
         spinner.join()
+
+
+def test_only_one_live_thread_keeps_a_wide_team_and_the_others_run_on_one_until_it_ends(monkeypatch):
+    """libgomp keeps a team per thread until the thread ends; two teams beyond the CPUs made every
+    generation about 45 % slower, whichever thread ran it.  So while one thread holds the spare
+    cores, another asking for them gets one torch thread, and gets them once the first has ended."""
+    monkeypatch.setattr(threads_module, "_cpus", lambda: 2)
+    policy = TorchThreads.fixed(2)
+    first_started, first_may_end = threading.Event(), threading.Event()
+    seen: dict[str, int] = {}
+
+    def first():
+        seen["first"] = policy.begin()
+        first_started.set()
+        first_may_end.wait(10)
+        seen["first again"] = policy.begin()  # its own team: always its own to use
+
+    holder = threading.Thread(target=first)
+    holder.start()
+    try:
+        assert first_started.wait(10)
+        seen["second, beside it"] = on_a_thread(lambda: (policy.begin(), torch.get_num_threads())[1])
+    finally:
+        first_may_end.set()
+        holder.join()
+    seen["third, after it ended"] = on_a_thread(lambda: (policy.begin(), torch.get_num_threads())[1])
+    assert seen == {"first": 2, "second, beside it": 1, "first again": 2, "third, after it ended": 2}

@@ -57,3 +57,41 @@ def test_every_thread_works_when_there_are_more_tasks_than_threads():
         q.stop()
     assert sorted(order) == [f"run-{i}" for i in range(6)]
     assert len(names) == 2
+
+
+def test_a_lone_task_goes_to_the_idle_thread_that_may_run_on_every_core(monkeypatch):
+    """After a burst, the one client's runs go to the thread holding the wide PyTorch team (the only
+    one allowed more than one torch thread), not to whichever thread finished last."""
+    import pixelmill.queue.inprocess as inprocess
+
+    wide: dict[str, int] = {}
+    monkeypatch.setattr(inprocess, "team_of", lambda ident: wide.get(ident, 1))
+    seen: list[str] = []
+    release = threading.Event()
+    started = threading.Semaphore(0)
+
+    def handler(t: NodeTask) -> None:
+        seen.append(threading.current_thread().name)
+        if t.node_run_id.startswith("burst"):
+            started.release()
+            assert release.wait(10)
+
+    q = InProcessQueue(handler, threads=3, light_threads=0)
+    q.start()
+    try:
+        for i in range(3):  # a burst: every thread busy
+            q.enqueue(NodeTask(node_run_id=f"burst-{i}", execution_id="exe", queue="model.tiny"))
+        for _ in range(3):
+            assert started.acquire(timeout=10)
+        by_name = {th.name: th.ident for th in threading.enumerate()}
+        holder = seen[1]  # not the first thread to start, nor necessarily the last to finish
+        wide[by_name[holder]] = 2
+        release.set()
+        assert q.join(10)
+        seen.clear()
+        for i in range(4):
+            q.enqueue(task(i))
+            assert q.join(10)
+    finally:
+        q.stop()
+    assert seen == [holder] * 4, seen

@@ -144,9 +144,10 @@ class AccountsMiddleware:
         client = (scope.get("client") or ("unknown", 0))[0]
         counted = method not in READ_METHODS and not _checks_only(scope)
         try:
-            known = runtime.keys.cached(key) if not counted and runtime.limiter.in_memory else None
+            known = runtime.keys.cached(key) if fp is None and runtime.limiter.in_memory else None
             if known is not None:
-                # a read by a known key on in-memory limits does no I/O: no thread-pool hop
+                # a known key on in-memory limits, with no idempotency record to claim, does no I/O:
+                # no thread-pool hop (a submit's own work hops once, in its route)
                 admitted = self._admit(runtime, key, counted, idem_key, fp, client, known)
             else:
                 admitted = await run_in_threadpool(self._admit, runtime, key, counted, idem_key, fp, client)

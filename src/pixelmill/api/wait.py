@@ -42,24 +42,33 @@ def requested_wait(prefer: str | None, cap_s: float) -> int | None:
 
 
 async def wait_terminal(runtime, account_id: str, views: list[ExecutionView], seconds: float) -> list[ExecutionView]:
-    """The executions' views once all are terminal, or as they are when ``seconds`` have passed."""
+    """The executions' views once all are terminal, or as they are when ``seconds`` have passed.
+
+    ``views`` may be a submit's answer without queue positions (``queue_state=False``: a run that
+    starts at once never needs them): an answer given unfinished is always read again first."""
     deadline = time.monotonic() + seconds
     current = list(views)
     if all(v.status.is_terminal() for v in current):
         return current
+
+    async def read() -> list[ExecutionView]:
+        return await run_in_threadpool(lambda: [runtime.executions.get(account_id, v.id) for v in current])
+
     poll_s = runtime.settings.wait_poll_s
+    read_again = True  # the views given were not read here
     with runtime.notifier.subscribe([v.id for v in current]) as sub:
         read_at = time.monotonic()
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                return current  # as last read (with queue positions and estimates)
+                # as last read (with queue positions and estimates)
+                return await read() if read_again else current
             await sub.wait(min(left, max(0.0, read_at + poll_s - time.monotonic())))
             ended = any(n.event in TERMINAL_EVENTS for n in sub.drain())
             if not ended and time.monotonic() < min(deadline, read_at + poll_s):
                 continue  # progress and the like: nothing a waiter answers with
             read_at = time.monotonic()
-            current = await run_in_threadpool(lambda: [runtime.executions.get(account_id, v.id) for v in current])
+            current, read_again = await read(), False
             if all(v.status.is_terminal() for v in current):
                 return current
 

@@ -86,9 +86,9 @@ class ModelRegistry:
     @contextmanager
     def use(self, name: str) -> Iterator[TextToImageBackend]:
         """The loaded backend of ``name``, marked in use (never unloaded) until the block ends."""
-        backend = self._acquire(name, mark_use=True)
-        if self.threads is not None:
+        if self.threads is not None:  # before a load too: it runs on this thread's count
             self.threads.begin()
+        backend = self._acquire(name, mark_use=True)
         try:
             with running_on(self.threads):
                 yield backend
@@ -106,10 +106,9 @@ class ModelRegistry:
         catalog, and whatever the backend raises when its weights cannot be
         loaded (nothing is kept then, so a later call tries again).
         """
-        backend = self._acquire(name, mark_use=False)
-        if self.threads is not None:
+        if self.threads is not None:  # before a load too: it runs on this thread's count
             self.threads.begin()
-        return backend
+        return self._acquire(name, mark_use=False)
 
     def _acquire(self, name: str, mark_use: bool) -> TextToImageBackend:
         with self._cond:

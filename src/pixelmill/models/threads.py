@@ -135,7 +135,8 @@ def spare_cores() -> int:
 class _State:
     """One generating thread's view (each worker thread has its own)."""
 
-    threads: int
+    threads: int  # the count the policy chose
+    actual: int = 1  # the count PyTorch was given (less where other threads' teams leave no room)
     busy: float = 0.5  # moving average of "someone else was runnable" (0 or 1 per look)
     wait: float = 0.0  # moving average of the fraction of time this thread waited for a CPU
     at: float = 0.0  # time.monotonic() of the last look
@@ -168,9 +169,9 @@ class TorchThreads:
         state = self._state()
         if self.adaptive:
             self._look(state, time.monotonic(), FIRST_LOOK)
-        _set_threads(state.threads)
-        self._counts[threading.get_ident()] = state.threads
-        return state.threads
+        state.actual = _set_threads(state.threads)
+        self._counts[threading.get_ident()] = state.actual
+        return state.actual
 
     def step(self) -> None:
         """A step of this thread's run ended: look again (at most every :data:`SAMPLE_EVERY_S`)."""
@@ -184,13 +185,13 @@ class TorchThreads:
             before = state.threads
             self._look(state, now)
             if state.threads != before:
-                _set_threads(state.threads)
-                self._counts[threading.get_ident()] = state.threads
+                state.actual = _set_threads(state.threads)
+                self._counts[threading.get_ident()] = state.actual
 
     def current(self) -> int:
         """The count this thread runs on now (``low`` before its first run)."""
         state = getattr(self._local, "state", None)
-        return self.low if state is None else state.threads
+        return self.low if state is None else state.actual
 
     def current_for(self, ident: int) -> int:
         """The count the thread ``ident`` runs on now (``low`` before its first run)."""
@@ -213,7 +214,7 @@ class TorchThreads:
         state.at, state.waited = now, waited
         # this thread is running; on ``high`` threads its peers are either computing (counted) or
         # asleep between operations (not counted): what is left is someone else's
-        others = max(0, running - state.threads)
+        others = max(0, running - state.actual)
         if weight is None:
             weight = 1.0 - math.exp(-span / MEMORY_S) if span > 0 else 0.0
         state.busy += weight * (min(1, others) - state.busy)
@@ -261,14 +262,73 @@ def step() -> None:
         threads.step()
 
 
-def _set_threads(count: int) -> None:
-    """Give PyTorch ``count`` threads in the calling thread.
+class _Teams:
+    """The OpenMP thread teams of this process's threads, kept within the CPUs.
+
+    libgomp (PyTorch's OpenMP) gives every thread that runs an operation on more than one
+    thread a team of its own, keeps it until that thread ends, and never shrinks it.  Once
+    the teams hold more threads than there are CPUs, libgomp stops spinning between
+    operations altogether (its "throttled" mode) and every operation wakes its team from
+    sleep: on two cores, with two threads that had each run on two torch threads, one
+    generation took 417-452 ms against 289 ms with one team and 353 ms on one thread
+    (pixelmill-tiny, 256x256, 16 steps), whichever thread ran it.
+
+    So a thread gets more than one torch thread only as far as the others' teams leave room:
+    the first thread to want the spare cores keeps them while it lives, and the others run
+    on one (which needs no team).  The in-process queue hands a lone client's runs to the
+    thread with the largest team (:func:`team_of`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._teams: dict[int, tuple[threading.Thread, int]] = {}  # ident -> (thread, largest count it ran on)
+
+    def allow(self, count: int) -> int:
+        """The most of ``count`` threads the calling thread may run on (at least 1), recorded as its team."""
+        if count <= 1:
+            return 1
+        me = threading.current_thread()
+        with self._lock:
+            for ident in [i for i, (t, _) in self._teams.items() if not t.is_alive()]:
+                del self._teams[ident]  # its team ended with it
+            held = self._teams.get(me.ident, (me, 1))[1]
+            others = sum(n - 1 for ident, (_, n) in self._teams.items() if ident != me.ident)
+            allowed = max(min(count, held), min(count, _cpus() - others))
+            if allowed > held:
+                self._teams[me.ident] = (me, allowed)
+            return max(1, allowed)
+
+    def of(self, ident: int | None) -> int:
+        with self._lock:
+            entry = self._teams.get(ident) if ident is not None else None
+            return entry[1] if entry is not None and entry[0].is_alive() else 1
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+_teams = _Teams()
+
+
+def team_of(ident: int | None) -> int:
+    """The largest torch thread count the thread ``ident`` has run on (its OpenMP team; 1: none)."""
+    return _teams.of(ident)
+
+
+def _set_threads(count: int) -> int:
+    """Give PyTorch ``count`` threads in the calling thread, or as many as the other threads'
+    teams leave room for (:class:`_Teams`); returns the count given.
 
     Always set, never compared first: libgomp keeps the count per thread, while
     ``torch.get_num_threads()`` reports the last count any thread set, so with two worker
     threads it can say 2 to a thread whose own operations still run on 1."""
+    count = _teams.allow(count)
     torch = sys.modules.get("torch")  # loaded by the backend; never imported here
     # another thread may be importing it still (a warm start): a module without its functions yet is not in use
     set_ = getattr(torch, "set_num_threads", None)
     if set_ is not None:
         set_(count)
+    return count

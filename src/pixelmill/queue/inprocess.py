@@ -15,6 +15,7 @@ from typing import Callable, Generic, TypeVar
 
 from pixelmill.engine.lifecycle import NodeTask
 from pixelmill.engine.scheduler import model_of
+from pixelmill.models.threads import team_of
 
 log = logging.getLogger("pixelmill.queue")
 
@@ -22,26 +23,29 @@ T = TypeVar("T")
 
 
 class _Lane(Generic[T]):
-    """Tasks first in, first out; idle threads woken last in, first out.
+    """Tasks first in, first out; of the idle threads, the one with the largest PyTorch thread
+    team is woken first, then the one idle the shortest time.
 
-    With fewer tasks than threads (one client), the thread that just finished takes the next
-    task, so one thread does the work instead of each in turn: a thread keeps its PyTorch
-    thread team and its caches warm.  On two cores, two threads alternating generations on
-    two torch threads each took 398 ms per image against 266 ms on one thread (pixelmill-tiny,
-    256x256, 16 steps).  ``queue.Queue`` wakes the thread that waited longest.
+    With fewer tasks than threads (one client), one thread does the work instead of each in
+    turn, and it is the thread that may run on every core: only one thread keeps a team of
+    more than one torch thread on a small machine (see :class:`pixelmill.models.threads._Teams`:
+    two teams put libgomp in a mode that made every generation about 45 % slower).
+    ``queue.Queue`` wakes the thread that waited longest.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._tasks: deque[T] = deque()
-        self._idle: list[list] = []  # waiting threads, most recent last: [event, task]
+        self._idle: list[list] = []  # waiting threads, most recent last: [event, task, thread ident]
         self.unfinished_tasks = 0  # put and not yet done (as queue.Queue counts them)
 
     def put(self, task: T) -> None:
         with self._lock:
             self.unfinished_tasks += 1
             if self._idle:
-                waiter = self._idle.pop()
+                # the last with the largest team (max keeps the first of equals: look from the end)
+                at = max(range(len(self._idle) - 1, -1, -1), key=lambda i: team_of(self._idle[i][2]))
+                waiter = self._idle.pop(at)
                 waiter[1] = task
                 waiter[0].set()
             else:
@@ -51,7 +55,7 @@ class _Lane(Generic[T]):
         with self._lock:
             if self._tasks:
                 return self._tasks.popleft()
-            waiter = [threading.Event(), None]
+            waiter = [threading.Event(), None, threading.get_ident()]
             self._idle.append(waiter)
         waiter[0].wait()
         return waiter[1]

@@ -375,7 +375,7 @@ async def submit(endpoint: str, request: Request, who: Principal = Depends(princ
     if isinstance(built, JSONResponse):
         return built
     wait_s = requested_wait(request.headers.get("prefer"), rt.settings.max_wait_s)
-    view = await _submit(built, request, who, queue_state=wait_s is not None)
+    view = await _submit(built, request, who, queue_state=False)  # BFL's submit answer has none; a wait reads them if it times out
     if isinstance(view, JSONResponse):
         return view
     if wait_s is not None:  # Prefer: wait[=N]: hold until done or N s, answer like get_result
@@ -397,7 +397,7 @@ async def submit_sync(endpoint: str, request: Request, who: Principal = Depends(
     built = await _build(endpoint, request, sized_by_model=True)
     if isinstance(built, JSONResponse):
         return _with_error(built)
-    view = await _submit(built, request, who, queue_state=True)  # a timeout answers in get_result's shape
+    view = await _submit(built, request, who, queue_state=False)  # a timeout answers in get_result's shape, read again then
     if isinstance(view, JSONResponse):
         return _with_error(view)
     (view,) = await wait.wait_terminal(rt, who.account_id, [view], rt.settings.sync_timeout_s)
