@@ -54,9 +54,17 @@ async def wait_terminal(runtime, account_id: str, views: list[ExecutionView], se
     async def read() -> list[ExecutionView]:
         return await run_in_threadpool(lambda: [runtime.executions.get(account_id, v.id) for v in current])
 
+    def in_memory() -> list[ExecutionView] | None:
+        """The views from memory once every execution ended and was read (by ``on_end``); no I/O."""
+        views = [runtime.executions.finished(account_id, v.id) for v in current]
+        return views if all(v is not None for v in views) else None
+
     poll_s = runtime.settings.wait_poll_s
     read_again = True  # the views given were not read here
     with runtime.notifier.subscribe([v.id for v in current]) as sub:
+        # an execution that ends is read where its notice arrives (the thread that finished it, or the
+        # bus listener), so the answer needs no thread-pool hop and no read after the wake-up
+        sub.on_end = lambda execution_id: runtime.executions.get(account_id, execution_id)
         read_at = time.monotonic()
         while True:
             left = deadline - time.monotonic()
@@ -68,7 +76,7 @@ async def wait_terminal(runtime, account_id: str, views: list[ExecutionView], se
             if not ended and time.monotonic() < min(deadline, read_at + poll_s):
                 continue  # progress and the like: nothing a waiter answers with
             read_at = time.monotonic()
-            current, read_again = await read(), False
+            current, read_again = (in_memory() if ended else None) or await read(), False
             if all(v.status.is_terminal() for v in current):
                 return current
 

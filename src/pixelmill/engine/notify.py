@@ -90,8 +90,18 @@ class Subscription:
         except RuntimeError:
             self._loop = None
         self._thread = threading.Event()
+        #: called with an execution's id when a notice says it ended, in the thread that delivers
+        #: the notice and before the waiter wakes (a waiter reads the finished execution into memory
+        #: there, and answers from it without a thread hop of its own)
+        self.on_end: Callable[[str], None] | None = None
 
     def _fire(self, notice: Notice) -> None:
+        on_end = self.on_end
+        if on_end is not None and notice.topic == "execution" and notice.event in TERMINAL_EVENTS:
+            try:
+                on_end(notice.id)
+            except Exception:  # the waiter reads it itself
+                log.debug("reading ended execution %s for its waiter failed", notice.id, exc_info=True)
         with self._lock:
             self.events.append(notice)
             if len(self.events) > 1000:
@@ -185,13 +195,13 @@ class Hub:
                     self._ended.popitem(last=False)
             subs = list(self._subs.get(notice.id, ())) if notice.topic == "execution" else []
             listeners = list(self._listeners.get(notice.topic, ()))
-        for sub in subs:
-            sub._fire(notice)
-        for cb in listeners:
+        for cb in listeners:  # first: what this process keeps of the execution is dropped before anyone wakes
             try:
                 cb(notice)
             except Exception:
                 log.exception("notice listener failed for %s", notice)
+        for sub in subs:
+            sub._fire(notice)
 
 
 class Notifier(Hooks):

@@ -387,6 +387,8 @@ class NodeRunner:
 
     def _load_inputs(self, run) -> dict[str, list[Image.Image]]:
         inputs: dict[str, list[Image.Image]] = {}
+        if not run.links:
+            return inputs
         with self.db.engine.connect() as conn:
             for name, (src, out) in run.links.items():
                 up = conn.execute(
