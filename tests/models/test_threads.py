@@ -265,28 +265,32 @@ def test_this_processs_runnable_threads_are_read_from_proc():
         spinner.join()
 
 
-def test_only_one_live_thread_keeps_a_wide_team_and_the_others_run_on_one_until_it_ends(monkeypatch):
-    """libgomp keeps a team per thread until the thread ends; two teams beyond the CPUs made every
-    generation about 45 % slower, whichever thread ran it.  So while one thread holds the spare
-    cores, another asking for them gets one torch thread, and gets them once the first has ended."""
+def test_a_threads_team_is_known_until_the_thread_ends_and_no_thread_runs_on_more_than_the_cpus(monkeypatch):
+    """libgomp keeps a team per thread that ran on more than one torch thread, until the thread ends:
+    what the embedded queue looks at to renew an idle thread holding a second team."""
     monkeypatch.setattr(threads_module, "_cpus", lambda: 2)
-    policy = TorchThreads.fixed(2)
-    first_started, first_may_end = threading.Event(), threading.Event()
-    seen: dict[str, int] = {}
+    policy = TorchThreads.fixed(3)
+    started, may_end = threading.Event(), threading.Event()
+    seen = {}
 
     def first():
-        seen["first"] = policy.begin()
-        first_started.set()
-        first_may_end.wait(10)
-        seen["first again"] = policy.begin()  # its own team: always its own to use
+        seen["first"] = policy.begin()  # 3 asked, 2 CPUs
+        seen["its team"] = threads_module.team_of(threading.get_ident())
+        started.set()
+        may_end.wait(10)
 
     holder = threading.Thread(target=first)
     holder.start()
     try:
-        assert first_started.wait(10)
-        seen["second, beside it"] = on_a_thread(lambda: (policy.begin(), torch.get_num_threads())[1])
+        assert started.wait(10)
+        seen["a team beside a thread that has none"] = threads_module.team_beside(threading.get_ident())
+        seen["beside its own"] = threads_module.team_beside(holder.ident)
     finally:
-        first_may_end.set()
+        may_end.set()
         holder.join()
-    seen["third, after it ended"] = on_a_thread(lambda: (policy.begin(), torch.get_num_threads())[1])
-    assert seen == {"first": 2, "second, beside it": 1, "first again": 2, "third, after it ended": 2}
+    seen["after it ended"] = threads_module.team_beside(threading.get_ident())
+    seen["its team after it ended"] = threads_module.team_of(holder.ident)
+    assert seen == {
+        "first": 2, "its team": 2, "a team beside a thread that has none": True, "beside its own": False,
+        "after it ended": False, "its team after it ended": 1,
+    }

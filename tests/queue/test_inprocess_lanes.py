@@ -95,3 +95,49 @@ def test_a_lone_task_goes_to_the_idle_thread_that_may_run_on_every_core(monkeypa
     finally:
         q.stop()
     assert seen == [holder] * 4, seen
+
+
+def test_after_a_burst_an_idle_thread_holding_a_second_torch_team_is_renewed(monkeypatch):
+    """Two threads that each ran on every core keep an OpenMP team each, and two teams slow every
+    later image down; once the burst is over, the idle one is replaced by a fresh thread."""
+    import pixelmill.models.threads as threads_module
+    import pixelmill.queue.inprocess as inprocess
+
+    monkeypatch.setattr(threads_module, "_cpus", lambda: 2)
+    monkeypatch.setattr(inprocess, "RENEW_IDLE_S", 0.2)
+    release = threading.Event()
+    started = threading.Semaphore(0)
+    seen: list[int] = []
+
+    def handler(t: NodeTask) -> None:
+        threads_module._set_threads(2)  # a run on both cores: this thread now holds a team
+        seen.append(threading.get_ident())
+        if t.node_run_id.startswith("burst"):
+            started.release()
+            assert release.wait(10)
+
+    q = InProcessQueue(handler, threads=2, light_threads=0)
+    q.start()
+    try:
+        for i in range(2):
+            q.enqueue(NodeTask(node_run_id=f"burst-{i}", execution_id="exe", queue="model.tiny"))
+        for _ in range(2):
+            assert started.acquire(timeout=10)
+        burst = set(seen)
+        assert len(burst) == 2 and all(threads_module.team_beside(i) for i in burst)
+        release.set()
+        assert q.join(10)
+        deadline = __import__("time").monotonic() + 10
+        while __import__("time").monotonic() < deadline and sum(t.is_alive() for t in threading.enumerate() if t.ident in burst) > 1:
+            __import__("time").sleep(0.05)
+        kept = [i for i in burst if any(t.ident == i and t.is_alive() for t in threading.enumerate())]
+        assert len(kept) == 1  # one of the two ended, its team with it
+        assert not threads_module.team_beside(kept[0])
+        seen.clear()
+        for i in range(3):  # the lone client's runs go to the thread that kept its team
+            q.enqueue(task(i))
+            assert q.join(10)
+        assert seen == kept * 3
+        assert len([t for t in threading.enumerate() if t.name.startswith("pixelmill-worker-")]) == 2  # the pool is whole
+    finally:
+        q.stop()

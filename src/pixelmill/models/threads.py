@@ -263,7 +263,7 @@ def step() -> None:
 
 
 class _Teams:
-    """The OpenMP thread teams of this process's threads, kept within the CPUs.
+    """The OpenMP thread teams of this process's threads.
 
     libgomp (PyTorch's OpenMP) gives every thread that runs an operation on more than one
     thread a team of its own, keeps it until that thread ends, and never shrinks it.  Once
@@ -271,36 +271,55 @@ class _Teams:
     operations altogether (its "throttled" mode) and every operation wakes its team from
     sleep: on two cores, with two threads that had each run on two torch threads, one
     generation took 417-452 ms against 289 ms with one team and 353 ms on one thread
-    (pixelmill-tiny, 256x256, 16 steps), whichever thread ran it.
-
-    So a thread gets more than one torch thread only as far as the others' teams leave room:
-    the first thread to want the spare cores keeps them while it lives, and the others run
-    on one (which needs no team).  The in-process queue hands a lone client's runs to the
-    thread with the largest team (:func:`team_of`)."""
+    (pixelmill-tiny, 256x256, 16 steps), whichever thread ran it.  While both threads are
+    busy that costs little (each runs on one torch thread then), and letting either take
+    the cores when it is briefly alone gave 16 clients 10-15 % more images/s than keeping
+    one team; once the burst is over it slows every image.  So the embedded queue renews
+    a worker thread that holds a team beside another one once it has been idle a moment
+    (:func:`pixelmill.queue.inprocess`), and hands a lone client's runs to the thread with
+    the largest team (:func:`team_of`).  No thread runs on more threads than there are CPUs."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._teams: dict[int, tuple[threading.Thread, int]] = {}  # ident -> (thread, largest count it ran on)
 
     def allow(self, count: int) -> int:
-        """The most of ``count`` threads the calling thread may run on (at least 1), recorded as its team."""
-        if count <= 1:
-            return 1
-        me = threading.current_thread()
-        with self._lock:
-            for ident in [i for i, (t, _) in self._teams.items() if not t.is_alive()]:
-                del self._teams[ident]  # its team ended with it
-            held = self._teams.get(me.ident, (me, 1))[1]
-            others = sum(n - 1 for ident, (_, n) in self._teams.items() if ident != me.ident)
-            allowed = max(min(count, held), min(count, _cpus() - others))
-            if allowed > held:
-                self._teams[me.ident] = (me, allowed)
-            return max(1, allowed)
+        """``count``, at most the CPUs; recorded as the calling thread's team when above 1."""
+        count = max(1, min(count, _cpus()))
+        if count > 1:
+            me = threading.current_thread()
+            with self._lock:
+                thread, held = self._teams.get(me.ident, (me, 1))
+                if thread is not me:  # an ended thread's ident, given again
+                    held = 1
+                if count > held:
+                    self._teams[me.ident] = (me, count)
+        return count
 
     def of(self, ident: int | None) -> int:
         with self._lock:
             entry = self._teams.get(ident) if ident is not None else None
-            return entry[1] if entry is not None and entry[0].is_alive() else 1
+            return entry[1] if entry is not None and entry[0].is_alive() and entry[0].ident == ident else 1
+
+    def beside(self, ident: int) -> bool:
+        """Whether a live thread other than ``ident`` holds a team."""
+        with self._lock:
+            self._forget_ended()
+            return any(i != ident for i in self._teams)
+
+    def give_up_beside(self, ident: int) -> bool:
+        """When another live thread holds a team too: forget ``ident``'s and return True (its thread is to
+        end now, and its team with it); else False.  Of two threads asking at once, one gives up."""
+        with self._lock:
+            self._forget_ended()
+            if ident in self._teams and any(i != ident for i in self._teams):
+                del self._teams[ident]
+                return True
+            return False
+
+    def _forget_ended(self) -> None:
+        for other in [i for i, (t, _) in self._teams.items() if not t.is_alive()]:
+            del self._teams[other]  # its team ended with it
 
 
 def _cpus() -> int:
@@ -318,9 +337,20 @@ def team_of(ident: int | None) -> int:
     return _teams.of(ident)
 
 
+def team_beside(ident: int) -> bool:
+    """Whether a live thread other than ``ident`` has run on more than one torch thread (holds an OpenMP team)."""
+    return _teams.beside(ident)
+
+
+def give_up_team_beside(ident: int) -> bool:
+    """For a thread about to end when another thread holds an OpenMP team too (see :class:`_Teams`):
+    True, and its own team is no longer counted; False when it holds the only one."""
+    return _teams.give_up_beside(ident)
+
+
 def _set_threads(count: int) -> int:
-    """Give PyTorch ``count`` threads in the calling thread, or as many as the other threads'
-    teams leave room for (:class:`_Teams`); returns the count given.
+    """Give PyTorch ``count`` threads in the calling thread, at most the CPUs (:class:`_Teams`);
+    returns the count given.
 
     Always set, never compared first: libgomp keeps the count per thread, while
     ``torch.get_num_threads()`` reports the last count any thread set, so with two worker

@@ -15,11 +15,21 @@ from typing import Callable, Generic, TypeVar
 
 from pixelmill.engine.lifecycle import NodeTask
 from pixelmill.engine.scheduler import model_of
-from pixelmill.models.threads import team_of
+from pixelmill.models.threads import give_up_team_beside, team_of
 
 log = logging.getLogger("pixelmill.queue")
 
 T = TypeVar("T")
+
+
+class _Idle:
+    """What :meth:`_Lane.get` returns when no task came in time."""
+
+
+IDLE = _Idle()
+#: a worker thread idle this long while it holds a PyTorch thread team beside another thread's is
+#: replaced by a fresh one (its team ends with it; see :class:`pixelmill.models.threads._Teams`)
+RENEW_IDLE_S = 1.0
 
 
 class _Lane(Generic[T]):
@@ -51,13 +61,18 @@ class _Lane(Generic[T]):
             else:
                 self._tasks.append(task)
 
-    def get(self) -> T:
+    def get(self, idle_s: float | None = None) -> T | _Idle:
+        """The next task; :data:`IDLE` when none came within ``idle_s`` (None: wait for one)."""
         with self._lock:
             if self._tasks:
                 return self._tasks.popleft()
             waiter = [threading.Event(), None, threading.get_ident()]
             self._idle.append(waiter)
-        waiter[0].wait()
+        if not waiter[0].wait(idle_s):
+            with self._lock:
+                if not waiter[0].is_set():  # not handed a task meanwhile
+                    self._idle.remove(waiter)
+                    return IDLE
         return waiter[1]
 
     def task_done(self) -> None:
@@ -80,6 +95,8 @@ class InProcessQueue:
         #: (thread name, lane, threads) of each lane that has threads of its own
         self._pools = [("worker", self._model, threads)] + ([("light-worker", self._light, light_threads)] if light_threads > 0 else [])
         self._workers: list[tuple[threading.Thread, _Lane]] = []
+        self._workers_lock = threading.Lock()
+        self._stopping = False
         self._idle = threading.Condition()
         #: waits for work the handler handed on (the runner's finisher); :meth:`join` calls it
         self.drain: Callable[[], None] | None = None
@@ -93,16 +110,27 @@ class InProcessQueue:
     def start(self) -> None:
         for name, lane, count in self._pools:
             for i in range(count):
-                t = threading.Thread(target=self._loop, args=(lane,), name=f"pixelmill-{name}-{i}", daemon=True)
-                t.start()
-                self._workers.append((t, lane))
+                self._spawn(lane, f"pixelmill-{name}-{i}")
+
+    def _spawn(self, lane: _Lane[NodeTask | None], name: str) -> None:
+        with self._workers_lock:
+            if self._stopping:
+                return
+            t = threading.Thread(target=self._loop, args=(lane,), name=name, daemon=True)
+            self._workers.append((t, lane))
+            t.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        for _, lane in self._workers:
+        with self._workers_lock:
+            self._stopping = True
+            workers = list(self._workers)
+        for _, lane in workers:
             lane.put(None)
-        for t, _ in self._workers:
+        for t, _ in workers:
             t.join(timeout)
-        self._workers.clear()
+        with self._workers_lock:
+            self._workers.clear()
+            self._stopping = False
 
     def _lanes(self) -> list[_Lane[NodeTask | None]]:
         return [lane for _, lane, _ in self._pools]
@@ -120,8 +148,18 @@ class InProcessQueue:
         return done
 
     def _loop(self, lane: _Lane[NodeTask | None]) -> None:
+        me = threading.current_thread()
         while True:
-            task = lane.get()
+            task = lane.get(RENEW_IDLE_S if team_of(me.ident) > 1 else None)
+            if task is IDLE:
+                if not give_up_team_beside(me.ident):
+                    continue  # the only team: kept for the next lone run
+                # two teams slow every run down: this thread gives its team up by ending, and a fresh
+                # thread (no team) takes its place
+                with self._workers_lock:
+                    self._workers = [(t, ln) for t, ln in self._workers if t is not me]
+                self._spawn(lane, me.name)
+                return
             try:
                 if task is None:
                     return
