@@ -269,6 +269,7 @@ def test_a_threads_team_is_known_until_the_thread_ends_and_no_thread_runs_on_mor
     """libgomp keeps a team per thread that ran on more than one torch thread, until the thread ends:
     what the embedded queue looks at to renew an idle thread holding a second team."""
     monkeypatch.setattr(threads_module, "_cpus", lambda: 2)
+    monkeypatch.setattr(threads_module, "_teams", threads_module._Teams())  # this process's other tests' threads aside
     policy = TorchThreads.fixed(3)
     started, may_end = threading.Event(), threading.Event()
     seen = {}

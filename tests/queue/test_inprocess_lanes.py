@@ -104,6 +104,7 @@ def test_after_a_burst_an_idle_thread_holding_a_second_torch_team_is_renewed(mon
     import pixelmill.queue.inprocess as inprocess
 
     monkeypatch.setattr(threads_module, "_cpus", lambda: 2)
+    monkeypatch.setattr(threads_module, "_teams", threads_module._Teams())  # this process's other tests' threads aside
     monkeypatch.setattr(inprocess, "RENEW_IDLE_S", 0.2)
     release = threading.Event()
     started = threading.Semaphore(0)

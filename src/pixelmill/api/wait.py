@@ -41,6 +41,16 @@ def requested_wait(prefer: str | None, cap_s: float) -> int | None:
     return None
 
 
+def _reader(runtime, account_id: str):
+    """What a subscription calls, in the thread that delivers an end notice: read the execution
+    (a finished one stays in memory, :meth:`~pixelmill.engine.service.ExecutionService.finished`)."""
+
+    def read(execution_id: str) -> None:
+        runtime.executions.get(account_id, execution_id)
+
+    return read
+
+
 async def wait_terminal(runtime, account_id: str, views: list[ExecutionView], seconds: float) -> list[ExecutionView]:
     """The executions' views once all are terminal, or as they are when ``seconds`` have passed.
 
@@ -64,7 +74,7 @@ async def wait_terminal(runtime, account_id: str, views: list[ExecutionView], se
     with runtime.notifier.subscribe([v.id for v in current]) as sub:
         # an execution that ends is read where its notice arrives (the thread that finished it, or the
         # bus listener), so the answer needs no thread-pool hop and no read after the wake-up
-        sub.on_end = lambda execution_id: runtime.executions.get(account_id, execution_id)
+        sub.on_end = _reader(runtime, account_id)
         read_at = time.monotonic()
         while True:
             left = deadline - time.monotonic()

@@ -136,7 +136,7 @@ class _State:
     """One generating thread's view (each worker thread has its own)."""
 
     threads: int  # the count the policy chose
-    actual: int = 1  # the count PyTorch was given (less where other threads' teams leave no room)
+    actual: int = 1  # the count PyTorch was given (at most the CPUs)
     busy: float = 0.5  # moving average of "someone else was runnable" (0 or 1 per look)
     wait: float = 0.0  # moving average of the fraction of time this thread waited for a CPU
     at: float = 0.0  # time.monotonic() of the last look
@@ -170,6 +170,9 @@ class TorchThreads:
         if self.adaptive:
             self._look(state, time.monotonic(), FIRST_LOOK)
         state.actual = _set_threads(state.threads)
+        if len(self._counts) > 64:  # threads come and go (the embedded queue renews its threads)
+            live = {t.ident for t in threading.enumerate()}
+            self._counts = {i: n for i, n in self._counts.items() if i in live}
         self._counts[threading.get_ident()] = state.actual
         return state.actual
 
