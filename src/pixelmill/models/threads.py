@@ -127,7 +127,7 @@ def spare_cores() -> int:
             return 0
         others = max(0, running - own)
     with _lock:
-        generating = sum(policy.current_for(ident) for ident, policy in _generating.items())
+        generating = sum(state.actual for state in _generating.values())
     return max(0, (os.cpu_count() or 1) - 1 - others - generating)
 
 
@@ -153,7 +153,6 @@ class TorchThreads:
             adaptive = _machine_is_ours()
         self.adaptive = adaptive and self.high > self.low
         self._local = threading.local()
-        self._counts: dict[int, int] = {}  # each generating thread's count, for spare_cores()
 
     @classmethod
     def fixed(cls, count: int) -> "TorchThreads":
@@ -170,10 +169,6 @@ class TorchThreads:
         if self.adaptive:
             self._look(state, time.monotonic(), FIRST_LOOK)
         state.actual = _set_threads(state.threads)
-        if len(self._counts) > 64:  # threads come and go (the embedded queue renews its threads)
-            live = {t.ident for t in threading.enumerate()}
-            self._counts = {i: n for i, n in self._counts.items() if i in live}
-        self._counts[threading.get_ident()] = state.actual
         return state.actual
 
     def step(self) -> None:
@@ -189,16 +184,11 @@ class TorchThreads:
             self._look(state, now)
             if state.threads != before:
                 state.actual = _set_threads(state.threads)
-                self._counts[threading.get_ident()] = state.actual
 
     def current(self) -> int:
         """The count this thread runs on now (``low`` before its first run)."""
         state = getattr(self._local, "state", None)
         return self.low if state is None else state.actual
-
-    def current_for(self, ident: int) -> int:
-        """The count the thread ``ident`` runs on now (``low`` before its first run)."""
-        return self._counts.get(ident, self.low)
 
     # --- deciding ------------------------------------------------------------------------------------
     def _state(self) -> _State:
@@ -231,8 +221,8 @@ class TorchThreads:
 
 
 _active = threading.local()
-#: the threads running a generation in this process now, with their policies (for spare_cores())
-_generating: dict[int, "TorchThreads"] = {}
+#: the threads running a generation in this process now, with their views (for spare_cores())
+_generating: dict[int, _State] = {}
 _lock = threading.Lock()
 
 
@@ -246,7 +236,7 @@ def running_on(threads: "TorchThreads | None") -> Iterator[None]:
     with _lock:
         outer = _generating.get(ident)
         if threads is not None:
-            _generating[ident] = threads
+            _generating[ident] = threads._state()
     try:
         yield
     finally:

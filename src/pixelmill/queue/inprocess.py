@@ -37,9 +37,9 @@ class _Lane(Generic[T]):
     team is woken first, then the one idle the shortest time.
 
     With fewer tasks than threads (one client), one thread does the work instead of each in
-    turn, and it is the thread that may run on every core: only one thread keeps a team of
-    more than one torch thread on a small machine (see :class:`pixelmill.models.threads._Teams`:
-    two teams put libgomp in a mode that made every generation about 45 % slower).
+    turn, and it is the thread that holds the OpenMP team left after a burst (an idle thread
+    holding a second one is renewed, see :data:`RENEW_IDLE_S`: two teams put libgomp in a mode
+    that made every generation about 45 % slower; :class:`pixelmill.models.threads._Teams`).
     ``queue.Queue`` wakes the thread that waited longest.
     """
 
