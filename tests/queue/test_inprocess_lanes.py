@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 from pixelmill.engine.lifecycle import NodeTask
 from pixelmill.queue.inprocess import InProcessQueue
@@ -10,6 +11,14 @@ from pixelmill.queue.inprocess import InProcessQueue
 
 def task(i: int) -> NodeTask:
     return NodeTask(node_run_id=f"run-{i}", execution_id="exe", queue="model.tiny")
+
+
+def burst(q: InProcessQueue, count: int, started: threading.Semaphore) -> None:
+    """Enqueue ``count`` tasks named ``burst-…`` and wait until each has started (its handler released ``started``)."""
+    for i in range(count):
+        q.enqueue(NodeTask(node_run_id=f"burst-{i}", execution_id="exe", queue="model.tiny"))
+    for _ in range(count):
+        assert started.acquire(timeout=10)
 
 
 def test_one_client_at_a_time_is_served_by_one_thread_not_each_in_turn():
@@ -60,8 +69,8 @@ def test_every_thread_works_when_there_are_more_tasks_than_threads():
 
 
 def test_a_lone_task_goes_to_the_idle_thread_that_may_run_on_every_core(monkeypatch):
-    """After a burst, the one client's runs go to the thread holding the wide PyTorch team (the only
-    one allowed more than one torch thread), not to whichever thread finished last."""
+    """After a burst, the one client's runs go to the thread holding the PyTorch thread team left
+    (see the renewal below), not to whichever thread finished last."""
     import pixelmill.queue.inprocess as inprocess
 
     wide: dict[str, int] = {}
@@ -79,10 +88,7 @@ def test_a_lone_task_goes_to_the_idle_thread_that_may_run_on_every_core(monkeypa
     q = InProcessQueue(handler, threads=3, light_threads=0)
     q.start()
     try:
-        for i in range(3):  # a burst: every thread busy
-            q.enqueue(NodeTask(node_run_id=f"burst-{i}", execution_id="exe", queue="model.tiny"))
-        for _ in range(3):
-            assert started.acquire(timeout=10)
+        burst(q, 3, started)  # every thread busy
         by_name = {th.name: th.ident for th in threading.enumerate()}
         holder = seen[1]  # not the first thread to start, nor necessarily the last to finish
         wide[by_name[holder]] = 2
@@ -120,18 +126,15 @@ def test_after_a_burst_an_idle_thread_holding_a_second_torch_team_is_renewed(mon
     q = InProcessQueue(handler, threads=2, light_threads=0)
     q.start()
     try:
-        for i in range(2):
-            q.enqueue(NodeTask(node_run_id=f"burst-{i}", execution_id="exe", queue="model.tiny"))
-        for _ in range(2):
-            assert started.acquire(timeout=10)
-        burst = set(seen)
-        assert len(burst) == 2 and all(threads_module.team_beside(i) for i in burst)
+        burst(q, 2, started)
+        busy = set(seen)
+        assert len(busy) == 2 and all(threads_module.team_beside(i) for i in busy)
         release.set()
         assert q.join(10)
-        deadline = __import__("time").monotonic() + 10
-        while __import__("time").monotonic() < deadline and sum(t.is_alive() for t in threading.enumerate() if t.ident in burst) > 1:
-            __import__("time").sleep(0.05)
-        kept = [i for i in burst if any(t.ident == i and t.is_alive() for t in threading.enumerate())]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and sum(t.is_alive() for t in threading.enumerate() if t.ident in busy) > 1:
+            time.sleep(0.05)
+        kept = [i for i in busy if any(t.ident == i and t.is_alive() for t in threading.enumerate())]
         assert len(kept) == 1  # one of the two ended, its team with it
         assert not threads_module.team_beside(kept[0])
         seen.clear()
