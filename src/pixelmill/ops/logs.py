@@ -4,14 +4,26 @@ Every line carries the request id of the HTTP request being served
 (:data:`request_id`, set by the request-id middleware and carried into worker
 threads), and the account, execution and node ids a record names in ``extra``.
 :class:`StateChangeLog` is a lifecycle hook that writes one line per state change.
+
+A server's lines are formatted and written by a thread of their own
+(:class:`BackgroundHandler`): the request that logs only hands the record over, so a slow or
+stalled reader of stderr (a paused log collector, a full pipe, a terminal held with Ctrl-S)
+never holds up the event loop or a generation.  While the reader is stalled, up to
+:data:`BackgroundHandler.CAPACITY` lines wait; lines beyond are dropped and counted, and the
+count is written once the reader drains.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import os
+import queue
 import sys
+import threading
 import time
+import weakref
 from contextvars import ContextVar
 
 from pixelmill.engine.hooks import Hooks, LifecycleEvent
@@ -41,15 +53,106 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class BackgroundHandler(logging.Handler):
+    """Writes records to a stream from a thread of its own.
+
+    :meth:`emit` runs in the logging thread and only settles what belongs to that moment
+    (the message with its arguments, the request id of the logging context, an exception's
+    traceback), then queues the record; the writer thread formats and writes it.  A full
+    queue drops the record and counts it.  :meth:`flush` waits until every queued line is
+    written (``logging.shutdown`` calls it at exit).  A forked child starts a writer of its own."""
+
+    #: lines that may wait for a stalled reader before new ones are dropped
+    CAPACITY = 10_000
+    #: the longest :meth:`flush` waits for a stalled reader (a process that exits does not hang on it)
+    FLUSH_WAIT_S = 10.0
+
+    def __init__(self, stream, formatter: logging.Formatter, capacity: int = CAPACITY) -> None:
+        super().__init__()
+        self.target = logging.StreamHandler(stream)
+        self.target.setFormatter(formatter)
+        self.capacity = capacity
+        self._dropped = 0
+        self._dropped_lock = threading.Lock()
+        self._closed = False
+        self._start()
+        ref = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (h := ref()) is not None and not h._closed and h._start())
+
+    def _start(self) -> None:
+        self._queue: queue.Queue = queue.Queue(self.capacity)
+        self._writer = threading.Thread(target=self._write, name="pixelmill-log-writer", daemon=True)
+        self._writer.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            record = copy.copy(record)  # the handlers after this one see the record as it was
+            record.message = record.getMessage()
+            record.msg, record.args = record.message, None
+            if not getattr(record, "request_id", None):
+                record.request_id = request_id.get()
+            if record.exc_info:
+                record.exc_text = record.exc_text or self.target.formatter.formatException(record.exc_info)
+                record.exc_info = None  # the traceback's frames are not kept alive in the queue
+            with self._dropped_lock:  # the first line queued after a gap carries the gap's count
+                record.dropped_before, self._dropped = self._dropped, 0
+                try:
+                    self._queue.put_nowait(record)
+                except queue.Full:
+                    self._dropped = record.dropped_before + 1
+        except Exception:
+            self.handleError(record)
+
+    def _write(self) -> None:
+        q = self._queue
+        while True:
+            record = q.get()
+            try:
+                if record is None:
+                    return
+                if record.dropped_before:
+                    self.target.handle(logging.makeLogRecord({
+                        "name": "pixelmill.logs", "levelno": logging.WARNING, "levelname": "WARNING",
+                        "msg": f"{record.dropped_before} log lines dropped while the log stream was not read",
+                    }))
+                self.target.handle(record)
+            except Exception:
+                pass  # the stream itself failed: nothing to report it to
+            finally:
+                q.task_done()
+
+    def flush(self) -> None:
+        """Wait until every queued line is written (at most :data:`FLUSH_WAIT_S`)."""
+        q = self._queue
+        with q.all_tasks_done:
+            if self._writer.is_alive():
+                q.all_tasks_done.wait_for(lambda: not q.unfinished_tasks, timeout=self.FLUSH_WAIT_S)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._writer.is_alive():
+            try:
+                self._queue.put_nowait(None)
+            except queue.Full:
+                pass  # a stalled reader: the daemon writer ends with the process
+            else:
+                self._writer.join(timeout=self.FLUSH_WAIT_S)
+        super().close()
+
+
 def configure_logging(level: int = logging.INFO, json_lines: bool | None = None, stream=None) -> None:
-    """Root logging for a server process: JSON lines unless ``stream`` (stderr) is a terminal."""
+    """Root logging for a server process: JSON lines unless ``stream`` (stderr) is a terminal,
+    written by a thread of their own (:class:`BackgroundHandler`)."""
     stream = stream or sys.stderr
     if json_lines is None:
         json_lines = not (hasattr(stream, "isatty") and stream.isatty())
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    formatter = JsonFormatter() if json_lines else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    for old in root.handlers:
+        if isinstance(old, BackgroundHandler):
+            old.flush()
+            old.close()
+    root.handlers[:] = [BackgroundHandler(stream, formatter)]
     root.setLevel(level)
 
 
