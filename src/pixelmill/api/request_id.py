@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 import re
 import time
-import uuid
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import Message, Receive, Scope, Send
 
 from pixelmill.api.asgi import HttpMiddleware
+from pixelmill.ids import new_uuid4
 
 from pixelmill.ops.logs import request_id as request_id_var
 from pixelmill.ops.metrics import observe_request
@@ -27,7 +27,7 @@ class RequestIdMiddleware(HttpMiddleware):
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         rid = Headers(scope=scope).get("x-request-id") or ""
         if not _REQUEST_ID_RE.match(rid):
-            rid = str(uuid.uuid4())
+            rid = new_uuid4()
         scope.setdefault("state", {})["request_id"] = rid
         token = request_id_var.set(rid)  # every log line of this request (worker threads too) names it
         started = time.perf_counter()
