@@ -135,3 +135,28 @@ def test_lines_a_stalled_reader_cannot_take_are_dropped_and_counted():
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [x["message"] for x in lines] == [f"line {i}" for i in range(6)] + ["14 log lines dropped while the log stream was not read", "line 20"]
     assert lines[6]["level"] == "warning"
+
+
+def test_an_exceptions_traceback_is_in_its_line_in_json_and_in_plain_text():
+    json_out, plain_out = io.StringIO(), io.StringIO()
+    handlers = [BackgroundHandler(json_out, JsonFormatter()), BackgroundHandler(plain_out, logging.Formatter("%(levelname)s %(message)s"))]
+    log = logging.getLogger("pixelmill.t.exc")
+    log.propagate = False
+    for h in handlers:
+        log.addHandler(h)
+    try:
+        try:
+            {}["missing"]
+        except KeyError:
+            log.exception("lookup failed")
+        for h in handlers:
+            h.flush()
+    finally:
+        log.propagate = True
+        for h in handlers:
+            log.removeHandler(h)
+            h.close()
+    line = json.loads(json_out.getvalue())
+    assert line["message"] == "lookup failed" and line["level"] == "error"
+    assert "Traceback" in line["exception"] and "KeyError: 'missing'" in line["exception"]
+    assert plain_out.getvalue().startswith("ERROR lookup failed\nTraceback") and "KeyError: 'missing'" in plain_out.getvalue()

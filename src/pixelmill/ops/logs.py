@@ -50,6 +50,8 @@ class JsonFormatter(logging.Formatter):
                 out[name] = value
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # formatted where it was logged (BackgroundHandler)
+            out["exception"] = record.exc_text
         return json.dumps(out, default=str)
 
 
