@@ -13,12 +13,25 @@ def task(i: int) -> NodeTask:
     return NodeTask(node_run_id=f"run-{i}", execution_id="exe", queue="model.tiny")
 
 
-def burst(q: InProcessQueue, count: int, started: threading.Semaphore) -> None:
-    """Enqueue ``count`` tasks named ``burst-…`` and wait until each has started (its handler released ``started``)."""
-    for i in range(count):
-        q.enqueue(NodeTask(node_run_id=f"burst-{i}", execution_id="exe", queue="model.tiny"))
-    for _ in range(count):
-        assert started.acquire(timeout=10)
+class Burst:
+    """Tasks named ``burst-…`` that all start, then stay running until :attr:`release` is set."""
+
+    def __init__(self) -> None:
+        self.started = threading.Semaphore(0)
+        self.release = threading.Event()
+
+    def start(self, q: InProcessQueue, count: int) -> None:
+        """Enqueue ``count`` burst tasks and wait until each has started."""
+        for i in range(count):
+            q.enqueue(NodeTask(node_run_id=f"burst-{i}", execution_id="exe", queue="model.tiny"))
+        for _ in range(count):
+            assert self.started.acquire(timeout=10)
+
+    def hold(self, t: NodeTask) -> None:
+        """Called by a handler: a burst task says it started and waits for the release."""
+        if t.node_run_id.startswith("burst"):
+            self.started.release()
+            assert self.release.wait(10)
 
 
 def test_one_client_at_a_time_is_served_by_one_thread_not_each_in_turn():
@@ -76,23 +89,20 @@ def test_a_lone_task_goes_to_the_idle_thread_that_may_run_on_every_core(monkeypa
     wide: dict[str, int] = {}
     monkeypatch.setattr(inprocess, "team_of", lambda ident: wide.get(ident, 1))
     seen: list[str] = []
-    release = threading.Event()
-    started = threading.Semaphore(0)
+    b = Burst()
 
     def handler(t: NodeTask) -> None:
         seen.append(threading.current_thread().name)
-        if t.node_run_id.startswith("burst"):
-            started.release()
-            assert release.wait(10)
+        b.hold(t)
 
     q = InProcessQueue(handler, threads=3, light_threads=0)
     q.start()
     try:
-        burst(q, 3, started)  # every thread busy
+        b.start(q, 3)  # every thread busy
         by_name = {th.name: th.ident for th in threading.enumerate()}
         holder = seen[1]  # not the first thread to start, nor necessarily the last to finish
         wide[by_name[holder]] = 2
-        release.set()
+        b.release.set()
         assert q.join(10)
         seen.clear()
         for i in range(4):
@@ -112,24 +122,21 @@ def test_after_a_burst_an_idle_thread_holding_a_second_torch_team_is_renewed(mon
     monkeypatch.setattr(threads_module, "_cpus", lambda: 2)
     monkeypatch.setattr(threads_module, "_teams", threads_module._Teams())  # this process's other tests' threads aside
     monkeypatch.setattr(inprocess, "RENEW_IDLE_S", 0.2)
-    release = threading.Event()
-    started = threading.Semaphore(0)
+    b = Burst()
     seen: list[int] = []
 
     def handler(t: NodeTask) -> None:
         threads_module._set_threads(2)  # a run on both cores: this thread now holds a team
         seen.append(threading.get_ident())
-        if t.node_run_id.startswith("burst"):
-            started.release()
-            assert release.wait(10)
+        b.hold(t)
 
     q = InProcessQueue(handler, threads=2, light_threads=0)
     q.start()
     try:
-        burst(q, 2, started)
+        b.start(q, 2)
         busy = set(seen)
         assert len(busy) == 2 and all(threads_module.team_beside(i) for i in busy)
-        release.set()
+        b.release.set()
         assert q.join(10)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and sum(t.is_alive() for t in threading.enumerate() if t.ident in busy) > 1:
