@@ -160,3 +160,25 @@ def test_an_exceptions_traceback_is_in_its_line_in_json_and_in_plain_text():
     assert line["message"] == "lookup failed" and line["level"] == "error"
     assert "Traceback" in line["exception"] and "KeyError: 'missing'" in line["exception"]
     assert plain_out.getvalue().startswith("ERROR lookup failed\nTraceback") and "KeyError: 'missing'" in plain_out.getvalue()
+
+
+def test_lines_are_still_written_after_uvicorn_configures_its_own_loggers():
+    """uvicorn's start runs ``logging.config.dictConfig``, which closes every existing handler and
+    leaves the root's attached: the server's lines must go on being written."""
+    import logging.config
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    out = io.StringIO()
+    try:
+        configure_logging(stream=out)
+        logging.config.dictConfig(LOGGING_CONFIG)
+        logging.getLogger("pixelmill.access").info("GET /healthz 200")
+        root.handlers[0].flush()
+    finally:
+        for h in root.handlers:
+            h.close()
+        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+    assert json.loads(out.getvalue().splitlines()[-1])["message"] == "GET /healthz 200"

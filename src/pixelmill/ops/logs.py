@@ -62,7 +62,11 @@ class BackgroundHandler(logging.Handler):
     (the message with its arguments, the request id of the logging context, an exception's
     traceback), then queues the record; the writer thread formats and writes it.  A full
     queue drops the record and counts it.  :meth:`flush` waits until every queued line is
-    written (``logging.shutdown`` calls it at exit).  A forked child starts a writer of its own."""
+    written (``logging.shutdown`` calls it at exit).  A forked child starts a writer of its own.
+
+    :meth:`close` stops the writer, yet a closed handler that still gets records starts it
+    again, as a closed ``StreamHandler`` goes on writing: ``logging.config.dictConfig`` (which
+    uvicorn calls at start) closes every handler it finds but leaves the root's attached."""
 
     #: lines that may wait for a stalled reader before new ones are dropped
     CAPACITY = 10_000
@@ -76,13 +80,17 @@ class BackgroundHandler(logging.Handler):
         self.capacity = capacity
         self._dropped = 0
         self._dropped_lock = threading.Lock()
-        self._closed = False
+        self._writer_lock = threading.Lock()  # starting and stopping the writer
         self._start()
         ref = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: (h := ref()) is not None and not h._closed and h._start())
 
     def _start(self) -> None:
         self._queue: queue.Queue = queue.Queue(self.capacity)
+        self._start_writer()
+
+    def _start_writer(self) -> None:
+        self._closed = False
         self._writer = threading.Thread(target=self._write, name="pixelmill-log-writer", daemon=True)
         self._writer.start()
 
@@ -96,6 +104,10 @@ class BackgroundHandler(logging.Handler):
             if record.exc_info:
                 record.exc_text = record.exc_text or self.target.formatter.formatException(record.exc_info)
                 record.exc_info = None  # the traceback's frames are not kept alive in the queue
+            if self._closed:  # closed but still in use (see the class docstring): write again
+                with self._writer_lock:
+                    if self._closed:
+                        self._start_writer()
             with self._dropped_lock:  # the first line queued after a gap carries the gap's count
                 record.dropped_before, self._dropped = self._dropped, 0
                 try:
@@ -131,14 +143,15 @@ class BackgroundHandler(logging.Handler):
                 q.all_tasks_done.wait_for(lambda: not q.unfinished_tasks, timeout=self.FLUSH_WAIT_S)
 
     def close(self) -> None:
-        self._closed = True
-        if self._writer.is_alive():
-            try:
-                self._queue.put_nowait(None)
-            except queue.Full:
-                pass  # a stalled reader: the daemon writer ends with the process
-            else:
-                self._writer.join(timeout=self.FLUSH_WAIT_S)
+        with self._writer_lock:
+            self._closed = True
+            if self._writer.is_alive():
+                try:
+                    self._queue.put_nowait(None)
+                except queue.Full:
+                    pass  # a stalled reader: the daemon writer ends with the process
+                else:
+                    self._writer.join(timeout=self.FLUSH_WAIT_S)
         super().close()
 
 
