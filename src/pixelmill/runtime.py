@@ -254,6 +254,9 @@ class Runtime:
                 self.runner.finisher.stop()  # after the workers: what they handed over is finished
             self.scheduler.stop()
             self.models.stop()
+            moderator = getattr(self.services, "moderator", None)
+            if moderator is not None:
+                moderator.close()  # its sessions' weights and threads go now, not at some later full collection
             self.started = False
         self.notifier.stop()
         if self.tracing is not None:

@@ -135,6 +135,7 @@ class OpenNsfwClassifier:
     def __init__(self) -> None:
         self._sessions: dict[int, object] = {}
         self._lock = threading.Lock()
+        self._closed = False
         self.wide = max(1, min(self.WIDEST, os.cpu_count() or 1))
 
     @staticmethod
@@ -153,8 +154,15 @@ class OpenNsfwClassifier:
                 options.intra_op_num_threads = threads
                 options.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 session = ort.InferenceSession(resolve_model_path(), sess_options=options, providers=["CPUExecutionProvider"])
-                self._sessions[threads] = session
+                if not self._closed:  # a check after close() (a load still under way at stop) keeps nothing
+                    self._sessions[threads] = session
             return session
+
+    def close(self) -> None:
+        """Let go of the sessions now (their weights and thread pools), not whenever the owner is collected."""
+        with self._lock:
+            self._closed = True
+            self._sessions.clear()
 
     def load(self) -> None:
         """Load the model now (a process that runs nodes does at start, beside its models)."""
@@ -198,6 +206,12 @@ class Moderator:
         load = getattr(self.classifier, "load", None)
         if load is not None:
             load()
+
+    def close(self) -> None:
+        """Free the image classifier (the process that held it stops)."""
+        close = getattr(self.classifier, "close", None)
+        if close is not None:
+            close()
 
     def check_prompt(self, text: str | None, tolerance: int) -> Verdict | None:
         return self.policy.check(text or "", tolerance) if text else None
