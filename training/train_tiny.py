@@ -282,7 +282,7 @@ def build_latent_pool(vae, args, rng: random.Random, device) -> list[dict]:
     px = token_pixels(vae)
     for w, h, frac, batch, prob in BUCKETS:
         batch = max(1, batch * px * px // (32 * 32))  # the same number of tokens per step whatever the VAE
-        n = max(batch, int(args.pool * frac))
+        n = max(1, int(args.pool * frac))  # batches are drawn with replacement: a pool may be smaller than one
         lat, cover, edge, prompts = [], [], [], []
         for i in range(0, n, 16):
             scenes = [sample_scene(rng, two_objects=0.25) for _ in range(min(16, n - i))]
