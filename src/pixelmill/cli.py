@@ -161,7 +161,9 @@ def serve(
     from pixelmill.api.studio import startup_message
 
     print(startup_message(runtime), flush=True)
-    uvicorn.run(application, host=settings.host, port=settings.port, log_level=log_level)
+    # uvicorn's own lines go through the handler configured above (JSON or plain text, written off
+    # the event loop); its access lines are off, as pixelmill's access line covers each request
+    uvicorn.run(application, host=settings.host, port=settings.port, log_level=log_level, log_config=None, access_log=False)
 
 
 @app.command()

@@ -68,7 +68,7 @@ bfl_endpoints = ["flux-dev", "flux-pro-1.1"]
     port = free_port()
     env = {**os.environ, "PIXELMILL_DATA_DIR": str(tmp_path / "data"), "PIXELMILL_MODELS_CATALOG": str(catalog), "HF_HUB_OFFLINE": "1"}
     key = json.loads(subprocess.check_output(PIXELMILL + ["keys", "create", "--account", "e2e", "--credits", "50", "--json"], env=env))["key"]
-    log = tmp_path / "server.log"  # a file, not a pipe: a pipe nobody reads fills up and stalls the server's logging
+    log = tmp_path / "server.log"  # read when the server does not start
     with open(log, "wb") as out:
         proc = subprocess.Popen(PIXELMILL + ["serve", "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -141,3 +141,40 @@ def test_serve_with_no_configuration_uses_the_shipped_model(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_log_pipe_nobody_reads_holds_up_no_request_and_every_line_is_json(tmp_path):
+    """`pixelmill serve | collector` where the collector stops reading: the server goes on answering.
+
+    Its log lines wait in memory (up to 10,000) instead of in a write on the event loop; uvicorn's
+    own lines go the same way, as JSON, and a request is logged once (before: uvicorn's plain
+    access line beside pixelmill's, written where it was logged, stalled the server once the
+    pipe's 64 KiB were full, after about 200 requests)."""
+    import threading
+
+    port = free_port()
+    env = {**os.environ, "PIXELMILL_DATA_DIR": str(tmp_path / "data"), "PIXELMILL_PRELOAD_MODELS": "false", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(PIXELMILL + ["serve", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    answered: list[int] = []
+    output: list[bytes] = []
+    reader = threading.Thread(target=lambda: output.append(proc.stdout.read()), daemon=True)
+    try:
+        wait_until_serving(base, proc, timeout=120)
+        with httpx.Client(base_url=base, timeout=10) as client:
+            for i in range(500):  # about 200 KB of log lines: three times what the pipe holds
+                answered.append(client.get("/healthz").status_code)
+                answered.append(client.get("/v1/get_result", params={"id": f"missing-{i}"}).status_code)
+    finally:
+        reader.start()  # the collector reads again
+        stop(proc, timeout=30)
+        reader.join(30)
+    assert answered == [200, 401] * 500
+    lines = output[0].decode().splitlines()
+    logged = [json.loads(line) for line in lines if line.startswith("{")]
+    assert [line for line in lines if line.startswith(("INFO:", "WARNING:", "ERROR:"))] == []  # uvicorn's plain format
+    assert any(x["logger"].startswith("uvicorn") and "Application startup complete" in x["message"] for x in logged)
+    access = [x["message"] for x in logged if x["logger"] == "pixelmill.access"]
+    assert sum(m.startswith("GET /v1/get_result 401") for m in access) == 500
+    assert sum(m.startswith("GET /healthz 200") for m in access) >= 500  # and the polls that waited for the start
+    assert not [x for x in logged if "dropped" in x["message"]]
