@@ -113,3 +113,28 @@ def test_a_worker_health_port_serves_health_readiness_and_metrics(make_runtime, 
         assert "pixelmill_queue_depth" in httpx.get(f"{base}/metrics").text
     finally:
         server.shutdown()
+
+
+def test_a_stopped_server_keeps_nothing_of_its_runtime(tmp_path, sqlite_url):
+    """Once a server (its app and runtime) is stopped and let go, its runtime is freed, with its
+    database engine and models: nothing process-wide (FastAPI's cache of the endpoints it has
+    looked at, the statements compiled per database engine) holds on to it."""
+    import gc
+    import weakref
+
+    def serve_once() -> weakref.ref:
+        catalog = ModelCatalog.from_toml(FAKE_CATALOG)
+        registry = ModelRegistry(catalog)
+        registry.register("fake", FakeBackend())
+        rt = Runtime(Settings(data_dir=tmp_path / "data", database_url=sqlite_url, secret_key="s", worker_threads=1), catalog=catalog, models=registry)
+        with TestClient(create_app(rt)) as client:
+            client.headers["x-key"] = create_key(rt)
+            sub = client.post("/v1/flux-dev", json={"prompt": "a red circle", "width": 256, "height": 256}).json()
+            wait_for(lambda: client.get("/v1/get_result", params={"id": sub["id"]}).json()["status"] == "Ready")
+            wait_for(lambda: client.get("/readyz").status_code == 200)
+            assert [client.get(path).status_code for path in ("/healthz", "/metrics")] == [200, 200]
+        return weakref.ref(rt)
+
+    runtime = serve_once()
+    gc.collect()
+    assert runtime() is None, [type(r).__qualname__ for r in gc.get_referrers(runtime())]

@@ -204,3 +204,23 @@ def test_each_engine_binds_with_its_own_options(tmp_path):
     finally:
         plain.dispose()
         tagged.dispose()
+
+
+def test_an_engines_compiled_forms_go_with_it(tmp_path):
+    """What is compiled for an engine is freed with the engine: a process that opens and closes
+    engines (a test run, a command line that opens its own) does not keep every one it had."""
+    import gc
+    import weakref
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'gone.db'}")
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(INSERT, {"id": "r1", "status": "q", "queue": "a", "data": [1]})
+        assert conn.execute(BY_ID, {"id": "r1"}).one().queue == "a"
+        conn.execute(UPDATE, {"b_id": "r1", "tries": 2})
+        assert conn.execute(TOTAL, {"queue": "a"}).scalar() == 2
+    dialect = weakref.ref(engine.dialect)
+    engine.dispose()
+    del engine, conn
+    gc.collect()
+    assert dialect() is None

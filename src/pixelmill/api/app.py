@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
@@ -27,6 +27,31 @@ from pixelmill.api.studio import router as studio_router
 from pixelmill.api.webhooks_http import router as webhooks_router
 from pixelmill.ops import heap
 from pixelmill.ops.metrics import exposition
+
+
+#: ``/healthz``, ``/readyz`` and ``/metrics``.  Like every route, each is a module's function that
+#: finds its runtime on the app: FastAPI keeps every endpoint it has looked at in a cache of 4,096,
+#: so an endpoint that closed over its runtime kept the runtime (its database engine, its models)
+#: for as long as the process lived, whatever became of the app.
+ops_router = APIRouter(include_in_schema=False)
+
+
+@ops_router.get("/healthz")
+async def healthz():  # on the loop, touching nothing: answers even when every worker thread waits
+    return {"status": "ok", "version": __version__}
+
+
+@ops_router.get("/readyz")
+async def readyz(request: Request):
+    """Ready for traffic: database reachable and migrated, broker (scale-out), default models (if it runs nodes)."""
+    body = await run_in_threadpool(request.app.state.runtime.readiness.report)
+    return JSONResponse(body, status_code=200 if body["ready"] else 503)
+
+
+@ops_router.get("/metrics")
+async def metrics(request: Request):
+    data, content_type = await run_in_threadpool(exposition, request.app.state.runtime)
+    return Response(data, media_type=content_type)
 
 
 def _add_routes(app: FastAPI, *routers) -> None:
@@ -82,23 +107,9 @@ def create_app(runtime, manage_runtime: bool = True) -> FastAPI:
     if runtime.settings.cors_origins:  # off by default; outermost, so preflights need no key
         app.add_middleware(ScopedCors, origins=runtime.settings.cors_origins)
 
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz():  # on the loop, touching nothing: answers even when every worker thread waits
-        return {"status": "ok", "version": __version__}
-
-    @app.get("/readyz", include_in_schema=False)
-    async def readyz():
-        """Ready for traffic: database reachable and migrated, broker (scale-out), default models (if it runs nodes)."""
-        body = await run_in_threadpool(runtime.readiness.report)
-        return JSONResponse(body, status_code=200 if body["ready"] else 503)
-
-    @app.get("/metrics", include_in_schema=False)
-    async def metrics():
-        data, content_type = await run_in_threadpool(exposition, runtime)
-        return Response(data, media_type=content_type)
-
     _add_routes(
         app,
+        ops_router,
         files_router,
         admin_router,
         account_router,  # before workflows: POST /api/v1/executions

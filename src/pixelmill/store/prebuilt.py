@@ -26,7 +26,6 @@ sees is what is executed.
 
 from __future__ import annotations
 
-import weakref
 from collections import namedtuple
 from keyword import iskeyword
 from typing import Any, Iterator
@@ -39,18 +38,29 @@ _REQUIRED = object()
 _MAX_FORMS = 256
 
 
+def _kept_by(dialect: Any) -> dict:
+    """What ``dialect`` keeps of the prebuilt statements run on it: for each, its compiled statements
+    by parameter names and its forms by parameter names and the lengths of the lists bound to
+    ``IN`` (None where the statement needs SQLAlchemy).
+
+    A dialect is an engine's (its driver and options choose the processors), and what is compiled
+    for it refers to it, so it keeps them itself: they go when the engine goes.  (Kept beside
+    the statement, in a dictionary weakly keyed by the dialect, they kept it alive for good.)"""
+    try:
+        return dialect._pixelmill_prebuilt
+    except AttributeError:
+        kept = dialect._pixelmill_prebuilt = {}
+        return kept
+
+
 class Prebuilt:
     """A statement built once: see the module's documentation.  Any other attribute is the
     wrapped statement's (``PREBUILT.where(...)`` builds an ordinary statement)."""
 
-    __slots__ = ("statement", "_dialects", "_expanding")
+    __slots__ = ("statement", "_expanding")
 
     def __init__(self, statement: Any):
         self.statement = statement
-        #: per dialect (one per engine: its driver and options choose the processors), its compiled
-        #: statements by parameter names, and its forms by parameter names and the lengths of the
-        #: lists bound to IN (None where the statement needs SQLAlchemy)
-        self._dialects: "weakref.WeakKeyDictionary[Any, tuple[dict, dict]]" = weakref.WeakKeyDictionary()
         #: the parameters bound to ``IN (…)`` lists (known once compiled)
         self._expanding: tuple[str, ...] | None = None
 
@@ -68,9 +78,9 @@ class Prebuilt:
         first = distilled_params[0] if distilled_params else {}
         names = frozenset(first)
         try:
-            compiled, forms = self._dialects[dialect]
-        except KeyError:
-            compiled, forms = self._dialects.setdefault(dialect, ({}, {}))
+            compiled, forms = dialect._pixelmill_prebuilt[self]
+        except (AttributeError, KeyError):
+            compiled, forms = _kept_by(dialect).setdefault(self, ({}, {}))
         expanding = self._expanding
         if expanding is None:
             self._compile(compiled, dialect, names)
