@@ -58,15 +58,27 @@ def _truncate_pg(url: str) -> None:
     eng.dispose()
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory) -> Path:
+    """A SQLite database file migrated to head once for the session (``pixelmill migrate``'s result)."""
+    from pixelmill.store import migrate
+
+    path = tmp_path_factory.mktemp("migrated") / "pixelmill.db"
+    migrate.upgrade(f"sqlite:///{path}")
+    return path
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request, tmp_path):
     """The same test over SQLite (a file, WAL) and PostgreSQL."""
     if request.param == "sqlite":
-        from pixelmill.store import migrate
+        import shutil
 
-        url = f"sqlite:///{tmp_path / 'pixelmill.db'}"
-        migrate.upgrade(url)  # as `pixelmill migrate` would: scale-out processes only check the schema
-        return url
+        path = tmp_path / "pixelmill.db"
+        # as `pixelmill migrate` would leave it (scale-out processes only check the schema): a copy
+        # of the session's migrated file: the schema migrating this one would make
+        shutil.copyfile(request.getfixturevalue("migrated_sqlite"), path)
+        return f"sqlite:///{path}"
     url = request.getfixturevalue("pg_database")
     _truncate_pg(url)
     return url
