@@ -18,7 +18,9 @@ def serve(app):
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no 40 ms delayed-ACK stalls in timings
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
+    # the app's lifespan runs as in `pixelmill serve` (with manage_runtime=False it builds the API
+    # document and keeps what lives long out of the cycle collector's scans, as a server does)
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="on", log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     wait_for(lambda: server.started, timeout=10)
