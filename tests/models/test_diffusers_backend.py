@@ -401,3 +401,32 @@ def test_a_generation_waiting_for_the_one_pipeline_can_be_cancelled_meanwhile(ca
     finally:
         release.set()
         first.join(10)
+
+
+def test_a_server_process_logs_model_loading_as_json_lines_only():
+    """In a process that logs through pixelmill's handler (a server, a worker), loading a model
+    writes JSON lines only: diffusers', transformers' and PyTorch's own stderr handlers (plain
+    text, progress bars) are set aside for pixelmill's, so a log collector gets lines it parses."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.helpers.tiny_pipelines import cached_tiny_flux
+
+    code = (
+        "import logging, sys\n"
+        "from pixelmill.ops.logs import configure_logging\n"
+        "configure_logging()\n"
+        "from pixelmill.models.catalog import ModelSpec\n"
+        "from pixelmill.models.diffusers_backend import DiffusersBackend\n"
+        "DiffusersBackend(ModelSpec(name='t', path=sys.argv[1], device='cpu', dtype='float32')).load()\n"
+        "logging.getLogger('transformers.t').warning('a library line')\n"
+        "logging.getLogger().handlers[0].flush()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(cached_tiny_flux())], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert [line for line in lines if not line.startswith("{")] == []
+    logged = [json.loads(line) for line in lines]
+    assert any(x["logger"] == "transformers.t" and x["message"] == "a library line" for x in logged)
+    assert any(x["logger"] == "pixelmill.models.diffusers_backend" for x in logged)

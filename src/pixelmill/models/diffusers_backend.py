@@ -176,6 +176,9 @@ class DiffusersBackend:
             torch.cuda.empty_cache()
 
     def _load_pipeline(self) -> Any:
+        from pixelmill.ops.logs import adopt_model_library_logs
+
+        adopt_model_library_logs()  # before diffusers imports its pipelines (they log as they load)
         from diffusers import DiffusionPipeline
 
         spec = self.spec

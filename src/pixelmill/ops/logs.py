@@ -169,6 +169,39 @@ def configure_logging(level: int = logging.INFO, json_lines: bool | None = None,
             old.close()
     root.handlers[:] = [BackgroundHandler(stream, formatter)]
     root.setLevel(level)
+    global _configured
+    _configured = True
+
+
+#: whether this process's logging is pixelmill's (:func:`configure_logging`: a server, a worker)
+_configured = False
+
+
+def adopt_model_library_logs() -> None:
+    """Before a model is loaded: where this process logs through :func:`configure_logging`, the
+    model libraries' lines go the same way (JSON lines off a terminal, written off the event
+    loop) instead of through the stderr handlers diffusers, transformers and PyTorch install
+    for themselves, and their loading progress bars are off (a bar is not a log line).  A
+    process that did not configure pixelmill's logging (a library user's) keeps theirs."""
+    if not _configured:
+        return
+    import importlib
+
+    for name in ("diffusers", "transformers"):
+        try:
+            library = importlib.import_module(f"{name}.utils.logging")
+        except ImportError:
+            continue
+        library.disable_progress_bar()
+        library.disable_default_handler()
+        library.enable_propagation()
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if (name == "torch" or name.startswith("torch.")) and isinstance(logger, logging.Logger):
+            own = [h for h in logger.handlers if type(h) is logging.StreamHandler and h.stream in (sys.stderr, sys.__stderr__)]
+            if own:
+                for handler in own:
+                    logger.removeHandler(handler)
+                logger.propagate = True
 
 
 class StateChangeLog(Hooks):
