@@ -22,8 +22,8 @@ from tests.helpers.tiny_pipelines import cached_tiny_flux
 
 REQUESTS = {
     # dialect: (path, body, headers that make the first request wait for its result)
-    "bfl": ("/v1/flux-dev", {"prompt": "a red circle", "width": 256, "height": 256, "steps": 12, "seed": 3}, {"Prefer": "wait=300"}),
-    "openai": ("/v1/images/generations", {"model": "tiny-flux", "prompt": "a red circle", "size": "256x256", "steps": 12, "seed": 3, "response_format": "url"}, {}),
+    "bfl": ("/v1/flux-dev", {"prompt": "a red circle", "width": 256, "height": 256, "steps": 4, "seed": 3}, {"Prefer": "wait=300"}),
+    "openai": ("/v1/images/generations", {"model": "tiny-flux", "prompt": "a red circle", "size": "256x256", "steps": 4, "seed": 3, "response_format": "url"}, {}),
 }
 
 
