@@ -85,21 +85,6 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def _no_loading_bars() -> None:
-    """Model loading in this process keeps its progress bars to itself (ours is the one that counts)."""
-    import os
-
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        import diffusers
-        import transformers
-
-        diffusers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.disable_progress_bar()
-    except ImportError:  # an API-only install loads no models
-        pass
-
-
 def _db(settings: Settings, *, write: bool):
     """The database, at the newest schema or refused with what to run.
 
@@ -408,11 +393,12 @@ def _connect(server: str | None) -> Iterator[Any]:
 
     from pixelmill.accounts import keys, ledger
     from pixelmill.api.app import create_app
+    from pixelmill.ops.logs import no_loading_bars
     from pixelmill.runtime import Runtime
 
     settings = _settings()
     db = _db(settings, write=True)
-    _no_loading_bars()
+    no_loading_bars()  # the command's own progress is the one that counts
     with db.transaction() as conn:
         account_id = keys.find_account_by_name(conn, LOCAL_ACCOUNT) or keys.create_account(conn, LOCAL_ACCOUNT, "enterprise")
         if ledger.balance(conn, account_id) < LOCAL_CREDITS / 2:

@@ -131,7 +131,7 @@ def test_no_routes_models_are_built_while_a_new_server_answers(make_runtime, tmp
 
     monkeypatch.setattr(fastapi.utils, "create_model_field", counted)
     for module in ("fastapi.routing", "fastapi.dependencies.utils"):  # where FastAPI calls it from
-        monkeypatch.setattr(f"{module}.create_model_field", counted, raising=False)
+        monkeypatch.setattr(f"{module}.create_model_field", counted)
     client = TestClient(create_app(rt, manage_runtime=False), headers={"x-key": key})
     answers = [
         client.get("/v1/get_result", params={"id": "none"}).status_code,

@@ -25,6 +25,7 @@ import threading
 import time
 import weakref
 from contextvars import ContextVar
+from typing import Any, Iterator
 
 from pixelmill.engine.hooks import Hooks, LifecycleEvent
 
@@ -169,30 +170,37 @@ def configure_logging(level: int = logging.INFO, json_lines: bool | None = None,
             old.close()
     root.handlers[:] = [BackgroundHandler(stream, formatter)]
     root.setLevel(level)
-    global _configured
-    _configured = True
 
 
-#: whether this process's logging is pixelmill's (:func:`configure_logging`: a server, a worker)
-_configured = False
-
-
-def adopt_model_library_logs() -> None:
-    """Before a model is loaded: where this process logs through :func:`configure_logging`, the
-    model libraries' lines go the same way (JSON lines off a terminal, written off the event
-    loop) instead of through the stderr handlers diffusers, transformers and PyTorch install
-    for themselves, and their loading progress bars are off (a bar is not a log line).  A
-    process that did not configure pixelmill's logging (a library user's) keeps theirs."""
-    if not _configured:
-        return
+def _model_library_logging() -> Iterator[Any]:
+    """The logging modules of diffusers and transformers, of those installed (an API node has neither)."""
     import importlib
 
     for name in ("diffusers", "transformers"):
         try:
-            library = importlib.import_module(f"{name}.utils.logging")
+            yield importlib.import_module(f"{name}.utils.logging")
         except ImportError:
             continue
+
+
+def no_loading_bars() -> None:
+    """Model loading in this process shows no progress bars (downloads and weights alike)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    for library in _model_library_logging():
         library.disable_progress_bar()
+
+
+def adopt_model_library_logs() -> None:
+    """Before a model is loaded: where this process logs through :func:`configure_logging` (its
+    root handler is a :class:`BackgroundHandler`), the model libraries' lines go the same way
+    (JSON lines off a terminal, written off the event loop) instead of through the stderr
+    handlers diffusers, transformers and PyTorch install for themselves, and their loading
+    progress bars are off (a bar is not a log line).  A process that did not configure
+    pixelmill's logging (a library user's) keeps theirs."""
+    if not any(isinstance(h, BackgroundHandler) for h in logging.getLogger().handlers):
+        return
+    no_loading_bars()
+    for library in _model_library_logging():
         library.disable_default_handler()
         library.enable_propagation()
     for name, logger in list(logging.root.manager.loggerDict.items()):
