@@ -48,6 +48,14 @@ class ScaleOut:
                 return b" ready." in log.read()
         return False
 
+    def logs_of(self, proc: subprocess.Popen) -> str:
+        """Everything worker ``proc`` has written so far."""
+        for worker, log in self.workers:
+            if worker is proc:
+                log.seek(0)
+                return log.read().decode(errors="replace")
+        raise KeyError(proc.pid)
+
     def logs(self) -> str:
         out = []
         for proc, log in self.workers:

@@ -6,6 +6,7 @@ The API side and the worker share one database, one data folder and one Redis; n
 from __future__ import annotations
 
 import io
+import json
 import time
 
 import pytest
@@ -53,3 +54,11 @@ def test_a_worker_process_runs_what_the_api_publishes(scale_out):
         key = conn.execute(sa.select(files.c.storage_key).where(files.c.id == result.id)).scalar_one()
     assert Image.open(io.BytesIO(scale_out.api.storage.get(key))).size == (64, 64)  # written by the worker, read by the API side
     assert scale_out.api.models.loaded() == []  # the API side never loaded a model
+
+    worker.terminate()  # warm shutdown: its last lines are written before it exits
+    worker.wait(30)
+    lines = [line for line in scale_out.logs_of(worker).splitlines() if line.strip()]
+    plain = [line for line in lines if not line.startswith("{")]
+    assert plain == [], "a worker writes JSON lines only off a terminal (no Celery banner, no bare warnings)"
+    logged = [json.loads(line) for line in lines]
+    assert any(x["logger"] == "celery.apps.worker" and x["message"].endswith(" ready.") for x in logged)

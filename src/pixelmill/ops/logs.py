@@ -170,6 +170,7 @@ def configure_logging(level: int = logging.INFO, json_lines: bool | None = None,
             old.close()
     root.handlers[:] = [BackgroundHandler(stream, formatter)]
     root.setLevel(level)
+    logging.captureWarnings(True)  # a library's warnings.warn() is a log line too (logger "py.warnings"), not bare stderr
 
 
 def _model_library_logging() -> Iterator[Any]:

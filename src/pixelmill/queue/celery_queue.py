@@ -27,6 +27,23 @@ from pixelmill.queue.base import DEFAULT_QUEUE, TaskHandler
 
 log = logging.getLogger("pixelmill.queue")
 
+
+def _worker_class(app: Celery) -> type:
+    """``app.Worker`` whose stop signals print nothing: Celery's SIGTERM and SIGQUIT handlers write
+    a plain ``worker: Warm shutdown (MainProcess)`` to stdout, a non-JSON line in a log collector's
+    stream.  The same handlers are installed without it, and :meth:`CeleryQueue.worker` logs the
+    stop once the worker has finished its tasks (a line logged from the signal handler itself could
+    wait forever on a lock the interrupted thread holds)."""
+    from celery.apps import worker as celery_worker
+
+    class Worker(app.Worker):  # type: ignore[name-defined,misc]
+        def install_platform_tweaks(self, worker: Any) -> None:
+            super().install_platform_tweaks(worker)
+            celery_worker.install_worker_term_handler(worker, verbose=False)
+            celery_worker.install_worker_term_hard_handler(worker, verbose=False)
+
+    return Worker
+
 TASK_NAME = "pixelmill.run_node"
 POOLS = ("threads", "solo")
 MODEL_CONTROL = "pixelmill_model"
@@ -248,7 +265,7 @@ class CeleryQueue:
         if visibility_timeout_s is not None:
             check_visibility_timeout(visibility_timeout_s, self.settings.node_timeout_s)
             self.app.conf.broker_transport_options = transport_options(visibility_timeout_s)
-        worker = self.app.Worker(
+        worker = _worker_class(self.app)(
             queues=list(queues),
             concurrency=concurrency,
             pool_cls=get_implementation(pool),
@@ -256,6 +273,8 @@ class CeleryQueue:
             loglevel=loglevel,
             without_mingle=True,
             without_gossip=True,
+            quiet=True,  # no plain-text start banner: what it shows is logged (queues, broker, concurrency)
         )
         worker.start()
+        log.info("worker %s stopped (exit code %d)", hostname or worker.hostname, int(worker.exitcode or 0))
         return int(worker.exitcode or 0)
