@@ -293,8 +293,9 @@ class Command:
     worker's ``--health-port``), so its models are loaded.  Each start appends to the same log."""
 
     def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path, port: int | None = None,
-                 program: list[str] | None = None):
+                 program: list[str] | None = None, nice: int = 0):
         self.name, self.args, self.env, self.port = name, args, env, port
+        self.nice = nice  # the process's niceness (a worker that stands for another machine: see bench/load.py)
         self.program = program or PIXELMILL  # the argv before the command's own arguments
         self.log_path = log_dir / f"{name}.log"
         self.proc: subprocess.Popen | None = None
@@ -305,9 +306,9 @@ class Command:
         return cls(name, ["serve", "--port", str(port), "--log-level", "warning"], env, log_dir, port, program)
 
     @classmethod
-    def worker(cls, name: str, env: dict[str, str], log_dir: Path, *args: str) -> Command:
+    def worker(cls, name: str, env: dict[str, str], log_dir: Path, *args: str, nice: int = 0) -> Command:
         port = free_port()
-        return cls(name, ["worker", "--health-port", str(port), "--log-level", "warning", *args], env, log_dir, port)
+        return cls(name, ["worker", "--health-port", str(port), "--log-level", "warning", *args], env, log_dir, port, nice=nice)
 
     @property
     def base(self) -> str:
@@ -320,7 +321,9 @@ class Command:
     def start(self, timeout: float = 240.0) -> float:
         """Start and wait until ready; the seconds that took."""
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.program + self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            nice = self.nice
+            self.proc = subprocess.Popen(self.program + self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                         preexec_fn=(lambda: os.nice(nice)) if nice else None)
         try:
             return wait_http(self.base + "/readyz", self.proc, timeout)
         except RuntimeError as e:

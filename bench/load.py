@@ -18,6 +18,10 @@ charged exactly once, node runs completed twice (``node.completed`` events), whe
 balance reconciles with the ledger, submit and poll latency (p50/p99), and the slowest
 ``/healthz`` seen while the load ran (probed every 50 ms; target < 100 ms).
 
+The scale-out workers run at the API node's priority unless ``--worker-nice`` says otherwise: in
+production each is a machine of its own (one per GPU), and ``--worker-nice 10`` shows what the API
+node does when its cores are not also generating images.
+
 The client processes run at nice 10 (``--client-nice``; 0 for the server's own priority): in
 production they are other machines, and on a small machine at equal priority they take the CPU
 time the server needs, so that latency would be the load generator's, not the server's.
@@ -157,7 +161,8 @@ def scale_out(tmp: Path, catalog: Path, args) -> dict:
                         rate_limit_storage=broker, torch_threads=1)
         key = make_key(env)  # migrates the fresh database first, as `pixelmill migrate` would
         api = Command.serve("api", env, tmp)
-        workers = [Command.worker(f"worker{i}", env, tmp, "--queues", "model.pixelmill-tiny,default") for i in range(args.workers)]
+        workers = [Command.worker(f"worker{i}", env, tmp, "--queues", "model.pixelmill-tiny,default", nice=args.worker_nice)
+                   for i in range(args.workers)]
         with running(api, *workers):
             res = run_load(api.base, key, args)
             res["drain"] = drain(db_url, res["ids"])
@@ -199,6 +204,8 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=5, help="client processes the clients are spread over")
     ap.add_argument("--only", choices=["embedded", "scale-out"])
     ap.add_argument("--client-nice", type=int, default=10, help="niceness of the client processes (0: the server's priority)")
+    ap.add_argument("--worker-nice", type=int, default=0,
+                    help="niceness of the scale-out workers (10: as if on machines of their own, like the clients; 0: sharing the API node's cores)")
     ap.add_argument("--poll-every", type=float, default=0.5, help="seconds between a client's rounds of polls")
     ap.add_argument("--wait", type=float, default=300.0, help="seconds a client polls its jobs after its last submit before counting the rest lost")
     args = ap.parse_args()
@@ -213,7 +220,7 @@ def main() -> None:
         columns["scale-out"] = scale_out(tmp, catalog, args)
     print(f"load: {args.n} submissions (BFL flux-dev, pixelmill-tiny 256x256, 1 step) from {args.clients} clients in "
           f"{args.procs} processes at nice {args.client_nice}; embedded: `pixelmill serve`, SQLite, {args.workers} worker threads; "
-          f"scale-out: API node + {args.workers} `pixelmill worker`, PostgreSQL + Redis (logs in {tmp})")
+          f"scale-out: API node + {args.workers} `pixelmill worker` at nice {args.worker_nice}, PostgreSQL + Redis (logs in {tmp})")
     report(columns)
 
 

@@ -207,3 +207,18 @@ def test_the_operator_pins_an_account_tolerance(bfl):
     client.put(f"/admin/v1/accounts/{aid}/moderation", json={"safety_tolerance": None}, headers=admin)
     body = poll(client, client.post("/v1/flux-dev", json={"prompt": "a bloody knife", "width": 256, "height": 256, "safety_tolerance": 6}).json())
     assert body["status"] == "Ready"
+
+
+def test_a_tolerance_whose_threshold_no_score_reaches_runs_no_classifier(bfl, monkeypatch):
+    """At safety_tolerance 6 (threshold 1.01: no probability reaches it) the output classifier's
+    verdict is known before it runs, so it does not run: the waiting client gets its image without
+    the check's time. At every other tolerance it runs."""
+    rt, client = bfl(flat(SKIN))
+    classifier = rt.services.moderator.classifier
+    real_scores = classifier.scores
+    calls = []
+    monkeypatch.setattr(classifier, "scores", lambda images: calls.append(len(images)) or real_scores(images))
+    body = poll(client, client.post("/v1/flux-dev", json={"prompt": "a beige square", "width": 256, "height": 256, "safety_tolerance": 6}).json())
+    assert body["status"] == "Ready" and calls == []
+    body = poll(client, client.post("/v1/flux-dev", json={"prompt": "a beige square", "width": 256, "height": 256, "safety_tolerance": 5}).json())
+    assert body["status"] == "Ready" and calls == [1]

@@ -220,6 +220,8 @@ class Moderator:
         if self.classifier is None or not images:
             return None
         limit = self.thresholds[max(0, min(MAX_TOLERANCE, tolerance))]
+        if limit > 1.0:  # scores are probabilities: none reaches this threshold, so the verdict is known
+            return None
         scores = self.classifier.scores(images)
         worst = max(scores)
         if worst >= limit:
