@@ -266,12 +266,14 @@ class Runtime:
 
 def torch_threads(configured: int, serves_api: bool, node_threads: int) -> TorchThreads:
     """PyTorch CPU threads per node run: ``configured``; or the cores shared by ``node_threads`` node
-    runs at a time, less one core where this process also serves the API and its database work.
-    An embedded server's run takes every core while nothing else wants one (no request being
-    served, no other run; see :mod:`pixelmill.models.threads`); at least 1."""
+    runs at a time, less one core where this process also serves the API and its database work;
+    at least 1.  A run takes every core while nothing else wants one (no other run, no request
+    being served, no other process; see :mod:`pixelmill.models.threads`): an embedded server's,
+    and a worker's that takes more than one run at a time (``--concurrency``), whose lone run
+    would otherwise leave the other runs' cores idle."""
     if configured:
         return TorchThreads.fixed(configured)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     share = max(1, node_threads)
     low = max(1, (cores - (1 if serves_api else 0)) // share)
-    return TorchThreads(low, cores if serves_api else max(1, cores // share))
+    return TorchThreads(low, cores)
