@@ -27,23 +27,6 @@ from pixelmill.queue.base import DEFAULT_QUEUE, TaskHandler
 
 log = logging.getLogger("pixelmill.queue")
 
-
-def _worker_class(app: Celery) -> type:
-    """``app.Worker`` whose stop signals print nothing: Celery's SIGTERM and SIGQUIT handlers write
-    a plain ``worker: Warm shutdown (MainProcess)`` to stdout, a non-JSON line in a log collector's
-    stream.  The same handlers are installed without it, and :meth:`CeleryQueue.worker` logs the
-    stop once the worker has finished its tasks (a line logged from the signal handler itself could
-    wait forever on a lock the interrupted thread holds)."""
-    from celery.apps import worker as celery_worker
-
-    class Worker(app.Worker):  # type: ignore[name-defined,misc]
-        def install_platform_tweaks(self, worker: Any) -> None:
-            super().install_platform_tweaks(worker)
-            celery_worker.install_worker_term_handler(worker, verbose=False)
-            celery_worker.install_worker_term_hard_handler(worker, verbose=False)
-
-    return Worker
-
 TASK_NAME = "pixelmill.run_node"
 POOLS = ("threads", "solo")
 MODEL_CONTROL = "pixelmill_model"
@@ -158,6 +141,23 @@ def make_celery_app(settings: Settings) -> Celery:
         enable_utc=True,
     )
     return app
+
+
+def _worker_class(app: Celery) -> type:
+    """``app.Worker`` whose stop signals print nothing: Celery's SIGTERM and SIGQUIT handlers write
+    a plain ``worker: Warm shutdown (MainProcess)`` to stdout, a non-JSON line in a log collector's
+    stream.  The same handlers are installed without it, and :meth:`CeleryQueue.worker` logs the
+    stop once the worker has finished its tasks (a line logged from the signal handler itself could
+    wait forever on a lock the interrupted thread holds)."""
+    from celery.apps import worker as celery_worker
+
+    class Worker(app.Worker):  # type: ignore[name-defined,misc]
+        def install_platform_tweaks(self, worker: Any) -> None:
+            super().install_platform_tweaks(worker)
+            celery_worker.install_worker_term_handler(worker, verbose=False)
+            celery_worker.install_worker_term_hard_handler(worker, verbose=False)
+
+    return Worker
 
 
 class CeleryQueue:
