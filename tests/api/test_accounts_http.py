@@ -161,6 +161,51 @@ def test_two_runtimes_sharing_redis_share_the_request_count(make_runtime, sqlite
     assert c1.post("/v1/flux-dev", json=SMALL).status_code == 429
 
 
+def test_reads_by_a_known_key_reuse_the_shared_stores_recent_counts(make_runtime, sqlite_url, monkeypatch):
+    """With limits in Redis (several API nodes), a read by a key the node knows reports the
+    request window and passes the bad-key gate from what this node read or counted in the last
+    READ_REUSE_S, instead of a round trip to Redis (and a thread-pool hop) for each: a client
+    polling its result costs the store nothing more. What another node counted shows within
+    READ_REUSE_S; what this node counts (a submit, a bad key) shows at once, and a guess (an
+    unknown key) always reads the store."""
+    from pixelmill.accounts import ratelimit
+
+    url = "redis://127.0.0.1:6379/15"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+    except redis.exceptions.RedisError:
+        pytest.skip("Redis is not reachable at 127.0.0.1:6379: shared-store read test NOT run")
+    monkeypatch.setattr(ratelimit, "READ_REUSE_S", 1.0)
+    rt1 = make_runtime(sqlite_url, plans=PLANS, rate_limit_storage=url, auth_failures_per_minute=5)
+    rt2 = make_runtime(sqlite_url, plans=PLANS, rate_limit_storage=url, auth_failures_per_minute=5)
+    rt1.limiter.reset()
+    key = create_key(rt1, account=f"reads-{uuid.uuid4().hex[:8]}", plan="ten-rpm")
+    c1 = TestClient(create_app(rt1, manage_runtime=False), headers={"x-key": key})
+    c2 = TestClient(create_app(rt2, manage_runtime=False), headers={"x-key": key})
+    reads = []
+    real = rt1.limiter._strategy.get_window_stats
+    monkeypatch.setattr(rt1.limiter._strategy, "get_window_stats", lambda *a: reads.append(a[1]) or real(*a))
+
+    assert c1.post("/v1/flux-dev", json={"prompt": "x", "width": 250}).status_code == 422  # counted: 9 left
+    first = c1.get("/v1/get_result?id=nope")
+    assert first.headers["X-RateLimit-Remaining"] == "9"
+    reads.clear()
+    for _ in range(20):
+        r = c1.get("/v1/get_result?id=nope")
+        assert (r.status_code, r.json()) == (first.status_code, first.json()) and r.headers["X-RateLimit-Remaining"] == "9"
+    assert reads == []  # neither the request window nor the bad-key gate was read again
+
+    assert c2.post("/v1/flux-dev", json={"prompt": "x", "width": 250}).status_code == 422  # another node counts one
+    time.sleep(1.05)
+    assert c1.get("/v1/get_result?id=nope").headers["X-RateLimit-Remaining"] == "8"  # seen within READ_REUSE_S
+
+    for _ in range(5):  # guesses from this address: each reads the gate, each is counted
+        assert c1.get("/v1/get_result?id=nope", headers={"x-key": "sk-guess"}).status_code == 403
+    r = c1.get("/v1/get_result?id=nope")
+    assert r.status_code == 429 and r.json()["error"]["code"] == "too_many_auth_failures"  # at once, good key or not
+    rt1.limiter.reset()
+
+
 # -- admission: active tasks and execution windows --------------------------------------
 
 

@@ -44,6 +44,10 @@ AUTH_FAILURES = "auth-failures"
 RateLimitStorageError = StorageError
 """Raised when the rate-limit store (e.g. Redis) cannot be reached."""
 
+#: how long a process reuses what it read of a shared store's window for a read's report (the
+#: request window on a GET, the bad-key gate for a known key): see :meth:`RateLimiter.remembered_states`
+READ_REUSE_S = 1.0
+
 _NAMESPACE = "pixelmill"
 _REDIS_KEY_PREFIX = "pixelmill:ratelimit"
 _LOCK_STRIPES = 64
@@ -120,6 +124,8 @@ class RateLimiter:
             self._options["key_prefix"] = _REDIS_KEY_PREFIX
         self._connect()
         self._execution_locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
+        #: (window name, key) -> (time.monotonic() of the read, the state read): a shared store's only
+        self._recent: dict[tuple[str, str], tuple[float, LimitState]] = {}
 
     @property
     def in_memory(self) -> bool:
@@ -133,10 +139,52 @@ class RateLimiter:
     # -- queries -------------------------------------------------------------------
 
     def _state(self, window: _Window, account_id: str) -> LimitState:
+        read_at = time.monotonic()
         stats = self._strategy.get_window_stats(window.item, window.name, account_id)
         remaining = max(0, min(window.limit, stats.remaining))
         reset_after = max(0.0, stats.reset_time - time.time()) if remaining < window.limit else 0.0
-        return LimitState(window.name, window.limit, remaining, reset_after, window.window_s)
+        state = LimitState(window.name, window.limit, remaining, reset_after, window.window_s)
+        if not self.in_memory:
+            if len(self._recent) > 100_000:  # bounded: entries older than READ_REUSE_S are of no use
+                self._recent.clear()
+            self._recent[(window.name, account_id)] = (read_at, state)
+        return state
+
+    def _remembered(self, window: _Window, key: str) -> LimitState | None:
+        entry = self._recent.get((window.name, key))
+        if entry is None:
+            return None
+        age = time.monotonic() - entry[0]
+        if age > READ_REUSE_S or entry[1].limit != window.limit or entry[1].window_s != window.window_s:
+            return None
+        state = entry[1]
+        return replace(state, reset_after=max(0.0, state.reset_after - age)) if state.reset_after else state
+
+    def remembered_states(self, account_id: str, plan: Plan, client: str, auth_limit: int | None) -> tuple[RateDecision | None, list[LimitState]] | None:
+        """What a read by a known key needs (the bad-key gate of ``client`` when ``auth_limit`` is
+        set, the account's request window), from memory only: None when any of it must be read.
+
+        A shared store's windows are reused for :data:`READ_REUSE_S` after this process read or
+        counted them, so a client polling its result costs the store nothing more.  What this
+        process counts shows at once (a hit reads its window again; a bad key forgets its
+        client's gate); what another API node counted shows within :data:`READ_REUSE_S`.  Hits
+        (state-changing requests, submits, bad keys) always go to the store.  An in-memory store
+        is read each time (it costs no I/O)."""
+        if self.in_memory:
+            return None
+        gate = None
+        if auth_limit is not None:
+            state = self._remembered(_Window(AUTH_FAILURES, auth_limit, 60), client)
+            if state is None:
+                return None
+            gate = RateDecision(False, [state], state, retry_after_s(state)) if state.remaining <= 0 else RateDecision(True, [state])
+        states = []
+        for window in _request_windows(plan):
+            state = self._remembered(window, account_id)
+            if state is None:
+                return None
+            states.append(state)
+        return gate, states
 
     def request_states(self, account_id: str, plan: Plan) -> list[LimitState]:
         """The request window of the account (none for an unlimited plan), consuming nothing."""
@@ -211,6 +259,7 @@ class RateLimiter:
     def hit_auth_failure(self, client: str, limit: int, window_s: int = 60) -> None:
         """Count one request from ``client`` that presented an unknown or revoked key."""
         self._strategy.hit(_Window(AUTH_FAILURES, limit, window_s).item, AUTH_FAILURES, client)
+        self._recent.pop((AUTH_FAILURES, client), None)  # its next request reads the gate as it is now
 
     def reset(self) -> None:
         """Forget every count in this limiter's storage (tests, admin resets).
@@ -219,6 +268,7 @@ class RateLimiter:
         embedded store is replaced by a fresh one rather than cleared in place, as
         clearing races with its background expiry sweep.
         """
+        self._recent.clear()
         if isinstance(self._storage, MemoryStorage):
             self._connect()
         else:

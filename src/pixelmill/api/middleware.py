@@ -21,7 +21,11 @@ key (``x-key``, ``X-API-Key`` or ``Authorization: Bearer sk-…``):
    included, carries ``X-RateLimit-Limit/-Remaining/-Reset``, ``RateLimit`` and
    ``RateLimit-Policy`` for the request window plus any execution windows the
    request consumed (:data:`pixelmill.accounts.admission.reported_states`).  If
-   the rate-limit store is unreachable, requests are let through (logged).
+   the rate-limit store is unreachable, requests are let through (logged).  A read
+   by a key this process knows, on limits shared in Redis, reports the window and
+   passes the bad-key gate from what this process read or counted in the last
+   second (:meth:`~pixelmill.accounts.ratelimit.RateLimiter.remembered_states`):
+   a poll costs the store nothing.
 3. **Idempotency** for a POST carrying ``Idempotency-Key`` (except read-only POSTs
    such as ``…/validate``); see :mod:`pixelmill.accounts.idempotency`.  Replays,
    and answers taken from the execution an earlier request with the key created
@@ -144,12 +148,15 @@ class AccountsMiddleware:
         client = (scope.get("client") or ("unknown", 0))[0]
         counted = method not in READ_METHODS and not _checks_only(scope)
         try:
-            known = runtime.keys.cached(key) if fp is None and runtime.limiter.in_memory else None
-            if known is not None:
+            known = runtime.keys.cached(key) if fp is None else None
+            admitted = None
+            if known is not None and runtime.limiter.in_memory:
                 # a known key on in-memory limits, with no idempotency record to claim, does no I/O:
                 # no thread-pool hop (a submit's own work hops once, in its route)
                 admitted = self._admit(runtime, key, counted, idem_key, fp, client, known)
-            else:
+            elif known is not None and not counted:
+                admitted = self._admit_remembered(runtime, client, known)  # a read: the shared store's recent counts
+            if admitted is None:
                 admitted = await run_in_threadpool(self._admit, runtime, key, counted, idem_key, fp, client)
         except Exception as exc:
             busy = database_busy(exc)
@@ -212,6 +219,20 @@ class AccountsMiddleware:
         if idem_key is not None and fp is not None:
             admitted.outcome = runtime.idempotency.begin(principal.account_id, idem_key, fp)
         return admitted
+
+    @staticmethod
+    def _admit_remembered(runtime: Any, client: str, known: Principal) -> _Admitted | None:
+        """A read by a known key, admitted from what this process read of the shared rate-limit store
+        a moment ago (:meth:`RateLimiter.remembered_states`); None when something must be read."""
+        remembered = runtime.limiter.remembered_states(
+            known.account_id, runtime.admission.plan_for(known), client, runtime.settings.auth_failures_per_minute
+        )
+        if remembered is None:
+            return None
+        gate, states = remembered
+        if gate is not None and not gate.allowed:
+            return _Admitted(refused=gate)
+        return _Admitted(known, states=states)
 
     # -- step 2: answer ---------------------------------------------------------------
 
