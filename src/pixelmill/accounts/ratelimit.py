@@ -160,7 +160,9 @@ class RateLimiter:
         state = entry[1]
         return replace(state, reset_after=max(0.0, state.reset_after - age)) if state.reset_after else state
 
-    def remembered_states(self, account_id: str, plan: Plan, client: str, auth_limit: int | None) -> tuple[RateDecision | None, list[LimitState]] | None:
+    def remembered_states(
+        self, account_id: str, plan: Plan, client: str, auth_limit: int | None
+    ) -> tuple[RateDecision | None, list[LimitState]] | None:
         """What a read by a known key needs (the bad-key gate of ``client`` when ``auth_limit`` is
         set, the account's request window), from memory only: None when any of it must be read.
 
