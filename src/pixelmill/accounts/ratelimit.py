@@ -40,6 +40,8 @@ REQUESTS = "requests"
 EXECUTIONS_MINUTE = "executions-minute"
 EXECUTIONS_DAY = "executions-day"
 AUTH_FAILURES = "auth-failures"
+#: the bad-key gate's window (``auth_failures_per_minute``)
+AUTH_WINDOW_S = 60
 
 RateLimitStorageError = StorageError
 """Raised when the rate-limit store (e.g. Redis) cannot be reached."""
@@ -176,10 +178,10 @@ class RateLimiter:
             return None
         gate = None
         if auth_limit is not None:
-            state = self._remembered(_Window(AUTH_FAILURES, auth_limit, 60), client)
+            state = self._remembered(_Window(AUTH_FAILURES, auth_limit, AUTH_WINDOW_S), client)
             if state is None:
                 return None
-            gate = RateDecision(False, [state], state, retry_after_s(state)) if state.remaining <= 0 else RateDecision(True, [state])
+            gate = _gate(state)
         states = []
         for window in _request_windows(plan):
             state = self._remembered(window, account_id)
@@ -250,15 +252,11 @@ class RateLimiter:
 
     # -- failed authentication, per client address -------------------------------------
 
-    def auth_failures(self, client: str, limit: int, window_s: int = 60) -> RateDecision:
+    def auth_failures(self, client: str, limit: int, window_s: int = AUTH_WINDOW_S) -> RateDecision:
         """Whether ``client`` may still try keys: refused once ``limit`` bad keys came from it within ``window_s``."""
-        window = _Window(AUTH_FAILURES, limit, window_s)
-        state = self._state(window, client)
-        if state.remaining <= 0:
-            return RateDecision(False, [state], state, retry_after_s(state))
-        return RateDecision(True, [state])
+        return _gate(self._state(_Window(AUTH_FAILURES, limit, window_s), client))
 
-    def hit_auth_failure(self, client: str, limit: int, window_s: int = 60) -> None:
+    def hit_auth_failure(self, client: str, limit: int, window_s: int = AUTH_WINDOW_S) -> None:
         """Count one request from ``client`` that presented an unknown or revoked key."""
         self._strategy.hit(_Window(AUTH_FAILURES, limit, window_s).item, AUTH_FAILURES, client)
         self._recent.pop((AUTH_FAILURES, client), None)  # its next request reads the gate as it is now
@@ -275,6 +273,13 @@ class RateLimiter:
             self._connect()
         else:
             self._storage.reset()
+
+
+def _gate(state: LimitState) -> RateDecision:
+    """The bad-key gate's decision, from its window's ``state``."""
+    if state.remaining <= 0:
+        return RateDecision(False, [state], state, retry_after_s(state))
+    return RateDecision(True, [state])
 
 
 def _refusal(states: list[LimitState], full: list[LimitState]) -> RateDecision:
