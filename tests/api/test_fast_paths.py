@@ -120,29 +120,34 @@ def test_estimates_come_from_run_times_learned_from_notices(make_runtime, sqlite
     assert abs(rt2.executions.run_times.mean("model.fake") - rt.executions.run_times.mean("model.fake")) < 1e-3
 
 
-def test_polls_of_a_finished_execution_answered_from_memory_match_the_routes_answer(make_runtime, db_url, monkeypatch):
-    """The poll answered before routing (pixelmill.api.hot_reads) is the route's answer: same body, same headers."""
-    from urllib.parse import urlsplit
+def _route_calls(app, monkeypatch, *paths: str) -> list[str]:
+    """The requests that reach the routes of ``paths`` (a route's own handler, past routing and its dependencies)."""
+    calls: list[str] = []
+    for route in app.router.routes:
+        if getattr(route, "path", None) in paths:
+            inner = route.app
 
-    from pixelmill.api.hot_reads import HotReads
+            async def counted(scope, receive, send, inner=inner):
+                calls.append(scope["path"])
+                await inner(scope, receive, send)
+
+            monkeypatch.setattr(route, "app", counted)  # the routes are shared by every app: undone after the test
+    return calls
+
+
+def test_polls_answered_before_routing_match_the_routes_answer(make_runtime, db_url, monkeypatch):
+    """A poll by a cached key is answered before routing (pixelmill.api.hot_reads): from memory, or after the
+    route's own read when the execution is not there (finished or not).  The answer is the route's: same body,
+    same headers (a query parameter the hot path leaves to the route shows the route's answer)."""
+    from urllib.parse import urlsplit
 
     rt = make_runtime(db_url, backend=FakeBackend(steps=1))
     key = create_key(rt, "acme")
     client = _client(rt, key)
+    polls = ("/v1/get_result", "/api/v1/executions/{execution_id}", "/api/v1/executions/{execution_id}/poll")
+    routed_calls = _route_calls(client.app, monkeypatch, *polls)
     eid = client.post("/v1/flux-dev", json={"prompt": "x", "width": 256, "height": 256}).json()["id"]
     wait_for(lambda: client.get(f"/v1/get_result?id={eid}").json()["status"] == "Ready")
-    rt.executions._finished.discard()  # the next read goes through the route (and caches the view)
-
-    answered: list[str] = []
-    real = HotReads.answer
-
-    def spy(self, scope, runtime, account_id):
-        out = real(self, scope, runtime, account_id)
-        if out is not None:
-            answered.append(scope["path"])
-        return out
-
-    monkeypatch.setattr(HotReads, "answer", spy)
 
     def stable(body):  # signed URLs carry their own expiry: compare them without it
         if isinstance(body, dict):
@@ -153,21 +158,37 @@ def test_polls_of_a_finished_execution_answered_from_memory_match_the_routes_ans
             return urlsplit(body).path
         return body
 
-    for path in (f"/v1/get_result?id={eid}", f"/api/v1/executions/{eid}", f"/api/v1/executions/{eid}/poll"):
+    def same_as_routed(path: str) -> None:
+        routed = client.get(path + ("&" if "?" in path else "?") + "by=route")  # an extra parameter: the route answers
+        assert routed_calls.pop() == urlsplit(path).path
+        for _ in range(2):  # not in memory (read), then in memory
+            hot = client.get(path)
+            assert routed_calls == []
+            assert routed.status_code == hot.status_code == 200
+            assert stable(routed.json()) == stable(hot.json())
+            assert sorted(routed.headers.keys()) == sorted(hot.headers.keys())
+            assert hot.headers["x-ratelimit-limit"] == routed.headers["x-ratelimit-limit"]
+            assert hot.headers["content-type"] == "application/json"
         rt.executions._finished.discard()
-        routed = client.get(path)
-        hot = client.get(path)
-        assert routed.status_code == hot.status_code == 200
-        assert stable(routed.json()) == stable(hot.json())
-        assert sorted(routed.headers.keys()) == sorted(hot.headers.keys())
-        assert hot.headers["x-ratelimit-limit"] == routed.headers["x-ratelimit-limit"]
-        assert hot.headers["content-type"] == "application/json"
-    assert answered == [urlsplit(p).path for p in (f"/v1/get_result?id={eid}", f"/api/v1/executions/{eid}", f"/api/v1/executions/{eid}/poll")]
+
+    routed_calls.clear()
+    for path in (f"/v1/get_result?id={eid}", f"/api/v1/executions/{eid}", f"/api/v1/executions/{eid}/poll"):
+        rt.executions._finished.discard()  # finished, not in memory
+        same_as_routed(path)
+    # unfinished, not in memory: submitted to a server of the same database that runs no worker
+    idle = make_runtime(db_url, start=False)
+    client, rt = _client(idle, key), idle
+    queued = client.post("/api/v1/executions", json=GEN).json()["id"]
+    for path in (f"/v1/get_result?id={queued}", f"/api/v1/executions/{queued}"):
+        idle.executions.changed(queued)  # a notice dropped its view
+        same_as_routed(path)
+        assert client.get(path).json()["status"] in ("Pending", "QUEUED")
     # another account, an unknown id: the routes answer in their own shapes
     other = create_key(rt, "other")
     assert client.get(f"/v1/get_result?id={eid}", headers={"x-key": other}).json()["status"] == "Task not found"
     assert client.get(f"/api/v1/executions/{eid}", headers={"x-key": other}).status_code == 404
     assert client.get("/v1/get_result?id=nope").json()["status"] == "Task not found"
+    assert len(routed_calls) == 3
 
 
 def test_a_finished_executions_answer_is_rendered_once_a_second_and_its_urls_signed_that_second(make_runtime, sqlite_url, monkeypatch):
@@ -182,7 +203,7 @@ def test_a_finished_executions_answer_is_rendered_once_a_second_and_its_urls_sig
     client = _client(rt, create_key(rt, "acme"))
     eid = client.post("/v1/flux-dev", json={"prompt": "x", "width": 256, "height": 256}).json()["id"]
     wait_for(lambda: client.get(f"/v1/get_result?id={eid}").json()["status"] == "Ready")
-    now = [time.time()]
+    now = [time.time() + 1]  # a second after the polls above, whose answers were rendered in theirs
 
     class Clock:
         @staticmethod

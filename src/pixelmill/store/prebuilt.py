@@ -242,7 +242,9 @@ class _Form:
             else:
                 cursor.execute(self.sql, self._bind(distilled_params[0] if distilled_params else {}))
             rowcount = cursor.rowcount
-            rows = cursor.fetchall() if cursor.description is not None else None
+            # a statement without result columns has nothing to fetch; psycopg builds ``description`` anew
+            # (a Column object per column) at each read, so it is read only where it decides
+            rows = None if self.row is None or (many and cursor.description is None) else cursor.fetchall()
         except self.dbapi_error as e:
             _raise(conn, e, fairy, cursor, self.sql, distilled_params, many)
         if rows is not None and self.row is not None:
