@@ -68,7 +68,7 @@ def _add_routes(app: FastAPI, *routers) -> None:
 
 
 def _hot_reads() -> HotReads:
-    """The poll routes answered from memory for a finished execution (same renderers as the routes)."""
+    """The poll routes answered before routing (same reads and renderers as the routes)."""
     hot = HotReads()
     hot.add("/v1/get_result", bfl.render_finished, query_id="id")
     hot.add("/api/v1/executions/{execution_id}", render_execution)

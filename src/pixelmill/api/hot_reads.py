@@ -1,15 +1,17 @@
-"""Polls of a finished execution, answered from memory before routing.
+"""Polls of an execution, answered before routing.
 
-A client waiting for a result polls it, often many times a second, and a
-finished execution never changes: :meth:`ExecutionService.finished` keeps its
-view in memory.  For such a poll by a key whose principal is cached, the
-accounts step (:class:`pixelmill.api.middleware.AccountsMiddleware`, which has
-already authenticated the key and read its rate-limit state) answers at once
-through the same renderer as the route, instead of passing the request through
-routing, dependency injection and a thread-pool hop.  The answer is the route's
-answer byte for byte; anything else (an unfinished or unknown execution, an
-uncached key, another method, a query parameter besides the execution id such
-as ``?include=graph``) goes the normal way.
+A client waiting for a result polls it, often many times a second.  For a poll
+by a key whose principal is cached, the accounts step
+(:class:`pixelmill.api.middleware.AccountsMiddleware`, which has already
+authenticated the key and read its rate-limit state) answers at once through
+the same renderer as the route, instead of passing the request through routing,
+dependency injection and the route's error handling: from memory when the
+execution is there (finished, or unfinished and read a moment ago, see
+:meth:`ExecutionService.cached`), else after one read in a worker thread, the
+read the route makes.  The answer is the route's answer byte for byte; anything
+else (an unknown execution, an error of the read, an uncached key, another
+method, a query parameter besides the execution id such as ``?include=graph``)
+goes the normal way, and the route answers it in its dialect's shape.
 
 Each dialect's route is registered in :func:`pixelmill.api.app.create_app` with
 its path template and renderer.
@@ -22,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -29,7 +32,6 @@ from starlette.types import Scope
 
 from pixelmill.api.files import request_base_url
 from pixelmill.engine.views import ExecutionView
-from pixelmill.errors import NotFound
 
 #: a renderer: the route's JSON body for a finished execution
 Render = Callable[[Request, ExecutionView], Any]
@@ -44,7 +46,7 @@ class HotRoute:
 
 
 class HotReads:
-    """The poll routes that may be answered from memory (see the module docstring).
+    """The poll routes answered before routing (see the module docstring).
 
     An answer's only part that moves with time is its signed URLs, whose expiry is
     counted in whole seconds: within one second the answer for one view is the same
@@ -68,8 +70,24 @@ class HotReads:
         regex = re.sub(r"\\\{[a-z_]+\\\}", "([^/]+)", regex)
         self._routes.append(HotRoute(path, re.compile(f"^{regex}$"), query_id, render))
 
-    def answer(self, scope: Scope, runtime: Any, account_id: str) -> JSONResponse | None:
-        """The route's answer for a poll of a finished execution the account may see; None when it is not one."""
+    async def answer(self, scope: Scope, runtime: Any, account_id: str) -> Response | None:
+        """The route's answer for a poll of an execution the account may see; None when the route answers."""
+        found = self._match(scope)
+        if found is None:
+            return None
+        route, execution_id = found
+        executions = runtime.executions
+        try:
+            view = executions.cached(account_id, execution_id)
+            if view is None:
+                view = await run_in_threadpool(executions.get, account_id, execution_id)
+        except Exception:  # not found, the database busy, …: the route reads again and answers in its dialect's shape
+            return None
+        scope["route"] = route  # metrics and logs name the route's template
+        return self._respond(route, Request(scope), view)
+
+    def _match(self, scope: Scope) -> tuple[HotRoute, str] | None:
+        """The poll route the request is for and the execution it names, or None."""
         if scope["method"] != "GET" or not self._routes:
             return None
         path = scope["path"]
@@ -80,15 +98,7 @@ class HotReads:
             query = QueryParams(scope["query_string"])
             if any(name != route.query_id for name in query.keys()):
                 return None  # options (``?include=graph``) and their validation are the route's
-            execution_id = query.get(route.query_id, "") if route.query_id is not None else m.group(1)
-            try:
-                view = runtime.executions.cached(account_id, execution_id)
-            except NotFound:
-                return None  # the route answers in its dialect's shape
-            if view is None:
-                return None
-            scope["route"] = route  # metrics and logs name the route's template
-            return self._respond(route, Request(scope), view)
+            return route, (query.get(route.query_id, "") if route.query_id is not None else m.group(1))
         return None
 
     def _respond(self, route: HotRoute, request: Request, view: ExecutionView) -> Response:

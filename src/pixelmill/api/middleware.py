@@ -275,8 +275,8 @@ class AccountsMiddleware:
             await error_response(err)(scope, receive, send_with_limits)
             return
         if not isinstance(outcome, idem.Claim):
-            hot = self.hot_reads.answer(scope, runtime, admitted.principal.account_id) if self.hot_reads is not None else None
-            if hot is not None:  # a poll of a finished execution, from memory (pixelmill.api.hot_reads)
+            hot = await self.hot_reads.answer(scope, runtime, admitted.principal.account_id) if self.hot_reads is not None else None
+            if hot is not None:  # a poll of an execution, answered before routing (pixelmill.api.hot_reads)
                 await hot(scope, receive, send_with_limits)
                 return
             await self.app(scope, receive, send_with_limits)
