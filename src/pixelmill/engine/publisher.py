@@ -38,9 +38,14 @@ from pixelmill.domain.status import ExecutionStatus, NodeStatus
 from pixelmill.engine.lifecycle import NodeTask
 from pixelmill.periodic import Periodic
 from pixelmill.store.db import Database
+from pixelmill.store.prebuilt import prebuilt
 from pixelmill.store.tables import executions, node_runs
 
 log = logging.getLogger("pixelmill.publisher")
+
+_STAMP = prebuilt(
+    sa.update(node_runs).where(node_runs.c.id.in_(sa.bindparam("ids", expanding=True))).values(published_at=sa.bindparam("at"))
+)
 
 
 class Publisher:
@@ -83,7 +88,7 @@ class Publisher:
     def _stamp(self, run_ids: list[str]) -> None:
         try:
             with self.db.transaction() as conn:
-                conn.execute(sa.update(node_runs).where(node_runs.c.id.in_(run_ids)).values(published_at=time.time()))
+                conn.execute(_STAMP, {"ids": run_ids, "at": time.time()})
         except Exception as exc:  # they are on the queue; at worst a sweeper publishes them once more, which is harmless
             log.warning("node runs %s were published but could not be stamped: %s", ", ".join(run_ids), exc)
 
