@@ -224,3 +224,24 @@ def test_an_engines_compiled_forms_go_with_it(tmp_path):
     del engine, conn
     gc.collect()
     assert dialect() is None
+
+
+def test_a_read_holds_no_transaction_open_on_postgresql_and_one_snapshot_on_sqlite(db):
+    """``Database.read()``: on PostgreSQL each statement runs on its own (no BEGIN and ROLLBACK round trips,
+    no session left "idle in transaction" between statements) and sees what was committed before it, as
+    READ COMMITTED statements do; on SQLite the read is one snapshot."""
+    with db.transaction() as conn:
+        conn.execute(INSERT, [{"id": "a", "status": "queued", "queue": "q"}])
+    with db.read() as conn:
+        assert conn.execute(BY_ID, {"id": "a"}).first().status == "queued"
+        if not db.is_sqlite:
+            pid = conn.execute(sa.text("select pg_backend_pid()")).scalar()
+            with db.engine.connect() as other:
+                state = other.execute(sa.text("select state from pg_stat_activity where pid = :p"), {"p": pid}).scalar()
+            assert state == "idle"  # not "idle in transaction"
+        with db.transaction() as writer:
+            writer.execute(UPDATE, {"b_id": "a", "status": "running"})
+        seen = conn.execute(BY_ID, {"id": "a"}).first().status
+        assert seen == ("queued" if db.is_sqlite else "running")
+    with db.read() as conn:  # written through the rows it reads, as every read is
+        assert conn.execute(BY_ID, {"id": "a"}).first().status == "running"

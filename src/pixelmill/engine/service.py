@@ -275,7 +275,7 @@ class ExecutionService:
         # the answers are what was written, nothing read back (a refused prompt's failed execution aside);
         # queue positions are read after the commit, outside the write lock, from the runs just queued
         if queue_state and any(view is not None for view in views):
-            with self.db.engine.connect() as conn:
+            with self.db.read() as conn:
                 for view in views:
                     if view is not None:
                         self._with_queue_state(conn, view)
@@ -423,7 +423,7 @@ class ExecutionService:
         """The executions a retried request created the first time (with its batch, when it made several)."""
         if count == 1:
             return [self.get(account_id, claim.execution_id)]
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             batch = conn.execute(sa.select(executions.c.batch_id).where(executions.c.id == claim.execution_id)).scalar()
             if batch is None:
                 return None
@@ -442,7 +442,7 @@ class ExecutionService:
         if view is not None:
             return view
         read_at = self._live.stamp()
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             view = load_execution(conn, execution_id, account_id)
             if view is None or view.expires_at < time.time():
                 raise NotFound("Task not found", code="execution_not_found")
@@ -491,7 +491,7 @@ class ExecutionService:
 
     def previews(self, account_id: str | None, execution_id: str, after_seq: int = 0) -> list[PreviewView]:
         """Intermediate images the execution's nodes published after ``after_seq`` (NotFound as ``get``)."""
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             owner = sa.select(executions.c.id).where(executions.c.id == execution_id, executions.c.expires_at >= time.time())
             if account_id is not None:
                 owner = owner.where(executions.c.account_id == account_id)
@@ -501,7 +501,7 @@ class ExecutionService:
 
     def events(self, execution_id: str, after_seq: int = 0, limit: int = 500) -> list[EventView]:
         """The execution's log after ``after_seq`` (the caller checked it may see the execution)."""
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             return load_events(conn, execution_id, after_seq, limit)
 
     def _queue_position(self, conn, view: ExecutionView) -> int | None:
@@ -519,7 +519,7 @@ class ExecutionService:
     def graph(self, account_id: str | None, execution_id: str) -> dict[str, Any]:
         """The graph the execution ran, ``{"nodes": {…}}`` as submitted (what a dialect's recipe built, a
         workflow's graph with its inputs filled in): submitting it again re-runs it."""
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             row = conn.execute(
                 sa.select(executions.c.account_id, executions.c.expires_at, executions.c.graph).where(executions.c.id == execution_id)
             ).first()
@@ -531,7 +531,7 @@ class ExecutionService:
         self, account_id: str, limit: int = 20, before: float | None = None, workflow_id: str | None = None,
         batch_id: str | None = None, status: ExecutionStatus | None = None,
     ) -> list[ExecutionView]:
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             q = sa.select(executions.c.id).where(executions.c.account_id == account_id)
             if status is not None:
                 q = q.where(executions.c.status == status)

@@ -60,6 +60,17 @@ class Database:
                 connect_args={"options": f"-c lock_timeout={wait_ms}"},
             )
         self._write_lock = threading.RLock() if self.is_sqlite else None
+        # PostgreSQL reads run each statement on its own: no BEGIN and ROLLBACK round trips around them
+        self._reader: Engine = self.engine if self.is_sqlite else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    def read(self) -> Connection:
+        """A connection to read with (``with db.read() as conn:``); never to write (see :meth:`transaction`).
+
+        On PostgreSQL its statements run without a transaction around them, each seeing what was
+        committed when it started, as each statement of a READ COMMITTED transaction does anyway:
+        a read saves the ``BEGIN`` and ``ROLLBACK`` round trips.  On SQLite it is a deferred
+        transaction, one snapshot for the whole read."""
+        return self._reader.connect()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Connection]:
