@@ -65,6 +65,11 @@ class BackgroundHandler(logging.Handler):
     queue drops the record and counts it.  :meth:`flush` waits until every queued line is
     written (``logging.shutdown`` calls it at exit).  A forked child starts a writer of its own.
 
+    The writer wakes once per batch, not once per line: after writing what was queued it
+    lets the next lines gather for :data:`GATHER_S`, so a busy server's requests hand their
+    lines to a queue nobody waits on (no wake-up, no thread taking the GIL per request); an
+    idle writer waits for the next line.
+
     :meth:`close` stops the writer, yet a closed handler that still gets records starts it
     again, as a closed ``StreamHandler`` goes on writing: ``logging.config.dictConfig`` (which
     uvicorn calls at start) closes every handler it finds but leaves the root's attached."""
@@ -73,6 +78,8 @@ class BackgroundHandler(logging.Handler):
     CAPACITY = 10_000
     #: the longest :meth:`flush` waits for a stalled reader (a process that exits does not hang on it)
     FLUSH_WAIT_S = 10.0
+    #: how long a writer that has just written lets the next lines gather before it writes them
+    GATHER_S = 0.02
 
     def __init__(self, stream, formatter: logging.Formatter, capacity: int = CAPACITY) -> None:
         super().__init__()
@@ -87,7 +94,8 @@ class BackgroundHandler(logging.Handler):
         os.register_at_fork(after_in_child=lambda: (h := ref()) is not None and not h._closed and h._start())
 
     def _start(self) -> None:
-        self._queue: queue.Queue = queue.Queue(self.capacity)
+        # records, flush markers (an Event the writer sets on reaching it) and None (stop)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._start_writer()
 
     def _start_writer(self) -> None:
@@ -110,48 +118,57 @@ class BackgroundHandler(logging.Handler):
                     if self._closed:
                         self._start_writer()
             with self._dropped_lock:  # the first line queued after a gap carries the gap's count
-                record.dropped_before, self._dropped = self._dropped, 0
-                try:
+                if self._queue.qsize() >= self.capacity:
+                    self._dropped += 1
+                else:
+                    record.dropped_before, self._dropped = self._dropped, 0
                     self._queue.put_nowait(record)
-                except queue.Full:
-                    self._dropped = record.dropped_before + 1
         except Exception:
             self.handleError(record)
 
     def _write(self) -> None:
         q = self._queue
         while True:
-            record = q.get()
-            try:
-                if record is None:
+            item = q.get()  # idle: wait for the next line
+            while True:
+                if item is None:
                     return
-                if record.dropped_before:
-                    self.target.handle(logging.makeLogRecord({
-                        "name": "pixelmill.logs", "levelno": logging.WARNING, "levelname": "WARNING",
-                        "msg": f"{record.dropped_before} log lines dropped while the log stream was not read",
-                    }))
-                self.target.handle(record)
-            except Exception:
-                pass  # the stream itself failed: nothing to report it to
-            finally:
-                q.task_done()
+                if isinstance(item, threading.Event):
+                    item.set()  # a flush: every line queued before it is written
+                else:
+                    self._write_one(item)
+                try:
+                    item = q.get_nowait()
+                except queue.Empty:
+                    break
+            time.sleep(self.GATHER_S)
+
+    def _write_one(self, record: logging.LogRecord) -> None:
+        try:
+            if record.dropped_before:
+                self.target.handle(logging.makeLogRecord({
+                    "name": "pixelmill.logs", "levelno": logging.WARNING, "levelname": "WARNING",
+                    "msg": f"{record.dropped_before} log lines dropped while the log stream was not read",
+                }))
+            self.target.handle(record)
+        except Exception:
+            pass  # the stream itself failed: nothing to report it to
 
     def flush(self) -> None:
         """Wait until every queued line is written (at most :data:`FLUSH_WAIT_S`)."""
-        q = self._queue
-        with q.all_tasks_done:
-            if self._writer.is_alive():
-                q.all_tasks_done.wait_for(lambda: not q.unfinished_tasks, timeout=self.FLUSH_WAIT_S)
+        if not self._writer.is_alive() or threading.current_thread() is self._writer:
+            return
+        written = threading.Event()
+        self._queue.put_nowait(written)
+        written.wait(self.FLUSH_WAIT_S)
 
     def close(self) -> None:
         with self._writer_lock:
             self._closed = True
             if self._writer.is_alive():
-                try:
-                    self._queue.put_nowait(None)
-                except queue.Full:
-                    pass  # a stalled reader: the daemon writer ends with the process
-                else:
+                stalled = self._queue.qsize() >= self.capacity
+                self._queue.put_nowait(None)
+                if not stalled:  # a stalled reader: the daemon writer ends with the process
                     self._writer.join(timeout=self.FLUSH_WAIT_S)
         super().close()
 
