@@ -142,7 +142,7 @@ class Admission(AdmissionPolicy):
     def balance(self, db, principal: Principal) -> float:
         """The account's credits, after granting this month's plan credits if they are due."""
         plan = self.plan_for(principal)
-        with db.engine.connect() as conn:
+        with db.read() as conn:
             due = ledger.monthly_grant_due(conn, principal.account_id, plan.monthly_credits)
             if due is None:
                 return ledger.balance(conn, principal.account_id)

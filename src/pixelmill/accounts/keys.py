@@ -184,7 +184,7 @@ class KeyCache:
         hit = self.cached(key)
         if hit is not None:
             return hit
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             principal, last_used_at = _lookup(conn, key)
         if last_used_at is None or last_used_at < time.time() - LAST_USED_RESOLUTION_S:
             self._stamp_used(principal.key_id)
