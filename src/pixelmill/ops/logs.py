@@ -65,10 +65,11 @@ class BackgroundHandler(logging.Handler):
     queue drops the record and counts it.  :meth:`flush` waits until every queued line is
     written (``logging.shutdown`` calls it at exit).  A forked child starts a writer of its own.
 
-    The writer wakes once per batch, not once per line: after writing what was queued it
-    lets the next lines gather for :data:`GATHER_S`, so a busy server's requests hand their
-    lines to a queue nobody waits on (no wake-up, no thread taking the GIL per request); an
-    idle writer waits for the next line.
+    The queue is a ``SimpleQueue`` (no Python lock or condition per line), and the writer
+    writes whatever gathered while it was writing before it waits again.  It does not wait
+    for more lines to gather: a server stopped by SIGTERM dies by that signal once uvicorn
+    has shut down (no exit handlers run, so no :meth:`flush`), and its last lines must be
+    out by then.
 
     :meth:`close` stops the writer, yet a closed handler that still gets records starts it
     again, as a closed ``StreamHandler`` goes on writing: ``logging.config.dictConfig`` (which
@@ -78,8 +79,6 @@ class BackgroundHandler(logging.Handler):
     CAPACITY = 10_000
     #: the longest :meth:`flush` waits for a stalled reader (a process that exits does not hang on it)
     FLUSH_WAIT_S = 10.0
-    #: how long a writer that has just written lets the next lines gather before it writes them
-    GATHER_S = 0.02
 
     def __init__(self, stream, formatter: logging.Formatter, capacity: int = CAPACITY) -> None:
         super().__init__()
@@ -141,7 +140,6 @@ class BackgroundHandler(logging.Handler):
                     item = q.get_nowait()
                 except queue.Empty:
                     break
-            time.sleep(self.GATHER_S)
 
     def _write_one(self, record: logging.LogRecord) -> None:
         try:
