@@ -148,7 +148,31 @@ def serve(
     print(startup_message(runtime), flush=True)
     # uvicorn's own lines go through the handler configured above (JSON or plain text, written off
     # the event loop); its access lines are off, as pixelmill's access line covers each request
-    uvicorn.run(application, host=settings.host, port=settings.port, log_level=log_level, log_config=None, access_log=False)
+    config = uvicorn.Config(application, host=settings.host, port=settings.port, log_level=log_level, log_config=None, access_log=False)
+    _run_server(config)
+
+
+def _run_server(config) -> None:
+    """Run uvicorn's server so that every log line is written before the process dies by a
+    signal: uvicorn re-raises a captured SIGTERM once it has shut down, and the process then
+    dies by it with no exit handlers, so nothing else would flush the lines still waiting for
+    the log writer ("Application shutdown complete", "Finished server process")."""
+    import contextlib
+
+    import uvicorn
+
+    from pixelmill.ops.logs import flush_logs
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    flush_logs()  # before uvicorn's capture_signals re-raises the signal
+
+    Server(config).run()
 
 
 @app.command()

@@ -178,3 +178,44 @@ def test_a_log_pipe_nobody_reads_holds_up_no_request_and_every_line_is_json(tmp_
     assert sum(m.startswith("GET /v1/get_result 401") for m in access) == 500
     assert sum(m.startswith("GET /healthz 200") for m in access) >= 500  # and the polls that waited for the start
     assert not [x for x in logged if "dropped" in x["message"]]
+
+
+def test_a_server_stopped_while_its_log_reader_lags_still_writes_its_last_lines(tmp_path):
+    """SIGTERM to `pixelmill serve` whose log collector is behind: every line, up to uvicorn's
+    "Finished server process", reaches the collector once it reads again.
+
+    uvicorn re-raises a captured SIGTERM once it has shut down, so the process dies by the
+    signal: no exit handlers run and nothing flushes the lines still waiting for the log
+    writer.  Before, they were lost (here: the collector starts reading 3 s after the signal,
+    when the old server was long gone); the server now waits for its log lines (at most
+    10 s for a reader that never comes back) before it dies."""
+    import signal
+    import threading
+
+    port = free_port()
+    env = {**os.environ, "PIXELMILL_DATA_DIR": str(tmp_path / "data"), "PIXELMILL_PRELOAD_MODELS": "false", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(PIXELMILL + ["serve", "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    output: list[bytes] = []
+    reader = threading.Thread(target=lambda: output.append(proc.stdout.read()), daemon=True)
+    try:
+        wait_until_serving(base, proc, timeout=120)
+        with httpx.Client(base_url=base, timeout=10) as client:
+            for i in range(300):  # about 120 KB of log lines: more than the pipe holds
+                assert client.get("/v1/get_result", params={"id": f"missing-{i}"}).status_code == 401
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 3
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        reader.start()  # the collector reads again
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        reader.join(30)
+    assert proc.returncode == -signal.SIGTERM  # it still dies by the signal, as uvicorn intends
+    logged = [json.loads(line) for line in output[0].decode().splitlines() if line.startswith("{")]
+    access = [x["message"] for x in logged if x["logger"] == "pixelmill.access"]
+    assert sum(m.startswith("GET /v1/get_result 401") for m in access) == 300
+    assert "Finished server process" in logged[-1]["message"]

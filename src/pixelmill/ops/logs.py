@@ -67,9 +67,9 @@ class BackgroundHandler(logging.Handler):
 
     The queue is a ``SimpleQueue`` (no Python lock or condition per line), and the writer
     writes whatever gathered while it was writing before it waits again.  It does not wait
-    for more lines to gather: a server stopped by SIGTERM dies by that signal once uvicorn
-    has shut down (no exit handlers run, so no :meth:`flush`), and its last lines must be
-    out by then.
+    for more lines to gather, so a process that dies without a flush loses as little as it
+    can.  (A server stopped by SIGTERM dies by that signal once uvicorn has shut down, with no
+    exit handlers; ``pixelmill serve`` calls :func:`flush_logs` just before.)
 
     :meth:`close` stops the writer, yet a closed handler that still gets records starts it
     again, as a closed ``StreamHandler`` goes on writing: ``logging.config.dictConfig`` (which
@@ -186,6 +186,16 @@ def configure_logging(level: int = logging.INFO, json_lines: bool | None = None,
     root.handlers[:] = [BackgroundHandler(stream, formatter)]
     root.setLevel(level)
     logging.captureWarnings(True)  # a library's warnings.warn() is a log line too (logger "py.warnings"), not bare stderr
+
+
+def flush_logs() -> None:
+    """Wait until the root handlers have written what they hold (a :class:`BackgroundHandler`
+    waits at most :data:`BackgroundHandler.FLUSH_WAIT_S` for a stalled reader)."""
+    for handler in list(logging.getLogger().handlers):
+        try:
+            handler.flush()
+        except Exception:
+            pass
 
 
 def _model_library_logging() -> Iterator[Any]:
