@@ -89,17 +89,17 @@ class AccountDirectory:
 
     def find(self, name_or_id: str) -> str | None:
         """The id of the account with this id or name, or None."""
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             found = conn.execute(sa.select(accounts.c.id).where(accounts.c.id == name_or_id)).scalar()
             return found or keys.find_account_by_name(conn, name_or_id)
 
     def get(self, account_id: str) -> AccountView:
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             return self._view(conn, account_id)
 
     def list(self, limit: int = 100, offset: int = 0) -> list[AccountView]:
         """Oldest first."""
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             ids = conn.execute(
                 sa.select(accounts.c.id).order_by(accounts.c.created_at, accounts.c.id).limit(limit).offset(offset)
             ).scalars().all()
@@ -128,7 +128,7 @@ class AccountDirectory:
             return keys.create_key(conn, account_id, name)
 
     def keys(self, account_id: str) -> list[dict]:
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             self._view(conn, account_id)
             return keys.list_keys(conn, account_id)
 
@@ -141,7 +141,7 @@ class AccountDirectory:
 
     def own_keys(self, account_id: str) -> list[dict[str, Any]]:
         """The account's active keys, oldest first: id, prefix, name, created and last used (never a secret)."""
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             return [k for k in keys.list_keys(conn, account_id) if k["revoked_at"] is None]
 
     def create_own_key(self, account_id: str, name: str = "") -> tuple[keys.CreatedKey, dict[str, Any]]:
@@ -178,13 +178,13 @@ class AccountDirectory:
 
     def own_usage(self, account_id: str, days: int = 30, entries: int = 50) -> tuple[str | None, dict[str, Any], list[dict[str, Any]]]:
         """What an account sees of itself: its name, :func:`account_usage` and its usage per day."""
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             name = conn.execute(sa.select(accounts.c.name).where(accounts.c.id == account_id)).scalar()
             return name, account_usage(conn, account_id, entries=entries) or {}, usage_by_day(conn, account_id, days=days)
 
     def usage(self, account_id: str, since: float | None = None, entries: int = 50) -> dict[str, Any]:
         """Executions by status, credits spent and held, recent ledger entries."""
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             result = account_usage(conn, account_id, since=since, entries=entries)
         if result is None:
             raise NotFound(f"Account {account_id} not found", code="account_not_found")

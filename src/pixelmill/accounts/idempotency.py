@@ -233,7 +233,7 @@ class IdempotencyStore:
             claim = self._insert(account_id, key, fp, now)
             if claim is not None:
                 return claim
-            with self.db.engine.connect() as conn:
+            with self.db.read() as conn:
                 row = conn.execute(
                     sa.select(idempotency_keys).where(idempotency_keys.c.account_id == account_id, idempotency_keys.c.key == key)
                 ).first()

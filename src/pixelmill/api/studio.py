@@ -107,7 +107,7 @@ def startup_message(runtime) -> str:
     url = runtime.settings.resolved_base_url() + "/"
     lines = [f"Studio: {url}" if studio_built() else "Studio is not built into this installation (see web/README.md)"]
     try:
-        with runtime.db.engine.connect() as conn:
+        with runtime.db.read() as conn:
             has_key = any_active_key(conn)
     except Exception:  # a fresh data directory: no schema yet, so no key either
         has_key = False

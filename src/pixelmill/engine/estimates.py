@@ -118,7 +118,7 @@ class RunTimes:
     def _seed(self) -> None:
         self._seeded = True
         try:
-            with self.db.engine.connect() as conn:
+            with self.db.read() as conn:
                 rows = conn.execute(
                     sa.select(node_runs.c.queue, (node_runs.c.finished_at - node_runs.c.started_at).label("took"))
                     .where(

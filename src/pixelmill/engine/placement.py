@@ -88,7 +88,7 @@ class Advertiser:
 
 def live_workers(db: Database) -> list[str]:
     """The workers that advertised their models lately (running ones)."""
-    with db.engine.connect() as conn:
+    with db.read() as conn:
         return list(
             conn.execute(
                 sa.select(worker_models.c.worker).where(worker_models.c.updated_at >= time.time() - STALE_AFTER_S).distinct()
@@ -108,7 +108,7 @@ def residency_report(runtime: Any) -> dict[str, Any]:
         usage = runtime.models.usage()
     else:
         usage = None
-        with runtime.db.engine.connect() as conn:
+        with runtime.db.read() as conn:
             rows = conn.execute(
                 sa.select(worker_models).where(worker_models.c.updated_at >= time.time() - STALE_AFTER_S).order_by(worker_models.c.worker)
             ).all()

@@ -100,7 +100,7 @@ class Publisher:
         """
         older = self.republish_after_s if older_than_s is None else older_than_s
         cutoff = time.time() - older
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             rows = conn.execute(
                 sa.select(node_runs.c.id, node_runs.c.execution_id, node_runs.c.queued_at, node_runs.c.queue)
                 .join(executions, executions.c.id == node_runs.c.execution_id)
@@ -136,7 +136,7 @@ class Publisher:
         ``abandoned_after_s`` ago (their worker died); returns how many were published."""
         if self.abandoned_after_s is None:
             return 0
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             rows = conn.execute(
                 sa.select(node_runs.c.id, node_runs.c.execution_id, node_runs.c.queue, node_runs.c.started_at, node_runs.c.worker)
                 .join(executions, executions.c.id == node_runs.c.execution_id)

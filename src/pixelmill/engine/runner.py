@@ -389,7 +389,7 @@ class NodeRunner:
         inputs: dict[str, list[Image.Image]] = {}
         if not run.links:
             return inputs
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             for name, (src, out) in run.links.items():
                 up = conn.execute(
                     sa.select(node_runs.c.outputs).where(node_runs.c.execution_id == run.execution_id, node_runs.c.node_id == src)

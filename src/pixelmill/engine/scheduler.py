@@ -278,7 +278,7 @@ class Scheduler:
         affine = worker is not None and self.affinity_max_wait_s > 0
         queues = list(dict.fromkeys([queue, *worker.queues])) if affine and worker is not None else [queue]
         for _ in range(PICK_ROUNDS):  # each lost round means another worker took a run, so the waiting set shrank
-            with self.db.engine.connect() as conn:
+            with self.db.read() as conn:
                 heads = self._heads(conn, queues, now, with_plans=affine)
                 if not heads:
                     return None
@@ -500,7 +500,7 @@ class Scheduler:
                 self._leases[run_id] = now
             # a read that began before another thread's claim committed still shows that run waiting
             # after the thread dropped its lease: a lease holds only for a run still waiting now
-            with self.db.engine.connect() as conn:
+            with self.db.read() as conn:
                 if conn.execute(self._still_waiting_statement, {"id": run_id}).first() is not None:
                     return True
             self.release(run_id)
@@ -546,7 +546,7 @@ class Scheduler:
         typical run time per run taken).
         """
         now = self.clock()
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             head = conn.execute(self._batch_head_statement, {"id": first.node_run_id}).first()
             wanted = batch_key(head) if head is not None else None
             if wanted is None or wanted[1] <= 1:
@@ -586,7 +586,7 @@ class Scheduler:
         if self.local_leases:
             with self._lease_lock:
                 return run_id in self._leases
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             row = conn.execute(sa.select(node_runs.c.status, node_runs.c.picked_at).where(node_runs.c.id == run_id)).first()
         return bool(
             row is not None and row.status == NodeStatus.QUEUED and row.picked_at is not None and row.picked_at >= self.clock() - self.pick_lease_s
@@ -608,7 +608,7 @@ class Scheduler:
         )
         if queue is not None:
             q = q.where(node_runs.c.queue == queue)
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             rows = conn.execute(q).all()
         done = 0
         for row in rows:

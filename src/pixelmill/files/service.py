@@ -26,7 +26,7 @@ class FileService:
 
     def read(self, file_id: str) -> StoredFile:
         """The file's bytes and type; :class:`NotFound` (``file_not_found``) when its row or its bytes are gone."""
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             row = conn.execute(sa.select(files.c.storage_key, files.c.content_type).where(files.c.id == file_id)).first()
         if row is None or not self.storage.exists(row.storage_key):
             raise NotFound("File not found", code="file_not_found")

@@ -85,7 +85,7 @@ class RuntimeCollector:
         from pixelmill.domain.status import NodeStatus
         from pixelmill.store.tables import node_runs
 
-        with self.runtime.db.engine.connect() as conn:
+        with self.runtime.db.read() as conn:
             rows = conn.execute(
                 sa.select(node_runs.c.queue, sa.func.count()).where(node_runs.c.status == NodeStatus.QUEUED).group_by(node_runs.c.queue)
             ).all()

@@ -142,7 +142,7 @@ class Dispatcher:
             .order_by(e.c.next_attempt_at, e.c.created_at)
             .limit(self.batch_size)
         )
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             return conn.execute(q).all()
 
     def claim(self, row, now: float) -> _Claimed | None:
@@ -180,7 +180,7 @@ class Dispatcher:
 
     def _attempt(self, c: _Claimed) -> None:
         try:
-            with self.db.engine.connect() as conn:
+            with self.db.read() as conn:
                 secrets = account_secrets(conn, c.account_id, create=False)
             if not secrets:
                 with self.db.transaction() as conn:

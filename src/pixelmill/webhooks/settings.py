@@ -69,7 +69,7 @@ class WebhookSettings:
             sel = sel.where(webhook_events.c.execution_id == execution_id)
         if state:
             sel = sel.where(webhook_events.c.state == state)
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             rows = conn.execute(sel.order_by(webhook_events.c.created_at.desc()).limit(limit)).all()
             tries: dict[str, list[AttemptView]] = {r.id: [] for r in rows}
             if rows:
@@ -96,7 +96,7 @@ class WebhookSettings:
 
     # --- endpoint and secrets -------------------------------------------------
     def endpoint(self, account_id: str) -> str | None:
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             return conn.execute(sa.select(accounts.c.webhook_url).where(accounts.c.id == account_id)).scalar()
 
     def set_endpoint(self, account_id: str, url: str | None) -> None:

@@ -169,7 +169,7 @@ class TriggerService:
 
     def status(self, principal: Principal, workflow_id: str) -> dict[str, Any]:
         """Whether the workflow is published (the token itself is never shown again)."""
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             self._owned_workflow(conn, principal, workflow_id)
             row = self._active(conn, workflow_id)
         return {"workflowId": workflow_id, "published": row is not None, "triggerId": row.id if row else None,
@@ -179,7 +179,7 @@ class TriggerService:
         """The owner and workflow of a live token; NotFound otherwise."""
         if not token.startswith(TOKEN_PREFIX):
             raise NotFound("Unknown trigger", code="trigger_not_found")
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             row = conn.execute(
                 sa.select(
                     triggers.c.id, triggers.c.workflow_id, accounts.c.id.label("account_id"), accounts.c.plan,

@@ -183,7 +183,7 @@ class WorkflowService:
             raise NotFound("Workflow not found", code="workflow_not_found")
 
     def _row(self, principal: Principal, workflow_id: str):
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             row = conn.execute(_WORKFLOW, {"id": workflow_id, "account": principal.account_id}).first()
         if row is None:
             raise NotFound("Workflow not found", code="workflow_not_found")
@@ -193,7 +193,7 @@ class WorkflowService:
         return _render(self._row(principal, workflow_id))
 
     def list(self, principal: Principal, limit: int = 20, offset: int = 0) -> tuple[list[dict], int]:
-        with self.db.engine.connect() as conn:
+        with self.db.read() as conn:
             where = sa.and_(workflows.c.account_id == principal.account_id, workflows.c.deleted_at.is_(None))
             total = conn.execute(sa.select(sa.func.count()).select_from(workflows).where(where)).scalar()
             rows = conn.execute(sa.select(workflows).where(where).order_by(workflows.c.created_at.desc()).limit(limit).offset(offset)).all()
