@@ -306,3 +306,23 @@ def test_a_connection_used_moments_ago_is_not_pinged_again(pg_database, monkeypa
         assert pings[0] == 1
     finally:
         db.engine.dispose()
+
+
+def test_a_connection_dropped_moments_after_its_last_use_fails_one_read_as_busy_and_the_pool_is_renewed(pg_database):
+    """PostgreSQL restarts within ``ping_after_idle_s`` of a connection's last use: the one read that meets
+    the dead connection fails as the retryable 503 ``database_busy`` (nothing was changed), not as a 500,
+    and every connection pooled before it is replaced, so the next read succeeds."""
+    db = Database(pg_database)
+    try:
+        with db.read() as a, db.read() as b:
+            assert a.execute(sa.text("select 1")).scalar() == b.execute(sa.text("select 1")).scalar() == 1
+        _terminate_backends(pg_database)
+        with pytest.raises(sa.exc.OperationalError) as failed:
+            with db.read() as conn:
+                conn.execute(sa.text("select 1"))
+        busy = database_busy(failed.value)
+        assert busy is not None and (busy.status, busy.code) == (503, "database_busy") and busy.details["retry_after"] > 0
+        with db.read() as a, db.read() as b:
+            assert a.execute(sa.text("select 2")).scalar() == b.execute(sa.text("select 2")).scalar() == 2
+    finally:
+        db.engine.dispose()

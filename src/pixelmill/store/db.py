@@ -173,7 +173,8 @@ _PG_BUSY_STATES = {"55P03", "57014", "40P01", "40001"}  # lock not available, st
 
 
 def database_busy(exc: BaseException) -> "ServiceUnavailable | None":
-    """The 503 to answer when ``exc`` means the database stayed locked (or its pool stayed full); else None.
+    """The 503 to answer when ``exc`` means the database stayed locked (or its pool stayed full, or it
+    dropped the connection); else None.
 
     Such a failure is the server's momentary state, not the client's request: it is
     retryable, and says when to retry.
@@ -189,6 +190,8 @@ def database_busy(exc: BaseException) -> "ServiceUnavailable | None":
         orig = exc.orig
         text = str(orig).lower()
         busy = "database is locked" in text or "database table is locked" in text or getattr(orig, "sqlstate", None) in _PG_BUSY_STATES
+        # the database dropped the connection (a restart): SQLAlchemy renewed the pool, a retry gets a new one
+        busy = busy or exc.connection_invalidated
     if not busy:
         return None
     return ServiceUnavailable(  # answered with Retry-After (pixelmill.presenters.limit_headers)
