@@ -138,10 +138,11 @@ class ModelRegistry:
             _unload(other)
         started = time.monotonic()
         try:
-            backend = self._factory(spec)
-            load = getattr(backend, "load", None)
-            if callable(load):
-                load()
+            with heap.loading():  # no collection scans the model's objects as they are made
+                backend = self._factory(spec)
+                load = getattr(backend, "load", None)
+                if callable(load):
+                    load()
         except BaseException:
             with self._cond:
                 residence.state, residence.memory_bytes = ModelState.COLD, 0

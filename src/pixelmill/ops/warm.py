@@ -64,12 +64,15 @@ class WarmStart:
             already = self.models.is_loaded(name)
             try:
                 # resolve the device first, outside the registry's lock: for "auto" that imports
-                # torch, which can take many seconds, and requests must not queue behind it
+                # torch, which can take many seconds, and requests must not queue behind it; what an
+                # import makes lives as long as the process, so the collector stays off it (heap.loading)
                 from pixelmill.models.registry import _device_of
+                from pixelmill.ops import heap
 
                 spec = self.models.catalog.get(name)
                 if spec is not None:
-                    _device_of(spec)
+                    with heap.loading():
+                        _device_of(spec)
                 self.models.backend(name)
             except Exception as e:  # reported by readiness; a request for it fails with the load error
                 log.error("warm start: model %s could not be loaded: %s", name, e)
