@@ -124,9 +124,13 @@ class OpenNsfwClassifier:
 
     A check runs on one thread while anything else wants the cores (the next generation
     beside it), and spreads over up to :data:`WIDEST` while they are free (one client
-    waiting for its image: about 20 ms on one thread, 10 ms on two, on a 2-core machine).
-    Neither session's threads spin between operations: a spinning pool would hold the
-    cores a generation starting meanwhile runs on."""
+    waiting for its image).  The wide session's threads spin between the operations of a
+    check, and stop spinning when it ends (``session.force_spinning_stop``): on a 2-core
+    machine a check took 12.8-18.8 ms that way against 17.2-22.5 ms with threads that sleep
+    between operations (each of ResNet-50's operations woke the other thread anew) and
+    22.6-26.7 ms on one thread, and a pool left spinning after a check burned 40-50 ms of CPU
+    in the next 50 ms, the cores a generation starting meanwhile runs on
+    (``bench/output_check.py``)."""
 
     name = "open_nsfw"
     #: the most threads one check spreads over (a 224x224 ResNet-50 gains little beyond)
@@ -152,7 +156,11 @@ class OpenNsfwClassifier:
                 options = ort.SessionOptions()
                 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
                 options.intra_op_num_threads = threads
-                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                if threads > 1:  # its threads spin between operations while a check runs, never after it
+                    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+                    options.add_session_config_entry("session.force_spinning_stop", "1")
+                else:
+                    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 session = ort.InferenceSession(resolve_model_path(), sess_options=options, providers=["CPUExecutionProvider"])
                 if not self._closed:  # a check after close() (a load still under way at stop) keeps nothing
                     self._sessions[threads] = session
