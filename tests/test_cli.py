@@ -128,3 +128,28 @@ def test_generate_on_the_local_data_directory_with_the_shipped_model(tmp_path):
     assert Image.open(files[0]).size == (256, 256)
     keys = json.loads(run_cli(tmp_path, "keys", "list", "--json").stdout)
     assert all(k["revoked_at"] for k in keys if k["account_name"] == "local")  # the command's own key is gone
+
+
+def test_a_server_whose_startup_fails_exits_with_uvicorns_startup_failure_code():
+    """`pixelmill serve` whose application does not start (its lifespan raised: say the runtime could not
+    start) exits with 3, as `uvicorn.run` does, not 0: a supervisor or a script sees the failure."""
+    import socket
+    from contextlib import asynccontextmanager
+
+    import uvicorn
+    from fastapi import FastAPI
+
+    from pixelmill import cli
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        raise RuntimeError("the runtime could not start")
+        yield
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(FastAPI(lifespan=lifespan), host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    with pytest.raises(SystemExit) as exited:
+        cli._run_server(config)
+    assert exited.value.code == 3

@@ -172,7 +172,10 @@ def _run_server(config) -> None:
                 finally:
                     flush_logs()  # before uvicorn's capture_signals re-raises the signal
 
-    Server(config).run()
+    try:
+        Server(config).run()
+    except KeyboardInterrupt:  # Ctrl-C, re-raised once the server stopped: a clean stop, as uvicorn.run's
+        pass
 
 
 @app.command()

@@ -219,3 +219,38 @@ def test_a_server_stopped_while_its_log_reader_lags_still_writes_its_last_lines(
     access = [x["message"] for x in logged if x["logger"] == "pixelmill.access"]
     assert sum(m.startswith("GET /v1/get_result 401") for m in access) == 300
     assert "Finished server process" in logged[-1]["message"]
+
+
+def test_serve_on_a_port_already_taken_exits_with_uvicorns_startup_failure_code(tmp_path):
+    """A server that could not start (its port is taken) exits non-zero (3, as `uvicorn` does), so a
+    supervisor or a shell script sees the failure instead of a clean exit."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "PIXELMILL_DATA_DIR": str(tmp_path / "data"), "PIXELMILL_PRELOAD_MODELS": "false", "HF_HUB_OFFLINE": "1"}
+        done = subprocess.run(PIXELMILL + ["serve", "--port", str(port)], env=env, capture_output=True, timeout=120)
+    assert done.returncode == 3, done.stderr.decode(errors="replace")[-2000:]
+    assert b"address already in use" in done.stderr.lower() or b"address already in use" in done.stdout.lower()
+
+
+def test_ctrl_c_stops_serve_cleanly(tmp_path):
+    """Ctrl-C (SIGINT) in the terminal running `pixelmill serve`: a graceful stop, exit status 0, no
+    "Aborted!" and no traceback, as `uvicorn` itself stops."""
+    import signal
+
+    port = free_port()
+    env = {**os.environ, "PIXELMILL_DATA_DIR": str(tmp_path / "data"), "PIXELMILL_PRELOAD_MODELS": "false", "HF_HUB_OFFLINE": "1"}
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(PIXELMILL + ["serve", "--port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until_serving(f"http://127.0.0.1:{port}", proc, timeout=120, log=log)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0, log.read_text(errors="replace")[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text(errors="replace")
+    assert "Aborted" not in text and "Traceback" not in text
+    assert "Finished server process" in text
