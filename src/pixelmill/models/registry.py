@@ -138,7 +138,9 @@ class ModelRegistry:
             _unload(other)
         started = time.monotonic()
         try:
-            with heap.loading():  # no collection scans the model's objects as they are made
+            # no collection scans the model's objects as they are made, and they are settled once made:
+            # they live as long as the model stays loaded
+            with heap.loading():
                 backend = self._factory(spec)
                 load = getattr(backend, "load", None)
                 if callable(load):
@@ -167,7 +169,6 @@ class ModelRegistry:
                 residence.in_use += 1
             self._cond.notify_all()
             log.info("model %s resident on %s after %.2f s (%.1f MiB)", name, residence.device, took, residence.memory_bytes / 2**20)
-        heap.settle()  # the model's objects live as long as it stays loaded
         return backend
 
     def _make_room(self, loading: Residence) -> list[TextToImageBackend]:

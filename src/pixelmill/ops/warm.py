@@ -14,6 +14,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from pixelmill.ops import heap
+
 log = logging.getLogger("pixelmill.warm")
 
 
@@ -67,7 +69,6 @@ class WarmStart:
                 # torch, which can take many seconds, and requests must not queue behind it; what an
                 # import makes lives as long as the process, so the collector stays off it (heap.loading)
                 from pixelmill.models.registry import _device_of
-                from pixelmill.ops import heap
 
                 spec = self.models.catalog.get(name)
                 if spec is not None:
